@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import mpq
-from mpq.layers import Dense, InputSpec, Layer, Sequential, Variable
-from mpq.layers import tracking
+from mpq.layers import Dense, InputSpec, Layer, Sequential, Variable, tracking
 
 
 class Probe(Layer):
@@ -73,7 +72,9 @@ def test_bad_name_raises(bad):
 
 
 def test_unknown_kwarg_raises():
-    with pytest.raises(ValueError, match="Unrecognized keyword arguments passed to Dense: {'foo': 1}"):
+    with pytest.raises(
+        ValueError, match=r"Unrecognized keyword arguments passed to Dense: {'foo': 1}"
+    ):
         Dense(2, foo=1)
 
 
@@ -270,9 +271,11 @@ def test_get_set_weights_roundtrip_and_errors():
     assert [w.shape for w in weights] == [(2, 3), (3,)]
     layer.set_weights([np.full((2, 3), 0.5, np.float32), np.arange(3, dtype=np.float32)])
     np.testing.assert_array_equal(layer.bias.numpy(), [0, 1, 2])
-    with pytest.raises(ValueError, match="weight list of length 1, but the layer was expecting 2"):
+    with pytest.raises(ValueError, match=r"weight list of length 1, but the layer was expecting 2"):
         layer.set_weights([weights[0]])
-    with pytest.raises(ValueError, match=r"'dense.*/bias' has shape \(3,\).*provided weight shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"'dense.*/bias' has shape \(3,\).*provided weight shape \(4,\)"
+    ):
         layer.set_weights([weights[0], np.zeros(4, np.float32)])
     np.testing.assert_array_equal(layer.bias.numpy(), [0, 1, 2])  # nothing half-written
 
@@ -292,7 +295,7 @@ def test_get_weights_bfloat16_are_ml_dtypes_bit_exact():
 
 def test_count_params():
     layer = Dense(3)
-    with pytest.raises(ValueError, match="count_params` on layer 'dense.*isn't built"):
+    with pytest.raises(ValueError, match=r"count_params` on layer 'dense.*isn't built"):
         layer.count_params()
     layer.build((None, 4))
     assert layer.count_params() == 15
@@ -302,11 +305,11 @@ def test_add_weight_validation():
     layer = Layer()
     with pytest.raises(ValueError, match=r"Received: shape=\(2, -1\)"):
         layer.add_weight(shape=(2, -1))
-    with pytest.raises(ValueError, match="Received: dtype=torch.int32"):
+    with pytest.raises(ValueError, match=r"Received: dtype=torch.int32"):
         layer.add_weight(shape=(2,), dtype="int32")
-    with pytest.raises(ValueError, match="Received: name='a.b'"):
+    with pytest.raises(ValueError, match=r"Received: name='a.b'"):
         layer.add_weight(shape=(2,), name="a.b")
-    with pytest.raises(ValueError, match="glorot_uniform"):
+    with pytest.raises(ValueError, match=r"glorot_uniform"):
         layer.add_weight(shape=(2,), initializer="nope")
     v = layer.add_weight(shape=(2,), dtype="int32", trainable=False)
     assert v.dtype == torch.int32 and v.tolist() == [0, 0]  # default zeros for ints
@@ -368,9 +371,11 @@ def test_training_resolution():
 def test_input_spec_checked_with_clear_errors():
     layer = Dense(3)
     layer(torch.ones(2, 4))
-    with pytest.raises(ValueError, match=r"expected axis -1 of input shape to have value 4.*\(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"expected axis -1 of input shape to have value 4.*\(2, 5\)"
+    ):
         layer(torch.ones(2, 5))
-    with pytest.raises(ValueError, match="expected min_ndim=2, found ndim=1"):
+    with pytest.raises(ValueError, match=r"expected min_ndim=2, found ndim=1"):
         Dense(2)(torch.ones(3))
 
     class Ranked(Layer):
@@ -381,11 +386,11 @@ def test_input_spec_checked_with_clear_errors():
         def call(self, x):
             return x
 
-    with pytest.raises(ValueError, match="expected ndim=3, found ndim=2"):
+    with pytest.raises(ValueError, match=r"expected ndim=3, found ndim=2"):
         Ranked()(torch.ones(1, 2))
-    with pytest.raises(ValueError, match="expected dtype=torch.float32, found dtype=torch.int64"):
+    with pytest.raises(ValueError, match=r"expected dtype=torch.float32, found dtype=torch.int64"):
         Ranked()(torch.ones(1, 2, 3, dtype=torch.int64))
-    with pytest.raises(TypeError, match="should be a tensor"):
+    with pytest.raises(TypeError, match=r"should be a tensor"):
         Ranked()("x")
     assert InputSpec.from_config(InputSpec(min_ndim=2, axes={-1: 4}).get_config()).axes == {-1: 4}
 
@@ -421,7 +426,7 @@ def test_build_from_call_with_several_inputs():
         def call(self, a, b):
             return a
 
-    with pytest.raises(ValueError, match="_shape` suffix.*Received: 'a'"):
+    with pytest.raises(ValueError, match=r"_shape` suffix.*Received: 'a'"):
         BadBuild()(torch.ones(1), torch.ones(1))
 
 
@@ -454,7 +459,9 @@ def test_default_compute_output_shape_runs_on_meta_without_side_effects():
     layer(torch.ones(1, 3))
     total = float(layer.total)
     spec = layer.compute_output_spec(torch.ones(2, 3))
-    assert spec.device.type == "meta" and tuple(spec.shape) == (4, 5) and spec.dtype == torch.float32
+    assert (
+        spec.device.type == "meta" and tuple(spec.shape) == (4, 5) and spec.dtype == torch.float32
+    )
     assert float(layer.total) == total and len(layer._losses) == 1
 
 
@@ -483,11 +490,11 @@ def test_stateless_call_uses_given_values_and_has_no_side_effects():
     )
     assert nt == [] and out.tolist() == [[0.0, 0.0]] * 2
     assert [float(v) for v in losses] == [0.0]
-    with pytest.raises(ValueError, match="list of 2 tensors.*Received: 1"):
+    with pytest.raises(ValueError, match=r"list of 2 tensors.*Received: 1"):
         reg.stateless_call([torch.zeros(3, 2)], [], x)
     with pytest.raises(ValueError, match=r"shape \(3, 2\).*Received: shape=\(2, 2\)"):
         reg.stateless_call([torch.zeros(2, 2), torch.zeros(2)], [], x)
-    with pytest.raises(ValueError, match="must be built"):
+    with pytest.raises(ValueError, match=r"must be built"):
         Dense(2).stateless_call([], [], x)
 
 
@@ -506,9 +513,9 @@ def test_get_config_from_config_and_build_config():
     assert build_config == {"input_shape": (2, 5)}
     clone.build_from_config({"input_shape": [None, 5]})
     assert clone.kernel.shape == (5, 3)
-    with pytest.raises(TypeError, match="Error when deserializing class 'Dense'"):
+    with pytest.raises(TypeError, match=r"Error when deserializing class 'Dense'"):
         Dense.from_config({"units": 2, "bogus": 1})
-    with pytest.raises(ValueError, match="Received: config={'nope': 1}"):
+    with pytest.raises(ValueError, match=r"Received: config={'nope': 1}"):
         Dense(2).build_from_config({"nope": 1})
 
 
@@ -518,7 +525,7 @@ def test_auto_config_needs_json_serializable_args():
             super().__init__(**kwargs)
             self.fn = fn
 
-    with pytest.raises(NotImplementedError, match="Custom does not implement get_config"):
+    with pytest.raises(NotImplementedError, match=r"Custom does not implement get_config"):
         Custom(fn=len).get_config()
     config = Probe(units=7, name="p7").get_config()
     assert config["units"] == 7 and config["name"] == "p7"
@@ -538,7 +545,9 @@ def test_save_load_own_variables_by_name():
         other.load_own_variables({"kernel": store["kernel"]})
     with pytest.raises(ValueError, match=r"unexpected: \['extra'\]"):
         other.load_own_variables({**store, "extra": torch.ones(1)})
-    with pytest.raises(ValueError, match=r"'kernel' has shape \(3, 2\), but the store holds shape \(2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"'kernel' has shape \(3, 2\), but the store holds shape \(2, 2\)"
+    ):
         other.load_own_variables({**store, "kernel": torch.ones(2, 2)})
 
 

@@ -80,9 +80,7 @@ def read(var: torch.Tensor) -> torch.Tensor:
         return var
     stateless = STATE.stateless
     dtype = frame.cast_dtype
-    cast = (
-        dtype is not None and var.dtype != dtype and var.__dict__.get("_autocast_float", False)
-    )
+    cast = dtype is not None and var.dtype != dtype and var.__dict__.get("_autocast_float", False)
     if stateless is None:
         if not cast:
             return var
