@@ -278,11 +278,13 @@ def test_dequantize_matches_reference(c, out):
     z_full = ref_expand(as_np(zero), tuple(x.shape), axes, group_size).astype(np.float64)
     ref32 = ((as_np(q).astype(np.float64) - z_full) * s_full).astype(np.float32)
     with np.errstate(over="ignore"):  # float16 overflow -> inf, as torch
-        ref = ref32.astype({"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(out, np.float32))
+        ref = ref32.astype(
+            {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(out, np.float32)
+        )
     assert got.dtype == TORCH_DTYPES[out]
     np.testing.assert_array_equal(as_np(got.float()), ref.astype(np.float32))
     q, scale = quantize_symmetric(x, "int8", reduce_axes=axes, group_size=group_size)
-    ref = (as_np(q) * ref_expand(as_np(scale), tuple(x.shape), axes, group_size).astype(np.float64))
+    ref = as_np(q) * ref_expand(as_np(scale), tuple(x.shape), axes, group_size).astype(np.float64)
     np.testing.assert_array_equal(as_np(dequantize(q, scale, **kw)), ref.astype(np.float32))
 
 
@@ -295,7 +297,9 @@ def test_int4_grouped_pack_round_trip_composes():
     direct = dequantize(q, scale, zero, group_size=128, group_axis=0)
     assert torch.equal(dequantize(q2, scale, zero, group_size=128, group_axis=0), direct)
     # Error of asymmetric rounding is at most half a step (plus the saturating tie at the ends).
-    step = dequantize(torch.ones_like(q), scale, torch.zeros_like(zero), group_size=128, group_axis=0)
+    step = dequantize(
+        torch.ones_like(q), scale, torch.zeros_like(zero), group_size=128, group_axis=0
+    )
     assert bool(((direct - w).abs() <= step + 1e-6).all())
     assert math.isfinite(float(direct.sum()))
 
