@@ -31,7 +31,12 @@ __all__ = [
 
 
 def float8_max(fmt: Any) -> float:
-    """Largest finite value of a float8 format (e4m3fn: 448, e5m2: 57344, e4m3fnuz: 240, ...)."""
+    """Largest finite value of a float8 format (e4m3fn: 448, e5m2: 57344, e4m3fnuz: 240, ...).
+
+    Example:
+        >>> float8_max("float8_e4m3fn"), float8_max(torch.float8_e5m2)
+        (448.0, 57344.0)
+    """
     return C.float8_format(fmt).max
 
 
@@ -207,8 +212,9 @@ def quantize_dequantize(
         tensor of shape `S`: the values of `x` representable as `fmt * scale`, saturated.
 
     Example:
-        >>> quantize_dequantize(torch.tensor([0.3, 900.0]), torch.tensor(1.0), "float8_e4m3fn")
-        tensor([  0.3125, 448.0000])
+        >>> y = quantize_dequantize(torch.tensor([0.3, 900.0]), torch.tensor(1.0), "float8_e4m3fn")
+        >>> y.tolist()
+        [0.3125, 448.0]
     """
     q = quantize_float8(x, scale, fmt)
     return dequantize_float8(q, scale, x.dtype if dtype is None else dtype)
