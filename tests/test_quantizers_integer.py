@@ -393,3 +393,45 @@ def test_float64_input_is_rounded_to_float32_first():
     q, scale = quantize_symmetric(x64)
     q32, scale32 = quantize_symmetric(x64.float())
     assert torch.equal(q, q32) and torch.equal(scale, scale32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+
+
+def qmax_slack(fmt):
+    # |x / scale| may exceed qmax by a float32 rounding of the scale; the clip then adds at most
+    # qmax * 2**-23 steps of error.
+    return QMAX[fmt] * 2.0**-22
+
+
+@SETTINGS
+@given(c=case(1e30), fmt=st.sampled_from(["int8", "int4"]))
+def test_symmetric_error_is_at_most_half_a_step(c, fmt):
+    x, axes, _ = c
+    x = x.float()
+    q, scale = quantize_symmetric(x, fmt, reduce_axes=axes)
+    err = (dequantize(q, scale).double() - x.double()).abs()
+    bound = scale.double() / 2 * (1 + 2**-20) + scale.double() * qmax_slack(fmt)
+    assert bool((err <= bound).all())
+
+
+@SETTINGS
+@given(c=case(1e30, grouped=True))
+def test_one_group_covering_the_axis_equals_per_channel(c):
+    x, axis, _ = c
+    n = x.shape[axis]
+    for g in (n, n + 3):
+        q_g, s_g = quantize_symmetric(x, "int4", reduce_axes=axis, group_size=g)
+        q_c, s_c = quantize_symmetric(x, "int4", reduce_axes=axis)
+        assert torch.equal(q_g, q_c) and torch.equal(s_g, s_c)
+        q_g, s_g, z_g = quantize_asymmetric(x, "int4", reduce_axes=axis, group_size=g)
+        q_c, s_c, z_c = quantize_asymmetric(x, "int4", reduce_axes=axis)
+        assert torch.equal(q_g, q_c) and torch.equal(s_g, s_c) and torch.equal(z_g, z_c)
+
+
+def test_non_contiguous_input():
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(3))
+    q_t, s_t = quantize_symmetric(w.t(), "int8", reduce_axes=1, group_size=4)
+    q, s = quantize_symmetric(w.t().contiguous(), "int8", reduce_axes=1, group_size=4)
+    assert torch.equal(q_t, q) and torch.equal(s_t, s)
