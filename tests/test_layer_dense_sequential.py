@@ -202,3 +202,21 @@ def test_global_policy_applies_at_construction():
     mpq.set_dtype_policy("float32")
     assert layer.dtype_policy.name == "mixed_float16"
     assert layer(np.ones((1, 2), np.float32)).dtype == torch.float16
+
+
+def test_works_under_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = _mlp("mixed_bfloat16")
+        model(torch.ones(1, 3))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        out = ddp(torch.ones(2, 3))
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
