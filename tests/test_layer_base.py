@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpq
 from mpq.layers import Dense, InputSpec, Layer, Sequential, Variable, tracking
@@ -635,3 +637,29 @@ def test_training_passed_positionally_is_respected():
     assert layer(torch.ones(1), True) is True
     assert layer(torch.ones(1), None) is False
     assert layer(torch.ones(1)) is False
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    policy=st.sampled_from(mpq.policy.FLOAT_POLICY_NAMES),
+    in_dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+    autocast=st.booleans(),
+)
+def test_autocast_property_over_policies(policy, in_dtype, autocast):
+    layer = Probe(dtype=policy, autocast=autocast)
+    p = layer.dtype_policy
+    x = torch.ones(2, 3, dtype=in_dtype)
+    ints = torch.arange(3)
+
+    class Pass(Layer):
+        def call(self, x, ints):
+            return x, ints
+
+    out_x, out_i = Pass(dtype=policy, autocast=autocast)(x, ints)
+    assert out_i is ints
+    assert out_x.dtype == (p.torch_compute_dtype if autocast else in_dtype)
+    layer.build((2, 3))
+    assert layer.kernel.dtype == p.torch_variable_dtype and layer.count.dtype == torch.int64
+    layer(x.to(layer.kernel.dtype) if not autocast else x)
+    expected = p.torch_compute_dtype if autocast else p.torch_variable_dtype
+    assert layer.seen["k_dtype"] == expected
