@@ -118,6 +118,17 @@ def _as_shape(value: Any) -> Any:
     return value
 
 
+def _is_plain_container(layer: Layer, mode: str) -> bool:
+    """A layer with sublayers and no scheme of its own for ``mode`` (e.g. Sequential)."""
+    if next(_tracking.direct_sublayers(layer), None) is None:
+        return False
+    try:
+        _quantization.get_scheme(layer, mode)
+    except NotImplementedError:
+        return True
+    return False
+
+
 def _wrap_build(fn):
     @functools.wraps(fn)
     def build(self, *args, **kwargs):
@@ -133,11 +144,16 @@ def _wrap_build(fn):
                 and mode is not None
                 and d["_scheme"] is None
                 and not d.get("_float_build_depth")
+                and not _is_plain_container(self, mode)
             ):
                 shape = args[0] if args else next(iter(kwargs.values()), None)
                 self.quantized_build(shape, mode=mode)
             else:
                 fn(self, *args, **kwargs)
+                if mode is not None and d["_scheme"] is None and self._parameters:
+                    # A container without a scheme passes a quantized policy on to its
+                    # layers; it must not silently keep float weights of its own.
+                    _quantization.get_scheme(self, mode)
         finally:
             d["_build_depth"] = depth
         if depth == 0:
