@@ -200,7 +200,9 @@ class Layer(torch.nn.Module):
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
-        obj.__dict__["_auto_config"] = _capture_init_args(cls, args, kwargs)
+        # Constructor arguments stand in for get_config() only where it is not overridden.
+        auto = _capture_init_args(cls, args, kwargs) if cls.get_config is Layer.get_config else None
+        obj.__dict__["_auto_config"] = auto
         return obj
 
     def __init_subclass__(cls, **kw: Any) -> None:
