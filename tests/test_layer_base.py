@@ -663,3 +663,33 @@ def test_autocast_property_over_policies(policy, in_dtype, autocast):
     layer(x.to(layer.kernel.dtype) if not autocast else x)
     expected = p.torch_compute_dtype if autocast else p.torch_variable_dtype
     assert layer.seen["k_dtype"] == expected
+
+
+def test_output_shape_of_unbuilt_parent_with_built_sublayers_allocates_nothing():
+    class Wrap(Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def build(self, input_shape):
+            self.gain = self.add_weight(shape=(), name="gain")
+
+        def call(self, x):
+            return self.inner(x) * self.gain
+
+    inner = Dense(6)
+    inner.build((None, 4))
+    wrap = Wrap(inner)
+    copies = []
+    original = torch.Tensor.clone
+
+    def spy(self, *args, **kwargs):
+        copies.append(self.device.type)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.clone = spy
+    try:
+        assert wrap.compute_output_shape((3, 4)) == (3, 6)
+    finally:
+        torch.Tensor.clone = original
+    assert "cpu" not in copies and not wrap.built and inner.kernel.device.type == "cpu"

@@ -100,6 +100,16 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
+def _meta_parameter(p: torch.nn.Parameter) -> torch.nn.Parameter:
+    data = torch.empty_like(p, device="meta")
+    if isinstance(p, Variable):
+        meta = torch.Tensor._make_subclass(type(p), data, p.requires_grad)
+        meta.__dict__.update({k: v for k, v in p.__dict__.items() if k != "_owner"})
+        meta.__dict__["_owner"] = None
+        return meta
+    return torch.nn.Parameter(data, p.requires_grad)
+
+
 def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     """Run ``layer`` on meta tensors (no data allocated) and return meta outputs.
 
@@ -109,7 +119,14 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     args, kwargs = _to_meta(args), _to_meta(kwargs)
     state = _autocast.STATE
     if not layer.built:
-        target = copy.deepcopy(layer)
+        # Copy the layer with meta stand-ins for every existing tensor (built sublayers'
+        # weights included), then build the copy on the meta device.
+        memo: dict[int, Any] = {}
+        for p in layer.parameters():
+            memo[id(p)] = _meta_parameter(p)
+        for b in layer.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
+        target = copy.deepcopy(layer, memo)
         previous = state.meta_build
         state.meta_build = True
         try:
