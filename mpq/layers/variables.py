@@ -22,10 +22,7 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     """A torch dtype from a name (``"bfloat16"``), a torch dtype or a numpy/ml_dtypes dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        from mpq import dtypes as _dtypes
-    except ImportError:  # mpq.dtypes not merged yet: plain torch names only
-        _dtypes = None
+    _dtypes = _dtypes_module()
     if _dtypes is not None:
         try:
             fmt = _dtypes.get(dtype)
@@ -52,19 +49,42 @@ def _np_dtype_name(dtype: Any) -> str | None:
         return None
 
 
+# torch dtypes that numpy holds natively; the others (bfloat16, float8) go through mpq.dtypes.
+_NUMPY_NATIVE = {
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+}
+
+
+def _dtypes_module():
+    try:
+        from mpq import dtypes
+    except ImportError:  # until mpq.dtypes is merged: the bit-view table below
+        return None
+    return dtypes
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Bit-exact numpy copy of a tensor (ml_dtypes arrays for bfloat16 / float8)."""
     t = t.detach().cpu()
-    try:
-        from mpq import dtypes as _dtypes
-    except ImportError:
-        _dtypes = None
-    if _dtypes is not None:
-        return np.array(_dtypes.to_numpy(t), copy=True)
+    if t.dtype in _NUMPY_NATIVE:
+        return t.numpy().copy()
+    dtypes = _dtypes_module()
+    if dtypes is not None:
+        return dtypes.to_numpy(t)
     if t.dtype in _BITVIEW:
         view, np_type = _BITVIEW[t.dtype]
         return t.contiguous().view(view).numpy().view(np_type).copy()
-    return t.numpy().copy()
+    raise TypeError(f"Expected a tensor with a numpy equivalent. Received: dtype={t.dtype}")
 
 
 def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -83,15 +103,12 @@ def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
     if a.dtype.kind in "biufc":
         return torch.from_numpy(np.ascontiguousarray(a))
-    try:
-        from mpq import dtypes as _dtypes
-    except ImportError:
-        _dtypes = None
-    if _dtypes is not None:
-        return _dtypes.from_numpy(np.ascontiguousarray(a))
+    dtypes = _dtypes_module()
+    if dtypes is not None and a.dtype.kind == "V":
+        return dtypes.from_numpy(np.ascontiguousarray(a))
     for torch_dtype, (view, np_type) in _BITVIEW.items():
         if a.dtype == np.dtype(np_type):
-            bits = np.ascontiguousarray(a).view(np.dtype(str(view).replace("torch.", "")))
+            bits = np.ascontiguousarray(a).view(np.dtype(str(view).removeprefix("torch.")))
             return torch.from_numpy(bits).view(torch_dtype)
     raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")
 
