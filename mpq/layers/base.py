@@ -712,7 +712,10 @@ class Layer(torch.nn.Module):
         spec = d["input_spec"]
         if spec is not None:
             first = args[0] if args else next(iter(kwargs.values()), None)
-            assert_input_compatibility(spec, first, d["_name"])
+            if type(spec) is InputSpec:
+                spec.check(first, d["_name"])
+            else:
+                assert_input_compatibility(spec, first, d["_name"])
         if not d["built"]:
             self._build_on_call(args, kwargs)
             if d["_input_cast_dtype"] != dtype:  # a DTypePolicyMap resolved at build
