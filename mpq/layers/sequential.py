@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from mpq.layers import serialization
-from mpq.layers.base import Layer, _as_shape
+from mpq.layers.base import Layer
+from mpq.layers.building import as_shape as _as_shape
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Sequential"]
