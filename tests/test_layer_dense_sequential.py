@@ -220,3 +220,21 @@ def test_works_under_distributed_data_parallel(tmp_path):
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_summary_of_unbuilt_model_and_name_counters(capsys):
+    from mpq.layers import reset_name_counters
+
+    model = Sequential([Dense(3, name="first")], name="lazy")
+    model.summary()
+    out = capsys.readouterr().out
+    assert "first (Dense)" in out and "unbuilt" in out and "?" in out
+    with pytest.raises(ValueError, match="count_params` on layer 'lazy'"):
+        model.count_params()
+
+    class CounterCheck(Layer):
+        pass
+
+    assert CounterCheck().name == "counter_check"
+    reset_name_counters()
+    assert CounterCheck().name == "counter_check"
