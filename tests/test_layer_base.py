@@ -242,6 +242,23 @@ def test_weights_order_own_first_then_sublayers():
     layer = Mixed()
     layer(torch.ones(1, 2))
     assert [w.path.split("/", 1)[1] for w in layer.weights] == ["own", "sub/kernel", "sub/bias"]
+
+    class StateFirst(Layer):
+        def build(self, input_shape):
+            self.steps = self.add_weight(shape=(), dtype="int64", trainable=False, name="steps")
+            self.w = self.add_weight(shape=(2,), name="w")
+
+        def call(self, x):
+            return x * self.w
+
+    state_first = StateFirst()
+    state_first.build((2,))
+    # Keras order: own trainable-created weights, then non-trainable ones; state_dict keeps
+    # creation order.
+    assert [w.name for w in state_first.weights] == ["w", "steps"]
+    assert list(state_first.state_dict()) == ["steps", "w"]
+    state_first.trainable = False
+    assert [w.name for w in state_first.weights] == ["w", "steps"]
     assert layer.variables == layer.weights
     assert layer.layers == [layer.sub]
 
