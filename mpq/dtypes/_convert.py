@@ -128,12 +128,12 @@ def from_numpy(a: np.ndarray | np.generic, fmt: str | Format | None = None) -> t
             f"Expected a numpy array of dtype {fmt.numpy_dtype} holding {fmt.name} (use "
             f"mpq.dtypes.encode to round other values into it). Received: a={_describe(a)}"
         )
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")  # a C-contiguous copy (ascontiguousarray would make 0-d 1-d)
     if fmt.kind != "float" and fmt.torch_dtype is None:
         # int4 / uint4: ml_dtypes -> int8 / uint8 is exact for in-range values.
         values = a.astype(np.int8 if fmt.kind == "int" else np.uint8)
         return torch.from_numpy(values)
-    codes = a.view(_NUMPY_INT_OF_WIDTH[a.dtype.itemsize]).copy()
+    codes = a.view(_NUMPY_INT_OF_WIDTH[a.dtype.itemsize])
     if _is_sub_byte_code(fmt):
         # ml_dtypes ignores the bits above the format's width; make the codes canonical.
         codes &= np.uint8(2**fmt.bits - 1)
@@ -201,7 +201,12 @@ def decode(
                 f"Received: q={_describe(q)}"
             )
         out = _default_float(fmt) if dtype is None else _torch_float(dtype)
-        return q.astype(np.float32 if out == torch.float32 else np.float64)
+        # Signalling NaN payloads make numpy casts warn ("invalid value"); the cast is still
+        # exact. ml_dtypes formats go through float32, which holds all of them exactly.
+        with np.errstate(invalid="ignore"):
+            if fmt.numpy_dtype.kind == "V":
+                q = q.astype(np.float32)
+            return q.astype(np.float32 if out == torch.float32 else np.float64)
     raise TypeError(f"Expected a torch.Tensor or a numpy array. Received: q={_describe(q)}")
 
 

@@ -31,10 +31,8 @@ def _round_to_grid(a: torch.Tensor, fmt: Format) -> torch.Tensor:
     # a / ulp = mant * 2**(e - exp + nmant); the shift is at most nmant + 1 and, for float64
     # inputs, at least about -1073 + 126, so the power of two stays a normal float64.
     scaled = mant * _pow2(e.to(torch.int64) - exp + nmant)
-    if fmt.ties == "up":
-        steps = torch.floor(scaled + 0.5)  # exact: scaled < 2**(nmant + 1) <= 2**53
-    else:
-        steps = torch.round(scaled)  # round half to even
+    # torch.round rounds half to even; floor(s + 0.5) rounds half up, exact as s < 2**53.
+    steps = torch.floor(scaled + 0.5) if fmt.ties == "up" else torch.round(scaled)
     return steps * _pow2(exp - nmant)  # exact: steps has at most nmant + 1 significant bits
 
 
@@ -157,4 +155,3 @@ def encode(x: torch.Tensor | np.ndarray, fmt: str | Format) -> torch.Tensor | np
         out = _encode_tensor(torch.from_numpy(np.array(x, order="C")), fmt)
         return to_numpy(out, fmt)
     raise TypeError(f"Expected a torch.Tensor or a numpy array. Received: x={_describe(x)}")
-

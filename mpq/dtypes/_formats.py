@@ -385,7 +385,7 @@ def format_table() -> str:
 
     header = (
         "| name | bits | kind | torch dtype | torch container | numpy dtype | Triton | max | min "
-        "| smallest normal | smallest subnormal | eps | inf | NaN | -0 |"
+        "| smallest normal | smallest subnormal | eps | inf | NaN | -0 | notes |"
     )
     rows = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for f in _TABLE:
@@ -395,6 +395,6 @@ def format_table() -> str:
             f"{str(f.container).removeprefix('torch.')} | {f.numpy_dtype.name} | "
             f"{f.triton_dtype or '-'} | {_num(f.max)} | {_num(f.min)} | "
             f"{_num(f.smallest_normal)} | {_num(f.smallest_subnormal)} | {_num(f.eps)} | "
-            f"{yn(f.has_inf)} | {yn(f.has_nan)} | {yn(f.has_negative_zero)} |"
+            f"{yn(f.has_inf)} | {yn(f.has_nan)} | {yn(f.has_negative_zero)} | {f.note} |"
         )
     return "\n".join(rows) + "\n"
