@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from mpq import dtypes
 from mpq.testing import device
@@ -312,7 +311,10 @@ def test_round_trip_wide_formats_on_special_and_random_bits(name):
     }[name]
     info = np.iinfo(width)
     raw = np.concatenate(
-        [np.array(special, dtype=width), rng.integers(0, info.max, 4096, dtype=width, endpoint=True)]
+        [
+            np.array(special, dtype=width),
+            rng.integers(0, info.max, 4096, dtype=width, endpoint=True),
+        ]
     )
     a = raw.view(fmt.numpy_dtype)
     back = dtypes.to_numpy(dtypes.from_numpy(a), fmt)
@@ -401,7 +403,9 @@ def test_decode_every_code(name):
     np.testing.assert_array_equal(values_of(from_numpy), expected)
     np.testing.assert_array_equal(values_of(from_torch.numpy()), expected)
     signed = ~np.isnan(expected)  # NaN signs are not values (torch and ml_dtypes differ on fnuz)
-    np.testing.assert_array_equal(np.signbit(from_torch.numpy()[signed]), np.signbit(expected[signed]))
+    np.testing.assert_array_equal(
+        np.signbit(from_torch.numpy()[signed]), np.signbit(expected[signed])
+    )
 
 
 def test_decode_dtype_and_errors():

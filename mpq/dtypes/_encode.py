@@ -28,9 +28,10 @@ def _round_to_grid(a: torch.Tensor, fmt: Format) -> torch.Tensor:
     nmant, emin = int(fmt.mantissa_bits), int(fmt.min_exponent)  # type: ignore[arg-type]
     mant, e = torch.frexp(a)  # a = mant * 2**e with mant in [0.5, 1), or 0 with e = 0
     exp = torch.clamp(e.to(torch.int64) - 1, min=emin)  # exponent of a's binade, floored at emin
-    # a / ulp = mant * 2**(e - exp + nmant); the shift is at most nmant + 1 and, for float64
-    # inputs, at least about -1073 + 126, so the power of two stays a normal float64.
-    scaled = mant * _pow2(e.to(torch.int64) - exp + nmant)
+    # a / ulp = mant * 2**(e - exp + nmant). The shift is at most nmant + 1; below -64 the
+    # quotient is far under 1/2 and rounds to 0 either way, so clamping keeps 2**shift normal.
+    shift = torch.clamp(e.to(torch.int64) - exp + nmant, min=-64)
+    scaled = mant * _pow2(shift)
     # torch.round rounds half to even; floor(s + 0.5) rounds half up, exact as s < 2**53.
     steps = torch.floor(scaled + 0.5) if fmt.ties == "up" else torch.round(scaled)
     return steps * _pow2(exp - nmant)  # exact: steps has at most nmant + 1 significant bits

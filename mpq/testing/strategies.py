@@ -215,29 +215,50 @@ def tensors(
 
 
 @functools.cache
-def _interesting_float32(fmt: Format) -> tuple[float, ...]:
-    """float32 values around which rounding into ``fmt`` is decided: its values, the midpoints
-    between neighbours (ties), one float32 ulp either side of each, and values beyond its range."""
-    if fmt.bits > 16:
-        top = np.float32(min(fmt.max, float(np.finfo(np.float32).max)))
-        points = np.array(
-            [top, np.nextafter(top, np.float32(0)), 2.0**31, 2.0**31 - 128], np.float32
-        )
+def _grid(fmt: Format) -> np.ndarray:
+    """Sorted distinct finite values of a format of at most 16 bits (float64)."""
+    _, values = _all_codes(fmt)
+    return np.unique(values[np.isfinite(values)])
+
+
+def _near(fmt: Format, where: str, i: int, nudge: int) -> float:
+    """A float32 at a rounding decision of ``fmt``: its i-th value or the midpoint after it
+    (a tie), or a value beyond its max, or a fraction of its smallest subnormal; then moved by
+    ``nudge`` float32 ulps (-1, 0, 1). Non-finite results become 0."""
+    if fmt.bits > 16:  # float32 / float64 / int32: their extremes, and the int32 edge
+        top = min(fmt.max, float(np.finfo(np.float32).max))
+        v = [top, -top, 2.0**31, -(2.0**31), 2.0**31 - 128][i % 5]
     else:
-        _, values = _all_codes(fmt)
-        grid = np.unique(values[np.isfinite(values)])
-        mids = (grid[:-1] + grid[1:]) / 2  # exact in float64, and in float32 for these formats
-        beyond = np.array([fmt.max * 1.5, fmt.max * 2, fmt.max + (grid[-1] - grid[-2]) / 2])
-        with np.errstate(over="ignore"):  # values beyond float32 become inf, dropped below
-            base = np.concatenate([grid, mids, beyond, -beyond]).astype(np.float32)
-        inf = np.float32(np.inf)
-        points = np.concatenate([base, np.nextafter(base, inf), np.nextafter(base, -inf)])
-        if fmt.smallest_subnormal is not None:
-            tiny = fmt.smallest_subnormal * np.array([0.25, 0.5, 0.75])
-            with np.errstate(under="ignore"):
-                points = np.concatenate([points, tiny, -tiny]).astype(np.float32)
-    points = points[np.isfinite(points)]
-    return tuple(float(p) for p in np.unique(points))
+        grid = _grid(fmt)
+        i %= len(grid)
+        if where == "value":
+            v = grid[i]
+        elif where == "tie":
+            v = (grid[i] + grid[min(i + 1, len(grid) - 1)]) / 2  # exact in float32 here
+        elif where == "beyond":
+            step = grid[-1] - grid[-2]
+            v = [fmt.max + step / 2, fmt.max * 1.5, fmt.max * 2][i % 3] * (-1) ** (i // 3)
+        else:  # "tiny"
+            v = (fmt.smallest_subnormal or 1.0) * [0.25, 0.5, 0.75][i % 3] * (-1) ** (i // 3)
+    with np.errstate(over="ignore", under="ignore"):
+        x = np.float32(v)
+    if nudge:
+        with np.errstate(over="ignore"):
+            x = np.nextafter(x, np.float32(math.inf * nudge))
+    return float(x) if np.isfinite(x) else 0.0
+
+
+def _near_values(fmt: Format) -> st.SearchStrategy[float]:
+    n = len(_grid(fmt)) if fmt.bits <= 16 else 5
+    # Any index, or one at either end of the grid (the largest values, the lowest values).
+    index = st.integers(0, n - 1) | st.integers(max(0, n - 3), n - 1) | st.integers(0, 2)
+    return st.builds(
+        _near,
+        st.just(fmt),
+        st.sampled_from(["value", "tie", "tie", "beyond", "tiny"]),
+        index,
+        st.sampled_from([0, 0, -1, 1]),
+    )
 
 
 _SPECIAL_FLOAT32 = (
@@ -277,9 +298,9 @@ def float32_values(
         for v in _SPECIAL_FLOAT32
         if (allow_nan or not math.isnan(v)) and (allow_infinity or not math.isinf(v))
     ]
-    grid = st.sampled_from(fmts).flatmap(lambda f: st.sampled_from(_interesting_float32(f)))
+    near = st.sampled_from(fmts).flatmap(_near_values)
     return st.one_of(
-        grid,
+        near,
         st.floats(width=32, allow_nan=allow_nan, allow_infinity=allow_infinity),
         st.sampled_from(special),
     )
