@@ -117,6 +117,25 @@ def _allowed_codes(
     return tuple(int(c) for c in codes[keep])
 
 
+def _special_codes(fmt: Format, allowed: tuple[int, ...]) -> tuple[int, ...]:
+    """The allowed codes of the edge values of a format."""
+    codes, values = _all_codes(fmt)
+    finite = values[np.isfinite(values)]
+    edges = [0.0, 1.0, -1.0, finite.max(), finite.min()]
+    if fmt.smallest_subnormal is not None:
+        edges += [fmt.smallest_subnormal, -fmt.smallest_subnormal]
+        edges += [fmt.smallest_normal, -fmt.smallest_normal]  # type: ignore[list-item]
+    with np.errstate(invalid="ignore"):
+        hit = np.isin(values, edges) | np.isinf(values)
+    nan_codes = np.flatnonzero(np.isnan(values))
+    picked = set(codes[hit].tolist()) | set(codes[nan_codes[:1]].tolist())
+    picked |= set(codes[nan_codes[-1:]].tolist()) | set(codes[:1].tolist())
+    if fmt.nan_code is not None:
+        picked.add(fmt.nan_code)
+    allowed_set = set(allowed)
+    return tuple(sorted(c for c in picked if c in allowed_set))
+
+
 def _shape_strategy(shape: object) -> st.SearchStrategy[tuple[int, ...]]:
     if shape is None:
         return shapes()
@@ -193,7 +212,13 @@ def arrays(
             shape_st,
             elements=_native_elements(fmt, finite, allow_subnormal, max_abs),
         )
-    codes = st.sampled_from(_allowed_codes(fmt, finite, allow_subnormal, max_abs))
+    allowed = _allowed_codes(fmt, finite, allow_subnormal, max_abs)
+    special = _special_codes(fmt, allowed)
+    # One element in four from the edges (+-0, +-max, smallest values, +-1, inf, NaN), which a
+    # uniform draw over 65536 bfloat16 codes would almost never hit.
+    codes = st.sampled_from(allowed)
+    if special:
+        codes = st.one_of(codes, codes, codes, st.sampled_from(special))
     raw = hnp.arrays(fmt.code_dtype, shape_st, elements=codes)
     return raw.map(lambda c: c.view(fmt.numpy_dtype))
 

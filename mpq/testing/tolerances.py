@@ -204,8 +204,8 @@ def assert_close(
         i = int(np.flatnonzero(nan_a != nan_e)[0])
         raise AssertionError(
             f"{prefix}NaN positions differ at {int((nan_a != nan_e).sum())} of {a.size} "
-            f"elements; first at index {_fmt_index(i, a.shape)}: actual={a.flat[i]!r}, "
-            f"expected={e.flat[i]!r} {where}"
+            f"elements; first at index {_fmt_index(i, a.shape)}: actual={float(a.flat[i])!r}, "
+            f"expected={float(e.flat[i])!r} {where}"
         )
     inf_a, inf_e = np.isinf(a), np.isinf(e)
     inf_bad = (inf_a | inf_e) & (a != e)
@@ -213,7 +213,8 @@ def assert_close(
         i = int(np.flatnonzero(inf_bad)[0])
         raise AssertionError(
             f"{prefix}infinities differ at {int(inf_bad.sum())} of {a.size} elements; first at "
-            f"index {_fmt_index(i, a.shape)}: actual={a.flat[i]!r}, expected={e.flat[i]!r} {where}"
+            f"index {_fmt_index(i, a.shape)}: actual={float(a.flat[i])!r}, "
+            f"expected={float(e.flat[i])!r} {where}"
         )
 
     finite = ~(nan_a | inf_a | inf_e)
@@ -230,8 +231,8 @@ def assert_close(
     rel = err.flat[i] / abs(e.flat[i]) if e.flat[i] != 0 else math.inf
     raise AssertionError(
         f"{prefix}not close: {int(bad.sum())} of {a.size} elements beyond tolerance {where}. "
-        f"Worst at index {_fmt_index(i, a.shape)}: actual={a.flat[i]!r}, "
-        f"expected={e.flat[i]!r}, abs error={err.flat[i]:.6g}, rel error={rel:.6g}, "
+        f"Worst at index {_fmt_index(i, a.shape)}: actual={float(a.flat[i])!r}, "
+        f"expected={float(e.flat[i])!r}, abs error={err.flat[i]:.6g}, rel error={rel:.6g}, "
         f"allowed={allowed.flat[i]:.6g}"
     )
 
