@@ -139,8 +139,9 @@ def encode(x: torch.Tensor | np.ndarray, fmt: str | Format) -> torch.Tensor | np
     Example:
         >>> import numpy as np
         >>> from mpq import dtypes
-        >>> dtypes.encode(np.array([1e6, 0.1, -np.inf], np.float32), "float8_e4m3fn")
-        array([448, 0.1015625, -448], dtype=float8_e4m3fn)
+        >>> q = dtypes.encode(np.array([1e6, 0.1, -np.inf], np.float32), "float8_e4m3fn")
+        >>> q.astype(np.float32).tolist()
+        [448.0, 0.1015625, -448.0]
     """
     fmt = get(fmt)
     if isinstance(x, torch.Tensor):

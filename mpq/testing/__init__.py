@@ -31,9 +31,10 @@ HYPOTHESIS_PROFILES: dict[str, dict[str, object]] = {
     "ci": {"derandomize": True, "max_examples": 50, "deadline": None, "print_blob": True,
            "database": None},
     # Local work: random, with the example database so failures replay.
-    "dev": {"max_examples": 100, "deadline": None, "print_blob": True},
+    "dev": {"max_examples": 100, "deadline": None, "print_blob": True, "derandomize": False},
     # Occasional deep runs: HYPOTHESIS_PROFILE=thorough make test.
-    "thorough": {"max_examples": 1000, "deadline": None, "print_blob": True},
+    "thorough": {"max_examples": 1000, "deadline": None, "print_blob": True,
+                 "derandomize": False},
 }  # fmt: skip
 """Settings of the hypothesis profiles that `register_hypothesis_profiles` registers."""
 
