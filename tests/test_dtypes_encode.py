@@ -194,10 +194,12 @@ def test_encode_from_any_float_tensor_dtype(data):
 
 
 @pytest.mark.parametrize(
-    "name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"]
+    "name",
+    ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"],
 )
 def test_encode_agrees_with_torch_casts_inside_the_range(name):
-    """For finite values within +-max torch's casts are round-to-nearest-even too."""
+    """For finite values within +-max torch's casts are round-to-nearest-even too (encode relies
+    on it for float32-or-narrower inputs; float64 inputs take the arithmetic path)."""
     fmt = dtypes.get(name)
     f32, _ = edge_inputs(name)
     x = torch.from_numpy(f32[np.isfinite(f32) & (np.abs(f32) <= fmt.max)])
@@ -282,6 +284,16 @@ def test_integer_encoding_rounds_half_to_even_and_saturates_without_wrapping():
     ]  # fmt: skip
     t = dtypes.encode(torch.from_numpy(x), "int4")
     assert t.dtype == torch.int8 and t.tolist() == [0, 2, 2, -2, 7, 7, 7, -8, -8]
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2fnuz"])
+def test_both_rounding_paths_agree(name):
+    """float32 inputs use the clamped torch cast, float64 inputs the float64 arithmetic."""
+    f32, _ = edge_inputs(name)
+    fmt = dtypes.get(name)
+    by_cast = dtypes.encode(torch.from_numpy(f32), fmt)
+    by_arithmetic = dtypes.encode(torch.from_numpy(f32).double(), fmt)
+    assert torch.equal(by_cast.view(torch.uint8), by_arithmetic.view(torch.uint8))
 
 
 def test_encode_keeps_shape_device_and_container():

@@ -1,8 +1,9 @@
 """`encode`: round floats into any format, to nearest-even, saturating explicitly.
 
-Rounding is done by explicit float64 arithmetic on the format's grid (frexp, an exact scaling by a
-power of two, round-half-even, scale back), so the final cast only ever sees representable values:
-no implicit cast of torch or ml_dtypes decides rounding, overflow or NaN.
+Values are clamped explicitly and NaN is written explicitly, so no implicit cast decides overflow
+or NaN. Rounding is explicit float64 arithmetic on the format's grid (frexp, an exact scaling by a
+power of two, round-half-even, scale back), except for float32-or-narrower inputs into formats
+whose torch cast is itself round-to-nearest-even (float32/16, bfloat16, the float8s but e8m0).
 """
 
 from __future__ import annotations
@@ -53,7 +54,28 @@ def _float_codes(q: torch.Tensor, fmt: Format) -> torch.Tensor:
     return codes.to(torch.uint8)
 
 
+# Formats whose torch cast from float32 rounds to nearest-even (tests check it on every value,
+# midpoint and neighbouring float32 of each): after an explicit clamp, the cast is the rounding.
+_ROUNDING_CASTS = frozenset(
+    ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+     "float8_e5m2fnuz")
+)  # fmt: skip
+
+
+def _encode_by_cast(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Clamp in float32, then the rounding cast; for float32-or-narrower inputs only (a float64
+    input would be rounded twice)."""
+    x32 = x.to(torch.float32)  # exact for every float input dtype except float64
+    out = torch.clamp(x32, float(fmt.min), float(fmt.max)).to(fmt.container)  # NaN stays NaN
+    nan = torch.isnan(x32)
+    if bool(nan.any()):
+        out.view(_TORCH_BITS_VIEW[out.element_size()])[nan] = fmt.nan_code
+    return out
+
+
 def _encode_tensor(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    if fmt.name in _ROUNDING_CASTS and fmt.torch_dtype is not None and x.dtype != torch.float64:
+        return _encode_by_cast(x, fmt)
     x64 = x.to(torch.float64)  # exact for every float input dtype
     nan = torch.isnan(x64)
     if not fmt.has_nan and bool(nan.any()):
