@@ -28,8 +28,12 @@ __all__ = [
     "arrays",
     "float32_arrays",
     "float32_values",
+    "float_policies",
     "format_names",
     "formats",
+    "policies",
+    "policy_names",
+    "quantized_policies",
     "shapes",
     "tensors",
 ]
@@ -344,6 +348,12 @@ def float32_arrays(
 
 
 # ---------------------------------------------------------------------------------------------
-# Policy strategies: `policies()` (float, mixed and quantized policies with block sizes and amax
-# history lengths) is added here by the mpq.policy work; keep it in this module.
+# Policy strategies (float, mixed and quantized policies with block sizes and amax history
+# lengths) live in `mpq.testing._policy_strategies`, next to mpq.policy; re-exported here.
 # ---------------------------------------------------------------------------------------------
+from mpq.testing._policy_strategies import (  # noqa: E402
+    float_policies,
+    policies,
+    policy_names,
+    quantized_policies,
+)
