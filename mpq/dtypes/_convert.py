@@ -49,10 +49,10 @@ def _check_container_range(values: np.ndarray | torch.Tensor, fmt: Format, name:
             index = tuple(bad.nonzero()[0].tolist())
         else:
             index = tuple(int(i) for i in np.argwhere(bad)[0])
+        size = values.numel() if isinstance(values, torch.Tensor) else values.size
         raise ValueError(
             f"Expected a {fmt.container} {name} holding {fmt.name} as {what}. Received: "
-            f"{name}[{index}] = {values[index].item()} "
-            f"({int(bad.sum())} of {values.numel() if isinstance(values, torch.Tensor) else values.size} out of range)"
+            f"{name}[{index}] = {values[index].item()} ({int(bad.sum())} of {size} out of range)"
         )
 
 

@@ -44,9 +44,11 @@ def _float_codes(q: torch.Tensor, fmt: Format) -> torch.Tensor:
     a = q.abs()
     mant, e = torch.frexp(a)
     normal = a >= fmt.smallest_normal
-    # Normal: exponent field e - emin (>= 1), fraction mant * 2**(nmant + 1) - 2**nmant.
+    # Normal: exponent field (e - 1) - emin + 1 (the field 0 is kept for subnormals; e8m0 has
+    # none, so its field starts at 0), fraction mant * 2**(nmant + 1) - 2**nmant.
     # Subnormal: exponent field 0, fraction a / smallest_subnormal.
-    exp_field = torch.where(normal, e.to(torch.int64) - emin, 0)
+    first_field = 1 if fmt.smallest_subnormal < fmt.smallest_normal else 0  # type: ignore[operator]
+    exp_field = torch.where(normal, e.to(torch.int64) - 1 - emin + first_field, 0)
     frac = torch.where(normal, mant * 2.0 ** (nmant + 1) - 2.0**nmant, a / fmt.smallest_subnormal)
     codes = (exp_field << nmant) | frac.to(torch.int64)
     if fmt.is_signed:
@@ -93,9 +95,8 @@ def _encode_tensor(x: torch.Tensor, fmt: Format) -> torch.Tensor:
         negative = x64 < 0
         if bool(negative.any()):
             raise ValueError(
-                f"Expected non-negative values: {fmt.name} is unsigned (powers of two "
-                f"{fmt.min}..{fmt.max}). Received: x={_describe(x)} with "
-                f"{int(negative.sum())} negative value(s)"
+                f"Expected non-negative values: {fmt.name} is unsigned. Received: "
+                f"x={_describe(x)} with {int(negative.sum())} negative value(s)"
             )
     # Saturate: finite overflow and inf go to the largest finite value (satfinite). The unsigned
     # e8m0 has no zero, so 0 and tiny values go to its smallest value 2**-127.
