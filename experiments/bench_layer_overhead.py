@@ -20,6 +20,7 @@ import torch
 
 import mpq
 from mpq.layers import Dense
+from mpq.testing import assert_close
 
 SHAPES = [(32, 64, 64), (256, 1024, 1024)]
 
@@ -59,8 +60,11 @@ def bench(batch: int, k: int, n: int, repeats: int, policy: str) -> tuple[list, 
     linear_context = (lambda: torch.autocast("cpu", dtype=compute)) if mixed else no_context
     # Same function: check before timing (the thing timed is the thing tested).
     with linear_context():
-        reference = linear(x.to(dense.dtype_policy.torch_variable_dtype))
-    torch.testing.assert_close(dense(x), reference, rtol=2e-2, atol=2e-2)
+        baseline = linear(x.to(dense.dtype_policy.torch_variable_dtype))
+    exact = x.double() @ dense.kernel.detach().double() + dense.bias.detach().double()
+    fmt = mpq.policy.get(policy).compute_dtype
+    assert_close(dense(x), exact, fmt, k=k)
+    assert_close(baseline, exact, fmt, k=k)
     target_s = 0.05
     t = time_loop(linear, x, 3, linear_context)
     iters = max(3, int(target_s / max(t, 1e-7)))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpq import dtypes as _dtypes
 from mpq.layers import autocast as _autocast
 
 __all__ = ["Variable", "to_numpy", "to_tensor", "to_torch_dtype"]
@@ -22,14 +23,12 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     """A torch dtype from a name (``"bfloat16"``), a torch dtype or a numpy/ml_dtypes dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    _dtypes = _dtypes_module()
-    if _dtypes is not None:
-        try:
-            fmt = _dtypes.get(dtype)
-        except (TypeError, ValueError, KeyError):
-            fmt = None
-        if fmt is not None and fmt.torch_dtype is not None:
-            return fmt.torch_dtype
+    try:
+        fmt = _dtypes.get(dtype)
+    except (TypeError, ValueError):  # not an mpq format (int64, bool, ...): torch's names
+        fmt = None
+    if fmt is not None and fmt.torch_dtype is not None:
+        return fmt.torch_dtype
     name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
     if name in ("bool", "bool_"):
         return torch.bool
@@ -49,7 +48,7 @@ def _np_dtype_name(dtype: Any) -> str | None:
         return None
 
 
-# torch dtypes that numpy holds natively; the others (bfloat16, float8) go through mpq.dtypes.
+# torch dtypes numpy holds natively; the others (bfloat16, float8) go through mpq.dtypes.
 _NUMPY_NATIVE = {
     torch.float64,
     torch.float32,
@@ -65,26 +64,12 @@ _NUMPY_NATIVE = {
 }
 
 
-def _dtypes_module():
-    try:
-        from mpq import dtypes
-    except ImportError:  # until mpq.dtypes is merged: the bit-view table below
-        return None
-    return dtypes
-
-
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Bit-exact numpy copy of a tensor (ml_dtypes arrays for bfloat16 / float8)."""
     t = t.detach().cpu()
     if t.dtype in _NUMPY_NATIVE:
         return t.numpy().copy()
-    dtypes = _dtypes_module()
-    if dtypes is not None:
-        return dtypes.to_numpy(t)
-    if t.dtype in _BITVIEW:
-        view, np_type = _BITVIEW[t.dtype]
-        return t.contiguous().view(view).numpy().view(np_type).copy()
-    raise TypeError(f"Expected a tensor with a numpy equivalent. Received: dtype={t.dtype}")
+    return _dtypes.to_numpy(t)
 
 
 def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -101,29 +86,12 @@ def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    a = np.ascontiguousarray(a)
     if a.dtype.kind in "biufc":
-        return torch.from_numpy(np.ascontiguousarray(a))
-    dtypes = _dtypes_module()
-    if dtypes is not None and a.dtype.kind == "V":
-        return dtypes.from_numpy(np.ascontiguousarray(a))
-    for torch_dtype, (view, np_type) in _BITVIEW.items():
-        if a.dtype == np.dtype(np_type):
-            bits = np.ascontiguousarray(a).view(np.dtype(str(view).removeprefix("torch.")))
-            return torch.from_numpy(bits).view(torch_dtype)
+        return torch.from_numpy(a)
+    if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
+        return _dtypes.from_numpy(a)
     raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")
-
-
-def _bitview_table():
-    import ml_dtypes
-
-    return {
-        torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
-        torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),
-        torch.float8_e5m2: (torch.uint8, ml_dtypes.float8_e5m2),
-    }
-
-
-_BITVIEW = _bitview_table()
 
 
 class Variable(torch.nn.Parameter):
