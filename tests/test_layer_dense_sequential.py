@@ -238,3 +238,16 @@ def test_summary_of_unbuilt_model_and_name_counters(capsys):
     assert CounterCheck().name == "counter_check"
     reset_name_counters()
     assert CounterCheck().name == "counter_check"
+
+
+def test_custom_objects_reach_nested_layers():
+    class Unregistered(Layer):
+        def call(self, x):
+            return -x
+
+    model = Sequential([Dense(2), Unregistered()])
+    config = serialize(model)
+    with pytest.raises(ValueError, match="Unknown layer class 'Unregistered'"):
+        deserialize(config)
+    clone = deserialize(config, custom_objects={"Unregistered": Unregistered})
+    assert type(clone[1]) is Unregistered
