@@ -6,6 +6,12 @@ import torch
 
 from mpq.layers.base import Layer
 from mpq.layers.dense import Dense
+from mpq.layers.quantization import (
+    QuantizationScheme,
+    register_scheme,
+    registered_schemes,
+    unregister_scheme,
+)
 from mpq.testing.layer_test import (
     DEFAULT_POLICIES,
     LayerConformanceError,
@@ -162,3 +168,81 @@ def test_argument_errors():
         run_layer_test(Scale, {}, (2, 3), input_dtype="int77")
     with pytest.raises(ValueError, match="policy"):
         run_layer_test(Scale, {}, (2, 3), policies=("float13",))
+
+
+# ----------------------------------------------------------------------------- quantize_modes
+class ScaleInt8(QuantizationScheme):
+    """A toy per-column int8 scheme for Scale: w ~= w_q * w_scale."""
+
+    def build(self, layer, input_shape, config=None):
+        layer.calls = layer.add_weight(
+            shape=(1,), initializer="zeros", trainable=False, name="calls"
+        )
+        self._add_quantized(layer, input_shape[-1])
+
+    def _add_quantized(self, layer, fan_in):
+        layer.w_q = layer.add_weight(
+            shape=(fan_in, layer.units), dtype="int8", trainable=False, name="w_q"
+        )
+        layer.w_scale = layer.add_weight(
+            shape=(layer.units,), initializer="ones", trainable=False, name="w_scale"
+        )
+
+    def quantize(self, layer, config=None):
+        w = layer._parameters.pop("w").detach().float()
+        scale = w.abs().amax(0).clamp(min=1e-7) / 127
+        self._add_quantized(layer, w.shape[0])
+        layer._parameters["w_q"].assign(torch.round(w / scale).clamp(-127, 127).to(torch.int8))
+        layer._parameters["w_scale"].assign(scale)
+
+    def call(self, layer, inputs, training=None):
+        return inputs @ (layer.w_q.to(inputs.dtype) * layer.w_scale)
+
+
+class ScaleInt8Float32Out(ScaleInt8):
+    def call(self, layer, inputs, training=None):
+        return super().call(layer, inputs, training).float()
+
+
+@pytest.fixture
+def scale_int8():
+    def register(scheme):
+        register_scheme(Scale, "int8", scheme)
+
+    yield register
+    if (Scale, "int8") in registered_schemes():
+        unregister_scheme(Scale, "int8")
+
+
+def test_quantize_modes_run_the_checks_on_the_quantized_layer(scale_int8):
+    scale_int8(ScaleInt8)
+    report = run_layer_test(
+        Scale,
+        {"units": 2},
+        (3, 4),
+        policies=("float32", "mixed_bfloat16"),
+        quantize_modes=("int8",),
+    )
+    assert list(report.checks) == [
+        "float32",
+        "int8_from_float32",
+        "mixed_bfloat16",
+        "int8_from_mixed_bfloat16",
+    ]
+    assert report.passed("int8_from_mixed_bfloat16") == report.passed("float32")
+    assert report.skipped == {}
+
+
+def test_quantize_modes_catch_a_broken_scheme(scale_int8):
+    scale_int8(ScaleInt8Float32Out)
+    with pytest.raises(
+        LayerConformanceError, match=r"policy='int8_from_float16'\), check 'output dtype'"
+    ):
+        run_layer_test(Scale, {}, (3, 4), policies=("float16",), quantize_modes=("int8",))
+
+
+def test_quantize_modes_skip_unregistered_modes():
+    report = run_layer_test(Scale, {}, (3, 4), policies=("float32",), quantize_modes=("int4",))
+    assert list(report.checks) == ["float32"]
+    assert "Scale" in report.skipped["int4_from_float32"]
+    assert "int4" in report.skipped["int4_from_float32"]

@@ -40,6 +40,7 @@ class LayerTestReport:
 
     layer: str
     checks: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # policy name -> reason
 
     def passed(self, policy: str) -> list[str]:
         return self.checks.get(policy, [])
@@ -218,6 +219,7 @@ def run_layer_test(
     expected_num_non_trainable_weights: int | None = None,
     supports_masking: bool | None = None,
     check_gradients: bool = True,
+    quantize_modes: Iterable[str] = (),
     seed: int = 0,
 ) -> LayerTestReport:
     """Check that `layer_cls(**init_kwargs)` honours the mpq Layer contract under each policy.
@@ -243,6 +245,12 @@ def run_layer_test(
     - gradients (when `check_gradients`): after a training-mode forward and backward, every
       trainable variable has a finite gradient in its own (variable) dtype, and floating
       inputs get a gradient.
+
+    `quantize_modes` (e.g. `("int8", "int4")`): for each mode and policy, a built layer is
+    quantized with `layer.quantize(mode)` and the checks above run again on it (the policy is
+    then `"{mode}_from_{policy}"`; its variables may be integers, so the variable-dtype and
+    weight-count checks are replaced by `quantization_mode == mode`). A mode with no scheme
+    registered for `layer_cls` is skipped and the reason recorded in `report.skipped`.
 
     Raises `LayerConformanceError` (an AssertionError) naming the layer, policy and check.
     Returns a `LayerTestReport` listing the checks run for each policy.
@@ -277,22 +285,41 @@ def run_layer_test(
     for policy in policies:
         resolved = mpq.policy.get(policy)
         checker = _Checker(layer_cls.__name__, resolved.name, report)
-        _run_one_policy(
-            checker,
-            layer_cls,
-            init_kwargs,
-            resolved,
-            base_inputs,
-            shapes,
-            _normalize_shapes(expected_output_shape),
-            call_kwargs,
-            expected_num_trainable_weights,
-            expected_num_non_trainable_weights,
-            supports_masking,
-            check_gradients,
-            seed,
+        options = _Options(
+            expected_output_shape=_normalize_shapes(expected_output_shape),
+            call_kwargs=call_kwargs,
+            n_trainable=expected_num_trainable_weights,
+            n_non_trainable=expected_num_non_trainable_weights,
+            supports_masking=supports_masking,
+            check_gradients=check_gradients,
+            seed=seed,
         )
+        _run_one_policy(checker, layer_cls, init_kwargs, resolved, base_inputs, shapes, options)
+        for mode in quantize_modes:
+            from mpq.layers.quantization import get_scheme  # only when quantizing
+
+            label = f"{mode}_from_{resolved.name}"
+            try:
+                get_scheme(layer_cls, mode, type_check=True)
+            except NotImplementedError as e:
+                report.skipped[label] = str(e)
+                continue
+            checker = _Checker(layer_cls.__name__, label, report)
+            _run_one_policy(
+                checker, layer_cls, init_kwargs, resolved, base_inputs, shapes, options, mode
+            )
     return report
+
+
+@dataclass(frozen=True)
+class _Options:
+    expected_output_shape: Any
+    call_kwargs: dict[str, Any]
+    n_trainable: int | None
+    n_non_trainable: int | None
+    supports_masking: bool | None
+    check_gradients: bool
+    seed: int
 
 
 def _run_one_policy(
@@ -302,14 +329,14 @@ def _run_one_policy(
     policy: Any,
     base_inputs: Any,
     shapes: Any,
-    expected_output_shape: Any,
-    call_kwargs: dict[str, Any],
-    n_trainable: int | None,
-    n_non_trainable: int | None,
-    supports_masking: bool | None,
-    check_gradients: bool,
-    seed: int,
+    options: _Options,
+    quantize_mode: str | None = None,
 ) -> None:
+    expected_output_shape = options.expected_output_shape
+    call_kwargs = options.call_kwargs
+    n_trainable, n_non_trainable = options.n_trainable, options.n_non_trainable
+    supports_masking = options.supports_masking
+    check_gradients, seed = options.check_gradients, options.seed
     compute_dtype = policy.torch_compute_dtype
     variable_dtype = policy.torch_variable_dtype
     floating_input = any(t.dtype.is_floating_point for t in _tensors(base_inputs))
@@ -332,6 +359,14 @@ def _run_one_policy(
         except Exception as e:
             raise c.fail(f"calling the layer raised {type(e).__name__}: {e}") from e
         c.check(layer.built, "expected layer.built to be True after the first call")
+        if quantize_mode is not None:
+            layer.quantize(quantize_mode)
+            c.check(
+                layer.quantization_mode == quantize_mode,
+                f"expected quantization_mode={quantize_mode!r} after quantize(); "
+                f"received {layer.quantization_mode!r}",
+            )
+            outputs = run(layer)
         out_tensors = _tensors(outputs)
         c.check(bool(out_tensors), f"expected the layer to return tensors; received {outputs!r}")
         if expected_output_shape is not None:
@@ -351,7 +386,7 @@ def _run_one_policy(
 
     with c.step("variable dtypes"):
         weights = list(layer.weights)
-        for v in weights:
+        for v in weights if quantize_mode is None else ():
             if v.dtype.is_floating_point:
                 c.check(
                     v.dtype == variable_dtype,
@@ -374,12 +409,12 @@ def _run_one_policy(
             f"expected weights = trainable_weights + non_trainable_weights; received "
             f"{len(weights)} vs {len(layer.trainable_weights)} + {len(layer.non_trainable_weights)}",
         )
-        if n_trainable is not None:
+        if n_trainable is not None and quantize_mode is None:
             c.check(
                 len(layer.trainable_weights) == n_trainable,
                 f"expected {n_trainable} trainable weights; received {len(layer.trainable_weights)}",
             )
-        if n_non_trainable is not None:
+        if n_non_trainable is not None and quantize_mode is None:
             c.check(
                 len(layer.non_trainable_weights) == n_non_trainable,
                 f"expected {n_non_trainable} non-trainable weights; "
