@@ -117,7 +117,6 @@ def test_policy_defaults_and_explicit():
     )
     mixed = Dense(2, dtype="mixed_bfloat16")
     assert (mixed.variable_dtype, mixed.compute_dtype) == ("float32", "bfloat16")
-    assert Dense(2, dtype=torch.float16).compute_dtype == "float16"
     assert Dense(2, dtype=mpq.policy.get("bfloat16")).variable_dtype == "bfloat16"
     assert mixed.quantization_mode is None
 
@@ -581,7 +580,13 @@ def test_state_dict_deepcopy_pickle_optimizer():
 
 
 def test_op_dtype_rules():
-    assert Dense(2, dtype="mixed_bfloat16")._op_dtype("normalization") == torch.float32
-    assert Dense(2, dtype="mixed_bfloat16")._op_dtype("matmul") == torch.bfloat16
-    assert Dense(2, dtype="float64")._op_dtype("softmax") == torch.float64
-    assert Dense(2, dtype="float16")._op_dtype("elementwise") is None
+    mixed = Dense(2, dtype="mixed_bfloat16")
+    assert mixed._op_dtype("normalization") == torch.float32
+    assert mixed._op_dtype("matmul") == torch.bfloat16
+    assert mixed._op_dtype("elementwise", torch.float16) == torch.float16
+    assert Dense(2, dtype="float64")._op_dtype("softmax", torch.float64) == torch.float64
+
+
+def test_dtype_given_as_torch_dtype():
+    pytest.importorskip("mpq.dtypes")  # mpq.policy resolves torch dtypes through mpq.dtypes
+    assert Dense(2, dtype=torch.float16).compute_dtype == "float16"
