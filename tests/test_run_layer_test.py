@@ -33,10 +33,7 @@ class Scale(Layer):
 
     def call(self, inputs, training=None):
         if training:
-            # The Variable itself: inside stateless_call, `self.calls` reads the value in use
-            # (a plain tensor), so `self.calls.assign(...)` would fail there (base issue,
-            # reported); `_parameters[...]` is the Variable in every context.
-            self._parameters["calls"].assign(self.calls + 1)
+            self.calls.assign(self.calls + 1)
         return inputs @ self.w
 
     def compute_output_shape(self, input_shape):
@@ -192,8 +189,8 @@ class ScaleInt8(QuantizationScheme):
         w = layer._parameters.pop("w").detach().float()
         scale = w.abs().amax(0).clamp(min=1e-7) / 127
         self._add_quantized(layer, w.shape[0])
-        layer._parameters["w_q"].assign(torch.round(w / scale).clamp(-127, 127).to(torch.int8))
-        layer._parameters["w_scale"].assign(scale)
+        layer.w_q.assign(torch.round(w / scale).clamp(-127, 127).to(torch.int8))
+        layer.w_scale.assign(scale)
 
     def call(self, layer, inputs, training=None):
         return inputs @ (layer.w_q.to(inputs.dtype) * layer.w_scale)

@@ -49,10 +49,8 @@ def _resolve_axes(axes: Sequence[int], ndim: int, shape: Sequence[int | None]) -
 
 
 def _stats_dtype(layer: Layer, x: torch.Tensor) -> torch.dtype:
-    # the "normalization" autocast rule (float32, or float64 for float64 inputs)
-    if x.dtype == torch.float64:
-        return torch.float64
-    return layer._op_dtype("normalization") or x.dtype
+    # the "normalization" autocast rule: float32 (float64 for float64 inputs)
+    return layer._op_dtype("normalization", x.dtype)
 
 
 @register_layer("mpq")
@@ -373,12 +371,9 @@ class BatchNormalization(Layer):
             mean, var = self._moments(x, mask)
             m = self.momentum
             with torch.no_grad():
-                # assign on the Variable objects: inside stateless_call an attribute read
-                # gives the value in use, which has no `assign`
-                mm_new = self.moving_mean.to(stats) * m + mean.detach() * (1.0 - m)
-                mv_new = self.moving_variance.to(stats) * m + var.detach() * (1.0 - m)
-                self._parameters["moving_mean"].assign(mm_new)
-                self._parameters["moving_variance"].assign(mv_new)
+                moving_mean, moving_var = self.moving_mean, self.moving_variance
+                moving_mean.assign(moving_mean.to(stats) * m + mean.detach() * (1.0 - m))
+                moving_var.assign(moving_var.to(stats) * m + var.detach() * (1.0 - m))
         else:
             mean = self.moving_mean.to(stats)
             var = self.moving_variance.to(stats)
