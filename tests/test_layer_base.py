@@ -590,3 +590,36 @@ def test_op_dtype_rules():
 def test_dtype_given_as_torch_dtype():
     pytest.importorskip("mpq.dtypes")  # mpq.policy resolves torch dtypes through mpq.dtypes
     assert Dense(2, dtype=torch.float16).compute_dtype == "float16"
+
+
+def test_stateless_call_with_torch_func_grad_and_plain_torch_submodules():
+    layer = Dense(3, dtype="mixed_bfloat16")
+    layer.build((None, 4))
+    x = torch.randn(2, 4)
+
+    def loss(kernel, bias):
+        out, _ = layer.stateless_call([kernel, bias], [], x)
+        return out.float().sum()
+
+    grad_k = torch.func.grad(loss)(torch.ones(4, 3), torch.zeros(3))
+    expected = x.bfloat16().float().sum(0, keepdim=True).T.expand(4, 3)
+    torch.testing.assert_close(grad_k, expected, rtol=1e-2, atol=1e-2)
+
+    class Wrapper(Layer):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+            self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+        def call(self, x):
+            return self.linear(x) * self.scale
+
+    wrapper = Wrapper()
+    wrapper(x)
+    names = [getattr(w, "path", "plain") for w in wrapper.trainable_weights]
+    assert names == [f"{wrapper.name}/scale", "plain", "plain"]
+    values = [torch.tensor(2.0), torch.zeros(2, 4), torch.ones(2)]
+    out, _ = wrapper.stateless_call(values, [], x)
+    assert out.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert not torch.equal(wrapper(x), out)  # the layer's own parameters are untouched
+    assert wrapper.compute_output_shape((None, 4)) == (None, 2)

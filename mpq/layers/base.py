@@ -255,9 +255,10 @@ class Layer(torch.nn.Module):
         params = self.__dict__.get("_parameters")
         if params is not None and name in params:
             p = params[name]
-            if p is not None and _autocast.STATE.frame is not None:
-                return _autocast.read(p)
-            return p
+            frame = _autocast.STATE.frame
+            if frame is None or frame.plain or p is None:
+                return p
+            return _autocast.read(p)
         return torch.nn.Module.__getattr__(self, name)
 
     def __deepcopy__(self, memo: dict) -> Layer:
@@ -324,7 +325,13 @@ class Layer(torch.nn.Module):
         d = self.__dict__
         compute = d["_dtype_policy"].torch_compute_dtype
         d["_input_cast_dtype"] = compute if d["_autocast"] and compute.is_floating_point else None
-        d["_var_cast_dtype"] = d["_input_cast_dtype"]
+        # Variables are read through the cast cache only if one of them needs it.
+        needs_cast = d["_autocast"] and any(
+            isinstance(p, Variable) and p._autocast_float and p.dtype != compute
+            for p in self._parameters.values()
+        )
+        policy_needs = d["_autocast"] and d["_dtype_policy"].torch_variable_dtype != compute
+        d["_var_cast_dtype"] = compute if (needs_cast or policy_needs) else None
         d["_op_dtypes"] = {}
 
     def _op_dtype(self, family: str, input_dtype: torch.dtype | None = None) -> torch.dtype:
@@ -472,6 +479,7 @@ class Layer(torch.nn.Module):
             var.requires_grad_(False)
         _tracking.set_owner(var, self)
         self.register_parameter(key, var)
+        self._update_cast_dtypes()
         return var
 
     add_variable = add_weight
@@ -687,9 +695,9 @@ class Layer(torch.nn.Module):
             kwargs["training"] = self.training if training is None else training
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
-        if parent is None and _LOSS_HOLDERS and state.stateless is None:
+        if parent is None and _LOSS_HOLDERS.data and state.stateless is None:
             self._clear_losses()
-        state.frame = _autocast.Frame(d["_var_cast_dtype"], training)
+        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, state.stateless is None)
         try:
             if d["_scheme"] is None:
                 outputs = self.call(*args, **kwargs)
