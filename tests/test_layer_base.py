@@ -623,3 +623,15 @@ def test_stateless_call_with_torch_func_grad_and_plain_torch_submodules():
     assert out.tolist() == [[2.0, 2.0], [2.0, 2.0]]
     assert not torch.equal(wrapper(x), out)  # the layer's own parameters are untouched
     assert wrapper.compute_output_shape((None, 4)) == (None, 2)
+
+
+def test_training_passed_positionally_is_respected():
+    class Flag(Layer):
+        def call(self, x, training=None):
+            return training
+
+    layer = Flag()
+    layer.eval()
+    assert layer(torch.ones(1), True) is True
+    assert layer(torch.ones(1), None) is False
+    assert layer(torch.ones(1)) is False

@@ -178,6 +178,7 @@ class Layer(torch.nn.Module):
     """
 
     _call_has_training = False
+    _call_training_index = -1  # position of `training` in call's positional parameters
     _call_has_mask = False
     _call_signature: inspect.Signature | None = None
 
@@ -196,6 +197,15 @@ class Layer(torch.nn.Module):
             params = sig.parameters
             var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             cls._call_has_training = "training" in params or var_kw
+            positional = [
+                n
+                for n, p in params.items()
+                if p.kind
+                in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            cls._call_training_index = (
+                positional.index("training") - 1 if "training" in positional else -1
+            )
             cls._call_has_mask = "mask" in params
             cls._call_signature = sig
 
@@ -339,6 +349,7 @@ class Layer(torch.nn.Module):
         give float32 (float64 for float64 inputs), "compute" the compute dtype, "input" the
         input's dtype (``input_dtype``, default the compute dtype).
 
+        >>> from mpq.layers import Dense
         >>> Dense(2, dtype="mixed_bfloat16")._op_dtype("normalization")
         torch.float32
         """
@@ -686,12 +697,25 @@ class Layer(torch.nn.Module):
             assert_input_compatibility(spec, first, d["_name"])
         if not d["built"]:
             self._build_on_call(args, kwargs)
+            if d["_input_cast_dtype"] != dtype:  # a DTypePolicyMap resolved at build
+                args, kwargs = _autocast.convert_structure(args, kwargs, d["_input_cast_dtype"])
         state = _autocast.STATE
         parent = state.frame
         training = kwargs.get("training") if kwargs else None
+        index = self._call_training_index
+        positional_training = 0 <= index < len(args)
+        if positional_training:
+            training = args[index]
         if training is None and parent is not None:
             training = parent.training
-        if self._call_has_training:
+        if positional_training:
+            if args[index] is None:
+                args = (
+                    *args[:index],
+                    self.training if training is None else training,
+                    *args[index + 1 :],
+                )
+        elif self._call_has_training:
             kwargs["training"] = self.training if training is None else training
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
@@ -723,7 +747,13 @@ class Layer(torch.nn.Module):
         spec = self.input_spec
         in_dtype = spec.dtype if isinstance(spec, InputSpec) and spec.dtype is not None else None
         in_dtype = in_dtype or self.dtype_policy.torch_compute_dtype
-        has_none = "None" in repr(input_shape)
+
+        def has_none(shape):
+            if isinstance(shape, dict):
+                return any(has_none(v) for v in shape.values())
+            if isinstance(shape, (list, tuple)):
+                return any(s is None or has_none(s) for s in shape)
+            return False
 
         def make(shape, fill):
             if isinstance(shape, dict):
@@ -745,7 +775,7 @@ class Layer(torch.nn.Module):
             return out
 
         first = shapes(self.compute_output_spec(make(_as_shape(input_shape), 2)))
-        if not has_none:
+        if not has_none(input_shape):
             return first
         second = shapes(self.compute_output_spec(make(_as_shape(input_shape), 3)))
 

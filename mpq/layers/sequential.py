@@ -27,6 +27,7 @@ class Sequential(Layer):
         name, dtype, trainable: as for ``Layer`` (layers without their own ``dtype`` inherit
             the Sequential's policy).
 
+    >>> from mpq.layers import Dense
     >>> model = Sequential([Dense(8, activation="relu"), Dense(1)])
     >>> model(torch.ones(4, 3)).shape
     torch.Size([4, 1])

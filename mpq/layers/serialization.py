@@ -16,8 +16,13 @@ _REGISTRY: dict[str, type] = {}
 def register_layer(package: str = "Custom", name: str | None = None):
     """Class decorator: make a Layer subclass loadable by :func:`deserialize` / ``mpq.saving.load``.
 
+    >>> from mpq.layers import Layer
     >>> @register_layer("my_pkg")
-    ... class MyLayer(Layer): ...
+    ... class MyLayer(Layer):
+    ...     def call(self, x):
+    ...         return 2 * x
+    >>> MyLayer._registered_name
+    'my_pkg>MyLayer'
     """
     if not isinstance(package, str) or ">" in package:
         raise ValueError(

@@ -33,13 +33,7 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
             fmt = None
         if fmt is not None and fmt.torch_dtype is not None:
             return fmt.torch_dtype
-    name = (
-        dtype
-        if isinstance(dtype, str)
-        else getattr(np.dtype(dtype), "name", None)
-        if _is_np_dtype(dtype)
-        else None
-    )
+    name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
     if name in ("bool", "bool_"):
         return torch.bool
     candidate = getattr(torch, name, None) if isinstance(name, str) else None
@@ -51,12 +45,11 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     )
 
 
-def _is_np_dtype(dtype: Any) -> bool:
+def _np_dtype_name(dtype: Any) -> str | None:
     try:
-        np.dtype(dtype)
+        return np.dtype(dtype).name
     except TypeError:
-        return False
-    return True
+        return None
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -124,7 +117,8 @@ class Variable(torch.nn.Parameter):
     integer variables are always non-trainable.
 
     >>> v = Variable(torch.zeros(2), name="v")
-    >>> v.assign_add(torch.ones(2)); v.numpy()
+    >>> _ = v.assign_add(torch.ones(2))
+    >>> v.numpy()
     array([1., 1.], dtype=float32)
     """
 
