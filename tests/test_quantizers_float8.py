@@ -41,7 +41,9 @@ def floats32(lo, hi):
 
 
 def div32(a, b):
-    return (np.asarray(a, np.float64) / np.asarray(b, np.float64)).astype(np.float32)
+    """IEEE float32 division (correctly rounded via float64); overflow gives +-inf, as in torch."""
+    with np.errstate(over="ignore"):
+        return (np.asarray(a, np.float64) / np.asarray(b, np.float64)).astype(np.float32)
 
 
 def ref_quantize(x32, scale32, fmt):
