@@ -67,8 +67,8 @@ def test_dense_rejects_unknown_activation_and_lora():
         Dense(2, activation="swishy")
     with pytest.raises(TypeError, match=r"Received: activation=3 \(of type int\)"):
         Dense(2, activation=3)
-    with pytest.raises(NotImplementedError, match="Received: lora_rank=4"):
-        Dense(2, lora_rank=4)
+    with pytest.raises(ValueError, match=r"Received: lora_rank=0 \(of type int\)"):
+        Dense(2, lora_rank=0)
 
 
 def test_dense_compute_output_shape_and_config_round_trip():

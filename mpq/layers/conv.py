@@ -16,6 +16,7 @@ from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
+from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
 
@@ -162,7 +163,7 @@ def _standardize_data_format(data_format: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- the layers
-class _Conv(Layer):
+class _Conv(LoRAMixin, Layer):
     """Shared implementation of Conv1D / Conv2D (rank 1 or 2)."""
 
     rank: int = 0
@@ -185,9 +186,16 @@ class _Conv(Layer):
         activity_regularizer: Any = None,
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if lora_rank is not None:
+            check_rank(lora_rank, "lora_rank")
+        check_alpha(lora_alpha)
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
         rank = self.rank
         if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
             raise ValueError(
@@ -290,6 +298,8 @@ class _Conv(Layer):
             )
         else:
             self.bias = None
+        if self.lora_rank:
+            self._create_lora_weights(self.lora_rank, self.lora_alpha)
 
     # -- compute
     def _pads(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
@@ -318,9 +328,17 @@ class _Conv(Layer):
         x = self._to_channels_last(inputs)
         pads = self._pads(x.shape[1:-1])
         bias = self.bias if self.use_bias else None
-        y = self._convolution(x, self.kernel, bias, pads)
+        kernel = self.kernel
+        if self._call_hooks:  # LoRA / QAT (mpq.training)
+            kernel, x = self._call_kernel_and_inputs(kernel, x)
+        y = self._convolution(x, kernel, bias, pads)
         y = self._from_channels_last(y)
         return self.activation(y)
+
+    def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        x = self._to_channels_last(inputs)
+        y = self._convolution(x, kernel, None, self._pads(x.shape[1:-1]))
+        return self._from_channels_last(y)
 
     def _convolution(
         self,
@@ -350,6 +368,8 @@ class _Conv(Layer):
                 "bias_regularizer": regularizers.serialize(self.bias_regularizer),
                 "kernel_constraint": constraints.serialize(self.kernel_constraint),
                 "bias_constraint": constraints.serialize(self.bias_constraint),
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
             }
         )
         return config
@@ -428,6 +448,8 @@ class Conv2D(_Conv):
         activity_regularizer: Any = None,
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -447,6 +469,8 @@ class Conv2D(_Conv):
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
             **kwargs,
         )
 

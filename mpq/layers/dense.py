@@ -14,6 +14,7 @@ from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
+from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["Dense"]
 
@@ -33,7 +34,7 @@ def _matmul(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 @register_layer("mpq")
-class Dense(Layer):
+class Dense(LoRAMixin, Layer):
     """Densely connected layer: ``outputs = activation(inputs @ kernel + bias)``.
 
     Shapes: inputs ``[..., input_dim]`` -> outputs ``[..., units]``; ``kernel`` is
@@ -46,7 +47,8 @@ class Dense(Layer):
         kernel_initializer / bias_initializer: initializer names, configs or objects.
         kernel_regularizer / bias_regularizer / activity_regularizer: regularizers.
         kernel_constraint / bias_constraint: constraints (see ``mpq.constraints.apply_constraints``).
-        lora_rank: not supported yet (must be None).
+        lora_rank / lora_alpha: if set, ``enable_lora(lora_rank, lora_alpha)`` at build
+            (see ``mpq.training.lora``: frozen kernel, trainable float32 A and B).
         **kwargs: ``Layer`` arguments (``name``, ``dtype``, ``trainable``, ``autocast``, ...).
 
     >>> layer = Dense(4, activation="relu")
@@ -67,6 +69,7 @@ class Dense(Layer):
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
         lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -76,9 +79,8 @@ class Dense(Layer):
                 f"Received: units={units!r}"
             )
         if lora_rank is not None:
-            raise NotImplementedError(
-                f"Dense(lora_rank=...) is not supported yet. Received: lora_rank={lora_rank!r}"
-            )
+            check_rank(lora_rank, "lora_rank")
+        check_alpha(lora_alpha)
         self.units = units
         self.activation = activations.get(activation)
         # Identity activations are skipped on the hot path.
@@ -91,6 +93,7 @@ class Dense(Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
         self.input_spec = InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -119,11 +122,19 @@ class Dense(Layer):
         else:
             self.bias = None
         self.input_spec = InputSpec(min_ndim=2, axes={-1: int(input_dim)})
+        if self.lora_rank:
+            self._create_lora_weights(self.lora_rank, self.lora_alpha)
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
-        x = _matmul(inputs, self.kernel, self.bias)
+        kernel = self.kernel
+        if self._call_hooks:  # LoRA / QAT (mpq.training)
+            kernel, inputs = self._call_kernel_and_inputs(kernel, inputs)
+        x = _matmul(inputs, kernel, self.bias)
         activation = self._activation_fn
         return x if activation is None else activation(x)
+
+    def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return _matmul(inputs, kernel, None)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*tuple(input_shape)[:-1], self.units)
@@ -141,6 +152,7 @@ class Dense(Layer):
             "kernel_constraint": _serialize(constraints, self.kernel_constraint),
             "bias_constraint": _serialize(constraints, self.bias_constraint),
             "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
         }
 
 

@@ -16,6 +16,7 @@ import torch
 from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
+from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["EinsumDense", "analyze_einsum"]
 
@@ -170,14 +171,15 @@ def analyze_einsum(
 
 
 @register_layer("mpq")
-class EinsumDense(Layer):
+class EinsumDense(LoRAMixin, Layer):
     """A dense layer computing `activation(einsum(equation, inputs, kernel) + bias)`.
 
     Args (Keras 3 names and defaults): equation (see `analyze_einsum`), output_shape (int or
     tuple: the output shape without the batch axis and without elided axes; None entries are
     read from the input), activation=None, bias_axes=None (output letters that get a bias),
     kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel/bias regularizers
-    and constraints. Keras' `lora_rank`/`lora_alpha` are not supported.
+    and constraints, lora_rank=None / lora_alpha=None (``enable_lora`` at build, see
+    ``mpq.training.lora``).
 
     Weights: `kernel` (shape from the equation), `bias` (shape from `bias_axes`) or None.
     Runs in the compute dtype (autocast rule "matmul").
@@ -201,9 +203,14 @@ class EinsumDense(Layer):
         bias_regularizer: Any = None,
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if lora_rank is not None:
+            check_rank(lora_rank, "lora_rank")
+        check_alpha(lora_alpha)
         if not isinstance(equation, str):
             raise TypeError(
                 "Expected `equation` to be a string such as 'ab,bc->ac'. "
@@ -242,6 +249,8 @@ class EinsumDense(Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.full_output_shape: Shape | None = None
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         shapes = analyze_einsum(
@@ -267,6 +276,8 @@ class EinsumDense(Layer):
             )
         else:
             self.bias = None
+        if self.lora_rank:
+            self._create_lora_weights(self.lora_rank, self.lora_alpha)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return analyze_einsum(
@@ -274,15 +285,23 @@ class EinsumDense(Layer):
         ).output_shape
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        x = torch.einsum(self.equation, inputs, self.kernel)
+        kernel = self.kernel
+        if self._call_hooks:  # LoRA / QAT (mpq.training)
+            kernel, inputs = self._call_kernel_and_inputs(kernel, inputs)
+        x = torch.einsum(self.equation, inputs, kernel)
         if self.bias is not None:
             x = x + self.bias
         return self.activation(x)
+
+    def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return torch.einsum(self.equation, inputs, kernel)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
                 "output_shape": self.partial_output_shape,
                 "equation": self.equation,
                 "activation": activations.serialize(self.activation),

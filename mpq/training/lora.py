@@ -1,0 +1,210 @@
+"""LoRA (low-rank adaptation) for the weighted layers, and the call hooks QAT uses.
+
+`LoRAMixin` gives Dense, EinsumDense, Conv1D and Conv2D ``enable_lora(rank, lora_alpha)`` and
+``merge_lora()``; the layers ask it for the kernel (and inputs) to use in ``call``.
+
+Semantics (Keras 3): ``lora_kernel_a`` has shape ``kernel.shape[:-1] + (rank,)`` (he_uniform),
+``lora_kernel_b`` ``(rank, kernel.shape[-1])`` (zeros), both trainable float32; the kernel is
+frozen; the layer computes with ``kernel + (lora_alpha / rank) * (A @ B)``. On a quantized layer
+(kernel stored as int8 / packed int4 / float8), the low-rank term is applied to the inputs,
+``(lora_alpha / rank) * op(x, A @ B)`` with the layer's own linear op, and added before the bias
+and activation. This module imports no layer (the layers import it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mpq import initializers
+
+__all__ = ["LoRAMixin"]
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (of type {type(value).__name__})"
+
+
+def check_rank(rank: Any, name: str = "rank") -> int:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(
+            f"Expected `{name}` to be a positive int. Received: {name}={_describe(rank)}"
+        )
+    return rank
+
+
+def check_alpha(alpha: Any) -> float | None:
+    if alpha is None:
+        return None
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+        raise ValueError(
+            f"Expected `lora_alpha` to be a positive number or None. "
+            f"Received: lora_alpha={_describe(alpha)}"
+        )
+    return alpha
+
+
+class LoRAMixin:
+    """LoRA and QAT hooks for a layer with a ``kernel`` whose last axis is the output axis.
+
+    The layer implements ``_linear(inputs, kernel)``: its op without bias or activation (the
+    layout of ``call``'s inputs), used for the low-rank term on quantized layers. In ``call``
+    it reads ``kernel, inputs = self._call_kernel_and_inputs(self.kernel, inputs)`` when
+    ``self._call_hooks`` is true (a class attribute False: nothing is paid without LoRA/QAT).
+    """
+
+    _call_hooks = False
+    lora_enabled = False
+
+    # ------------------------------------------------------------------ public
+    def enable_lora(
+        self,
+        rank: int,
+        lora_alpha: float | None = None,
+        a_initializer: Any = "he_uniform",
+        b_initializer: Any = "zeros",
+    ) -> None:
+        """Freeze the kernel and add trainable float32 ``lora_kernel_a`` / ``lora_kernel_b``.
+
+        ``kernel [..., out]`` -> ``A [..., rank]``, ``B [rank, out]``; the layer then computes
+        with ``kernel + (lora_alpha / rank) * A @ B`` (``lora_alpha`` defaults to ``rank``).
+        Works on float and quantized (int8, int4, float8) layers. Raises ValueError if the
+        layer is not built, LoRA is already enabled, or the kernel has a constraint.
+
+        >>> from mpq.layers import Dense
+        >>> layer = Dense(4); _ = layer(torch.ones(2, 3)); layer.enable_lora(2)
+        >>> [w.name for w in layer.trainable_weights]
+        ['bias', 'lora_kernel_a', 'lora_kernel_b']
+        """
+        if not self.built:
+            raise ValueError(
+                f"Cannot enable LoRA on layer {self.name!r}: it is not built yet. Call it on an "
+                "input or `build(input_shape)` first. Received: built=False"
+            )
+        if self.lora_enabled:
+            raise ValueError(
+                f"LoRA is already enabled on layer {self.name!r}. "
+                f"Received: rank={rank!r} (enabled with rank={self.lora_rank})"
+            )
+        self._create_lora_weights(rank, lora_alpha, a_initializer, b_initializer)
+
+    def merge_lora(self) -> None:
+        """Fold ``(lora_alpha / rank) * A @ B`` into the kernel and remove A and B (for export).
+
+        Float layers: ``kernel <- kernel + scaling * A @ B`` computed in float32 and written in
+        the variable dtype; the kernel's trainability comes back. Quantized layers: the kernel is
+        dequantized, the update added, and the sum quantized again with the layer's scheme
+        (``requantize``): lossy, by the quantization error of the merged kernel.
+        """
+        if not self.lora_enabled:
+            raise ValueError(
+                f"Cannot merge LoRA on layer {self.name!r}: LoRA is not enabled. "
+                "Received: lora_enabled=False"
+            )
+        with torch.no_grad():
+            delta = self._lora_delta(torch.float32)
+            if self.__dict__.get("_scheme") is None:
+                kernel = self._parameters["kernel"]
+                kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
+            else:
+                self._requantize_with_delta(delta)
+        kernel = self._parameters.get("kernel")
+        if kernel is not None and self.__dict__.get("_lora_kernel_was_trainable", False):
+            kernel.trainable = self.trainable
+        del self.lora_kernel_a
+        del self.lora_kernel_b
+        d = self.__dict__
+        d["lora_enabled"] = False
+        d["lora_rank"] = None
+        d["lora_alpha"] = None
+        self._refresh_call_hooks()
+        self._update_cast_dtypes()
+
+    # ------------------------------------------------------------------ internals
+    def _create_lora_weights(
+        self,
+        rank: Any,
+        lora_alpha: Any,
+        a_initializer: Any = "he_uniform",
+        b_initializer: Any = "zeros",
+    ) -> None:
+        rank = check_rank(rank)
+        lora_alpha = check_alpha(lora_alpha)
+        if getattr(self, "kernel_constraint", None) is not None:
+            raise ValueError(
+                f"LoRA is incompatible with kernel constraints (layer {self.name!r}). "
+                f"Received: kernel_constraint={self.kernel_constraint!r}"
+            )
+        shape = self._lora_kernel_shape()
+        kernel = self._parameters.get("kernel")
+        d = self.__dict__
+        d["_lora_kernel_was_trainable"] = kernel is not None and kernel.requires_grad
+        if kernel is not None:
+            kernel.trainable = False
+        device = next((p.device for p in self._parameters.values() if p is not None), None)
+        self.lora_kernel_a = self.add_weight(
+            name="lora_kernel_a",
+            shape=(*shape[:-1], rank),
+            initializer=initializers.get(a_initializer),
+            dtype="float32",
+        )
+        self.lora_kernel_b = self.add_weight(
+            name="lora_kernel_b",
+            shape=(rank, shape[-1]),
+            initializer=initializers.get(b_initializer),
+            dtype="float32",
+        )
+        if device is not None and device.type != "cpu":
+            with torch.no_grad():
+                for name in ("lora_kernel_a", "lora_kernel_b"):
+                    p = self._parameters[name]
+                    p.data = p.data.to(device)
+        d["lora_rank"] = rank
+        d["lora_alpha"] = rank if lora_alpha is None else lora_alpha
+        d["lora_enabled"] = True
+        self._refresh_call_hooks()
+
+    def _lora_kernel_shape(self) -> tuple[int, ...]:
+        """The float kernel's shape (a quantized layer may store it packed)."""
+        shape = self.__dict__.get("_float_kernel_shape")
+        if shape is None:
+            shape = tuple(self._parameters["kernel"].shape)
+        return tuple(shape)
+
+    def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``(lora_alpha / rank) * A @ B`` with the kernel's shape (read through autocast)."""
+        a = self.lora_kernel_a
+        b = self.lora_kernel_b
+        if dtype is not None:
+            a, b = a.to(dtype), b.to(dtype)
+        scaling = self.lora_alpha / self.lora_rank
+        lead = a.shape[:-1]
+        ab = torch.mm(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[-1])
+        return ab * scaling if scaling != 1 else ab
+
+    def _refresh_call_hooks(self) -> None:
+        d = self.__dict__
+        d["_call_hooks"] = bool(d.get("lora_enabled")) or d.get("_qat") is not None
+
+    def _call_kernel_and_inputs(
+        self, kernel: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel and inputs ``call`` computes with: QAT fake quantization, then LoRA."""
+        qat = self.__dict__.get("_qat")
+        if qat is not None:
+            kernel, inputs = qat.apply(self, kernel, inputs)
+        if self.lora_enabled:
+            kernel = kernel + self._lora_delta().to(kernel.dtype)
+        return kernel, inputs
+
+    def _lora_output(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The low-rank term on the input path: ``op(inputs, scaling * A @ B)`` (quantized
+        layers add it before bias and activation)."""
+        delta = self._lora_delta()
+        return self._linear(inputs, delta.to(inputs.dtype))
+
+    def _requantize_with_delta(self, delta: torch.Tensor) -> None:
+        from mpq.training import _requantize
+
+        _requantize.requantize_with_delta(self, delta)
