@@ -1,0 +1,230 @@
+"""mpq.training.from_torch: standard torch layers -> mpq layers with the same weights."""
+
+import pytest
+import torch
+from torch import nn
+
+import mpq
+from mpq.layers import BatchNormalization, Conv1D, Conv2D, Dense, Embedding, LayerNormalization
+from mpq.testing import assert_close, sqnr
+from mpq.training import from_torch
+
+
+class CNN(nn.Module):
+    def __init__(self, batch_norm=True):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8) if batch_norm else nn.Identity(),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),  # not a Keras "same": pad + valid
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, (3, 1), padding="same", groups=4, bias=False),
+        )
+        self.seq = nn.Conv1d(16, 8, 3, dilation=2)
+        self.head = nn.Linear(8 * 4, 5)
+
+    def forward(self, x):
+        x = self.features(x)  # [N, 16, 4, 4]
+        x = self.seq(x.flatten(2))  # [N, 8, 12]
+        return self.head(x[..., :4].flatten(1))
+
+
+class TextModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.norm = nn.LayerNorm(16)
+        self.proj = nn.Linear(16, 16)
+        self.gru = nn.GRU(16, 8, batch_first=True)
+
+    def forward(self, ids):
+        h = self.proj(self.norm(self.embed(ids)))
+        return self.gru(h)[0]
+
+
+def _cnn(seed=0, batch_norm=True):
+    torch.manual_seed(seed)
+    net = CNN(batch_norm)
+    if not batch_norm:
+        return net
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        bn = net.features[1]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    return net
+
+
+def test_cnn_nchw_outputs_are_identical_under_float32():
+    net = _cnn()
+    model, report = from_torch(net)
+    assert report.converted == {
+        "features.0": "Conv2d -> Conv2D",
+        "features.1": "BatchNorm2d -> BatchNormalization",
+        "features.3": "Conv2d -> ConstantPad + Conv2D",
+        "features.6": "Conv2d -> Conv2D",
+        "seq": "Conv1d -> Conv1D",
+        "head": "Linear -> Dense",
+    }
+    assert report.unsupported == {}
+    assert set(report.unchanged) == {"features.2", "features.4", "features.5"}
+    assert (
+        isinstance(model.features[0], Conv2D) and model.features[0].data_format == "channels_first"
+    )
+    assert isinstance(model.features[3].conv, Conv2D)
+    assert isinstance(model.seq, Conv1D) and isinstance(model.head, Dense)
+    assert isinstance(model.features[1], BatchNormalization)
+    x = torch.randn(4, 3, 16, 16)
+    net.eval()
+    model.eval()
+    # BatchNorm's CPU kernel fuses its affine map differently: equal to rounding only.
+    assert_close(model(x), net(x), "float32", k=16 * 9)
+    # Without BatchNorm every layer runs torch's own op on torch's weight layout: same bits.
+    net = _cnn(batch_norm=False)
+    model, report = from_torch(net)
+    assert "features.1" in report.unchanged
+    assert torch.equal(model(x), net(x))
+
+
+def test_cnn_training_mode_outputs_and_gradients_match():
+    net = _cnn()
+    model, _ = from_torch(net)
+    x = torch.randn(4, 3, 16, 16)
+    y_ref, y = net(x), model(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y_ref.square().sum().backward()
+    y.square().sum().backward()
+    torch.testing.assert_close(
+        model.head.kernel.grad, net.head.weight.grad.t(), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        model.features[0].kernel.grad,
+        net.features[0].weight.grad.permute(2, 3, 1, 0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # BatchNorm moving mean follows torch's running mean (momentum 0.9 <-> torch's 0.1).
+    torch.testing.assert_close(model.features[1].moving_mean.detach(), net.features[1].running_mean)
+
+
+def test_original_is_untouched_and_weights_are_independent():
+    net = _cnn()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    model, _ = from_torch(net)
+    with torch.no_grad():
+        model.head.kernel.add_(1.0)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert isinstance(net.head, nn.Linear)
+
+
+def test_text_model_with_example_inputs_and_unsupported_modules():
+    torch.manual_seed(0)
+    net = TextModel()
+    ids = torch.randint(0, 50, (2, 7))
+    model, report = from_torch(net, example_inputs=ids)
+    assert report.converted == {
+        "embed": "Embedding -> Embedding",
+        "norm": "LayerNorm -> LayerNormalization",
+        "proj": "Linear -> Dense",
+    }
+    assert report.unsupported == {"gru": "GRU: no mpq equivalent"}
+    assert isinstance(model.gru, nn.GRU)
+    assert isinstance(model.embed, Embedding) and isinstance(model.norm, LayerNormalization)
+    assert torch.equal(model(ids), net(ids))
+    assert "gru" in str(report)
+
+
+def test_layer_norm_without_example_inputs_is_built_for_rank_two():
+    net = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 2))
+    model, report = from_torch(net)
+    assert "rank 2" in report.notes["0"]
+    x = torch.randn(3, 6)
+    assert torch.equal(model(x), net(x))
+    with pytest.raises(ValueError, match="ndim"):
+        model(torch.randn(2, 3, 6))
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (nn.Embedding(10, 4, padding_idx=0), "padding_idx=0"),
+        (nn.Embedding(10, 4, max_norm=1.0), "max_norm=1.0"),
+        (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
+        (nn.BatchNorm2d(4, track_running_stats=False), "track_running_stats=False"),
+        (nn.BatchNorm2d(4, momentum=None), "momentum=None"),
+        (nn.modules.linear.NonDynamicallyQuantizableLinear(3, 3), "subclass of nn.Linear"),
+        (nn.BatchNorm1d(4), "no mpq equivalent"),
+    ],
+)
+def test_unsupported_options_are_left_and_reported(module, reason):
+    wrapper = nn.Sequential(module)
+    model, report = from_torch(wrapper)
+    assert type(model[0]) is type(module)
+    assert reason in report.unsupported["0"]
+    assert report.converted == {}
+
+
+def test_root_module_and_frozen_parameters():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    lin.weight.requires_grad_(False)
+    layer, report = from_torch(lin)
+    assert isinstance(layer, Dense) and report.converted == {"": "Linear -> Dense"}
+    assert not layer.kernel.requires_grad and layer.bias.requires_grad
+    x = torch.randn(5, 4)
+    assert torch.equal(layer(x), lin(x))
+
+
+def test_policy_mixed_bfloat16_and_policy_map():
+    net = _cnn()
+    net.eval()
+    x = torch.randn(4, 3, 16, 16)
+    model, _ = from_torch(net, "mixed_bfloat16")
+    model.eval()
+    y = model(x)
+    assert y.dtype == torch.bfloat16
+    assert model.head.kernel.dtype == torch.float32
+    assert sqnr(net(x), y.float()) > 30
+    pmap = mpq.policy.DTypePolicyMap(
+        default_policy="float32", policy_map={r"features\..*": "mixed_float16"}
+    )
+    model, _ = from_torch(net, pmap)
+    assert model.features[0].dtype_policy.name == "mixed_float16"
+    assert model.head.dtype_policy.name == "float32"
+    assert model(x).dtype == torch.float32
+
+
+def test_policy_none_keeps_the_weight_dtype():
+    lin = nn.Linear(4, 3).to(torch.bfloat16)
+    layer, _ = from_torch(lin)
+    assert layer.dtype_policy.name == "bfloat16"
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    assert torch.equal(layer(x), lin(x))
+
+
+def test_converted_model_trains_with_a_torch_optimizer():
+    net = _cnn()
+    model, _ = from_torch(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, target = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="Received: module of type str"):
+        from_torch("net")
+    with pytest.raises(TypeError, match="Received: example_inputs of type dict"):
+        from_torch(nn.Linear(2, 2), example_inputs={"x": 1})
+    with pytest.raises(ValueError, match=r"Received: identifier=3 \(of type int\)"):
+        from_torch(nn.Linear(2, 2), 3)
