@@ -124,7 +124,9 @@ def _triton_conv():
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
+    )
 
 
 def _activation_grad(z: torch.Tensor, activation: str, grad: torch.Tensor) -> torch.Tensor:

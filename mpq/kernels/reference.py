@@ -22,8 +22,9 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def _silu(x: torch.Tensor) -> torch.Tensor:
-    # x * sigmoid(x), written as the kernels compute it: x / (1 + exp(-x)).
-    return x / (1.0 + torch.exp(-x))
+    # x * sigmoid(x), written as the kernels compute it (through exp(-|x|), no overflow).
+    e = torch.exp(-x.abs())
+    return torch.where(x >= 0, x / (1.0 + e), x * e / (1.0 + e))
 
 
 _ACTIVATIONS = {"none": None, "relu": torch.relu, "gelu": _gelu, "silu": _silu}
