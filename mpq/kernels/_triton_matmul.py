@@ -17,6 +17,7 @@ from . import _checks, _configs
 # Triton 3.9 decides at decoration time whether @triton.jit functions are interpreted.
 INTERPRET = bool(triton.knobs.runtime.interpret)
 
+
 def check_device(t: torch.Tensor) -> None:
     """Refuse devices these kernels were not built for (no silent fallback)."""
     if t.device.type == "cuda" or (t.device.type == "cpu" and INTERPRET):
@@ -55,7 +56,8 @@ def _prune_configs(configs, named_args, **kwargs):
     """early_config_prune hook: shape/shared-memory pruning of ``_configs.prune``."""
     if INTERPRET:
         return configs
-    a, b = named_args["a_ptr"], named_args["b_ptr"]
+    a = named_args["a_ptr"] if "a_ptr" in named_args else named_args["x_ptr"]
+    b = named_args["b_ptr"] if "b_ptr" in named_args else named_args["w_ptr"]
     smem, _ = _device_limits(a.device.index or 0)
     elem = max(a.element_size(), b.element_size())
     as_dicts = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs]
