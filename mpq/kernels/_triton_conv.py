@@ -135,7 +135,7 @@ def _conv2d_kernel(
     if OUT_INT32:
         tl.store(y_ptrs, acc, mask=mask)
     else:
-        if W_SCALE == 2:
+        if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
             col_scale_ptr = w_scale_ptr + g * N
         else:
             col_scale_ptr = w_scale_ptr
