@@ -124,10 +124,10 @@ def _conv2d_kernel(
                 cc = c + offs_c
                 c_ok = cc < Cg
                 xv = _masked_load(
-                    x_row[:, None] + cc[None, :] * sxc, row_ok[:, None] & c_ok[None, :], INTERPRET
+                    x_row[:, None] + cc[None, :] * sxc, row_ok[:, None] & c_ok[None, :]
                 )
                 wv = _masked_load(
-                    w_col[None, :] + cc[:, None] * swc, c_ok[:, None] & n_mask[None, :], INTERPRET
+                    w_col[None, :] + cc[:, None] * swc, c_ok[:, None] & n_mask[None, :]
                 )
                 acc = _mma(xv, wv, acc, ACC_INT32, IEEE, INTERPRET)
     y_ptrs = y_ptr + offs_m[:, None] * sym + (g * N + offs_n)[None, :] * syn

@@ -91,12 +91,11 @@ def _launch_metadata(grid, kernel, args):
 
 
 @triton.jit
-def _masked_load(ptrs, mask, INTERPRET: tl.constexpr):
-    if INTERPRET:
-        # Interpreter quirk (Triton 3.9): a masked load of float8 needs a float `other`.
-        return tl.load(ptrs, mask=mask, other=0.0)
-    else:
-        return tl.load(ptrs, mask=mask, other=0)
+def _masked_load(ptrs, mask):
+    # `other` is a float constant on purpose: Triton casts it to the element type, and only a
+    # float source has a conversion to float8 (an int 0 fails for fp8 in the interpreter, and
+    # int -> fp8 has no direct conversion on the GPU either); 0.0 is exact for every dtype here.
+    return tl.load(ptrs, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -247,8 +246,8 @@ def _matmul_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         k_mask = (k + offs_k) < k_end
-        a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :], INTERPRET)
-        b = _masked_load(b_ptrs, k_mask[:, None] & n_mask[None, :], INTERPRET)
+        a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :])
+        b = _masked_load(b_ptrs, k_mask[:, None] & n_mask[None, :])
         acc = _mma(a, b, acc, ACC_INT32, IEEE, INTERPRET)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
@@ -463,7 +462,7 @@ def _matmul_int4_kernel(
     for k in range(0, K, BLOCK_K):
         kk = k + offs_k
         k_mask = kk < K
-        a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :], INTERPRET)
+        a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :])
         p_mask = ((k // 2 + offs_kp) < KP)[:, None] & n_mask[None, :]
         p = tl.load(b_ptrs, mask=p_mask, other=0).to(tl.int32)
         low = ((p & 0xF) ^ 8) - 8  # sign-extended nibbles
