@@ -1,0 +1,20 @@
+"""mpq: mixed precision and quantization for PyTorch models.
+
+Keras-3-style layers on `torch.nn.Module`, first-class dtype policies, quantization modes
+(int8, int4, float8) and Triton kernels, plus tools to sweep a model over many policies.
+`import mpq` is lean: it compiles no kernel, initialises no CUDA and changes no environment.
+"""
+
+from mpq import policy, quantizers
+from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "__version__",
+    "dtype_policy",
+    "policy",
+    "policy_scope",
+    "quantizers",
+    "set_dtype_policy",
+]

@@ -1,0 +1,383 @@
+"""Dtype policies: which dtype a layer stores its variables in, which it computes in, and
+whether (and how) it is quantized.
+
+Policies are immutable value objects: hashable, equal by config, picklable, and parsed from
+their name exactly once. The name is derived from the fields, never passed around and re-split.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = [
+    "FLOAT_POLICY_NAMES",
+    "QUANTIZATION_MODES",
+    "DTypePolicy",
+    "QuantizedDTypePolicy",
+    "QuantizedFloat8DTypePolicy",
+]
+
+# (variable_dtype, compute_dtype) for every non-quantized policy name. Keras 3 allows exactly
+# these: a float dtype for both, or one of the two mixed policies with float32 variables.
+_FLOAT_POLICIES: dict[str, tuple[str, str]] = {
+    "float16": ("float16", "float16"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+    "float32": ("float32", "float32"),
+    "float64": ("float64", "float64"),
+    "mixed_float16": ("float32", "float16"),
+    "mixed_bfloat16": ("float32", "bfloat16"),
+}
+FLOAT_POLICY_NAMES: tuple[str, ...] = tuple(_FLOAT_POLICIES)
+
+# The torch dtypes behind the four float names above (canonical format names in mpq.dtypes).
+_TORCH_FLOAT = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8")
+DEFAULT_INT4_BLOCK_SIZE = 128
+DEFAULT_AMAX_HISTORY_LENGTH = 1024
+
+_MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+)(?:/(?P<block>[^/]*))?$")
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (of type {type(value).__name__})"
+
+
+class _Frozen:
+    """Immutability, value equality, hashing, pickling and copying from `get_config()`."""
+
+    __slots__ = ()
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(
+            f"{type(self).__name__} is immutable; build a new policy instead. "
+            f"Received: an assignment to {key!r}"
+        )
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable. Received: del {key!r}")
+
+    def _key(self) -> tuple:
+        return (type(self).__name__, tuple(sorted(self.get_config().items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Frozen):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self):
+        return (_from_config, (type(self), self.get_config()))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def get_config(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def _from_config(cls, config):
+    return cls.from_config(config)
+
+
+class DTypePolicy(_Frozen):
+    """A dtype policy: the dtype of a layer's variables and the dtype of its computations.
+
+    Args:
+        name: a float dtype name (`"float16"`, `"bfloat16"`, `"float32"`, `"float64"`: variables
+            and computations both in it) or a mixed policy (`"mixed_float16"`,
+            `"mixed_bfloat16"`: float32 variables, half-precision computations). `None` takes
+            the global policy's dtypes (see `mpq.dtype_policy()`) at construction time.
+
+    Example:
+        >>> p = DTypePolicy("mixed_bfloat16")
+        >>> p.variable_dtype, p.compute_dtype
+        ('float32', 'bfloat16')
+    """
+
+    __slots__ = ("_compute_dtype", "_name", "_variable_dtype")
+
+    def __init__(self, name: str | None = None):
+        if name is None:
+            from mpq.policy.global_state import dtype_policy
+
+            name = dtype_policy()._source_float_name()
+        if not isinstance(name, str):
+            raise TypeError(
+                "Expected `name` to be a string such as 'mixed_bfloat16' or 'float32'. "
+                f"Received: name={_describe(name)}"
+            )
+        if name not in _FLOAT_POLICIES:
+            raise ValueError(
+                f"Expected a dtype policy name, one of {list(FLOAT_POLICY_NAMES)} "
+                "(quantized policies are named like 'int8_from_mixed_bfloat16' and built by "
+                f"mpq.policy.get or QuantizedDTypePolicy). Received: name={name!r}"
+            )
+        variable_dtype, compute_dtype = _FLOAT_POLICIES[name]
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_variable_dtype", variable_dtype)
+        object.__setattr__(self, "_compute_dtype", compute_dtype)
+
+    # -- fields ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The policy's name, e.g. `"mixed_bfloat16"`."""
+        return self._name
+
+    @property
+    def variable_dtype(self) -> str:
+        """Canonical format name of the layer's variables, e.g. `"float32"`."""
+        return self._variable_dtype
+
+    @property
+    def compute_dtype(self) -> str:
+        """Canonical format name the layer computes in, e.g. `"bfloat16"`."""
+        return self._compute_dtype
+
+    @property
+    def torch_variable_dtype(self) -> torch.dtype:
+        return _TORCH_FLOAT[self._variable_dtype]
+
+    @property
+    def torch_compute_dtype(self) -> torch.dtype:
+        return _TORCH_FLOAT[self._compute_dtype]
+
+    @property
+    def quantization_mode(self) -> str | None:
+        """`None` for float policies; `"int8"`, `"int4"` or `"float8"` for quantized ones."""
+        return None
+
+    @property
+    def is_mixed(self) -> bool:
+        """True when variables and computations use different dtypes."""
+        return self._variable_dtype != self._compute_dtype
+
+    def _source_float_name(self) -> str:
+        return self._name
+
+    # -- config ------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self._name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        if not isinstance(config, dict):
+            raise TypeError(f"Expected a config dict. Received: config={_describe(config)}")
+        return cls(**config)
+
+    def short_str(self) -> str:
+        """A compact tag for run names and plot labels, e.g. `"mixed_bf16"`, `"int4g128<-f32"`."""
+        return _short(self._name)
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} "{self._name}">'
+
+
+def _short(float_name: str) -> str:
+    return float_name.replace("bfloat", "bf").replace("float", "f")
+
+
+class QuantizedDTypePolicy(DTypePolicy):
+    """A quantized policy: a float source policy plus a quantization mode.
+
+    The name is `"{mode}_from_{source_name}"`, e.g. `"int8_from_mixed_bfloat16"`. Variable and
+    compute dtypes come from the source policy (they apply to what stays in float: biases,
+    scales, activations).
+
+    Args:
+        mode: `"int8"` or `"int4"`; for int4 a block size may follow a slash: `"int4/128"` groups
+            of 128 along the input dimension, `"int4/-1"` one scale per output channel. Plain
+            `"int4"` means the default block size (128). (float8 has its own class,
+            `QuantizedFloat8DTypePolicy`.)
+        source_name: the float policy the quantized layer came from; `None` takes the global
+            policy's.
+        block_size: the int4 block size as an int (alternative to the `"int4/128"` spelling).
+
+    Example:
+        >>> q = QuantizedDTypePolicy("int4/128", "mixed_bfloat16")
+        >>> q.name, q.mode, q.block_size, q.compute_dtype
+        ('int4/128_from_mixed_bfloat16', 'int4', 128, 'bfloat16')
+    """
+
+    __slots__ = ("_block_size", "_mode")
+    _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4")
+
+    def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
+        mode, parsed_block = _parse_mode(mode, self._allowed_modes, type(self).__name__)
+        if block_size is not None and parsed_block is not None and block_size != parsed_block:
+            raise ValueError(
+                f"Expected one block size. Received: mode={mode + '/' + str(parsed_block)!r} "
+                f"and block_size={block_size!r}"
+            )
+        block_size = parsed_block if parsed_block is not None else block_size
+        block_size = _check_block_size(mode, block_size)
+        if source_name is None:
+            from mpq.policy.global_state import dtype_policy
+
+            source_name = dtype_policy()._source_float_name()
+        if not isinstance(source_name, str):
+            raise TypeError(
+                "Expected `source_name` to be a float policy name such as 'mixed_bfloat16'. "
+                f"Received: source_name={_describe(source_name)}"
+            )
+        if source_name not in _FLOAT_POLICIES:
+            raise ValueError(
+                f"Expected `source_name` to be one of {list(FLOAT_POLICY_NAMES)}. "
+                f"Received: source_name={source_name!r}"
+            )
+        super().__init__(source_name)
+        object.__setattr__(self, "_mode", mode)
+        object.__setattr__(self, "_block_size", block_size)
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode_spec}_from_{self._name}"
+
+    @property
+    def source_name(self) -> str:
+        """The float policy the layer was quantized from, e.g. `"mixed_bfloat16"`."""
+        return self._name
+
+    @property
+    def mode(self) -> str:
+        """`"int8"`, `"int4"` or `"float8"` (without the block size)."""
+        return self._mode
+
+    @property
+    def block_size(self) -> int | None:
+        """int4 only: group size along the input dimension, or -1 for per output channel."""
+        return self._block_size
+
+    @property
+    def mode_spec(self) -> str:
+        """The mode as spelled in names: `"int8"`, `"int4/128"`, `"int4/-1"`, `"float8"`."""
+        return self._mode if self._block_size is None else f"{self._mode}/{self._block_size}"
+
+    @property
+    def quantization_mode(self) -> str:
+        return self._mode
+
+    def _source_float_name(self) -> str:
+        return self._name
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mode": self.mode_spec, "source_name": self._name}
+
+    def short_str(self) -> str:
+        spec = self.mode_spec.replace("/-1", "pc").replace("/", "g")
+        return f"{spec}<-{_short(self._name)}"
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} "{self.name}">'
+
+
+class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
+    """float8 with delayed scaling: e4m3fn forward, e5m2 gradients, per-tensor scales computed
+    from a history of the last `amax_history_length` absolute maxima.
+
+    Example:
+        >>> f = QuantizedFloat8DTypePolicy("float8", "mixed_bfloat16", amax_history_length=16)
+        >>> f.name, f.amax_history_length
+        ('float8_from_mixed_bfloat16', 16)
+    """
+
+    __slots__ = ("_amax_history_length",)
+    _allowed_modes: ClassVar[tuple[str, ...]] = ("float8",)
+
+    def __init__(
+        self,
+        mode: str = "float8",
+        source_name: str | None = None,
+        amax_history_length: int = DEFAULT_AMAX_HISTORY_LENGTH,
+    ):
+        # bool is an int subclass; a history length of True is a bug, not a length of 1.
+        if not isinstance(amax_history_length, int) or isinstance(amax_history_length, bool):
+            raise TypeError(
+                "Expected `amax_history_length` to be an int. "
+                f"Received: amax_history_length={_describe(amax_history_length)}"
+            )
+        if amax_history_length < 1:
+            raise ValueError(
+                "Expected `amax_history_length` >= 1. "
+                f"Received: amax_history_length={amax_history_length}"
+            )
+        super().__init__(mode, source_name)
+        object.__setattr__(self, "_amax_history_length", amax_history_length)
+
+    @property
+    def amax_history_length(self) -> int:
+        return self._amax_history_length
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "amax_history_length": self._amax_history_length}
+
+
+def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:
+    if not isinstance(mode, str):
+        raise TypeError(
+            f"Expected `mode` to be a string, one of {list(allowed)}. Received: mode={_describe(mode)}"
+        )
+    match = _MODE_RE.match(mode)
+    if match is None or match["mode"] not in allowed:
+        hint = ""
+        if match is not None and match["mode"] in QUANTIZATION_MODES:
+            other = (
+                "QuantizedFloat8DTypePolicy"
+                if match["mode"] == "float8"
+                else "QuantizedDTypePolicy"
+            )
+            hint = f" ({match['mode']!r} is built by {other}, or by mpq.policy.get)"
+        raise ValueError(
+            f"Expected `mode` for {cls_name} to be one of {list(allowed)}"
+            f"{' (int4 optionally with a block size: int4/128, int4/-1)' if 'int4' in allowed else ''}."
+            f"{hint} Received: mode={mode!r}"
+        )
+    block = match["block"]
+    if block is None:
+        return match["mode"], None
+    if match["mode"] != "int4":
+        raise ValueError(
+            f"Expected a block size only with mode 'int4' (e.g. 'int4/128'). Received: mode={mode!r}"
+        )
+    try:
+        return "int4", int(block)
+    except ValueError:
+        raise ValueError(
+            "Expected an integer int4 block size (a positive group size, or -1 for per output "
+            f"channel), as in 'int4/128'. Received: mode={mode!r}"
+        ) from None
+
+
+def _check_block_size(mode: str, block_size: Any) -> int | None:
+    if mode != "int4":
+        if block_size is not None:
+            raise ValueError(
+                f"Expected no block size for mode {mode!r} (only int4 has one). "
+                f"Received: block_size={block_size!r}"
+            )
+        return None
+    if block_size is None:
+        return DEFAULT_INT4_BLOCK_SIZE
+    if not isinstance(block_size, int) or isinstance(block_size, bool):
+        raise TypeError(
+            f"Expected an int block size for int4. Received: block_size={_describe(block_size)}"
+        )
+    if block_size != -1 and (block_size < 2 or block_size % 2):
+        raise ValueError(
+            "Expected the int4 block size to be -1 (per output channel) or an even group size "
+            f">= 2 (int4 values pack two per byte). Received: block_size={block_size}"
+        )
+    return block_size

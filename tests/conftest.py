@@ -1,0 +1,33 @@
+"""Strict, reproducible test set-up: warnings are errors (pyproject), TF32 off, seeded RNGs,
+and a derandomized hypothesis profile when HYPOTHESIS_PROFILE=ci (set by .ci/run)."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_policy():
+    """A test that sets the global policy must not leak it into the next test."""
+    import mpq
+
+    before = mpq.dtype_policy()
+    yield
+    mpq.set_dtype_policy(before)
+
+
+os.environ.setdefault("HYPOTHESIS_PROFILE", "dev")

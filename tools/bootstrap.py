@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Create (or reuse) the project's virtual environment with mpq installed in editable mode.
+
+    python3 tools/bootstrap.py --extras test       # what `make test` runs first
+
+torch: a torch that is already importable from this Python is reused (the venv then sees the
+system site-packages); otherwise a torch from local wheel directories (pip's --find-links, e.g.
+a CPU build) is tried first; `MPQ_TORCH_INDEX_URL` (e.g. PyTorch's CPU index) is honoured;
+only then the default index, which on Linux serves the large CUDA build.
+Re-running is cheap: a stamp records what was installed and nothing is redone if it matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_SPEC = "torch>=2.4"
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, **kwargs)
+
+
+def _has_torch(python: str) -> bool:
+    return subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
+
+
+def _venv_python(env: Path) -> str:
+    return str(env / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", default=str(ROOT / ".venv"), help="where the venv lives")
+    parser.add_argument("--extras", default="test", help="comma-separated extras, e.g. test,sweep")
+    args = parser.parse_args()
+    env = Path(args.venv)
+    extras = ",".join(sorted(filter(None, args.extras.split(","))))
+    stamp_text = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + extras.encode() + sys.version.encode()
+    ).hexdigest()
+    stamp = env / ".mpq-stamp"
+    python = _venv_python(env)
+    if stamp.exists() and stamp.read_text() == stamp_text and Path(python).exists():
+        return 0
+
+    if not Path(python).exists():
+        reuse = _has_torch(sys.executable)
+        print(
+            f"Creating {env} ("
+            + ("reusing the torch installed for this Python" if reuse else "no torch found yet")
+            + ")",
+            flush=True,
+        )
+        venv.EnvBuilder(with_pip=True, system_site_packages=reuse).create(env)
+
+    pip = [python, "-m", "pip", "--disable-pip-version-check"]
+    if not _has_torch(python):
+        # Local wheels first (a CPU build on this project's machines), then an explicit index.
+        if _run([*pip, "install", "--no-index", TORCH_SPEC]).returncode != 0:
+            index = os.environ.get("MPQ_TORCH_INDEX_URL")
+            if index:
+                cmd = [*pip, "install", TORCH_SPEC, "--index-url", index]
+            else:
+                print(
+                    "No local torch wheel found; installing torch from the default index. On "
+                    "Linux that is the CUDA build (several GB). For the CPU build set "
+                    "MPQ_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+                    flush=True,
+                )
+                cmd = [*pip, "install", TORCH_SPEC]
+            if _run(cmd).returncode != 0:
+                print("Could not install torch; see the messages above.", file=sys.stderr)
+                return 1
+    target = f".[{extras}]" if extras else "."
+    if _run([*pip, "install", "-e", target], cwd=ROOT).returncode != 0:
+        print(f"Could not install mpq{target[1:]}; see the messages above.", file=sys.stderr)
+        return 1
+    stamp.write_text(stamp_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
