@@ -206,7 +206,7 @@ def matmul(
         torch.Size([4, 3])
     """
     if (
-        type(a) is torch.Tensor
+        isinstance(a, torch.Tensor)
         and (a.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
         and _backend(a.device.type) == "triton"
     ):
@@ -263,7 +263,7 @@ def matmul_int4(
         torch.Size([2, 3])
     """
     if (
-        type(a) is torch.Tensor
+        isinstance(a, torch.Tensor)
         and (a.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
         and _backend(a.device.type) == "triton"
     ):
@@ -354,7 +354,7 @@ def conv2d(
         torch.Size([2, 8, 8, 16])
     """
     if (
-        type(x) is torch.Tensor
+        isinstance(x, torch.Tensor)
         and (x.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
         and _backend(x.device.type) == "triton"
     ):

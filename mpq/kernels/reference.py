@@ -89,9 +89,9 @@ def matmul(
         torch.Size([4, 3])
     """
     if (
-        type(a) is torch.Tensor
+        isinstance(a, torch.Tensor)
         and a.dtype == torch.float32
-        and type(b) is torch.Tensor
+        and isinstance(b, torch.Tensor)
         and b.dtype == torch.float32
         and out_dtype is None
         and a_scale is None
@@ -103,7 +103,7 @@ def matmul(
         and (
             bias is None
             or (
-                type(bias) is torch.Tensor
+                isinstance(bias, torch.Tensor)
                 and bias.dtype == torch.float32
                 and bias.shape == (b.shape[1],)
             )

@@ -342,3 +342,21 @@ def test_kernels_imported_without_interpreter_refuse_cpu_tensors():
     )
     assert res.stdout.startswith("RAISED Expected mpq's Triton kernels to be imported with "
                                  "TRITON_INTERPRET=1"), res.stdout + res.stderr  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_int4_layout_is_the_one_of_mpq_quantizers_pack_int4(backend):
+    # A [N, K] weight packed along K by the quantizers, transposed (no copy) to [ceil(K/2), N].
+    from mpq.quantizers import pack_int4 as quantizers_pack_int4
+
+    gen = torch.Generator().manual_seed(15)
+    N, Kd = 6, 11
+    q_nk = torch.randint(-8, 8, (N, Kd), generator=gen, dtype=torch.int8)
+    a = rand((3, Kd), torch.float32, gen)
+    scale = torch.rand(N, generator=gen)
+    b_packed = quantizers_pack_int4(q_nk, axis=-1).t()
+    device = DEVICE if backend == "triton" else "cpu"
+    with K.use_backend(backend):
+        out = K.matmul_int4(a.to(device), b_packed.to(device), scale.to(device))
+    want = a.double() @ (q_nk.double() * scale.double()[:, None]).t()
+    assert_close(out, want.float(), torch.float32, k=Kd)
