@@ -61,7 +61,9 @@ def _prune_configs(configs, named_args, **kwargs):
     smem, _ = _device_limits(a.device.index or 0)
     elem = max(a.element_size(), b.element_size())
     as_dicts = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs]
-    kept = _configs.prune(as_dicts, named_args["M"], named_args["N"], named_args["K"], elem, smem)
+    # The conv kernel's BLOCK_K runs over the input channels of one filter tap (Cg), not all of K.
+    k_extent = named_args["Cg"] if "Cg" in named_args else named_args["K"]
+    kept = _configs.prune(as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem)
     return [configs[as_dicts.index(c)] for c in kept]
 
 

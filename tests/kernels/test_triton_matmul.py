@@ -360,3 +360,14 @@ def test_int4_layout_is_the_one_of_mpq_quantizers_pack_int4(backend):
         out = K.matmul_int4(a.to(device), b_packed.to(device), scale.to(device))
     want = a.double() @ (q_nk.double() * scale.double()[:, None]).t()
     assert_close(out, want.float(), torch.float32, k=Kd)
+
+
+def test_launcher_rejects_bad_split_k_and_foreign_devices():
+    from mpq.kernels import _triton_matmul
+
+    a = torch.ones(2, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"`split_k` to be a positive int.*split_k=0"):
+        _triton_matmul.matmul(a, torch.ones(3, 2, device=DEVICE), split_k=0)
+    meta = torch.ones(2, 3, device="meta")
+    with pytest.raises(RuntimeError, match=r"Expected CUDA tensors.*Received: tensors on meta"):
+        _triton_matmul.matmul(meta, torch.ones(3, 2, device="meta"))
