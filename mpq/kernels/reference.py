@@ -106,6 +106,7 @@ def matmul(
                 isinstance(bias, torch.Tensor)
                 and bias.dtype == torch.float32
                 and bias.shape == (b.shape[1],)
+                and bias.device == a.device
             )
         )
     ):

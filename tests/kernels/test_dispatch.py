@@ -161,6 +161,13 @@ MATMUL_ERRORS = [
         TypeError,
         r"b.dtype=torch.int8",
     ),
+    (dict(a=f32, b=b32.to("meta")), ValueError, r"same device.*b on meta"),
+    (dict(a=f32, b=b32, bias=torch.ones(3, device="meta")), ValueError, r"`bias` on the.*meta"),
+    (
+        dict(a=i8, b=w8.t(), b_scale=torch.ones(3, device="meta")),
+        ValueError,
+        r"`b_scale` on the operands' device cpu.*meta",
+    ),
 ]
 
 
@@ -223,6 +230,17 @@ INT4_ERRORS = [
         r"`b_zero`.*float16",
     ),
     (dict(a=f32, b_packed=q4, b_scale="s"), TypeError, r"`b_scale` to be a torch.Tensor.*'s'"),
+    (dict(a=f32, b_packed=q4.to("meta"), b_scale=torch.ones(3)), ValueError, r"same device"),
+    (
+        dict(a=f32, b_packed=q4, b_scale=torch.ones(3, device="meta")),
+        ValueError,
+        r"`b_scale` on the operands' device cpu.*meta",
+    ),
+    (
+        dict(a=f32, b_packed=q4, b_scale=torch.ones(3), b_zero=torch.ones(3, device="meta")),
+        ValueError,
+        r"`b_zero` on the operands' device cpu.*meta",
+    ),
 ]
 
 
@@ -272,6 +290,12 @@ CONV_ERRORS = [
     ),
     (dict(x=x4, w=wc, w_scale=torch.ones(6)), ValueError, r"no `x_scale`/`w_scale` for float"),
     (dict(x=x4, w=wc, bias=torch.ones(5)), ValueError, r"`bias` of shape \[6\]"),
+    (dict(x=x4, w=wc.to("meta")), ValueError, r"same device.*w on meta"),
+    (
+        dict(x=x4, w=wc, padding=((1,), (1, 1))),
+        ValueError,
+        r"`padding` to be an int or a pair of ints",
+    ),
 ]
 
 
