@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mpq import dtypes
+
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
 """Activation names accepted by the fused epilogue (``None`` means ``"none"``)."""
 
@@ -51,17 +53,18 @@ def check_activation(activation: str | None) -> str:
     return activation
 
 
-def resolve_out_dtype(
-    out_dtype: torch.dtype | str | None, default: torch.dtype, allow_int32: bool
-) -> torch.dtype:
-    """Return the output dtype, accepting a torch dtype or its name ("bfloat16")."""
+def resolve_out_dtype(out_dtype: object, default: torch.dtype, allow_int32: bool) -> torch.dtype:
+    """The output dtype: a torch dtype, or anything ``mpq.dtypes.get`` resolves ("bfloat16")."""
     if out_dtype is None:
         return default
     allowed = (*OUT_DTYPES, torch.int32) if allow_int32 else OUT_DTYPES
     resolved = out_dtype
-    if isinstance(out_dtype, str):
-        resolved = getattr(torch, out_dtype, None)
-    if not isinstance(resolved, torch.dtype) or resolved not in allowed:
+    if not isinstance(out_dtype, torch.dtype):
+        try:
+            resolved = dtypes.get(out_dtype).torch_dtype
+        except (TypeError, ValueError):
+            resolved = None
+    if resolved not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
         raise ValueError(
             f"Expected `out_dtype` to be one of ({names}) or None. Received: out_dtype={out_dtype!r}"

@@ -2,49 +2,28 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in (
-    "1",
-    "true",
-    "yes",
-    "on",
-    "y",
-)
+from mpq import testing
+from mpq.testing import device as capability
+
+INTERPRET = capability.triton_interpret_enabled()
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 requires_triton_device = pytest.mark.skipif(
-    not INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 (set by tests/kernels/conftest.py) or a CUDA device",
+    not capability.has_triton() or not (INTERPRET or capability.has_cuda()),
+    reason="needs triton, and TRITON_INTERPRET=1 (set by tests/kernels/conftest.py) or a CUDA device",
 )
-
-def tolerance(dtype: torch.dtype, k: int) -> tuple[float, float]:
-    """(rtol, atol) for comparing two float32-accumulated results cast to ``dtype``.
-
-    rtol: one unit of ``dtype`` (the final cast may round either way); atol: the float32
-    accumulation-order error bound for a length-``k`` reduction of O(1) terms, plus one ulp at 1.
-    Local to the kernel tests until ``mpq.testing.tolerance`` lands on main; its float32 atol
-    (4 eps sqrt(k)) targets float64 oracles, not two float32 summation orders.
-    """
-    eps = torch.finfo(dtype).eps
-    return eps, max(k, 1) * 2.0**-22 + eps
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, k: int) -> None:
+    """Same shape and dtype, then values within mpq.testing's tolerances of ``dtype`` for a
+    length-``k`` reduction (both sides accumulate in float32 and round once to ``dtype``)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    rtol, atol = tolerance(dtype, k)
-    torch.testing.assert_close(
-        actual.cpu().to(torch.float64),
-        expected.cpu().to(torch.float64),
-        rtol=rtol,
-        atol=atol,
-        equal_nan=True,
-    )
+    testing.assert_close(actual.cpu(), expected.cpu(), dtype, k=max(k, 1))
 
 
 def rand(shape, dtype: torch.dtype, gen: torch.Generator, device: str = "cpu") -> torch.Tensor:
