@@ -13,10 +13,12 @@ from _kernel_helpers import k_major, pack_int4
 
 import mpq.kernels as K
 from mpq.kernels import _dispatch, reference
+from mpq.testing.device import requires_triton
 
 pytestmark = pytest.mark.kernels
 
 ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ["reference", pytest.param("triton", marks=requires_triton)]
 
 
 # --- backend selection ---------------------------------------------------------------------
@@ -28,11 +30,13 @@ def test_cpu_tensors_default_to_reference(monkeypatch):
     assert K.selected_backend(torch.device("cpu")) == "reference"
 
 
+@requires_triton
 def test_cuda_tensors_default_to_triton(monkeypatch):
     monkeypatch.delenv("MPQ_KERNEL_BACKEND", raising=False)
     assert K.selected_backend("cuda") == "triton"  # a decision only: no device is touched
 
 
+@requires_triton
 def test_env_var_is_read_at_call_time(monkeypatch):
     monkeypatch.setenv("MPQ_KERNEL_BACKEND", "reference")
     assert K.selected_backend("cuda") == "reference"
@@ -49,6 +53,7 @@ def test_env_var_is_validated(monkeypatch):
         K.matmul(torch.ones(2, 2), torch.ones(2, 2))
 
 
+@requires_triton
 def test_use_backend_overrides_env_and_nests(monkeypatch):
     monkeypatch.setenv("MPQ_KERNEL_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -68,6 +73,7 @@ def test_use_backend_rejects_unknown_names():
         K.use_backend("cuda").__enter__()
 
 
+@requires_triton
 def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with K.use_backend("triton"), pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1.*cpu"):
@@ -172,7 +178,7 @@ MATMUL_ERRORS = [
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "pattern"), MATMUL_ERRORS)
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_matmul_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kwargs = dict(kwargs)
@@ -245,7 +251,7 @@ INT4_ERRORS = [
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "pattern"), INT4_ERRORS)
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_matmul_int4_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kwargs = dict(kwargs)
@@ -300,7 +306,7 @@ CONV_ERRORS = [
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "pattern"), CONV_ERRORS)
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_conv2d_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kwargs = dict(kwargs)
