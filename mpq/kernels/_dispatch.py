@@ -286,7 +286,7 @@ class _TritonConv2d(torch.autograd.Function):
     """Differentiable float conv2d on the Triton backend (backward: torch's conv gradients)."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, spec, out_dtype, activation):
+    def forward(ctx, x, w, bias, spec):
         out = _triton_conv().conv2d_checked(x, w, bias, spec)
         ctx.save_for_backward(x, w, bias)
         ctx.spec = spec
@@ -321,7 +321,7 @@ class _TritonConv2d(torch.autograd.Function):
             grad_w = gw.permute(0, 2, 3, 1).to(w.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = g.sum((0, 1, 2)).to(bias.dtype)
-        return grad_x, grad_w, grad_bias, None, None, None
+        return grad_x, grad_w, grad_bias, None
 
 
 def conv2d(
@@ -362,7 +362,7 @@ def conv2d(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
         )
         if spec.kind == "float" and _needs_grad(x, w, bias):
-            return _TritonConv2d.apply(x, w, bias, spec, out_dtype, activation)
+            return _TritonConv2d.apply(x, w, bias, spec)
         return _triton_conv().conv2d_checked(x, w, bias, spec)
     return reference.conv2d(
         x,
