@@ -1,0 +1,132 @@
+"""Per-call state of layer calls: autocast of inputs and variable reads, stateless scopes.
+
+Every ``Layer.__call__`` pushes a :class:`Frame` (thread-local); a variable read inside it is
+served in the frame's compute dtype from a cache, so each weight is cast once per call.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["STATE", "Frame", "StatelessScope", "VariableValue", "convert_structure", "read"]
+
+
+class _State(threading.local):
+    frame: Frame | None = None  # innermost running layer call
+    stateless: StatelessScope | None = None  # active stateless_call / meta shape inference
+    meta_build: bool = False  # build variables on the meta device (shape inference)
+
+
+STATE = _State()
+
+
+class Frame:
+    """One running layer call: the dtype autocast variables read in (None: no cast), the cast
+    cache, and an explicitly passed ``training`` flag inherited by nested calls."""
+
+    __slots__ = ("cache", "cast_dtype", "plain", "training")
+
+    def __init__(self, cast_dtype: torch.dtype | None, training: bool | None, not_stateless: bool):
+        self.cast_dtype = cast_dtype
+        self.training = training
+        self.cache: dict | None = None
+        # Reads return the variable itself: no cast and no stateless substitution.
+        self.plain = cast_dtype is None and not_stateless
+
+
+class StatelessScope:
+    """Variable values by identity for ``stateless_call``; assigns are recorded, not written."""
+
+    def __init__(self, mapping: dict[int, tuple[Any, torch.Tensor]]):
+        self.values = mapping  # id(variable) -> (variable, value)
+        self.losses: list[torch.Tensor] = []
+
+    def get(self, var: torch.Tensor) -> torch.Tensor:
+        hit = self.values.get(id(var))
+        return var if hit is None else hit[1]
+
+    def record(self, var: torch.Tensor, value: torch.Tensor) -> None:
+        self.values[id(var)] = (var, value)
+
+
+class VariableValue(torch.Tensor):
+    """What reading a variable inside a call returns when it is not the variable itself (a cast
+    copy under autocast, or a substituted value in ``stateless_call``). It computes like any
+    tensor (results are plain tensors; gradients reach the variable) and ``assign``,
+    ``assign_add``, ``assign_sub`` write the variable it was read from."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def variable(self) -> torch.Tensor:
+        return self.__dict__["_variable"]
+
+    def assign(self, value: Any) -> Any:
+        return self.__dict__["_variable"].assign(value)
+
+    def assign_add(self, delta: Any) -> Any:
+        return self.__dict__["_variable"].assign_add(delta)
+
+    def assign_sub(self, delta: Any) -> Any:
+        return self.__dict__["_variable"].assign_sub(delta)
+
+
+def read(var: torch.Tensor) -> torch.Tensor:
+    """The value of ``var`` for the running call (itself outside any call)."""
+    frame = STATE.frame
+    if frame is None:
+        return var
+    stateless = STATE.stateless
+    dtype = frame.cast_dtype
+    cast = dtype is not None and var.dtype != dtype and var.__dict__.get("_autocast_float", False)
+    if stateless is None:
+        if not cast:
+            return var
+        value = var
+    else:
+        value = stateless.get(var)
+        cast = cast and value.dtype != dtype
+    cache = frame.cache
+    if cache is None:
+        cache = frame.cache = {}
+    key = id(var)
+    hit = cache.get(key)
+    # The version counter invalidates the cached read after an in-place assign.
+    if hit is not None and hit[0] is value and hit[1] == value._version:
+        return hit[2]
+    out = (value.to(dtype) if cast else value).as_subclass(VariableValue)
+    out.__dict__["_variable"] = var
+    cache[key] = (value, value._version, out)
+    return out
+
+
+def _convert(x: Any, dtype: torch.dtype | None) -> Any:
+    if isinstance(x, torch.Tensor):
+        if dtype is not None and x.dtype != dtype and x.is_floating_point():
+            return x.to(dtype)
+        return x
+    if isinstance(x, (np.ndarray, np.generic)) and not isinstance(x, (np.str_, np.bytes_)):
+        from mpq.layers.variables import to_tensor
+
+        return _convert(to_tensor(x), dtype)
+    if isinstance(x, (list, tuple)):
+        items = [_convert(i, dtype) for i in x]
+        if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
+            return type(x)(*items)
+        return type(x)(items)
+    if isinstance(x, dict):
+        return type(x)((k, _convert(v, dtype)) for k, v in x.items())
+    return x
+
+
+def convert_structure(args: tuple, kwargs: dict, dtype: torch.dtype | None) -> tuple[tuple, dict]:
+    """numpy arrays -> tensors; floating tensors -> ``dtype`` (when not None), in nested
+    lists/tuples/dicts of args and kwargs. Integer/bool tensors and Python scalars stay."""
+    args = tuple(_convert(a, dtype) for a in args)
+    if kwargs:
+        kwargs = {k: _convert(v, dtype) for k, v in kwargs.items()}
+    return args, kwargs
