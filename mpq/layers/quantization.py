@@ -129,10 +129,15 @@ def get_scheme(layer: Any, mode: str, type_check: bool = False) -> QuantizationS
         if scheme is not None:
             return scheme
     modes = sorted(m for (c, m) in _SCHEMES if c in classes)
+    base = next((c for c in cls.__mro__[1:] if (c, mode) in _SCHEMES), None) if type_check else None
     raise NotImplementedError(
         f"Layer {cls.__name__} has no quantization scheme for mode={mode!r} "
         f"(modes registered for it: {modes or 'none'}"
-        + ("; subclasses need quantize(..., type_check=False)" if type_check else "")
+        + (
+            f"; its base class {base.__name__} has one: pass type_check=False to use it"
+            if base is not None
+            else ""
+        )
         + ")."
     )
 
