@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpq.layers import Dense, Layer, QuantizationScheme, Sequential, deserialize, serialize
+from mpq.layers import Layer, QuantizationScheme, Sequential, deserialize, serialize
 from mpq.layers import quantization as q
 from mpq.layers.serialization import register_layer
 
@@ -68,17 +68,20 @@ def toy_scheme():
 
 
 def test_no_scheme_raises_not_implemented_naming_class_and_mode():
-    layer = Dense(2)
+    # TinyLinear has no scheme outside the toy fixture (Dense has real ones: mpq.quantization).
+    layer = TinyLinear(2)
     layer.build((None, 3))
     with pytest.raises(
-        NotImplementedError, match=r"Layer Dense has no quantization scheme for mode='int8'"
+        NotImplementedError, match=r"Layer TinyLinear has no quantization scheme for mode='int8'"
     ):
         layer.quantize("int8")
-    with pytest.raises(NotImplementedError, match=r"Dense.*mode='int4'"):
+    with pytest.raises(NotImplementedError, match=r"TinyLinear.*mode='int4'"):
         layer.dtype_policy = "int4_from_float32"
-    with pytest.raises(NotImplementedError, match=r"Dense.*mode='float8'"):
-        Dense(2, dtype="float8_from_float32")(torch.ones(1, 3))
-    with pytest.raises(NotImplementedError, match=r"Dense is not quantized.*Received: mode=None"):
+    with pytest.raises(NotImplementedError, match=r"TinyLinear.*mode='float8'"):
+        TinyLinear(2, dtype="float8_from_float32")(torch.ones(1, 3))
+    with pytest.raises(
+        NotImplementedError, match=r"TinyLinear is not quantized.*Received: mode=None"
+    ):
         layer.quantized_call(torch.ones(1, 3))
     with pytest.raises(TypeError, match=r"Received: mode=8 \(of type int\)"):
         layer.quantize(8)
@@ -111,7 +114,10 @@ def test_quantize_requires_built_and_type_check(toy_scheme):
 
     sub = SubLinear()
     sub(torch.ones(1, 2))
-    with pytest.raises(NotImplementedError, match=r"SubLinear.*type_check=False"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"SubLinear.*base class TinyLinear has one: pass type_check=False",
+    ):
         sub.quantize("int8")
     sub.quantize("int8", type_check=False)  # nearest registered base class
     assert sub.quantization_mode == "int8"

@@ -144,6 +144,8 @@ class Layer(torch.nn.Module):
         input_dim = kwargs.pop("input_dim", None)
         input_shape = kwargs.pop("input_shape", None)
         batch_size = kwargs.pop("batch_size", None)
+        # A quantized layer's config (weight_only, ...) for its scheme; get_config writes it.
+        quantization_config = kwargs.pop("quantization_config", None)
         if kwargs:
             raise ValueError(
                 f"Unrecognized keyword arguments passed to {type(self).__name__}: {kwargs}"
@@ -162,6 +164,7 @@ class Layer(torch.nn.Module):
         d["_losses"] = []
         d["_parent"] = None
         d["_scheme"] = None
+        d["_quantization_config"] = quantization_config
         d["_build_shapes_dict"] = None
         d["input_spec"] = None
         d["supports_masking"] = False
@@ -648,8 +651,13 @@ class Layer(torch.nn.Module):
         )
 
     # ------------------------------------------------------------------ quantization
-    def quantize(self, mode: str, type_check: bool = True, config: Any = None) -> None:
-        """Quantize this built layer in place with the scheme registered for (class, mode)."""
+    def quantize(self, mode: Any, type_check: bool = True, config: Any = None) -> None:
+        """Quantize this built layer in place with the scheme registered for (class, mode).
+
+        ``mode``: ``"int8"``, ``"int4"``, ``"int4/32"``, ``"float8"`` or a quantization config
+        (``mpq.quantization.QuantizationConfig``); the policy becomes ``"{mode}_from_{old}"``.
+        ``type_check=False`` lets a subclass use its nearest base class's scheme.
+        """
         _quantization.quantize(self, mode, type_check=type_check, config=config)
 
     def quantized_build(self, input_shape: Any, mode: str) -> None:
@@ -670,6 +678,11 @@ class Layer(torch.nn.Module):
         }
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
+        qconfig = self.__dict__.get("_quantization_config")
+        if qconfig is not None and self.dtype_policy.quantization_mode is not None:
+            config["quantization_config"] = (
+                qconfig.get_config() if hasattr(qconfig, "get_config") else dict(qconfig)
+            )
         if type(self).get_config is not Layer.get_config:
             return config
         auto = self.__dict__.get("_auto_config")

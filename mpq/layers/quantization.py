@@ -30,6 +30,9 @@ class QuantizationScheme:
             def quantize(self, layer, config=None): ...              # convert a built float layer
             def call(self, layer, inputs, *args, **kwargs): ...      # forward pass
 
+    ``config`` is the quantization config given to ``Layer.quantize`` (or to the layer's
+    constructor as ``quantization_config``), else the target quantized policy: a scheme reads
+    its options (block size, ...) from either.
     ``build`` may create the float weights first with :func:`float_build`.
     The layer's quantized variables must be added with ``layer.add_weight`` so that
     weights, get/set_weights, saving and state_dict see them.
@@ -126,10 +129,15 @@ def get_scheme(layer: Any, mode: str, type_check: bool = False) -> QuantizationS
         if scheme is not None:
             return scheme
     modes = sorted(m for (c, m) in _SCHEMES if c in classes)
+    base = next((c for c in cls.__mro__[1:] if (c, mode) in _SCHEMES), None) if type_check else None
     raise NotImplementedError(
         f"Layer {cls.__name__} has no quantization scheme for mode={mode!r} "
         f"(modes registered for it: {modes or 'none'}"
-        + ("; subclasses need quantize(..., type_check=False)" if type_check else "")
+        + (
+            f"; its base class {base.__name__} has one: pass type_check=False to use it"
+            if base is not None
+            else ""
+        )
         + ")."
     )
 
@@ -137,10 +145,43 @@ def get_scheme(layer: Any, mode: str, type_check: bool = False) -> QuantizationS
 # --- the Layer hooks (Layer's methods delegate here) ------------------------------------------
 
 
-def quantize(layer: Layer, mode: str, type_check: bool = True, config: Any = None) -> None:
+def _is_config(obj: Any) -> bool:
+    """A quantization config: an object with a ``mode`` string and ``to_policy(source_name)``."""
+    return isinstance(getattr(obj, "mode", None), str) and callable(getattr(obj, "to_policy", None))
+
+
+def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = None) -> None:
+    """``layer.quantize(mode, type_check, config)``: everything is checked before the layer is
+    touched; the scheme gets ``config``, or the target quantized policy when none was given."""
     from mpq import policy as _policy
 
-    scheme = get_scheme(layer, mode, type_check=type_check)
+    if _is_config(mode):
+        if config is not None:
+            raise ValueError(
+                "Expected either a config as `mode` or a mode string plus `config`. "
+                f"Received: mode={mode!r} and config={config!r}"
+            )
+        mode, config = mode.mode, mode
+    _check_mode(mode)
+    base = mode.partition("/")[0]
+    if base not in _policy.QUANTIZATION_MODES:
+        raise ValueError(
+            f"Expected a quantization mode, one of {list(_policy.QUANTIZATION_MODES)} (int4 "
+            f"optionally with a block size, e.g. 'int4/32'). Received: mode={mode!r}"
+        )
+    if config is not None:
+        if not _is_config(config):
+            raise TypeError(
+                "Expected `config` to be a quantization config (e.g. "
+                "mpq.quantization.QuantizationConfig) or None. "
+                f"Received: config={config!r} (of type {type(config).__name__})"
+            )
+        if config.mode != base:
+            raise ValueError(
+                f"Expected a config for mode {base!r}. Received: config={config!r} "
+                f"(mode {config.mode!r})"
+            )
+    scheme = get_scheme(layer, base, type_check=type_check)
     if not layer.built:
         raise ValueError(
             f"Cannot quantize layer {layer.name!r}: it is not built yet. Call it on an input or "
@@ -151,18 +192,30 @@ def quantize(layer: Layer, mode: str, type_check: bool = True, config: Any = Non
             f"Layer {layer.name!r} is already quantized "
             f"(policy {layer.dtype_policy.name!r}). Received: mode={mode!r}"
         )
-    target = _policy.get(f"{mode}_from_{layer.dtype_policy.name}")
+    source = layer.dtype_policy.name
+    if config is not None:
+        target = config.to_policy(source)
+    else:
+        target = _policy.get(f"{mode}_from_{source}")
     apply_quantized_policy(layer, scheme, target, config)
 
 
 def apply_quantized_policy(layer: Layer, scheme: QuantizationScheme, policy: Any, config: Any):
+    """Quantize ``layer`` with ``scheme`` and give it ``policy``. Without ``config`` the scheme
+    gets the config the layer was constructed with, else ``policy`` itself."""
+    if config is None:
+        config = layer.__dict__.get("_quantization_config") or policy
     scheme.quantize(layer, config)
     layer.__dict__["_scheme"] = scheme
     layer._set_resolved_policy(policy)
 
 
 def quantized_build(layer: Layer, input_shape: Any, mode: str, config: Any = None) -> None:
+    """Build ``layer`` quantized (its policy is already quantized). The scheme gets ``config``,
+    else the config the layer was constructed with, else the layer's policy."""
     scheme = get_scheme(layer, mode, type_check=False)
+    if config is None:
+        config = layer.__dict__.get("_quantization_config") or layer.dtype_policy
     scheme.build(layer, input_shape, config)
     layer.__dict__["_scheme"] = scheme
 

@@ -219,7 +219,7 @@ def run_layer_test(
     expected_num_non_trainable_weights: int | None = None,
     supports_masking: bool | None = None,
     check_gradients: bool = True,
-    quantize_modes: Iterable[str] = (),
+    quantize_modes: Iterable[Any] = (),
     seed: int = 0,
 ) -> LayerTestReport:
     """Check that `layer_cls(**init_kwargs)` honours the mpq Layer contract under each policy.
@@ -247,9 +247,10 @@ def run_layer_test(
       trainable variable has a finite gradient in its own (variable) dtype, and floating
       inputs get a gradient.
 
-    `quantize_modes` (e.g. `("int8", "int4")`): for each mode and policy, a built layer is
-    quantized with `layer.quantize(mode)` and the checks above run again on it (the policy is
-    then `"{mode}_from_{policy}"`; its variables may be integers, so the variable-dtype and
+    `quantize_modes` (e.g. `("int8", "int4/32")`, or quantization configs such as
+    `mpq.quantization.QuantizationConfig("int8", weight_only=True)`): for each mode and policy, a
+    built layer is quantized with `layer.quantize(mode)` and the checks above run again on it (the
+    policy is then `"{mode}_from_{policy}"`; its variables may be integers, so the variable-dtype and
     weight-count checks are replaced by `quantization_mode == mode`). A mode with no scheme
     registered for `layer_cls` is skipped and the reason recorded in `report.skipped`.
 
@@ -299,9 +300,11 @@ def run_layer_test(
         for mode in quantize_modes:
             from mpq.layers.quantization import get_scheme  # only when quantizing
 
-            label = f"{mode}_from_{resolved.name}"
+            # A mode string ("int8", "int4/32") or a quantization config (its `name`).
+            spec = mode if isinstance(mode, str) else getattr(mode, "name", str(mode))
+            label = f"{spec}_from_{resolved.name}"
             try:
-                get_scheme(layer_cls, mode, type_check=True)
+                get_scheme(layer_cls, _base_mode(mode), type_check=True)
             except NotImplementedError as e:
                 report.skipped[label] = str(e)
                 continue
@@ -331,7 +334,7 @@ def _run_one_policy(
     base_inputs: Any,
     shapes: Any,
     options: _Options,
-    quantize_mode: str | None = None,
+    quantize_mode: Any = None,
 ) -> None:
     expected_output_shape = options.expected_output_shape
     call_kwargs = options.call_kwargs
@@ -363,7 +366,7 @@ def _run_one_policy(
         if quantize_mode is not None:
             layer.quantize(quantize_mode)
             c.check(
-                layer.quantization_mode == quantize_mode,
+                layer.quantization_mode == _base_mode(quantize_mode),
                 f"expected quantization_mode={quantize_mode!r} after quantize(); "
                 f"received {layer.quantization_mode!r}",
             )
@@ -602,6 +605,11 @@ def _run_one_policy(
                     c.check(
                         bool(torch.isfinite(t.grad).all()), "input gradient has non-finite values"
                     )
+
+
+def _base_mode(mode: Any) -> str:
+    """``"int4"`` for ``"int4/32"`` or a config of mode int4."""
+    return (mode if isinstance(mode, str) else mode.mode).partition("/")[0]
 
 
 def _vname(v: Any) -> str:

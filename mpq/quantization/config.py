@@ -1,0 +1,231 @@
+"""`QuantizationConfig`: what a quantized layer does (mode, int4 block size, weight-only or not,
+float8 history length), as a frozen, hashable value with a derived name and a config round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mpq import policy as _policy
+
+__all__ = ["MODES", "QuantizationConfig"]
+
+MODES: tuple[str, ...] = ("int8", "int4", "float8")
+DEFAULT_BLOCK_SIZE = 128
+DEFAULT_AMAX_HISTORY_LENGTH = 1024
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (of type {type(value).__name__})"
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How a layer is quantized. Frozen and hashable; equal by fields.
+
+    Args:
+        mode: ``"int8"``, ``"int4"`` or ``"float8"``. A string ``"int4/32"`` sets the block size.
+        block_size: int4 only: ``-1`` for one symmetric scale per output channel, or an even
+            group size ``g`` for asymmetric groups of ``g`` along the reduction axis (scale and
+            int4 zero point per group and output channel). Default 128.
+        weight_only: int8 and int4 only. int8 default False: W8A8, inputs quantized per row
+            (per token) at call time and an int8 x int8 matmul; True: W8A16, activations stay
+            in the compute dtype. int4 default True; False: int8 dynamic activations.
+            (Embedding tables are weight-only whatever this says.)
+        amax_history_length: float8 only: length of the amax histories (default 1024).
+
+    Example:
+        >>> c = QuantizationConfig("int4/32")
+        >>> c.name, c.block_size, c.weight_only, c.short_str()
+        ('int4/32', 32, True, 'w4a16g32')
+        >>> QuantizationConfig.from_config(c.get_config()) == c
+        True
+    """
+
+    mode: str
+    block_size: int | None = None
+    weight_only: bool | None = None
+    amax_history_length: int | None = None
+
+    def __post_init__(self) -> None:
+        mode = self.mode
+        if not isinstance(mode, str):
+            raise TypeError(
+                f"Expected `mode` to be one of {list(MODES)} (int4 optionally as 'int4/<block>'). "
+                f"Received: mode={_describe(mode)}"
+            )
+        block = self.block_size
+        if "/" in mode:
+            base, _, spec = mode.partition("/")
+            try:
+                parsed = int(spec)
+            except ValueError:
+                raise ValueError(
+                    "Expected an integer int4 block size after the slash, as in 'int4/128'. "
+                    f"Received: mode={mode!r}"
+                ) from None
+            if base != "int4":
+                raise ValueError(
+                    f"Expected a block size only with mode 'int4' (e.g. 'int4/128'). "
+                    f"Received: mode={mode!r}"
+                )
+            if block is not None and block != parsed:
+                raise ValueError(
+                    f"Expected one block size. Received: mode={mode!r} and block_size={block!r}"
+                )
+            mode, block = base, parsed
+        if mode not in MODES:
+            raise ValueError(
+                f"Expected `mode` to be one of {list(MODES)} (int4 optionally as "
+                f"'int4/<block>'). Received: mode={self.mode!r}"
+            )
+        if mode == "int4":
+            block = DEFAULT_BLOCK_SIZE if block is None else block
+            if not isinstance(block, int) or isinstance(block, bool):
+                raise TypeError(
+                    f"Expected an int block size for int4. Received: block_size={_describe(block)}"
+                )
+            if block != -1 and (block < 2 or block % 2):
+                raise ValueError(
+                    "Expected the int4 block size to be -1 (per output channel) or an even group "
+                    f"size >= 2. Received: block_size={block}"
+                )
+        elif block is not None:
+            raise ValueError(
+                f"Expected no block size for mode {mode!r} (only int4 has one). "
+                f"Received: block_size={block!r}"
+            )
+        weight_only = self.weight_only
+        if mode == "float8":
+            if weight_only:
+                raise ValueError(
+                    "Expected weight_only=None or False for mode 'float8' (inputs and kernel are "
+                    f"both quantized). Received: weight_only={weight_only!r}"
+                )
+            weight_only = False
+        elif weight_only is None:
+            weight_only = mode == "int4"
+        elif not isinstance(weight_only, bool):
+            raise TypeError(
+                f"Expected `weight_only` to be a bool or None. "
+                f"Received: weight_only={_describe(weight_only)}"
+            )
+        history = self.amax_history_length
+        if mode == "float8":
+            history = DEFAULT_AMAX_HISTORY_LENGTH if history is None else history
+            if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+                raise ValueError(
+                    "Expected `amax_history_length` to be an int >= 1. "
+                    f"Received: amax_history_length={_describe(history)}"
+                )
+        elif history is not None:
+            raise ValueError(
+                f"Expected no amax_history_length for mode {mode!r} (float8 only). "
+                f"Received: amax_history_length={history!r}"
+            )
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "block_size", block)
+        object.__setattr__(self, "weight_only", weight_only)
+        object.__setattr__(self, "amax_history_length", history)
+
+    # -- derived names ---------------------------------------------------------------------
+    @property
+    def mode_spec(self) -> str:
+        """The mode as policy names spell it: ``"int8"``, ``"int4/128"``, ``"float8"``."""
+        return self.mode if self.block_size is None else f"{self.mode}/{self.block_size}"
+
+    @property
+    def name(self) -> str:
+        """``mode_spec`` plus what differs from the mode's default, e.g. ``"int8_weight_only"``,
+        ``"int4/128_int8_activations"``, ``"float8_h16"``."""
+        name = self.mode_spec
+        if self.mode == "int8" and self.weight_only:
+            name += "_weight_only"
+        elif self.mode == "int4" and not self.weight_only:
+            name += "_int8_activations"
+        elif self.mode == "float8" and self.amax_history_length != DEFAULT_AMAX_HISTORY_LENGTH:
+            name += f"_h{self.amax_history_length}"
+        return name
+
+    def short_str(self) -> str:
+        """A compact tag for run names and plot series: ``w8a8``, ``w8a16``, ``w4a16g128``,
+        ``w4a8pc``, ``fp8``."""
+        if self.mode == "float8":
+            return (
+                "fp8"
+                if self.amax_history_length == DEFAULT_AMAX_HISTORY_LENGTH
+                else (f"fp8h{self.amax_history_length}")
+            )
+        bits = "8" if self.mode == "int8" else "4"
+        acts = "16" if self.weight_only else "8"
+        tag = f"w{bits}a{acts}"
+        if self.mode == "int4":
+            tag += "pc" if self.block_size == -1 else f"g{self.block_size}"
+        return tag
+
+    # -- config round trip -----------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> QuantizationConfig:
+        if not isinstance(config, dict):
+            raise TypeError(f"Expected a config dict. Received: config={_describe(config)}")
+        return cls(**config)
+
+    @classmethod
+    def from_policy(cls, policy: Any, weight_only: bool | None = None) -> QuantizationConfig:
+        """The config of a quantized policy (block size, history length) with ``weight_only``.
+
+        >>> QuantizationConfig.from_policy(mpq.policy.get("int4/-1_from_float32")).name
+        'int4/-1'
+        """
+        policy = _policy.get(policy)
+        mode = policy.quantization_mode
+        if mode is None:
+            raise ValueError(
+                "Expected a quantized policy such as 'int8_from_float32'. "
+                f"Received: policy={policy.name!r}"
+            )
+        return cls(
+            mode,
+            block_size=getattr(policy, "block_size", None),
+            weight_only=weight_only,
+            amax_history_length=getattr(policy, "amax_history_length", None),
+        )
+
+    def to_policy(self, source_name: str) -> Any:
+        """The quantized policy ``"{mode}_from_{source_name}"`` for this config."""
+        if self.mode == "float8":
+            return _policy.QuantizedFloat8DTypePolicy(
+                "float8", source_name, amax_history_length=self.amax_history_length
+            )
+        return _policy.QuantizedDTypePolicy(self.mode_spec, source_name)
+
+    def matches_policy(self, policy: Any) -> bool:
+        """True when ``policy`` has this config's mode, block size and history length."""
+        return (
+            policy.quantization_mode == self.mode
+            and getattr(policy, "block_size", None) == self.block_size
+            and getattr(policy, "amax_history_length", None) == self.amax_history_length
+        )
+
+    @classmethod
+    def get(cls, identifier: Any) -> QuantizationConfig:
+        """Resolve a mode string (``"int8"``, ``"int4/32"``), a config dict, a quantized policy
+        or a ``QuantizationConfig`` (returned as is)."""
+        if isinstance(identifier, cls):
+            return identifier
+        if isinstance(identifier, str):
+            return cls(identifier)
+        if isinstance(identifier, dict):
+            return cls.from_config(identifier)
+        if isinstance(identifier, _policy.DTypePolicy) and identifier.quantization_mode:
+            return cls.from_policy(identifier)
+        raise TypeError(
+            "Expected a quantization mode ('int8', 'int4', 'int4/32', 'float8'), a "
+            "QuantizationConfig, a config dict or a quantized policy. "
+            f"Received: {_describe(identifier)}"
+        )

@@ -1,0 +1,126 @@
+"""The ``"float8"`` mode of Dense, EinsumDense, Conv1D and Conv2D: delayed scaling (Transformer
+Engine "HYBRID"): inputs and kernel in float8_e4m3fn, output gradients in float8_e5m2, each with a
+per-tensor scale from an amax history.
+
+The float kernel stays (trainable); the layer adds six non-trainable float32 variables
+``{inputs,kernel,outputs_grad}_scale`` (0-d) and ``..._amax_history`` ([L]) and updates them
+itself: training forward passes record the input and kernel amax, the backward pass the output
+gradient's. ``training=False`` updates nothing. Recurrence: docs/quantization.md, "Layer modes".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mpq import kernels
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
+from mpq.layers import quantization as _registry
+from mpq.quantization import _common as C
+from mpq.quantization._forms import ConvForm
+from mpq.quantizers import delayed_scaling_update, quantize_dequantize, quantize_float8
+
+__all__ = ["FORWARD_FORMAT", "GRADIENT_FORMAT", "STATE_NAMES", "Float8Scheme"]
+
+FORWARD_FORMAT = "float8_e4m3fn"
+GRADIENT_FORMAT = "float8_e5m2"
+STATE_NAMES = ("inputs", "kernel", "outputs_grad")
+
+
+class _Float8Run(C.Run):
+    def __init__(self, layer: Any, training: bool):
+        self.layer = layer
+        self.training = training
+        self.sx = self.sw = None
+
+    def _update(self, prefix: str, t: torch.Tensor, fmt: str) -> None:
+        history = C.read(self.layer, f"{prefix}_amax_history")
+        scale = C.read(self.layer, f"{prefix}_scale")
+        new_history, new_scale = delayed_scaling_update(t.detach(), history, scale, fmt)
+        history.assign(new_history)
+        scale.assign(new_scale)
+
+    def forward(self, x, w, bias):
+        # Delayed scaling: quantize with the scales of the past steps, then record this step.
+        sx = C.read(self.layer, "inputs_scale").detach().clone()
+        sw = C.read(self.layer, "kernel_scale").detach().clone()
+        x8 = quantize_float8(x, sx, FORWARD_FORMAT)
+        w8 = quantize_float8(w, sw, FORWARD_FORMAT)
+        if self.training:
+            self._update("inputs", x, FORWARD_FORMAT)
+            self._update("kernel", w, FORWARD_FORMAT)
+        self.sx, self.sw = sx, sw
+        return self.fp8_op(x8, w8, sx, sw, bias, x.dtype)
+
+    def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
+        sg = C.read(self.layer, "outputs_grad_scale").detach().clone()
+        grad_lp = quantize_dequantize(grad, sg, GRADIENT_FORMAT)
+        if self.training:
+            self._update("outputs_grad", grad, GRADIENT_FORMAT)
+        return grad_lp
+
+    def backward_operands(self, x, w):
+        return (
+            quantize_dequantize(x, self.sx, FORWARD_FORMAT),
+            quantize_dequantize(w, self.sw, FORWARD_FORMAT),
+        )
+
+
+class _LinearRun(_Float8Run):
+    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+        outs = [
+            kernels.matmul(
+                x8[s].contiguous(),
+                w8[s].t(),
+                a_scale=sx,
+                b_scale=sw,
+                bias=bias,
+                out_dtype=out_dtype,
+            )
+            for s in range(x8.shape[0])
+        ]
+        return torch.stack(outs)
+
+    def float_op(self, x, w):
+        return C.float_linear(x, w)
+
+
+class _ConvRun(_Float8Run):
+    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+        return C.conv_forward(
+            self.layer, x8, w8, x_scale=sx, w_scale=sw, bias=bias, out_dtype=out_dtype
+        )
+
+    def float_op(self, x, w):
+        return C.conv_forward(self.layer, x, w)
+
+
+class Float8Scheme(C.Scheme):
+    """float8 delayed scaling for one layer kind (history length from the config)."""
+
+    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+        length = cfg.amax_history_length
+        for prefix in STATE_NAMES:
+            C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones")
+            C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
+        layer._update_cast_dtypes()
+
+    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        training = C.training_flag(kwargs, layer)
+        form = C.form(layer)
+        kernel = C.read(layer, "kernel")
+        if isinstance(form, ConvForm):
+            x = C.conv_input(layer, inputs)
+            w = form.to_stored(kernel).to(x.dtype)
+            y = _ConvRun(layer, training).apply(x, w, C.conv_bias(layer))
+            return C.conv_output(layer, y)
+        x, meta = C.linear_rows(layer, inputs)
+        w = C.as3(layer, form.to_matrix(kernel)).to(x.dtype)
+        bias = C.fusable_bias(layer)
+        y = _LinearRun(layer, training).apply(x, w, bias)
+        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+
+
+for _cls in (Dense, EinsumDense, Conv1D, Conv2D):
+    _registry.register_scheme(_cls, "float8", Float8Scheme())

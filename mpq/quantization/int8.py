@@ -1,0 +1,137 @@
+"""The ``"int8"`` mode of Dense, EinsumDense, Conv1D, Conv2D and Embedding: per-output-channel
+int8 kernels; W8A8 (dynamic int8 inputs, int8 x int8 -> int32 matmul) or weight-only (W8A16).
+
+Stored (non-trainable): ``kernel`` int8 in the K-major layout of ``mpq.kernels`` and
+``kernel_scale`` float32 per output channel (Embedding: ``embeddings`` / ``embeddings_scale``
+per row). See docs/quantization.md, "Layer modes".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mpq import kernels
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
+from mpq.layers import quantization as _registry
+from mpq.quantization import _common as C
+from mpq.quantization._forms import ConvForm, EmbeddingForm
+from mpq.quantizers import quantize_symmetric
+
+__all__ = ["Int8Scheme"]
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` (scale per leading channel, broadcast over the trailing axes) in float32,
+    cast once to ``dtype``."""
+    s = scale.reshape(*scale.shape, *([1] * (q.dim() - scale.dim())))
+    return (q.to(torch.float32) * s).to(dtype)
+
+
+class _LinearW8A8(C.Run):
+    def __init__(self, wq: torch.Tensor, ws: torch.Tensor):
+        self.wq, self.ws = wq, ws  # [S, N, K] int8, [S, N] float32
+
+    def forward(self, x, w, bias):
+        q, xs = C.quantize_rows_int8(x)
+        outs = [
+            kernels.matmul(
+                q[s].contiguous(),
+                self.wq[s].t(),
+                a_scale=xs[s],
+                b_scale=self.ws[s],
+                bias=bias,
+                out_dtype=x.dtype,
+            )
+            for s in range(x.shape[0])
+        ]
+        return torch.stack(outs)
+
+    def backward_operands(self, x, w):
+        return x, _dequantize(self.wq, self.ws, x.dtype)
+
+    def float_op(self, x, w):
+        return C.float_linear(x, w)
+
+
+class _ConvW8A8(C.Run):
+    def __init__(self, layer: Any, wq: torch.Tensor, ws: torch.Tensor):
+        self.layer, self.wq, self.ws = layer, wq, ws
+
+    def forward(self, x, w, bias):
+        # Per-tensor dynamic input scale: the int8 conv kernel takes one input scale.
+        q, xs = quantize_symmetric(x, "int8", check_finite=False)
+        return C.conv_forward(
+            self.layer,
+            q,
+            self.wq,
+            x_scale=xs.reshape(()),
+            w_scale=self.ws,
+            bias=bias,
+            out_dtype=x.dtype,
+        )
+
+    def backward_operands(self, x, w):
+        return x, _dequantize(self.wq, self.ws, x.dtype)
+
+    def float_op(self, x, w):
+        return C.conv_forward(self.layer, x, w)
+
+
+class Int8Scheme(C.Scheme):
+    """int8 for one layer kind: kernel per output channel (symmetric, [-127, 127])."""
+
+    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+        name = C.kernel_name(layer)
+        shape = tuple(form.stored_shape)
+        channels = shape[: form.channel_axes]
+        q = scale = None
+        if values:
+            w = form.to_stored(C.float_kernel(layer).detach())
+            q, scale = quantize_symmetric(
+                w, "int8", reduce_axes=tuple(range(form.channel_axes, w.dim()))
+            )
+            scale = scale.reshape(channels)
+        C.replace_kernel(
+            layer,
+            {
+                name: (shape, torch.int8, q, "zeros"),
+                f"{name}_scale": (channels, torch.float32, scale, "ones"),
+            },
+        )
+
+    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        cfg = C.config_of(layer)
+        form = C.form(layer)
+        if isinstance(form, EmbeddingForm):
+            return _embedding_call(layer, inputs)
+        if isinstance(form, ConvForm):
+            x = C.conv_input(layer, inputs)
+            wq, ws = C.read(layer, "kernel"), C.read(layer, "kernel_scale")
+            bias = C.conv_bias(layer)
+            if cfg.weight_only:
+                y = C.conv_forward(layer, x, _dequantize(wq, ws, x.dtype), bias=bias)
+            else:
+                y = _ConvW8A8(layer, wq, ws).apply(x, None, bias)
+            return C.conv_output(layer, y)
+        x, meta = C.linear_rows(layer, inputs)
+        wq = C.as3(layer, C.read(layer, "kernel"))
+        ws = C.as3(layer, C.read(layer, "kernel_scale"))
+        bias = C.fusable_bias(layer)
+        if cfg.weight_only:
+            y = C.float_linear(x, _dequantize(wq, ws, x.dtype), bias=bias)
+        else:
+            y = _LinearW8A8(wq, ws).apply(x, None, bias)
+        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+
+
+def _embedding_call(layer: Any, inputs: torch.Tensor) -> torch.Tensor:
+    ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+    table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
+    rows = table[ids]  # [..., output_dim] int8: only the looked-up rows are dequantized
+    return _dequantize(rows, scale[ids], C.compute_dtype(layer))
+
+
+for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):
+    _registry.register_scheme(_cls, "int8", Int8Scheme())

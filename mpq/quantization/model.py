@@ -1,0 +1,233 @@
+"""`quantize(model, mode_or_config, filter=None)`: quantize every supported layer of a model in
+one go (all or nothing) and report what was done; `weight_bytes` measures the stored size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mpq.layers import Layer
+from mpq.layers import quantization as _registry
+from mpq.layers import tracking as _tracking
+from mpq.quantization import _common as C
+from mpq.quantization._forms import form_of
+from mpq.quantization.config import QuantizationConfig
+
+__all__ = ["QuantizationReport", "quantize", "weight_bytes"]
+
+# What Layer.quantize changes on a layer (restored if a later layer fails).
+_STATE_KEYS = (
+    "_scheme",
+    "_dtype_policy",
+    "_quantization_config",
+    "_quant_form",
+    "_input_cast_dtype",
+    "_var_cast_dtype",
+    "_op_dtypes",
+)
+
+
+def weight_bytes(layer: torch.nn.Module) -> int:
+    """Bytes stored by all of ``layer``'s variables (sublayers included, each counted once):
+    quantized kernels, scales, zero points, amax histories, biases.
+
+    >>> from mpq.layers import Dense
+    >>> layer = Dense(4)
+    >>> layer.build((None, 8))
+    >>> weight_bytes(layer)            # float32 kernel [8, 4] + bias [4]
+    144
+    """
+    if not isinstance(layer, torch.nn.Module):
+        raise TypeError(
+            f"Expected a layer (torch.nn.Module). Received: {layer!r} (of type "
+            f"{type(layer).__name__})"
+        )
+    params = layer.weights if isinstance(layer, Layer) else list(layer.parameters())
+    seen: set[int] = set()
+    total = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+@dataclass
+class QuantizationReport:
+    """What `quantize` did: layer paths quantized, layer paths skipped with the reason, and the
+    stored weight bytes before and after.
+
+    Reasons: ``"filtered"`` (the filter excluded it), ``"already quantized (<policy>)"``,
+    ``"unsupported: <why>"`` (no scheme for the mode: a layer without weights, a container, a
+    subclass of a supported layer, ...).
+    """
+
+    config: QuantizationConfig
+    quantized: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"quantize({self.config.name}): {len(self.quantized)} quantized, "
+            f"{len(self.skipped)} skipped; weight bytes {self.bytes_before} -> "
+            f"{self.bytes_after}"
+        ]
+        lines += [f"  quantized  {path}" for path in self.quantized]
+        lines += [f"  skipped    {path}: {why}" for path, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _layers(model: Layer) -> list[Layer]:
+    out: list[Layer] = []
+
+    def visit(layer: Layer) -> None:
+        out.append(layer)
+        for child in _tracking.direct_sublayers(layer):
+            visit(child)
+
+    visit(model)
+    return out
+
+
+def _make_filter(spec: Any) -> Callable[[Layer], bool]:
+    if spec is None:
+        return lambda layer: True
+    if isinstance(spec, str):
+        try:
+            pattern = re.compile(spec)
+        except re.error as e:
+            raise ValueError(
+                f"Expected `filter` to be a valid regular expression on layer paths. "
+                f"Received: filter={spec!r} ({e})"
+            ) from None
+        return lambda layer: pattern.search(layer.path) is not None
+    if callable(spec):
+        return lambda layer: bool(spec(layer))
+    if isinstance(spec, Iterable):
+        names = list(spec)
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError(
+                f"Expected `filter` as a list of layer names or paths (strings). "
+                f"Received: filter={names!r}"
+            )
+        wanted = set(names)
+        return lambda layer: layer.name in wanted or layer.path in wanted
+    raise TypeError(
+        "Expected `filter` to be None, a regular expression (str) on layer paths, a list of "
+        f"layer names or a callable(layer) -> bool. Received: filter={spec!r} (of type "
+        f"{type(spec).__name__})"
+    )
+
+
+def _validate(layer: Layer, cfg: QuantizationConfig) -> None:
+    """Everything ``layer.quantize(cfg)`` checks, without changing the layer."""
+    if not layer.built:
+        raise ValueError(
+            f"Cannot quantize layer {layer.path!r}: it is not built yet. Call the model on an "
+            "input or build it first. Received: built=False"
+        )
+    scheme = _registry.get_scheme(layer, cfg.mode, type_check=True)
+    if isinstance(scheme, C.Scheme):
+        form_of(layer, tuple(C.float_kernel(layer).shape))
+        scheme.check(layer, cfg)
+    cfg.to_policy(layer.dtype_policy.name)
+
+
+def quantize(
+    model: Layer,
+    mode_or_config: Any,
+    filter: Any = None,
+) -> QuantizationReport:
+    """Quantize every supported layer of ``model`` in place; returns a `QuantizationReport`.
+
+    Args:
+        model: a built ``mpq.layers.Layer`` (a Sequential, your own model, or one layer).
+        mode_or_config: ``"int8"``, ``"int4"``, ``"int4/32"``, ``"float8"``, a config dict or a
+            ``QuantizationConfig`` (e.g. ``QuantizationConfig("int8", weight_only=True)``).
+        filter: which layers to quantize: None (all), a regular expression searched in each
+            layer's ``path`` (anchor it with ``^...$``), a list of layer names or paths, or a
+            callable ``(layer) -> bool``.
+
+    Every candidate is validated before the first layer changes: an unbuilt candidate raises
+    ValueError; one whose kind cannot run the config (an einsum equation or an option it does
+    not support) is skipped with the reason, like layers with no scheme for the mode
+    (containers, layers without weights, subclasses of supported layers: use
+    ``layer.quantize(..., type_check=False)`` for those). If a layer still fails while
+    converting, the layers already converted are restored: nothing is half-applied.
+
+    Example:
+        >>> from mpq.layers import Dense, Sequential
+        >>> model = Sequential([Dense(8), Dense(2)])
+        >>> _ = model(torch.ones(1, 4))
+        >>> report = quantize(model, "int8", filter=r"dense$")
+        >>> report.quantized, report.skipped["sequential/dense_1"]
+        (['sequential/dense'], 'filtered')
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(
+            f"Expected an mpq.layers.Layer to quantize. Received: {model!r} (of type "
+            f"{type(model).__name__})"
+        )
+    cfg = QuantizationConfig.get(mode_or_config)
+    keep = _make_filter(filter)
+    report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model))
+    todo: list[Layer] = []
+    for layer in _layers(model):
+        path = layer.path
+        if layer.__dict__["_scheme"] is not None:
+            report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
+            continue
+        try:
+            _registry.get_scheme(layer, cfg.mode, type_check=True)
+        except NotImplementedError as e:
+            container = next(_tracking.direct_sublayers(layer), None) is not None
+            if not container or layer._parameters:  # pure containers are not listed
+                report.skipped[path] = f"unsupported: {e}"
+            continue
+        if not keep(layer):
+            report.skipped[path] = "filtered"
+            continue
+        todo.append(layer)
+    if any(not layer.built for layer in todo):
+        names = [layer.path for layer in todo if not layer.built]
+        raise ValueError(
+            f"Cannot quantize {names}: not built yet. Call the model on an input or build it "
+            "first. Received: built=False"
+        )
+    checked: list[Layer] = []
+    for layer in todo:
+        try:
+            _validate(layer, cfg)
+        except NotImplementedError as e:  # this option on this layer kind: skipped, not fatal
+            report.skipped[layer.path] = f"unsupported: {e}"
+            continue
+        checked.append(layer)
+    todo = checked
+    snapshots = []
+    try:
+        for layer in todo:
+            snapshots.append(
+                (
+                    layer,
+                    dict(layer._parameters),
+                    {k: layer.__dict__.get(k) for k in _STATE_KEYS},
+                )
+            )
+            layer.quantize(cfg)
+            report.quantized.append(layer.path)
+    except BaseException:
+        for layer, params, state in reversed(snapshots):
+            layer._parameters.clear()
+            layer._parameters.update(params)
+            layer.__dict__.update(state)
+            layer._update_cast_dtypes()
+        raise
+    report.bytes_after = weight_bytes(model)
+    return report

@@ -1,0 +1,105 @@
+"""The "int8" mode: W8A8 (dynamic per-row int8 inputs) and weight-only (W8A16) on every
+weighted layer; stored layouts, exact dequantization, gradients, conformance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mpq.quantization  # noqa: F401  (registers the schemes)
+from mpq.kernels import reference
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
+from mpq.quantization import QuantizationConfig
+from mpq.quantizers import dequantize, quantize_symmetric
+from mpq.testing.layer_test import run_layer_test
+
+W8A16 = QuantizationConfig("int8", weight_only=True)
+
+
+def test_dense_int8_stores_a_k_major_int8_kernel_and_per_channel_scales():
+    layer = Dense(5, dtype="float32")
+    layer.build((None, 7))
+    w = layer.kernel.detach().clone()
+    layer.quantize("int8")
+    q_ref, s_ref = quantize_symmetric(w, "int8", reduce_axes=0)
+    assert layer.kernel.dtype == torch.int8 and tuple(layer.kernel.shape) == (5, 7)
+    assert torch.equal(layer.kernel, q_ref.t())  # [N, K], K-major
+    assert torch.equal(layer.kernel_scale, s_ref.reshape(5))
+    assert not layer.kernel.requires_grad and not layer.kernel_scale.requires_grad
+    assert layer.dtype_policy.name == "int8_from_float32" and layer.quantization_mode == "int8"
+
+
+def test_dense_w8a8_forward_is_the_int8_matmul_of_per_row_quantized_inputs():
+    layer = Dense(6, activation="relu")
+    x = torch.randn(3, 4, 10)
+    layer(x)
+    layer.quantize("int8")
+    xq, xs = quantize_symmetric(x.reshape(12, 10), "int8", reduce_axes=-1)
+    expected = reference.matmul(
+        xq,
+        layer.kernel.t(),
+        a_scale=xs,
+        b_scale=layer.kernel_scale,
+        bias=layer.bias.detach(),
+        out_dtype=torch.float32,
+    )
+    torch.testing.assert_close(layer(x), torch.relu(expected).reshape(3, 4, 6), rtol=0, atol=0)
+
+
+def test_dense_w8a16_forward_uses_the_dequantized_kernel_and_float_inputs():
+    layer = Dense(6)
+    x = torch.randn(4, 10)
+    layer(x)
+    layer.quantize(W8A16)
+    assert layer.get_config()["quantization_config"]["weight_only"] is True
+    w = dequantize(layer.kernel, layer.kernel_scale[:, None]).t()
+    torch.testing.assert_close(layer(x), x @ w + layer.bias, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["int8", W8A16], ids=["w8a8", "w8a16"])
+def test_gradients_reach_inputs_and_bias_through_the_dequantized_kernel(config):
+    layer = Dense(3)
+    x = torch.randn(4, 5, requires_grad=True)
+    layer(x)
+    layer.quantize(config)
+    layer(x).sum().backward()
+    w = dequantize(layer.kernel, layer.kernel_scale[:, None])  # [N, K]
+    torch.testing.assert_close(x.grad, torch.ones(4, 3) @ w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer.bias.grad, torch.full((3,), 4.0))
+    assert [v.name for v in layer.trainable_weights] == ["bias"]
+
+
+@pytest.mark.parametrize("config", ["int8", W8A16], ids=["w8a8", "w8a16"])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "shape"),
+    [
+        (Dense, {"units": 3}, (2, 4)),
+        (
+            EinsumDense,
+            {"equation": "abc,cde->abde", "output_shape": (None, 2, 3), "bias_axes": "de"},
+            (2, 3, 4),
+        ),
+        (EinsumDense, {"equation": "abc,bcd->abd", "output_shape": (3, 2)}, (2, 3, 4)),
+        (Conv2D, {"filters": 3, "kernel_size": 2, "padding": "same"}, (2, 4, 4, 2)),
+        (Conv1D, {"filters": 3, "kernel_size": 2, "padding": "causal"}, (2, 5, 2)),
+    ],
+    ids=["dense", "einsum", "einsum_shared", "conv2d", "conv1d"],
+)
+def test_run_layer_test_int8(cls, kwargs, shape, config):
+    report = run_layer_test(
+        cls, kwargs, shape, policies=("float32", "mixed_bfloat16"), quantize_modes=(config,)
+    )
+    assert not report.skipped and len(report.checks) == 4
+
+
+def test_run_layer_test_int8_embedding():
+    report = run_layer_test(
+        Embedding,
+        {"input_dim": 6, "output_dim": 4},
+        (2, 3),
+        input_dtype="int64",
+        input_range=(0, 6),
+        policies=("float32", "mixed_bfloat16"),
+        quantize_modes=("int8",),
+    )
+    assert not report.skipped
