@@ -6,10 +6,11 @@ import torch
 
 from mpq import saving
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Sequential
-from mpq.testing import assert_close
+from mpq.testing import assert_close, sqnr
 
 CASES = {
     "dense": (lambda **kw: Dense(6, activation="relu", **kw), (5, 7)),
+    "dense_linear": (lambda **kw: Dense(6, **kw), (3, 4, 7)),
     "einsum": (
         lambda **kw: EinsumDense("abc,cde->abde", (None, 3, 4), bias_axes="de", **kw),
         (2, 5, 7),
@@ -165,3 +166,139 @@ def test_lora_errors():
         Conv2D(2, 3, lora_rank=-2)
     with pytest.raises(ValueError, match=r"Received: lora_alpha='a'"):
         EinsumDense("ab,bc->ac", 3, lora_alpha="a")
+
+
+# ----------------------------------------------------------------------------- quantized
+QMODES = ["int8", "int4", "int4/-1", "float8"]
+QCASES = ["dense_linear", "einsum", "conv2d_nchw"]
+
+
+def _quantized_lora(case, mode, order):
+    import mpq.quantization  # noqa: F401  (registers the modes)
+
+    layer, x = _built(case)
+    if order == "lora_first":
+        layer.enable_lora(2)
+        layer.quantize(mode)
+    else:
+        layer.quantize(mode)
+        layer.enable_lora(2)
+    return layer, x
+
+
+def _linear_term(layer, x):
+    """The LoRA term the layer should add: op(x, scaling * A @ B) in float64."""
+    a = layer.lora_kernel_a.detach().double()
+    b = layer.lora_kernel_b.detach().double()
+    delta = (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return layer._linear(x.double(), delta * (layer.lora_alpha / layer.lora_rank))
+
+
+@pytest.mark.parametrize("order", ["lora_first", "quantize_first"])
+@pytest.mark.parametrize("mode", QMODES)
+@pytest.mark.parametrize("case", QCASES)
+def test_lora_on_quantized_layers(case, mode, order):
+    layer, x = _quantized_lora(case, mode, order)
+    layer.eval()
+    assert layer.quantization_mode == mode.split("/")[0] and layer.lora_enabled
+    a, b = layer.lora_kernel_a, layer.lora_kernel_b
+    assert a.dtype == b.dtype == torch.float32 and a.requires_grad and b.requires_grad
+    assert not any(
+        w.requires_grad
+        for w in layer.weights
+        if w.name not in ("bias", "lora_kernel_a", "lora_kernel_b")
+    )
+    y0 = layer(x)
+    with torch.no_grad():
+        b.normal_(std=0.1)
+    assert not torch.equal(layer(x), y0)
+    # B = 0 adds exactly nothing; then the output moves by the LoRA term (before activation:
+    # these cases have none), computed on the float input path.
+    layer.lora_kernel_b.data.zero_()
+    assert torch.equal(layer(x), y0)
+    with torch.no_grad():
+        b.normal_(std=0.1, generator=torch.Generator().manual_seed(0))
+    y1 = layer(x)
+    expected = y0.double() + _linear_term(layer, x)
+    assert_close(y1, expected, "float32", k=int(np.prod(a.shape[:-1])))
+    layer.train()
+    layer(x).square().sum().backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+def test_lora_on_dense_with_activation_is_added_before_it():
+    import mpq.quantization  # noqa: F401
+
+    layer, x = _built("dense")  # relu
+    layer.quantize("int8")
+    layer.eval()
+    with torch.no_grad():
+        pre = layer.activation  # identity run: the same layer without its activation
+    plain = Dense(6)
+    plain(x)
+    plain.quantize("int8")
+    plain.set_weights([w for w in layer.get_weights()])
+    layer.enable_lora(2)
+    plain.enable_lora(2)
+    with torch.no_grad():
+        layer.lora_kernel_a.copy_(plain.lora_kernel_a)
+        layer.lora_kernel_b.normal_()
+        plain.lora_kernel_b.copy_(layer.lora_kernel_b)
+    assert torch.equal(layer(x), pre(plain(x)))
+
+
+@pytest.mark.parametrize("mode", QMODES)
+def test_quantized_lora_saves_and_loads_exactly(mode, tmp_path):
+    import mpq.quantization  # noqa: F401
+
+    make, shape = CASES["conv2d"]
+    torch.manual_seed(0)
+    model = Sequential([make()])
+    x = torch.randn(shape)
+    model(x)
+    layer = model.layers[0]
+    layer.quantize(mode)
+    layer.enable_lora(2)
+    model.eval()
+    with torch.no_grad():
+        layer.lora_kernel_b.normal_(std=0.1)
+    path = tmp_path / "q.safetensors"
+    saving.save(model, path)
+    loaded = saving.load(path)
+    inner = loaded.layers[0]
+    assert inner.lora_enabled and inner.quantization_mode == mode.split("/")[0]
+    for w_loaded, w in zip(inner.weights, layer.weights, strict=True):
+        assert w_loaded.name == w.name and torch.equal(w_loaded.detach(), w.detach())
+    loaded.eval()
+    assert torch.equal(loaded(x), model(x))
+    clone = type(layer).from_config(layer.get_config())
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    clone.eval()
+    assert torch.equal(clone(x), layer(x))
+
+
+# merge_lora on a quantized layer requantizes: SQNR of the merged layer's output against the
+# LoRA layer's (measured: int8 ~46 dB, int4 ~23 dB, float8 ~29 dB on these shapes).
+MERGE_FLOORS = {"int8": 38.0, "int4": 18.0, "int4/-1": 18.0, "float8": 24.0}
+
+
+@pytest.mark.parametrize("mode", QMODES)
+@pytest.mark.parametrize("case", QCASES)
+def test_merge_lora_on_quantized_layers_requantizes(case, mode):
+    layer, x = _quantized_lora(case, mode, "quantize_first")
+    with torch.no_grad():
+        layer.lora_kernel_b.normal_(std=0.1, generator=torch.Generator().manual_seed(1))
+    layer.train()
+    layer(x)  # float8: one training step records amaxes
+    layer.eval()
+    before = layer(x)
+    names = [w.name for w in layer.weights]
+    layer.merge_lora()
+    assert not layer.lora_enabled
+    assert [w.name for w in layer.weights] == [
+        n for n in names if n not in ("lora_kernel_a", "lora_kernel_b")
+    ]
+    after = layer(x)
+    assert sqnr(before, after) > MERGE_FLOORS[mode]
+    assert layer.quantization_mode == mode.split("/")[0]

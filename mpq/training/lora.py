@@ -110,7 +110,8 @@ class LoRAMixin:
             else:
                 self._requantize_with_delta(delta)
         kernel = self._parameters.get("kernel")
-        if kernel is not None and self.__dict__.get("_lora_kernel_was_trainable", False):
+        was_trainable = self.__dict__.get("_lora_kernel_was_trainable", False)
+        if kernel is not None and kernel.is_floating_point() and was_trainable:
             kernel.trainable = self.trainable
         del self.lora_kernel_a
         del self.lora_kernel_b
@@ -167,10 +168,10 @@ class LoRAMixin:
 
     def _lora_kernel_shape(self) -> tuple[int, ...]:
         """The float kernel's shape (a quantized layer may store it packed)."""
-        shape = self.__dict__.get("_float_kernel_shape")
-        if shape is None:
-            shape = tuple(self._parameters["kernel"].shape)
-        return tuple(shape)
+        form = self.__dict__.get("_quant_form")  # set by the quantized schemes
+        if form is not None and self.__dict__.get("_scheme") is not None:
+            return tuple(form.kernel_shape)
+        return tuple(self._parameters["kernel"].shape)
 
     def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(lora_alpha / rank) * A @ B`` with the kernel's shape (read through autocast)."""
@@ -197,6 +198,18 @@ class LoRAMixin:
         if self.lora_enabled:
             kernel = kernel + self._lora_delta().to(kernel.dtype)
         return kernel, inputs
+
+    def quantized_call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """The scheme's forward pass, plus the LoRA term before bias and activation: it is
+        handed to the scheme's output step through ``__dict__["_lora_term"]``."""
+        if not self.lora_enabled:
+            return super().quantized_call(inputs, *args, **kwargs)
+        d = self.__dict__
+        d["_lora_term"] = self._lora_output(inputs)
+        try:
+            return super().quantized_call(inputs, *args, **kwargs)
+        finally:
+            d["_lora_term"] = None
 
     def _lora_output(self, inputs: torch.Tensor) -> torch.Tensor:
         """The low-rank term on the input path: ``op(inputs, scaling * A @ B)`` (quantized
