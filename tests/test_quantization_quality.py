@@ -3,6 +3,9 @@ normal weights, and stored weight bytes against float32 (docs/quantization.md ha
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 import torch
 
@@ -83,7 +86,28 @@ def test_weight_bytes_at_1024x1024(mode, limit):
     assert weight_bytes(layer) == expected
 
 
-if __name__ == "__main__":  # prints the table of docs/quantization.md
+def table_rows() -> list[str]:
+    """The measured SQNR values as they appear in docs/quantization.md."""
+    rows = []
     for kind in ("dense", "einsum", "conv2d", "embedding"):
-        cells = [f"{measure(kind, m):.1f}" if (kind, m) in CASES else "-" for m in BARS]
-        print(f"| {kind} | " + " | ".join(cells) + " |")
+        cells = [f"{measure(kind, m):.1f}" for m in BARS if (kind, m) in CASES]
+        rows.append(" | ".join(cells))
+    return rows
+
+
+def test_docs_state_the_measured_values():
+    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "quantization.md").read_text()
+    for row in table_rows():
+        assert row in docs, f"update the SQNR table in docs/quantization.md: {row}"
+
+
+def test_docs_examples_run():
+    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "quantization.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/quantization.md", "exec"), {})
+
+
+if __name__ == "__main__":  # prints the measured values of docs/quantization.md
+    print("\n".join(table_rows()))
