@@ -15,7 +15,7 @@ from mpq import kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
-from mpq.quantization._forms import ConvForm, EinsumForm, EmbeddingForm, form_of
+from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
 
 LAYER_CLASSES = (Dense, EinsumDense, Conv1D, Conv2D, Embedding)
@@ -83,9 +83,10 @@ def read(layer: Any, name: str) -> torch.Tensor:
     return _autocast.read(layer._parameters[name])
 
 
-def replace_kernel(layer: Any, new: dict[str, tuple[tuple[int, ...], torch.dtype, Any]]) -> None:
-    """Swap the float kernel for quantized variables: ``new[name] = (shape, dtype, value)``
-    (value None: leave zeros / ones for scales). All values are computed before the swap."""
+def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
+    """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
+    initializer)`` in creation order (value None: the initializer's placeholder, e.g. while
+    building). The caller computes every value before calling: nothing here can fail midway."""
     name = kernel_name(layer)
     del layer._parameters[name]
     for var_name, (shape, dtype, value, init) in new.items():
@@ -106,8 +107,6 @@ class Scheme(_registry.QuantizationScheme):
     ``quantize`` on placeholder values (zeros, unit scales); the variables (names, order,
     shapes, dtypes) are then identical on both paths. Subclasses implement ``check``
     (validate before anything changes), ``convert`` and ``call``."""
-
-    supported = LAYER_CLASSES
 
     def check(self, layer: Any, cfg: QuantizationConfig) -> None:
         """Raise before the layer is touched when ``cfg`` cannot run on ``layer``."""
@@ -329,11 +328,4 @@ def conv_output(layer: Any, y: torch.Tensor) -> torch.Tensor:
     return finish(layer, layer._from_channels_last(y))
 
 
-__all__ = [
-    "ConvForm",
-    "EinsumForm",
-    "EmbeddingForm",
-    "Run",
-    "Scheme",
-    "resolve_config",
-]
+__all__ = ["LAYER_CLASSES", "Run", "Scheme", "resolve_config"]
