@@ -184,22 +184,9 @@ class _QuantizedOp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w, bias = ctx.saved_tensors
-        run = ctx.run
         need_x, need_w, need_b = ctx.needs_input_grad[1:4]
-        grad = run.grad_hook(grad)
-        gx = gw = gb = None
-        if need_x or need_w:
-            xb, wb = run.backward_operands(x, w)
-            with torch.enable_grad():
-                xr = xb.detach().requires_grad_(need_x)
-                wr = wb.detach().requires_grad_(need_w)
-                y = run.float_op(xr, wr)
-                wanted = [t for t, need in ((xr, need_x), (wr, need_w)) if need]
-                grads = list(torch.autograd.grad(y, wanted, grad.to(y.dtype)))
-            if need_x:
-                gx = grads.pop(0).to(x.dtype)
-            if need_w:
-                gw = grads.pop(0).to(w.dtype)
+        grad, gx, gw = ctx.run.input_grads(grad, x, w, need_x, need_w)
+        gb = None
         if need_b:
             gb = grad.reshape(-1, grad.shape[-1]).to(torch.float32).sum(0).to(bias.dtype)
         return None, gx, gw, gb
@@ -219,6 +206,25 @@ class Run:
 
     def float_op(self, x, w):  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def input_grads(self, grad, x, w, need_x: bool, need_w: bool):
+        """``(grad used for the bias, grad_x, grad_w)``: by default the gradients of
+        ``float_op`` at ``backward_operands(x, w)`` for the output gradient ``grad_hook(grad)``."""
+        grad = self.grad_hook(grad)
+        gx = gw = None
+        if need_x or need_w:
+            xb, wb = self.backward_operands(x, w)
+            with torch.enable_grad():
+                xr = xb.detach().requires_grad_(need_x)
+                wr = wb.detach().requires_grad_(need_w)
+                y = self.float_op(xr, wr)
+                wanted = [t for t, need in ((xr, need_x), (wr, need_w)) if need]
+                grads = list(torch.autograd.grad(y, wanted, grad.to(y.dtype)))
+            if need_x:
+                gx = grads.pop(0).to(x.dtype)
+            if need_w:
+                gw = grads.pop(0).to(w.dtype)
+        return grad, gx, gw
 
     def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
         return _QuantizedOp.apply(self, x, w, bias)
