@@ -1,0 +1,893 @@
+"""`Layer`: the Keras 3 Layer API on ``torch.nn.Module`` (weights, policies, config, saving).
+
+Layer authoring contract (what subclasses, built-in or user, can rely on)
+--------------------------------------------------------------------------
+1. Arguments. ``__init__(self, <own args>, **kwargs)`` calls ``super().__init__(**kwargs)``
+   FIRST (it takes ``name``, ``dtype``, ``trainable``, ``autocast``, ``activity_regularizer``,
+   ``input_shape``/``input_dim``) and then stores its own arguments. Resolve identifiers once
+   here: ``mpq.initializers.get``, ``mpq.regularizers.get``, ``mpq.constraints.get``.
+   ``get_config()`` returns ``{**super().get_config(), <own args, JSON-serializable>}`` (use
+   ``initializers.serialize`` etc.); ``from_config(config)`` is ``cls(**config)`` by default.
+   A subclass that does not override ``get_config`` gets its constructor arguments captured
+   automatically (they must be JSON-serializable).
+2. Weights. Create them in ``build(self, input_shape)`` (``input_shape`` is a tuple of ints, or a
+   list/dict of tuples for several inputs; several ``<arg>_shape`` parameters match ``call``
+   arguments by name) with ``self.kernel = self.add_weight(shape=..., initializer=...,
+   name="kernel")``. Do not call ``super().build``; ``build`` is wrapped: it sets
+   ``self.built = True`` and records the shapes for ``get_build_config``. Set
+   ``self.input_spec = InputSpec(...)`` in ``build`` when the input is constrained.
+   Variables are ``torch.nn.Parameter``s; the state_dict key is the attribute name.
+3. Forward. Implement ``call(self, inputs, training=None, mask=None, ...)`` (never
+   ``forward``: ``forward`` is the Keras ``__call__``). ``training`` is only passed if ``call``
+   declares it; it is resolved as: explicit argument > explicit value given to an enclosing
+   layer call > ``self.training`` (torch's train/eval mode).
+4. Autocast. Before ``call`` every floating tensor argument is cast to ``compute_dtype`` (unless
+   ``autocast=False``); inside ``call``, reading ``self.kernel`` (or ``var.value``) returns the
+   weight cast to ``compute_dtype`` (cast once per call; gradients reach the float master).
+   Weights kept in containers must be read via ``.value`` to be autocast. Ops that must run
+   wider follow ``mpq.policy.autocast`` rules: ``self._op_dtype("normalization")`` /
+   ``("softmax")`` returns the torch dtype to compute them in (None: keep the input dtype).
+   Return outputs in ``compute_dtype``.
+5. State. Update non-trainable weights with ``var.assign(...)`` / ``assign_add`` (works inside
+   ``stateless_call`` too); add extra losses with ``self.add_loss(x)``.
+6. Shapes. Override ``compute_output_shape`` when it is cheap to state; the default runs
+   ``call`` on the meta device.
+7. Quantization. Do not branch on modes in the layer: register a
+   ``mpq.layers.quantization.QuantizationScheme`` for (YourLayer, mode).
+8. Serialization. Built-in layers use ``@register_layer("mpq")``; user layers
+   ``@register_layer()`` (or ``custom_objects=``) to be loadable by name.
+
+Better than Keras: a tracked sublayer created without ``dtype`` inherits its parent's policy;
+``dtype=DTypePolicyMap(...)`` resolves each layer's policy by its ``path``; ``stateless_call``
+autocasts like ``__call__``; ``autocast=False`` leaves inputs and variables uncast.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import weakref
+from typing import Any
+
+import torch
+
+from mpq import constraints as _constraints
+from mpq import initializers as _initializers
+from mpq import policy as _policy
+from mpq import regularizers as _regularizers
+from mpq.layers import autocast as _autocast
+from mpq.layers import quantization as _quantization
+from mpq.layers import stateless as _stateless
+from mpq.layers import tracking as _tracking
+from mpq.layers.input_spec import InputSpec, assert_input_compatibility
+from mpq.layers.variables import Variable, to_numpy, to_tensor, to_torch_dtype
+
+__all__ = ["Layer"]
+
+_LOSS_HOLDERS: weakref.WeakSet = weakref.WeakSet()  # layers with non-empty _losses
+_INIT_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
+def _capture_init_args(cls: type, args: tuple, kwargs: dict) -> dict | None:
+    sig = _INIT_SIGNATURES.get(cls)
+    if sig is None:
+        sig = _INIT_SIGNATURES[cls] = inspect.signature(cls.__init__)
+    try:
+        bound = sig.bind(None, *args, **kwargs).arguments
+    except TypeError:
+        return None
+    out = {}
+    params = sig.parameters
+    for i, (k, v) in enumerate(bound.items()):
+        if i == 0:
+            continue  # self
+        kind = params[k].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(v)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if v:
+                return None
+        else:
+            out[k] = v
+    return out
+
+
+def _shape_of(value: Any) -> Any:
+    """Tuple shape of a tensor, or a list/tuple/dict of them; None if not all tensors."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (list, tuple)) and value:
+        shapes = [_shape_of(v) for v in value]
+        return None if any(s is None for s in shapes) else type(value)(shapes)
+    if isinstance(value, dict) and value:
+        shapes = {k: _shape_of(v) for k, v in value.items()}
+        return None if any(s is None for s in shapes.values()) else shapes
+    return None
+
+
+def _as_shape(value: Any) -> Any:
+    """JSON lists back to tuples: ``[None, 4]`` -> ``(None, 4)``; lists of shapes stay lists."""
+    if isinstance(value, (list, tuple)):
+        if all(v is None or isinstance(v, int) for v in value):
+            return tuple(value)
+        return [_as_shape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_shape(v) for k, v in value.items()}
+    return value
+
+
+def _wrap_build(fn):
+    @functools.wraps(fn)
+    def build(self, *args, **kwargs):
+        d = self.__dict__
+        depth = d.get("_build_depth", 0)
+        if depth == 0:
+            self._prepare_build()
+        mode = d["_dtype_policy"].quantization_mode
+        d["_build_depth"] = depth + 1
+        try:
+            if (
+                depth == 0
+                and mode is not None
+                and d["_scheme"] is None
+                and not d.get("_float_build_depth")
+            ):
+                shape = args[0] if args else next(iter(kwargs.values()), None)
+                self.quantized_build(shape, mode=mode)
+            else:
+                fn(self, *args, **kwargs)
+        finally:
+            d["_build_depth"] = depth
+        if depth == 0:
+            try:
+                shapes = inspect.signature(fn).bind(self, *args, **kwargs).arguments
+                shapes.pop(next(iter(shapes)))
+            except TypeError:
+                shapes = None
+            d["_build_shapes_dict"] = shapes or None
+            d["built"] = True
+
+    build._mpq_wrapped = True
+    return build
+
+
+class Layer(torch.nn.Module):
+    """Keras 3 ``Layer`` on ``torch.nn.Module``: subclass it and implement ``build``/``call``.
+
+    Args:
+        activity_regularizer: regularizer applied to the outputs (added to ``losses``).
+        trainable: whether the weights get gradients (``requires_grad``).
+        dtype: anything ``mpq.policy.get`` accepts (name, policy, config, torch dtype,
+            ``DTypePolicyMap``); None: the parent's policy once tracked, else the global one.
+        autocast: cast floating inputs and variables to ``compute_dtype`` inside ``call``.
+        name: unique snake_case default from the class name (``dense``, ``dense_1``, ...).
+
+    Example (inputs ``[batch, in]`` -> ``[batch, units]``)::
+
+        class SimpleDense(Layer):
+            def __init__(self, units=32, **kwargs):
+                super().__init__(**kwargs)
+                self.units = units
+            def build(self, input_shape):
+                self.w = self.add_weight(shape=(input_shape[-1], self.units))
+                self.b = self.add_weight(shape=(self.units,), initializer="zeros")
+            def call(self, inputs):
+                return inputs @ self.w + self.b
+    """
+
+    _call_has_training = False
+    _call_has_mask = False
+    _call_signature: inspect.Signature | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        obj = super().__new__(cls)
+        obj.__dict__["_auto_config"] = _capture_init_args(cls, args, kwargs)
+        return obj
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        build = cls.__dict__.get("build")
+        if build is not None and not getattr(build, "_mpq_wrapped", False):
+            cls.build = _wrap_build(build)
+        if "call" in cls.__dict__:
+            sig = inspect.signature(cls.__dict__["call"])
+            params = sig.parameters
+            var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            cls._call_has_training = "training" in params or var_kw
+            cls._call_has_mask = "mask" in params
+            cls._call_signature = sig
+
+    def __init__(
+        self,
+        *,
+        activity_regularizer: Any = None,
+        trainable: bool = True,
+        dtype: Any = None,
+        autocast: bool = True,
+        name: str | None = None,
+        **kwargs: Any,
+    ):
+        input_dim = kwargs.pop("input_dim", None)
+        input_shape = kwargs.pop("input_shape", None)
+        batch_size = kwargs.pop("batch_size", None)
+        if kwargs:
+            raise ValueError(
+                f"Unrecognized keyword arguments passed to {type(self).__name__}: {kwargs}"
+            )
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(
+                "Argument `name` must be a non-empty string without '/'. "
+                f"Received: name={name!r} (of type {type(name).__name__})"
+            )
+        torch.nn.Module.__init__(self)
+        d = self.__dict__
+        d["_name"] = name or _tracking.unique_name(_tracking.to_snake_case(type(self).__name__))
+        d["built"] = False
+        d["_trainable"] = bool(trainable)
+        d["_autocast"] = bool(autocast)
+        d["_losses"] = []
+        d["_parent"] = None
+        d["_scheme"] = None
+        d["_build_shapes_dict"] = None
+        d["input_spec"] = None
+        d["supports_masking"] = False
+        d["_activity_regularizer"] = _regularizers.get(activity_regularizer)
+        if input_dim is not None:
+            input_shape = (input_dim,)
+        d["_input_shape_arg"] = None if input_shape is None else (batch_size, *tuple(input_shape))
+        self._set_policy_source(_policy.get(dtype), explicit=dtype is not None)
+
+    # ------------------------------------------------------------------ attribute tracking
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Variable):
+            if _tracking.adopt_variable(self, name, value):
+                return
+            if value.__dict__.get("_owner") is None:
+                _tracking.set_owner(value, self)
+        super().__setattr__(name, value)
+        if isinstance(value, torch.nn.Module) and "_parameters" in self.__dict__:
+            _tracking.track(self, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not in __dict__: parameters, buffers, submodules.
+        params = self.__dict__.get("_parameters")
+        if params is not None and name in params:
+            p = params[name]
+            if p is not None and _autocast.STATE.frame is not None:
+                return _autocast.read(p)
+            return p
+        return torch.nn.Module.__getattr__(self, name)
+
+    def __deepcopy__(self, memo: dict) -> Layer:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key == "_parent":
+                # The copy of a sublayer is a root, unless its parent is copied along.
+                new.__dict__[key] = memo.get(id(value)) if value is not None else None
+            else:
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for p in self._parameters.values():
+            if isinstance(p, Variable):
+                _tracking.set_owner(p, self)
+
+    def _on_tracked(self, parent: Layer, quantize: bool = False) -> None:
+        d = self.__dict__
+        if not d["_policy_explicit"]:
+            source = parent.__dict__["_policy_map"] or parent.__dict__["_dtype_policy"]
+            if quantize or not (d["built"] and getattr(source, "quantization_mode", None)):
+                self._set_policy_source(source, explicit=False, quantize=quantize)
+                return
+        elif d["_policy_map"] is not None and not d["built"]:
+            self._set_policy_source(d["_policy_map"], explicit=True)
+            return
+        for child in _tracking.direct_sublayers(self):
+            child._on_tracked(self)
+
+    # ------------------------------------------------------------------ policy
+    def _set_policy_source(self, source: Any, explicit: bool, quantize: bool = False) -> None:
+        d = self.__dict__
+        d["_policy_explicit"] = explicit
+        if isinstance(source, _policy.DTypePolicyMap):
+            d["_policy_map"] = source
+            policy = source[self.path]
+        else:
+            d["_policy_map"] = None
+            policy = source
+        mode = policy.quantization_mode
+        current = d.get("_dtype_policy")
+        if d["_scheme"] is not None and policy != current:
+            raise ValueError(
+                f"Layer {self.name!r} is quantized with policy {current.name!r}; its policy "
+                f"cannot be changed. Received: dtype_policy={policy.name!r}"
+            )
+        if mode is not None and d["built"] and d["_scheme"] is None and self._parameters:
+            scheme = _quantization.get_scheme(self, mode, type_check=False)
+            _quantization.apply_quantized_policy(self, scheme, policy, None)
+        else:
+            self._set_resolved_policy(policy)
+        for child in _tracking.direct_sublayers(self):
+            child._on_tracked(self, quantize=quantize)
+
+    def _set_resolved_policy(self, policy: Any) -> None:
+        d = self.__dict__
+        d["_dtype_policy"] = policy
+        self._update_cast_dtypes()
+
+    def _update_cast_dtypes(self) -> None:
+        d = self.__dict__
+        compute = d["_dtype_policy"].torch_compute_dtype
+        d["_input_cast_dtype"] = compute if d["_autocast"] and compute.is_floating_point else None
+        d["_var_cast_dtype"] = d["_input_cast_dtype"]
+        d["_op_dtypes"] = {}
+
+    def _op_dtype(self, family: str) -> torch.dtype | None:
+        """Torch dtype to run an op family in (``mpq.policy.autocast`` rules): "float32" rules
+        give float32 (float64 under a float64 policy), "compute" the compute dtype, "input"
+        None (keep the input's dtype)."""
+        cache = self.__dict__["_op_dtypes"]
+        if family in cache:
+            return cache[family]
+        rule = _policy.autocast.rule(family)
+        compute = self.__dict__["_dtype_policy"].torch_compute_dtype
+        if rule == "float32":
+            dtype = torch.float64 if compute == torch.float64 else torch.float32
+        elif rule == "compute":
+            dtype = compute
+        elif rule == "input":
+            dtype = None
+        else:
+            raise ValueError(
+                f"Expected an autocast rule 'float32', 'compute' or 'input'. Received: "
+                f"rule={rule!r} for family={family!r}"
+            )
+        cache[family] = dtype
+        return dtype
+
+    @property
+    def dtype_policy(self) -> Any:
+        """The resolved ``DTypePolicy`` (settable; a quantized policy quantizes a built layer)."""
+        return self.__dict__["_dtype_policy"]
+
+    @dtype_policy.setter
+    def dtype_policy(self, value: Any) -> None:
+        self._set_policy_source(_policy.get(value), explicit=True, quantize=True)
+
+    @property
+    def dtype(self) -> str:
+        """The variable dtype name (Keras: ``layer.dtype == layer.variable_dtype``)."""
+        return self.dtype_policy.variable_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        return self.dtype_policy.variable_dtype
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def input_dtype(self) -> str:
+        """The dtype floating inputs are cast to (== ``compute_dtype``)."""
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def quantization_mode(self) -> str | None:
+        return self.dtype_policy.quantization_mode
+
+    @property
+    def autocast(self) -> bool:
+        return self.__dict__["_autocast"]
+
+    @autocast.setter
+    def autocast(self, value: bool) -> None:
+        self.__dict__["_autocast"] = bool(value)
+        self._update_cast_dtypes()
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.__dict__["_name"]
+
+    @property
+    def path(self) -> str:
+        """``"root/.../name"`` along tracked parents; just ``name`` for an untracked layer."""
+        return _tracking.layer_path(self)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, dtype_policy={self.dtype_policy.name!r}"
+
+    # ------------------------------------------------------------------ weights
+    def add_weight(
+        self,
+        shape: Any = None,
+        initializer: Any = None,
+        dtype: Any = None,
+        trainable: bool = True,
+        autocast: bool = True,
+        regularizer: Any = None,
+        constraint: Any = None,
+        aggregation: str = "none",
+        overwrite_with_gradient: bool = False,
+        name: str | None = None,
+    ) -> Variable:
+        """Create a weight ``Variable`` owned (and tracked) by this layer.
+
+        Default dtype: ``variable_dtype``; default initializer: glorot_uniform for floats,
+        zeros otherwise. The state_dict key is ``name`` (or the attribute it is assigned to).
+        """
+        shape = () if shape is None else shape
+        try:
+            shape = tuple(int(s) for s in shape)
+            if any(s < 0 for s in shape):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Expected `shape` to be a tuple of non-negative ints for weight {name!r} of "
+                f"layer {self.name!r}. Received: shape={shape!r}"
+            ) from None
+        tdtype = to_torch_dtype(dtype if dtype is not None else self.variable_dtype)
+        if trainable and not tdtype.is_floating_point:
+            raise ValueError(
+                f"Only floating weights can be trainable; pass trainable=False for weight "
+                f"{name!r} of layer {self.name!r}. Received: dtype={tdtype}"
+            )
+        if name is not None and (
+            not isinstance(name, str) or not name or "/" in name or "." in name
+        ):
+            raise ValueError(
+                "Expected the weight `name` to be a non-empty string without '/' or '.'. "
+                f"Received: name={name!r}"
+            )
+        if initializer is None:
+            initializer = "glorot_uniform" if tdtype.is_floating_point else "zeros"
+        init = _initializers.get(initializer)
+        if _autocast.STATE.meta_build:
+            data = torch.empty(shape, dtype=tdtype, device="meta")
+        else:
+            with torch.no_grad():
+                data = to_tensor(init(shape, dtype=tdtype), tdtype)
+            if tuple(data.shape) != shape:
+                raise ValueError(
+                    f"Initializer {init!r} returned shape {tuple(data.shape)} for weight "
+                    f"{name!r} of layer {self.name!r}. Expected: shape={shape}"
+                )
+        key = base = name or "variable"
+        i = 0
+        while key in self._parameters or key in self._modules or key in self._buffers:
+            i += 1
+            key = f"{base}_{i}"
+        var = Variable(
+            data,
+            name=key,
+            trainable=trainable,
+            autocast=autocast,
+            regularizer=_regularizers.get(regularizer),
+            constraint=_constraints.get(constraint),
+            aggregation=aggregation,
+            overwrite_with_gradient=overwrite_with_gradient,
+        )
+        var.__dict__["_name_given"] = name is not None
+        if not self.trainable:
+            var.requires_grad_(False)
+        _tracking.set_owner(var, self)
+        self.register_parameter(key, var)
+        return var
+
+    add_variable = add_weight
+
+    @property
+    def weights(self) -> list[torch.nn.Parameter]:
+        """Own weights first, then sublayers' (registration order), without duplicates."""
+        return _tracking.collect_weights(self)
+
+    @property
+    def trainable_weights(self) -> list[torch.nn.Parameter]:
+        return [w for w in self.weights if w.requires_grad]
+
+    @property
+    def non_trainable_weights(self) -> list[torch.nn.Parameter]:
+        return [w for w in self.weights if not w.requires_grad]
+
+    variables = weights
+    trainable_variables = trainable_weights
+    non_trainable_variables = non_trainable_weights
+
+    @property
+    def trainable(self) -> bool:
+        return self.__dict__["_trainable"]
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        _tracking.set_trainable(self, bool(value))
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Direct sublayers, in registration order."""
+        return list(_tracking.direct_sublayers(self))
+
+    def get_weights(self) -> list:
+        """Numpy copies of ``weights`` (ml_dtypes arrays for bfloat16 / float8)."""
+        return [to_numpy(w) for w in self.weights]
+
+    def set_weights(self, weights: list) -> None:
+        """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write."""
+        params = self.weights
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(params):
+            got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+            names = [getattr(p, "path", "?") for p in params]
+            raise ValueError(
+                f"You called `set_weights(weights)` on layer {self.name!r} with a weight list of "
+                f"length {got}, but the layer was expecting {len(params)} weights: {names}."
+            )
+        values = []
+        for p, w in zip(params, weights, strict=True):
+            t = to_tensor(w)
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"Layer {self.name!r} weight {getattr(p, 'path', '?')!r} has shape "
+                    f"{tuple(p.shape)}, which is not compatible with the provided weight shape "
+                    f"{tuple(t.shape)}."
+                )
+            values.append(t)
+        with torch.no_grad():
+            for p, t in zip(params, values, strict=True):
+                p.copy_(t.to(device=p.device, dtype=p.dtype))
+
+    def count_params(self) -> int:
+        """Total number of scalars in ``weights``; raises ValueError if the layer is not built."""
+        if not self.built:
+            raise ValueError(
+                f"You tried to call `count_params` on layer {self.name!r}, but the layer isn't "
+                "built. You can build it manually via: `layer.build(input_shape)`. "
+                "Received: built=False"
+            )
+        return sum(w.numel() for w in self.weights)
+
+    # ------------------------------------------------------------------ losses
+    def add_loss(self, loss: Any) -> None:
+        """Add a scalar loss tensor (cleared at the start of the next outermost call)."""
+        stateless = _autocast.STATE.stateless
+        if stateless is not None:
+            stateless.losses.append(loss)
+            return
+        self.__dict__["_losses"].append(loss)
+        _LOSS_HOLDERS.add(self)
+
+    def _clear_losses(self) -> None:
+        for m in self.modules():
+            if isinstance(m, Layer) and m.__dict__["_losses"]:
+                m.__dict__["_losses"].clear()
+                _LOSS_HOLDERS.discard(m)
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        """Own and sublayers' added losses, then weight regularization penalties (trainable)."""
+        stateless = _autocast.STATE.stateless
+        if stateless is not None:
+            out = list(stateless.losses)
+        else:
+            out = [
+                loss
+                for m in self.modules()
+                if isinstance(m, Layer)
+                for loss in m.__dict__["_losses"]
+            ]
+        for w in self.trainable_weights:
+            reg = w.__dict__.get("regularizer")
+            if reg is not None:
+                out.append(reg(w if stateless is None else stateless.get(w)))
+        return out
+
+    @property
+    def activity_regularizer(self) -> Any:
+        return self.__dict__["_activity_regularizer"]
+
+    @activity_regularizer.setter
+    def activity_regularizer(self, value: Any) -> None:
+        self.__dict__["_activity_regularizer"] = _regularizers.get(value)
+
+    def _add_activity_losses(self, outputs: Any) -> None:
+        reg = self.__dict__["_activity_regularizer"]
+        flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for out in flat:
+            if isinstance(out, torch.Tensor):
+                self.add_loss(reg(out))
+
+    # ------------------------------------------------------------------ build / call
+    def build(self, input_shape: Any = None) -> None:
+        """Create the weights for ``input_shape`` (override; the default creates none)."""
+
+    def _prepare_build(self) -> None:
+        """Before the first build: link sublayers, resolve a DTypePolicyMap by path."""
+        _tracking.retrack(self)
+        policy_map = self.__dict__["_policy_map"]
+        if policy_map is not None:
+            self._set_resolved_policy(policy_map[self.path])
+
+    def _build_on_call(self, args: tuple, kwargs: dict) -> None:
+        sig = self._call_signature
+        shapes: dict[str, Any] = {}
+        if sig is not None:
+            try:
+                bound = sig.bind(None, *args, **kwargs).arguments
+            except TypeError:
+                bound = {}
+            params = sig.parameters
+            for i, (key, value) in enumerate(bound.items()):
+                kind = params[key].kind
+                if i == 0 or kind in (
+                    inspect.Parameter.VAR_POSITIONAL,
+                    inspect.Parameter.VAR_KEYWORD,
+                ):
+                    continue
+                if key in ("training", "mask") or key.endswith("_mask"):
+                    continue
+                shape = _shape_of(value)
+                if shape is not None:
+                    shapes[f"{key}_shape"] = shape
+        if not shapes and args:
+            shape = _shape_of(args[0])
+            if shape is not None:
+                shapes["input_shape"] = shape
+        build_params = [
+            p
+            for p in list(inspect.signature(self.build).parameters.values())
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if len(build_params) <= 1:
+            first = next(iter(shapes.values()), None)
+            if build_params:
+                self.build(first)
+            else:
+                self.build()
+            return
+        build_kwargs = {}
+        for p in build_params:
+            if not p.name.endswith("_shape") or sig is None or p.name[:-6] not in sig.parameters:
+                raise ValueError(
+                    f"For a `build()` method with more than one argument, all arguments should "
+                    f"have a `_shape` suffix and match an argument from `call()`, e.g. "
+                    f"`build(self, foo_shape, bar_shape)`. Received: {p.name!r} in "
+                    f"{type(self).__name__}.build"
+                )
+            if p.name in shapes:
+                build_kwargs[p.name] = shapes[p.name]
+        self.build(**build_kwargs)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"Layer {type(self).__name__} does not have a `call()` method implemented."
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The Keras ``__call__`` (``layer(x)`` runs it through ``nn.Module.__call__``, hooks
+        included): convert and autocast inputs, check ``input_spec``, build on first call,
+        resolve ``training``, clear losses (outermost call), run ``call``/``quantized_call``."""
+        d = self.__dict__
+        dtype = d["_input_cast_dtype"]
+        if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
+            x = args[0]
+            if dtype is not None and x.dtype != dtype and x.is_floating_point():
+                args = (x.to(dtype),)
+        else:
+            args, kwargs = _autocast.convert_structure(args, kwargs, dtype)
+        spec = d["input_spec"]
+        if spec is not None:
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            assert_input_compatibility(spec, first, d["_name"])
+        if not d["built"]:
+            self._build_on_call(args, kwargs)
+        state = _autocast.STATE
+        parent = state.frame
+        training = kwargs.get("training") if kwargs else None
+        if training is None and parent is not None:
+            training = parent.training
+        if self._call_has_training:
+            kwargs["training"] = self.training if training is None else training
+        elif kwargs and "training" in kwargs:
+            del kwargs["training"]
+        if parent is None and _LOSS_HOLDERS and state.stateless is None:
+            self._clear_losses()
+        state.frame = _autocast.Frame(d["_var_cast_dtype"], training)
+        try:
+            if d["_scheme"] is None:
+                outputs = self.call(*args, **kwargs)
+            else:
+                outputs = self.quantized_call(*args, **kwargs)
+        finally:
+            state.frame = parent
+        if d["_activity_regularizer"] is not None:
+            self._add_activity_losses(outputs)
+        return outputs
+
+    def compute_mask(self, inputs: Any, previous_mask: Any = None) -> Any:
+        """Output mask (Keras: ``previous_mask`` when ``supports_masking``, else None)."""
+        return previous_mask if self.supports_masking else None
+
+    # ------------------------------------------------------------------ shapes
+    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
+        """Meta tensors (shape + dtype, no data) of the outputs for the given inputs."""
+        return _stateless.compute_output_spec(self, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        """Output shape(s) for ``input_shape`` (``None`` dims allowed), via a meta-device run."""
+        spec = self.input_spec
+        in_dtype = spec.dtype if isinstance(spec, InputSpec) and spec.dtype is not None else None
+        in_dtype = in_dtype or self.dtype_policy.torch_compute_dtype
+        has_none = "None" in repr(input_shape)
+
+        def make(shape, fill):
+            if isinstance(shape, dict):
+                return {k: make(v, fill) for k, v in shape.items()}
+            if isinstance(shape, list) or (
+                isinstance(shape, tuple) and shape and isinstance(shape[0], (tuple, list, dict))
+            ):
+                return type(shape)(make(s, fill) for s in shape)
+            dims = tuple(fill if s is None else int(s) for s in shape)
+            return torch.empty(dims, dtype=in_dtype, device="meta")
+
+        def shapes(out):
+            if isinstance(out, torch.Tensor):
+                return tuple(out.shape)
+            if isinstance(out, (list, tuple)):
+                return type(out)(shapes(o) for o in out)
+            if isinstance(out, dict):
+                return {k: shapes(v) for k, v in out.items()}
+            return out
+
+        first = shapes(self.compute_output_spec(make(_as_shape(input_shape), 2)))
+        if not has_none:
+            return first
+        second = shapes(self.compute_output_spec(make(_as_shape(input_shape), 3)))
+
+        def merge(a, b):
+            if isinstance(a, tuple) and all(isinstance(v, int) for v in a):
+                return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
+            if isinstance(a, dict):
+                return {k: merge(a[k], b[k]) for k in a}
+            return type(a)(merge(x, y) for x, y in zip(a, b, strict=True))
+
+        return merge(first, second)
+
+    # ------------------------------------------------------------------ stateless
+    def stateless_call(
+        self,
+        trainable_variables: list,
+        non_trainable_variables: list,
+        *args: Any,
+        return_losses: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
+        """Call with the given variable values instead of the layer's own, without side effects.
+
+        Returns ``(outputs, non_trainable_variables)`` (the updated values, e.g. after
+        ``assign`` in ``call``), plus ``losses`` with ``return_losses=True``. Autocast applies.
+        """
+        return _stateless.stateless_call(
+            self,
+            trainable_variables,
+            non_trainable_variables,
+            *args,
+            return_losses=return_losses,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ quantization
+    def quantize(self, mode: str, type_check: bool = True, config: Any = None) -> None:
+        """Quantize this built layer in place with the scheme registered for (class, mode)."""
+        _quantization.quantize(self, mode, type_check=type_check, config=config)
+
+    def quantized_build(self, input_shape: Any, mode: str) -> None:
+        """Create quantized weights (the registered scheme's ``build``)."""
+        _quantization.quantized_build(self, input_shape, mode)
+
+    def quantized_call(self, *args: Any, **kwargs: Any) -> Any:
+        """Forward pass of a quantized layer (the registered scheme's ``call``)."""
+        return _quantization.quantized_call(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict[str, Any]:
+        """``name``, ``trainable``, serialized ``dtype`` policy, and the layer's own arguments."""
+        config: dict[str, Any] = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": self.dtype_policy.get_config(),
+        }
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
+        if type(self).get_config is not Layer.get_config:
+            return config
+        auto = self.__dict__.get("_auto_config")
+        extra = {k: v for k, v in (auto or {}).items() if k not in config}
+        try:
+            json.dumps(extra)
+        except TypeError:
+            auto = None
+        if auto is None:
+            raise NotImplementedError(
+                f"Layer {type(self).__name__} does not implement get_config() and its constructor "
+                f"arguments are not JSON-serializable. Override get_config(). Received: "
+                f"arguments={extra!r}"
+            )
+        config.update(extra)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Layer:
+        """``cls(**config)`` (the dtype entry may be a policy config dict)."""
+        try:
+            return cls(**config)
+        except Exception as e:
+            raise TypeError(
+                f"Error when deserializing class {cls.__name__!r} using config={config}.\n\n"
+                f"Exception encountered: {e}"
+            ) from e
+
+    def get_build_config(self) -> dict[str, Any] | None:
+        """``{"input_shape": ...}`` (or ``{"shapes_dict": ...}``) the layer was built with."""
+        shapes = self.__dict__["_build_shapes_dict"]
+        if shapes is None:
+            return None
+        if len(shapes) == 1:
+            return {"input_shape": next(iter(shapes.values()))}
+        return {"shapes_dict": dict(shapes)}
+
+    def build_from_config(self, config: dict[str, Any] | None) -> None:
+        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples)."""
+        if not config:
+            return
+        if "input_shape" in config:
+            self.build(_as_shape(config["input_shape"]))
+        elif "shapes_dict" in config:
+            self.build(**{k: _as_shape(v) for k, v in config["shapes_dict"].items()})
+        else:
+            raise ValueError(
+                "Expected a build config with 'input_shape' or 'shapes_dict'. "
+                f"Received: config={config!r}"
+            )
+
+    # ------------------------------------------------------------------ saving
+    def _own_variables(self) -> dict[str, torch.nn.Parameter]:
+        return {
+            (p.name if isinstance(p, Variable) else key): p
+            for key, p in self._parameters.items()
+            if p is not None
+        }
+
+    def save_own_variables(self, store: dict) -> None:
+        """``store[variable.name] = CPU tensor copy`` for this layer's own variables."""
+        for name, p in self._own_variables().items():
+            store[name] = p.detach().to("cpu", copy=True)
+
+    def load_own_variables(self, store: dict) -> None:
+        """Assign own variables from ``store`` by name; all checked before any write."""
+        own = self._own_variables()
+        missing = sorted(set(own) - set(store.keys()))
+        extra = sorted(set(store.keys()) - set(own))
+        if missing or extra:
+            raise ValueError(
+                f"Layer {self.name!r} expected variables {sorted(own)} in the store. "
+                f"Missing: {missing}; unexpected: {extra}."
+            )
+        values = {}
+        for name, p in own.items():
+            t = to_tensor(store[name])
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"Layer {self.name!r} variable {name!r} has shape {tuple(p.shape)}, but the "
+                    f"store holds shape {tuple(t.shape)}."
+                )
+            values[name] = t
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(values[name].to(device=p.device, dtype=p.dtype))
+
+
+Layer.build = _wrap_build(Layer.__dict__["build"])

@@ -1,0 +1,123 @@
+"""Running a layer on values that are not its own: ``stateless_call`` and meta-device shapes.
+
+Both run the ordinary ``__call__`` (autocast included) while variable reads are redirected
+through a :class:`~mpq.layers.autocast.StatelessScope`; nothing on the layer is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mpq.layers import autocast as _autocast
+from mpq.layers.variables import Variable
+
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
+
+__all__ = ["compute_output_spec", "stateless_call"]
+
+
+def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool):
+    """Call ``layer`` with Variables read from ``mapping``; plain torch parameters are swapped
+    with ``torch.func.functional_call``. Returns (outputs, scope, losses or None)."""
+    plain = {}
+    names = {id(p): n for n, p in layer.named_parameters(remove_duplicate=False)}
+    for key, (var, value) in list(mapping.items()):
+        if not isinstance(var, Variable):
+            plain[names[id(var)]] = value
+            del mapping[key]
+    scope = _autocast.StatelessScope(mapping)
+    state = _autocast.STATE
+    previous = state.stateless
+    state.stateless = scope
+    try:
+        if plain:
+            outputs = torch.func.functional_call(layer, plain, args, kwargs, strict=False)
+        else:
+            outputs = layer(*args, **kwargs)
+        losses = layer.losses if return_losses else None
+    finally:
+        state.stateless = previous
+    return outputs, scope, losses
+
+
+def stateless_call(
+    layer: Layer,
+    trainable_variables: list[torch.Tensor],
+    non_trainable_variables: list[torch.Tensor],
+    *args: Any,
+    return_losses: bool = False,
+    **kwargs: Any,
+):
+    if not layer.built:
+        raise ValueError(
+            f"To call stateless_call, layer {layer.name!r} must be built (i.e. its variables "
+            "must have been already created). You can build it by calling it on some data. "
+            "Received: built=False"
+        )
+    own_t, own_nt = layer.trainable_variables, layer.non_trainable_variables
+    for given, own, kind in (
+        (trainable_variables, own_t, "trainable_variables"),
+        (non_trainable_variables, own_nt, "non_trainable_variables"),
+    ):
+        if not isinstance(given, (list, tuple)) or len(given) != len(own):
+            got = len(given) if isinstance(given, (list, tuple)) else type(given).__name__
+            raise ValueError(
+                f"Argument `{kind}` must be a list of {len(own)} tensors in the order of "
+                f"layer.{kind} (layer {layer.name!r}). Received: {got}"
+            )
+    mapping: dict[int, tuple[Any, torch.Tensor]] = {}
+    for var, value in zip(
+        [*own_t, *own_nt], [*trainable_variables, *non_trainable_variables], strict=True
+    ):
+        if not isinstance(value, torch.Tensor):
+            from mpq.layers.variables import to_tensor
+
+            value = to_tensor(value, var.dtype)
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(
+                f"Expected a value of shape {tuple(var.shape)} for variable "
+                f"{getattr(var, 'path', '?')!r}. Received: shape={tuple(value.shape)}"
+            )
+        mapping[id(var)] = (var, value)
+    outputs, scope, losses = _run_in_scope(layer, mapping, args, kwargs, return_losses)
+    new_nt = [scope.get(v) for v in own_nt]
+    if return_losses:
+        return outputs, new_nt, losses
+    return outputs, new_nt
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x if x.device.type == "meta" else torch.empty_like(x, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(i) for i in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
+    """Run ``layer`` on meta tensors (no data allocated) and return meta outputs.
+
+    A built layer reads meta copies of its variables; an unbuilt one is copied and the copy is
+    built on the meta device, so the layer itself is never modified.
+    """
+    args, kwargs = _to_meta(args), _to_meta(kwargs)
+    state = _autocast.STATE
+    if not layer.built:
+        target = copy.deepcopy(layer)
+        previous = state.meta_build
+        state.meta_build = True
+        try:
+            with torch.no_grad():
+                return target(*args, **kwargs)
+        finally:
+            state.meta_build = previous
+    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.weights}
+    with torch.no_grad():
+        outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, return_losses=False)
+    return outputs
