@@ -195,13 +195,15 @@ def _report(
         f"{len(records)} runs, {n_failed} failed. Results in {out}/: results.jsonl, summary.csv"
         + (", sweep.png" if config.plot else "")
     )
-    for r in records:
-        if r.get("status") != "ok":
-            say(
-                f"  failed: {r['model']} {r['variant']}"
-                + (f" @{r['layer']}" if r.get("layer") else "")
-                + f" seed {r['seed']}: {r.get('error')}"
-            )
+    failed = [r for r in records if r.get("status") != "ok"]
+    for r in failed[:10]:
+        say(
+            f"  failed: {r['model']} {r['variant']}"
+            + (f" @{r['layer']}" if r.get("layer") else "")
+            + f" seed {r['seed']}: {r.get('error')}"
+        )
+    if len(failed) > 10:
+        say(f"  ... and {len(failed) - 10} more (see results.jsonl)")
     for e in errors:
         say(f"  failed: {e}")
 

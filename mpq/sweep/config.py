@@ -288,6 +288,11 @@ class ModelSpec:
                 raise ValueError(
                     f"Expected `{key}` to be a positive number. Received: {key}={_describe(val)}"
                 )
+        if isinstance(self.factory, str) and self.data is None:
+            from mpq.sweep.models import BUILTIN_MODELS
+
+            if self.factory in BUILTIN_MODELS:  # spelled out, so equal specs hash equally
+                object.__setattr__(self, "data", BUILTIN_MODELS[self.factory][1])
         for key in ("kwargs", "data_kwargs"):
             if not isinstance(getattr(self, key), Mapping):
                 raise TypeError(

@@ -135,24 +135,29 @@ def weight_bytes(module: Any) -> int:
     return total
 
 
-def _leaf_layers(model: Any) -> Iterator[tuple[str, Any]]:
-    """(path, module) of each module that holds variables itself (Dense, Conv2D, ...)."""
+def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
+    """(path, module name, module) of each module that holds variables itself (Dense, ...).
+
+    `path` is the mpq layer path (`"digits_cnn/conv_0"`); the torch module name (`"0"`) is the
+    stable structural key: auto-generated layer names (`dense_7`) change between builds.
+    """
     for name, m in model.named_modules():
         own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
         if own:
-            yield (getattr(m, "path", None) or name or type(m).__name__), m
+            yield (getattr(m, "path", None) or name or type(m).__name__), name, m
 
 
 def layer_table(model: Any) -> list[dict[str, Any]]:
-    """One row per variable-holding layer: path, class, parameter count, bytes."""
+    """One row per variable-holding layer: path, module name, class, parameter count, bytes."""
     return [
         {
             "path": path,
+            "module": name,
             "class": type(m).__name__,
             "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
             "bytes": weight_bytes(m),
         }
-        for path, m in _leaf_layers(model)
+        for path, name, m in _leaf_layers(model)
     ]
 
 
@@ -213,9 +218,9 @@ def _quantize(model: Any, variant: Variant, paths: tuple[str, ...] | None) -> in
         kwargs["config"] = dict(variant.quantize_config)
     if paths is not None:
         kwargs["filter"] = _path_filter(paths)
-    before = {p for p, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
+    before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     fn(model, pol.mode_spec, **kwargs)
-    after = {p for p, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
+    after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     newly = after - before
     if not newly:
         where = "any layer" if paths is None else f"layers {list(paths)}"
@@ -232,51 +237,72 @@ def apply_policy(
     variant: Variant,
     layers: tuple[str, ...] | None = None,
     assignment: tuple[tuple[str, Variant], ...] | None = None,
+    layer_rows: list[dict[str, Any]] | None = None,
 ) -> tuple[Any, Data, int]:
     """Build `spec`'s model under `variant` with the float32-trained `state` loaded.
 
     - Float variant: the model is built with `dtype=policy` and the weights cast into it.
     - Quantized variant: built under the source float policy, weights loaded, then
       `mpq.quantize(model, policy.mode_spec, config=quantize_config)`.
-    - `layers`: the variant applies to these layer paths only (others stay float32), through a
-      `DTypePolicyMap` for float policies and `mpq.quantize(..., filter=...)` for quantized ones.
+    - `layers`: the variant applies to these layer paths only (the rest stays float32): float
+      policies are set on those layers before they are built, quantized ones go through
+      `mpq.quantize(..., filter=...)`.
     - `assignment`: `(path, variant)` pairs, each applied as above (a suggested policy map).
+    - `layer_rows`: the baseline's `layer_table`, which names the paths used in `layers` and
+      `assignment` (matched to the new model by module name, since auto-generated layer names
+      differ between builds); None: the paths of this build.
 
     Returns `(model, data, n_quantized_layers)`; the model is in eval mode on the CPU.
-    """
-    from mpq import policy as mpq_policy
 
+    Example:
+        >>> base = train_baseline(ModelSpec("digits_mlp"), seed=0, quick=True)
+        >>> model, data, n = apply_policy(ModelSpec("digits_mlp"), base["state"],
+        ...                               Variant("bf16", "bfloat16"))
+    """
     if assignment is None:
         assignment = (("*", variant),) if layers is None else tuple((p, variant) for p in layers)
     whole = len(assignment) == 1 and assignment[0][0] == "*"
-    if whole:
-        dtype: Any = assignment[0][1].source_policy
-    else:
-        float_entries = {p: v.source_policy for p, v in assignment if v.source_policy != "float32"}
-        dtype = mpq_policy.DTypePolicyMap("float32", float_entries) if float_entries else "float32"
-    model, data = _build(spec, dtype)
-    _materialize(model, _first_batch(data))
+    model, data = _build(spec, assignment[0][1].source_policy if whole else "float32")
+    modules = dict(model.named_modules())
+    module_of: dict[str, str] = {}
     if not whole:
-        _check_paths(model, [p for p, _ in assignment])
+        if layer_rows is None:
+            probe, _ = _build(spec, "float32")
+            _materialize(probe, _first_batch(data))
+            layer_rows = layer_table(probe)
+        module_of = {row["path"]: row["module"] for row in layer_rows}
+        missing = [p for p, _ in assignment if p not in module_of or module_of[p] not in modules]
+        if missing:
+            raise ValueError(f"Expected layer paths from {list(module_of)}. Received: {missing}")
+        for path, v in assignment:
+            if v.source_policy != "float32":  # before the build, so variables get its dtype
+                _set_layer_policy(modules[module_of[path]], path, v.source_policy)
+    _materialize(model, _first_batch(data))
     _load_state(model, state)
-    n_quantized = 0
     groups: dict[tuple, list[str]] = {}
     for path, v in assignment:
         if v.is_quantized:
             key = (v.policy, tuple(sorted((v.quantize_config or {}).items())))
             groups.setdefault(key, []).append(path)
+    new_path = {name: path for path, name, _ in _leaf_layers(model)}
+    n_quantized = 0
     for (pol_name, cfg), paths in groups.items():
         v = Variant(pol_name, pol_name, dict(cfg) or None)
-        n_quantized += _quantize(model, v, None if whole else tuple(paths))
+        targets = None if whole else tuple(new_path[module_of[p]] for p in paths)
+        n_quantized += _quantize(model, v, targets)
     model.eval()
     return model, data, n_quantized
 
 
-def _check_paths(model: Any, paths: list[str]) -> None:
-    known = [p for p, _ in _leaf_layers(model)]
-    missing = [p for p in paths if p not in known]
-    if missing:
-        raise ValueError(f"Expected layer paths from {known}. Received: {missing}")
+def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
+    from mpq.layers import Layer
+
+    if not isinstance(layer, Layer):
+        raise TypeError(
+            f"Expected an mpq layer at {path!r} to put it alone under policy {policy!r} "
+            f"(per-layer runs set `layer.dtype_policy`). Received: a {type(layer).__name__}"
+        )
+    layer.dtype_policy = policy
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +356,7 @@ def _fit(
                     opt.step()
                 else:
                     loss_scale /= 2
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             n += len(y)
         last = total / max(n, 1)
     model.eval()
@@ -548,15 +574,16 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
 
         torch.manual_seed(config.seed)
         model, data, n_q = apply_policy(
-            config.model, base["state"], v, config.layers, config.assignment
+            config.model, base["state"], v, config.layers, config.assignment, base["layers"]
         )
         data = _sized(data, config.quick)
         rec["quantized_layers"] = n_q
         rec["weight_bytes"] = weight_bytes(model)
         rec["bytes_ratio"] = rec["weight_bytes"] / base["weight_bytes"]
         if config.layers is not None:
-            rows = {row["path"]: row["bytes"] for row in layer_table(model)}
-            rec["layer_weight_bytes"] = sum(rows[p] for p in config.layers)
+            by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
+            module_of = {row["path"]: row["module"] for row in base["layers"]}
+            rec["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
         model.to(config.device)
         ev = evaluate(model, data, config.device)
         sq = _sqnr_db(base["logits"], ev["logits"])

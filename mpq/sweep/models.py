@@ -2,6 +2,7 @@
 lookup of user factories by name or `"package.module:function"`.
 
 A factory is called as `factory(dtype=policy, **kwargs)` and returns an (unbuilt) mpq model.
+Built-in layers have explicit names, so layer paths (and suggested policy maps) are stable.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ def digits_cnn(dtype: Any = None, filters: Sequence[int] = (16, 32), num_classes
     """
     from mpq.layers import Conv2D, Dense, Flatten, Sequential
 
-    layers = [Conv2D(f, 3, activation="relu") for f in filters]
-    return Sequential([*layers, Flatten(), Dense(num_classes)], dtype=dtype, name="digits_cnn")
+    convs = [Conv2D(f, 3, activation="relu", name=f"conv_{i}") for i, f in enumerate(filters)]
+    head = [Flatten(name="flatten"), Dense(num_classes, name="dense")]
+    return Sequential([*convs, *head], dtype=dtype, name="digits_cnn")
 
 
 def digits_mlp(dtype: Any = None, hidden: Sequence[int] = (128, 64), num_classes: int = 10):
     """Dense(128, relu) -> Dense(64, relu) -> Dense(10) on `[N, 64]` digits (about 17k params)."""
     from mpq.layers import Dense, Sequential
 
-    layers = [Dense(h, activation="relu") for h in hidden]
-    return Sequential([*layers, Dense(num_classes)], dtype=dtype, name="digits_mlp")
+    layers = [Dense(h, activation="relu", name=f"dense_{i}") for i, h in enumerate(hidden)]
+    out = Dense(num_classes, name=f"dense_{len(hidden)}")
+    return Sequential([*layers, out], dtype=dtype, name="digits_mlp")
 
 
 def synthetic_mlp(dtype: Any = None, hidden: Sequence[int] = (1024, 1024), num_classes: int = 16):
@@ -38,8 +41,9 @@ def synthetic_mlp(dtype: Any = None, hidden: Sequence[int] = (1024, 1024), num_c
     (about 1.6M parameters): big enough for the kernels' speed to show on a GPU."""
     from mpq.layers import Dense, Sequential
 
-    layers = [Dense(h, activation="relu") for h in hidden]
-    return Sequential([*layers, Dense(num_classes)], dtype=dtype, name="synthetic_mlp")
+    layers = [Dense(h, activation="relu", name=f"dense_{i}") for i, h in enumerate(hidden)]
+    out = Dense(num_classes, name=f"dense_{len(hidden)}")
+    return Sequential([*layers, out], dtype=dtype, name="synthetic_mlp")
 
 
 #: name -> (factory, default data name)

@@ -83,7 +83,8 @@ def plot_sweep(
     ax_a.set_ylabel("held-out accuracy (%)")
     ax_s.set_title("Fidelity")
     ax_a.set_title("Accuracy")
-    ax_s.legend(loc="lower right", fontsize=8)
+    if ok:
+        ax_s.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.savefig(os.fspath(path), dpi=130)
 

@@ -233,15 +233,25 @@ class _Scheduler:
         self.waiting.setdefault(key, []).append(rc_or_cb)
         if first:
             model = next(m for m in self.config.models if m.resolved_name == model_name)
-            fut = self.executor.submit(
-                experiment.train_baseline, model, seed, self.config.device, self.config.quick
+            self._submit(
+                ("baseline", key),
+                experiment.train_baseline,
+                model,
+                seed,
+                self.config.device,
+                self.config.quick,
             )
-            self.futures[fut] = ("baseline", key)
+
+    def _submit(self, tag: tuple[str, Any], fn: Callable[..., Any], *args: Any) -> None:
+        fut = self.executor.submit(fn, *args)
+        if fut.done():  # an in-process executor: handle it now, so progress and JSONL stream
+            self._on_done(fut, *tag)
+        else:
+            self.futures[fut] = tag
 
     def _dispatch(self, item: Any, key: str) -> None:
         if isinstance(item, RunConfig):
-            fut = self.executor.submit(experiment.run_one, item, self.baselines[key])
-            self.futures[fut] = ("run", item)
+            self._submit(("run", item), experiment.run_one, item, self.baselines[key])
         else:
             item(self.baselines[key]["layers"])
 
