@@ -441,7 +441,9 @@ def test_policy_scope_rejects_bad_policy_before_entering():
 def test_autocast_rules():
     from mpq.policy import autocast
 
-    assert autocast.rule("matmul") == autocast.rule("conv") == autocast.rule("embedding") == "compute"
+    assert (
+        autocast.rule("matmul") == autocast.rule("conv") == autocast.rule("embedding") == "compute"
+    )
     for family in ("normalization", "softmax", "loss", "reduction", "transcendental"):
         assert autocast.rule(family) == "float32"
     assert autocast.rule("elementwise") == "input"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE", "Frame", "StatelessScope", "convert_structure", "read"]
+__all__ = ["STATE", "Frame", "StatelessScope", "VariableValue", "convert_structure", "read"]
 
 
 class _State(threading.local):
@@ -51,27 +51,55 @@ class StatelessScope:
         self.values[id(var)] = (var, value)
 
 
+class VariableValue(torch.Tensor):
+    """What reading a variable inside a call returns when it is not the variable itself (a cast
+    copy under autocast, or a substituted value in ``stateless_call``). It computes like any
+    tensor (results are plain tensors; gradients reach the variable) and ``assign``,
+    ``assign_add``, ``assign_sub`` write the variable it was read from."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def variable(self) -> torch.Tensor:
+        return self.__dict__["_variable"]
+
+    def assign(self, value: Any) -> Any:
+        return self.__dict__["_variable"].assign(value)
+
+    def assign_add(self, delta: Any) -> Any:
+        return self.__dict__["_variable"].assign_add(delta)
+
+    def assign_sub(self, delta: Any) -> Any:
+        return self.__dict__["_variable"].assign_sub(delta)
+
+
 def read(var: torch.Tensor) -> torch.Tensor:
     """The value of ``var`` for the running call (itself outside any call)."""
     frame = STATE.frame
     if frame is None:
         return var
     stateless = STATE.stateless
-    value = var if stateless is None else stateless.get(var)
     dtype = frame.cast_dtype
-    if dtype is None or value.dtype == dtype or not var.__dict__.get("_autocast_float", False):
-        return value
+    cast = dtype is not None and var.dtype != dtype and var.__dict__.get("_autocast_float", False)
+    if stateless is None:
+        if not cast:
+            return var
+        value = var
+    else:
+        value = stateless.get(var)
+        cast = cast and value.dtype != dtype
     cache = frame.cache
     if cache is None:
         cache = frame.cache = {}
     key = id(var)
     hit = cache.get(key)
-    # The version counter invalidates the cached cast after an in-place assign.
+    # The version counter invalidates the cached read after an in-place assign.
     if hit is not None and hit[0] is value and hit[1] == value._version:
         return hit[2]
-    cast = value.to(dtype)
-    cache[key] = (value, value._version, cast)
-    return cast
+    out = (value.to(dtype) if cast else value).as_subclass(VariableValue)
+    out.__dict__["_variable"] = var
+    cache[key] = (value, value._version, out)
+    return out
 
 
 def _convert(x: Any, dtype: torch.dtype | None) -> Any:

@@ -327,27 +327,21 @@ class Layer(torch.nn.Module):
         d["_var_cast_dtype"] = d["_input_cast_dtype"]
         d["_op_dtypes"] = {}
 
-    def _op_dtype(self, family: str) -> torch.dtype | None:
+    def _op_dtype(self, family: str, input_dtype: torch.dtype | None = None) -> torch.dtype:
         """Torch dtype to run an op family in (``mpq.policy.autocast`` rules): "float32" rules
-        give float32 (float64 under a float64 policy), "compute" the compute dtype, "input"
-        None (keep the input's dtype)."""
+        give float32 (float64 for float64 inputs), "compute" the compute dtype, "input" the
+        input's dtype (``input_dtype``, default the compute dtype).
+
+        >>> Dense(2, dtype="mixed_bfloat16")._op_dtype("normalization")
+        torch.float32
+        """
         cache = self.__dict__["_op_dtypes"]
-        if family in cache:
-            return cache[family]
-        rule = _policy.autocast.rule(family)
-        compute = self.__dict__["_dtype_policy"].torch_compute_dtype
-        if rule == "float32":
-            dtype = torch.float64 if compute == torch.float64 else torch.float32
-        elif rule == "compute":
-            dtype = compute
-        elif rule == "input":
-            dtype = None
-        else:
-            raise ValueError(
-                f"Expected an autocast rule 'float32', 'compute' or 'input'. Received: "
-                f"rule={rule!r} for family={family!r}"
-            )
-        cache[family] = dtype
+        key = (family, input_dtype)
+        dtype = cache.get(key)
+        if dtype is None:
+            compute = self.__dict__["_dtype_policy"].torch_compute_dtype
+            dtype = _policy.autocast.op_dtype(family, compute, input_dtype or compute)
+            cache[key] = dtype
         return dtype
 
     @property
@@ -798,7 +792,7 @@ class Layer(torch.nn.Module):
         config: dict[str, Any] = {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": self.dtype_policy.get_config(),
+            "dtype": _policy.serialize(self.dtype_policy),
         }
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)

@@ -61,9 +61,13 @@ class Sequential(Layer):
                 )
         first = len(self._modules) == 0
         setattr(self, str(len(self._modules)), layer)
-        self.__dict__["built"] = False
+        shape = self.__dict__["_build_input_shape"]
         if first and isinstance(layer, Layer) and layer.__dict__.get("_input_shape_arg"):
-            self.build(layer.__dict__["_input_shape_arg"])
+            shape = layer.__dict__["_input_shape_arg"]
+        if shape is not None:
+            self.build(shape)  # known input shape: build the new layer now (Keras)
+        else:
+            self.__dict__["built"] = False
 
     def pop(self) -> torch.nn.Module:
         """Remove and return the last layer."""

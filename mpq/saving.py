@@ -1,0 +1,180 @@
+"""Save and load a layer or model as ONE safetensors file: JSON config + every weight, bit-exact.
+
+``save(model, path)`` / ``load(path)`` rebuild the model from its config; ``load_weights`` fills
+an existing model. Damaged or mismatching files raise ValueError before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["load", "load_weights", "save"]
+
+FORMAT = "mpq.saving/1"
+
+
+def _collect(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, torch.Tensor]]:
+    """``"<module path>/<variable name>"`` -> (owning module, local name, tensor), for every
+    module's own variables (Layers: by variable name) and persistent buffers."""
+    from mpq.layers.base import Layer
+
+    out: dict[str, tuple[torch.nn.Module, str, torch.Tensor]] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Layer):
+            own = dict(module._own_variables())
+        else:
+            own = {k: p for k, p in module._parameters.items() if p is not None}
+        for k, b in module._buffers.items():
+            if b is not None and k not in module._non_persistent_buffers_set:
+                own[f"buffer:{k}"] = b
+        for name, tensor in own.items():
+            out[f"{prefix}/{name}" if prefix else name] = (module, name, tensor)
+    return out
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model`` (an ``mpq.layers.Layer``, e.g. a Sequential) to ``path``.
+
+    The file is a safetensors file whose metadata holds the serialized config (with build
+    config), a format tag and a SHA-256 of all tensors. The write is atomic (temp + rename).
+
+    >>> save(model, "model.mpq.safetensors"); model2 = load("model.mpq.safetensors")
+    """
+    from safetensors.torch import save_file
+
+    from mpq.layers import serialization
+    from mpq.layers.base import Layer
+
+    if not isinstance(model, Layer):
+        raise TypeError(
+            f"Expected an mpq.layers.Layer to save. Received: {model!r} "
+            f"(of type {type(model).__name__})"
+        )
+    config = serialization.serialize(model)
+    tensors = {
+        key: t.detach().to("cpu", copy=True).contiguous()
+        for key, (_, _, t) in _collect(model).items()
+    }
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config),
+        "sha256": _digest(tensors),
+    }
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".mpq-save-", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No mpq file at {path!r}.")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"Could not read {path!r} as an mpq file: it is truncated, corrupted or not a "
+            f"safetensors file. Received error: {e}"
+        ) from e
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"Expected an mpq file with format {FORMAT!r}. Received: "
+            f"format={metadata.get('format')!r} in {path!r}"
+        )
+    if _digest(tensors) != metadata.get("sha256"):
+        raise ValueError(
+            f"The weights in {path!r} do not match their checksum: the file is corrupted."
+        )
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"The config stored in {path!r} is missing or not valid JSON.") from e
+    return config, tensors
+
+
+def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Validate every tensor against the model, then write them all (nothing half-loaded)."""
+    from mpq.layers.base import Layer
+
+    expected = _collect(model)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"The weights in {path!r} do not match the model: missing {missing}, "
+            f"unexpected {extra}."
+        )
+    problems = [
+        f"{key}: model {tuple(t.shape)} {t.dtype}, file {tuple(tensors[key].shape)} "
+        f"{tensors[key].dtype}"
+        for key, (_, _, t) in expected.items()
+        if tuple(t.shape) != tuple(tensors[key].shape) or t.dtype != tensors[key].dtype
+    ]
+    if problems:
+        raise ValueError(f"The weights in {path!r} do not match the model: {problems}")
+    by_module: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+    for key, (module, name, _) in expected.items():
+        by_module.setdefault(id(module), (module, {}))[1][name] = tensors[key]
+    with torch.no_grad():
+        for module, store in by_module.values():
+            variables = {k: v for k, v in store.items() if not k.startswith("buffer:")}
+            if isinstance(module, Layer) and variables:
+                module.load_own_variables(variables)
+            elif variables:
+                for k, v in variables.items():
+                    module._parameters[k].copy_(v)
+            for k, v in store.items():
+                if k.startswith("buffer:"):
+                    module._buffers[k.removeprefix("buffer:")].copy_(v)
+
+
+def load(path: str | os.PathLike, custom_objects: dict[str, type] | None = None) -> Any:
+    """Rebuild the model saved at ``path`` (config -> layers -> build -> weights).
+
+    Raises FileNotFoundError, or ValueError for a truncated/corrupted file or weights that do
+    not match the config; the model is only returned once every weight is in place.
+    """
+    from mpq.layers import serialization
+
+    config, tensors = _read(path)
+    model = serialization.deserialize(config, custom_objects=custom_objects)
+    _check_and_assign(model, tensors, os.fspath(path))
+    return model
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the weights saved at ``path`` into an existing, built ``model`` (same structure).
+
+    Every tensor is checked (names, shapes, dtypes) before the first write.
+    """
+    _, tensors = _read(path)
+    _check_and_assign(model, tensors, os.fspath(path))

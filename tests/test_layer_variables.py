@@ -1,0 +1,98 @@
+"""mpq.layers.Variable: the Keras variable API on a torch Parameter."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpq.layers import Layer, Variable
+
+
+def test_assign_family_and_numpy():
+    v = Variable(torch.zeros(3), name="v")
+    assert v.name == "v" and v.path == "v" and v.trainable and v.autocast
+    v.assign(np.array([1.0, 2.0, 3.0]))
+    v.assign_add(torch.ones(3))
+    v.assign_sub(0.5)
+    np.testing.assert_array_equal(v.numpy(), np.array([1.5, 2.5, 3.5], np.float32))
+    assert v.dtype == torch.float32 and v.grad is None and v.is_leaf
+    assert v.value is v  # outside any call
+
+
+def test_assign_errors_name_the_variable():
+    v = Variable(torch.zeros(3), name="w")
+    with pytest.raises(
+        ValueError, match=r"shape \(3,\) to assign variable 'w'. Received: value.shape=\(2,\)"
+    ):
+        v.assign(torch.zeros(2))
+    with pytest.raises(TypeError, match=r"Received: value='x'"):
+        v.assign("x")
+
+
+def test_integer_variables_are_not_trainable():
+    with pytest.raises(ValueError, match=r"Received: dtype=torch.int32"):
+        Variable(torch.zeros(2, dtype=torch.int32), trainable=True)
+    v = Variable(torch.zeros(2, dtype=torch.int32), trainable=False, name="i")
+    assert not v.requires_grad
+    with pytest.raises(ValueError, match="Received: trainable=True for variable 'i'"):
+        v.trainable = True
+    v.assign_add(torch.tensor([1, 2], dtype=torch.int32))
+    assert v.tolist() == [1, 2]
+
+
+def test_trainable_setter_toggles_requires_grad():
+    v = Variable(torch.zeros(2))
+    v.trainable = False
+    assert not v.requires_grad and not v.trainable
+    v.trainable = True
+    assert v.requires_grad
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=16))
+def test_numpy_bfloat16_is_bit_exact(bits):
+    raw = torch.tensor(np.array(bits, np.uint16).view(np.int16))
+    v = Variable(raw.view(torch.bfloat16), trainable=False)
+    out = v.numpy()
+    assert out.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(out.view(np.uint16), np.array(bits, np.uint16))
+
+
+def test_float8_numpy_and_assign_roundtrip():
+    codes = torch.arange(256, dtype=torch.uint8)
+    v = Variable(codes.view(torch.float8_e4m3fn), trainable=False)
+    arr = v.numpy()
+    assert arr.dtype == ml_dtypes.float8_e4m3fn
+    w = Variable(torch.zeros(256, dtype=torch.float8_e4m3fn), trainable=False)
+    w.assign(arr)
+    # Every code survives, NaNs included (compare bits, not values).
+    assert torch.equal(w.view(torch.uint8), codes)
+
+
+def test_deepcopy_and_pickle_keep_the_subclass_and_attributes():
+    v = Variable(torch.arange(3.0), name="k", autocast=False, trainable=False)
+    for clone in (copy.deepcopy(v), pickle.loads(pickle.dumps(v))):
+        assert type(clone) is Variable
+        assert clone.name == "k" and clone.autocast is False and not clone.requires_grad
+        assert torch.equal(clone, v) and clone.data_ptr() != v.data_ptr()
+
+
+def test_variable_path_and_owner():
+    layer = Layer(name="owner")
+    v = layer.add_weight(shape=(2,), name="w")
+    assert v.path == "owner/w"
+    assert "Variable path=owner/w shape=(2,)" in repr(v)
+
+
+def test_module_to_keeps_variables():
+    layer = Layer()
+    v = layer.add_weight(shape=(2,), name="w")
+    layer.to(torch.float64)
+    assert layer.w is v and v.dtype == torch.float64 and isinstance(layer.w, Variable)
