@@ -1,0 +1,271 @@
+"""Activation functions by name, with Keras 3 names, defaults and (de)serialization.
+
+`get(identifier)` resolves a name, a config or a callable; `serialize(fn)` gives it back.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mpq.policy import autocast
+
+__all__ = [
+    "ALL_ACTIVATIONS",
+    "elu",
+    "exponential",
+    "gelu",
+    "get",
+    "hard_sigmoid",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "mish",
+    "relu",
+    "relu6",
+    "selu",
+    "serialize",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "softsign",
+    "swish",
+    "tanh",
+]
+
+
+def _stats_dtype(family: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype an op of `family` runs in for inputs of `dtype`, per the autocast rules
+    (float16/bfloat16 -> float32 for "softmax"; float32/float64 kept)."""
+    return autocast.op_dtype(family, dtype, dtype)
+
+
+def relu(
+    x: torch.Tensor,
+    negative_slope: float = 0.0,
+    max_value: float | None = None,
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """Rectified linear unit, Keras 3 signature.
+
+    `max(x, 0)` by default; values below `threshold` get `negative_slope * (x - threshold)`,
+    and the result is capped at `max_value` when given. Any shape, dtype kept.
+
+    >>> relu(torch.tensor([-1.0, 2.0]))
+    tensor([0., 2.])
+    """
+    if negative_slope == 0.0 and max_value is None and threshold == 0.0:
+        return F.relu(x)
+    # positive part: x where x > threshold (else 0), capped at max_value
+    pos = x * (x > threshold).to(x.dtype) if threshold != 0.0 else F.relu(x)
+    if max_value is not None:
+        pos = torch.clamp(pos, min=0.0, max=max_value)
+    if negative_slope == 0.0:
+        return pos
+    return pos - negative_slope * F.relu(threshold - x)
+
+
+def gelu(x: torch.Tensor, approximate: bool = False) -> torch.Tensor:
+    """Gaussian error linear unit; exact erf form by default (Keras 3: `approximate=False`).
+
+    >>> gelu(torch.zeros(2))
+    tensor([0., 0.])
+    """
+    return F.gelu(x, approximate="tanh" if approximate else "none")
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """`x * sigmoid(x)` (also known as swish). Any shape, dtype kept."""
+    return F.silu(x)
+
+
+swish = silu
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """`1 / (1 + exp(-x))`. Any shape, dtype kept."""
+    return torch.sigmoid(x)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """Hyperbolic tangent. Any shape, dtype kept."""
+    return torch.tanh(x)
+
+
+def softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Softmax along `axis`; float16/bfloat16 inputs are computed in float32 (autocast rule
+    "softmax") and the result is cast back to the input dtype.
+
+    >>> softmax(torch.zeros(2, 4)).sum(-1)
+    tensor([1., 1.])
+    """
+    out_dtype = x.dtype
+    return torch.softmax(x, dim=axis, dtype=_stats_dtype("softmax", x.dtype)).to(out_dtype)
+
+
+def log_softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Log-softmax along `axis`, computed like `softmax` (float32 for half inputs)."""
+    out_dtype = x.dtype
+    return torch.log_softmax(x, dim=axis, dtype=_stats_dtype("softmax", x.dtype)).to(out_dtype)
+
+
+def linear(x: torch.Tensor) -> torch.Tensor:
+    """Identity: returns `x` unchanged."""
+    return x
+
+
+def relu6(x: torch.Tensor) -> torch.Tensor:
+    """`min(max(x, 0), 6)`."""
+    return F.relu6(x)
+
+
+def leaky_relu(x: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
+    """Leaky ReLU with Keras 3's default slope 0.2."""
+    return F.leaky_relu(x, negative_slope)
+
+
+def elu(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Exponential linear unit."""
+    return F.elu(x, alpha)
+
+
+def selu(x: torch.Tensor) -> torch.Tensor:
+    """Scaled exponential linear unit."""
+    return F.selu(x)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """`log(1 + exp(x))`."""
+    return F.softplus(x)
+
+
+def softsign(x: torch.Tensor) -> torch.Tensor:
+    """`x / (1 + |x|)`."""
+    return F.softsign(x)
+
+
+def exponential(x: torch.Tensor) -> torch.Tensor:
+    """`exp(x)`."""
+    return torch.exp(x)
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Piecewise linear sigmoid `clip(x / 6 + 0.5, 0, 1)` (Keras 3 definition)."""
+    return F.hardsigmoid(x)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """`x * tanh(softplus(x))`."""
+    return F.mish(x)
+
+
+ALL_ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    fn.__name__: fn
+    for fn in (
+        relu,
+        gelu,
+        silu,
+        sigmoid,
+        tanh,
+        softmax,
+        log_softmax,
+        linear,
+        relu6,
+        leaky_relu,
+        elu,
+        selu,
+        softplus,
+        softsign,
+        exponential,
+        hard_sigmoid,
+        mish,
+    )
+}
+ALL_ACTIVATIONS["swish"] = silu
+
+_NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name != "swish"}
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (of type {type(value).__name__})"
+
+
+def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any]:
+    """Resolve an activation: None -> `linear`, a name (e.g. "gelu"), a callable (returned
+    as is), or a dict produced by `serialize` for a module-level function.
+
+    >>> get("relu") is relu
+    True
+    >>> get(None) is linear
+    True
+    """
+    if identifier is None:
+        return linear
+    if isinstance(identifier, str):
+        fn = ALL_ACTIVATIONS.get(identifier)
+        if fn is None:
+            raise ValueError(
+                f"Expected an activation name among {sorted(ALL_ACTIVATIONS)}, a callable or "
+                f"None. Received: activation={_describe(identifier)}"
+            )
+        return fn
+    if isinstance(identifier, dict):
+        return _from_config(identifier)
+    if callable(identifier):
+        return identifier
+    raise TypeError(
+        "Expected an activation name, a callable, a serialized activation dict or None. "
+        f"Received: activation={_describe(identifier)}"
+    )
+
+
+def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
+    """The config form of an activation: its name for built-ins, else a dict
+    `{"module": ..., "function_name": ...}` naming a module-level function, which
+    `get` imports back. Lambdas and nested functions cannot be serialized.
+
+    >>> serialize(gelu)
+    'gelu'
+    """
+    if activation is None:
+        return None
+    if isinstance(activation, str):
+        return serialize(get(activation))
+    name = _NAME_OF.get(id(activation))
+    if name is not None:
+        return name
+    qualname = getattr(activation, "__qualname__", None)
+    module = getattr(activation, "__module__", None)
+    if not callable(activation) or qualname is None or module is None:
+        raise TypeError(
+            "Expected a built-in activation or a module-level function to serialize. "
+            f"Received: activation={_describe(activation)}"
+        )
+    if "<" in qualname or "." in qualname:
+        raise ValueError(
+            "Expected a built-in activation or a module-level function to serialize; "
+            f"lambdas, nested functions and methods cannot be rebuilt from a config. "
+            f"Received: activation={activation!r} (qualified name {qualname!r})"
+        )
+    return {"module": module, "function_name": qualname}
+
+
+def _from_config(config: dict) -> Callable[..., Any]:
+    if set(config) != {"module", "function_name"}:
+        raise ValueError(
+            "Expected a serialized activation with exactly the keys 'module' and "
+            f"'function_name'. Received: activation={config!r}"
+        )
+    module = importlib.import_module(config["module"])
+    fn = getattr(module, config["function_name"], None)
+    if fn is None or not callable(fn):
+        raise ValueError(
+            f"Expected module {config['module']!r} to define a function "
+            f"{config['function_name']!r}. Received: activation={config!r}"
+        )
+    return fn

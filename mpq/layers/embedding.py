@@ -1,0 +1,119 @@
+"""Embedding: integer indices to dense vectors (Keras 3 `Embedding`), with `mask_zero` masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mpq import constraints, initializers, regularizers
+from mpq.layers.base import Layer
+from mpq.layers.serialization import register_layer
+
+__all__ = ["Embedding"]
+
+Shape = tuple[int | None, ...]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(
+            f"Expected `{name}` to be a positive int. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    return int(value)
+
+
+@register_layer("mpq")
+class Embedding(Layer):
+    """Looks up rows of an `[input_dim, output_dim]` table: `[...]` ints -> `[..., output_dim]`.
+
+    Args (Keras 3 names and defaults): input_dim (vocabulary size), output_dim,
+    embeddings_initializer="uniform" (uniform in [-0.05, 0.05]), embeddings_regularizer=None,
+    embeddings_constraint=None, mask_zero=False (index 0 is padding: `compute_mask` returns
+    `inputs != 0`, and input_dim must count it), weights=None (a list with the initial
+    `[input_dim, output_dim]` table; the layer is then built at once).
+    Keras' `lora_rank`/`lora_alpha` are not supported.
+
+    Weights: `embeddings` [input_dim, output_dim] in the variable dtype. The lookup gathers
+    rows of the variable-dtype table and casts only the gathered rows to the compute dtype
+    (autocast rule "embedding": a gather is exact, so this equals a lookup in a cast table,
+    without casting the whole table each call). Float indices are truncated to int64.
+
+    >>> layer = Embedding(10, 4, mask_zero=True)
+    >>> ids = torch.tensor([[1, 2, 0]])
+    >>> layer(ids).shape, layer.compute_mask(ids).tolist()
+    (torch.Size([1, 3, 4]), [[True, True, False]])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        weights: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.input_dim = _positive_int(input_dim, "input_dim")
+        self.output_dim = _positive_int(output_dim, "output_dim")
+        # Keras' "uniform" alias: RandomUniform(-0.05, 0.05)
+        if embeddings_initializer == "uniform":
+            embeddings_initializer = "random_uniform"
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.embeddings_constraint = constraints.get(embeddings_constraint)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        if weights is not None:
+            self.build()
+            if not isinstance(weights, (list, tuple)):
+                weights = [weights]
+            self.set_weights(list(weights))
+
+    def build(self, input_shape: Sequence[int | None] | None = None) -> None:
+        self.embeddings = self.add_weight(
+            shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+            constraint=self.embeddings_constraint,
+            trainable=True,
+            autocast=False,
+            name="embeddings",
+        )
+
+    def call(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dtype not in (torch.int32, torch.int64):
+            inputs = inputs.to(torch.int64)
+        out = F.embedding(inputs, self.embeddings)
+        return out.to(self.dtype_policy.torch_compute_dtype)
+
+    def compute_mask(
+        self, inputs: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        if not self.mask_zero:
+            return None
+        return inputs != 0
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
+        return (*tuple(input_shape), self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "input_dim": self.input_dim,
+                "output_dim": self.output_dim,
+                "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
+                "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
+                "embeddings_constraint": constraints.serialize(self.embeddings_constraint),
+                "mask_zero": self.mask_zero,
+            }
+        )
+        return config

@@ -1,0 +1,413 @@
+"""LayerNormalization and BatchNormalization with Keras 3 arguments.
+
+Statistics follow the autocast rule "normalization": float16/bfloat16 inputs are normalized in
+float32 and the result is cast back to the compute dtype; gamma/beta/moving statistics are
+kept in the variable dtype (they are not autocast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mpq import constraints, initializers, regularizers
+from mpq.layers.base import Layer
+from mpq.layers.input_spec import InputSpec
+from mpq.layers.serialization import register_layer
+
+__all__ = ["BatchNormalization", "LayerNormalization"]
+
+Shape = tuple[int | None, ...]
+
+# Added to the mask weight sum in masked moments, as Keras' backend epsilon.
+_MASK_EPSILON = 1e-7
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (of type {type(value).__name__})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resolve_axes(axes: Sequence[int], ndim: int, shape: Sequence[int | None]) -> tuple[int, ...]:
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"Expected every axis to be in [-{ndim}, {ndim}) for inputs of rank {ndim}. "
+                f"Received: axis={a} with input_shape={tuple(shape)}"
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"Expected distinct axes. Received: axis={list(axes)}")
+    return tuple(sorted(out))
+
+
+def _stats_dtype(layer: Layer, x: torch.Tensor) -> torch.dtype:
+    # the "normalization" autocast rule: float32 (float64 for float64 inputs)
+    return layer._op_dtype("normalization", x.dtype)
+
+
+@register_layer("mpq")
+class LayerNormalization(Layer):
+    """Normalizes each example over `axis`: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
+
+    Args (Keras 3 names and defaults): axis=-1 (int or list of ints), epsilon=1e-3,
+    center=True, scale=True, rms_scaling=False (then `x / sqrt(mean(x**2) + epsilon) * gamma`,
+    center and scale ignored; a true root-mean-square, with no mean subtracted),
+    beta_initializer="zeros", gamma_initializer="ones", beta/gamma regularizers and constraints.
+
+    Weights: `gamma` and `beta` with the shape of the normalized axes (in increasing axis
+    order), in the variable dtype. Input and output: any shape; the output has the compute
+    dtype, the statistics run in float32 for float16/bfloat16 inputs.
+
+    >>> layer = LayerNormalization()
+    >>> layer(torch.randn(2, 5, 8)).shape
+    torch.Size([2, 5, 8])
+    """
+
+    def __init__(
+        self,
+        axis: int | Sequence[int] = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        rms_scaling: bool = False,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if _is_int(axis):
+            self.axis: int | list[int] = axis
+        elif isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
+            self.axis = list(axis)
+        else:
+            raise TypeError(
+                f"Expected `axis` to be an int or a non-empty list/tuple of ints. "
+                f"Received: axis={_describe(axis)}"
+            )
+        if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
+            raise ValueError(
+                f"Expected `epsilon` to be a non-negative float. Received: epsilon={_describe(epsilon)}"
+            )
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.rms_scaling = bool(rms_scaling)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        self._axes: tuple[int, ...] = ()
+
+    def _axis_list(self) -> list[int]:
+        return [self.axis] if isinstance(self.axis, int) else list(self.axis)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
+        input_shape = tuple(input_shape)
+        _resolve_axes(self._axis_list(), len(input_shape), input_shape)
+        return input_shape
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        input_shape = tuple(input_shape)
+        self._axes = _resolve_axes(self._axis_list(), len(input_shape), input_shape)
+        shape = tuple(input_shape[a] for a in self._axes)
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"Expected the normalized axes {self._axes} to have known sizes. "
+                f"Received: input_shape={input_shape}"
+            )
+        if self.scale or self.rms_scaling:
+            self.gamma = self.add_weight(
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+                name="gamma",
+            )
+        else:
+            self.gamma = None
+        if self.center and not self.rms_scaling:
+            self.beta = self.add_weight(
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+                name="beta",
+            )
+        else:
+            self.beta = None
+        self.input_spec = InputSpec(
+            ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
+        )
+
+    def call(self, inputs: torch.Tensor) -> torch.Tensor:
+        out_dtype = inputs.dtype
+        stats = _stats_dtype(self, inputs)
+        x = inputs.to(stats)
+        ndim = x.ndim
+        gamma = None if self.gamma is None else self.gamma.to(stats)
+        beta = None if self.beta is None else self.beta.to(stats)
+        trailing = self._axes == tuple(range(ndim - len(self._axes), ndim))
+        if trailing:
+            normalized_shape = x.shape[ndim - len(self._axes) :]
+            if self.rms_scaling:
+                y = F.rms_norm(x, normalized_shape, gamma, self.epsilon)
+            else:
+                y = F.layer_norm(x, normalized_shape, gamma, beta, self.epsilon)
+            return y.to(out_dtype)
+        bshape = [1] * ndim
+        for a in self._axes:
+            bshape[a] = x.shape[a]
+        if self.rms_scaling:
+            y = x * torch.rsqrt(x.square().mean(self._axes, keepdim=True) + self.epsilon)
+        else:
+            var, mean = torch.var_mean(x, self._axes, correction=0, keepdim=True)
+            y = (x - mean) * torch.rsqrt(var + self.epsilon)
+        if gamma is not None:
+            y = y * gamma.reshape(bshape)
+        if beta is not None:
+            y = y + beta.reshape(bshape)
+        return y.to(out_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "rms_scaling": self.rms_scaling,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            }
+        )
+        return config
+
+
+@register_layer("mpq")
+class BatchNormalization(Layer):
+    """Normalizes over the batch (and every axis but `axis`), tracking moving statistics.
+
+    Training (`training=True` and `layer.trainable`): normalizes with the batch mean and
+    (population) variance and updates, in the variable dtype,
+    `moving_mean = moving_mean * momentum + mean * (1 - momentum)` (same for the variance).
+    Otherwise: normalizes with the moving statistics and updates nothing. A `mask` of shape
+    `inputs.shape[:-1]` excludes positions from the batch statistics.
+
+    Args (Keras 3 names and defaults): axis=-1, momentum=0.99, epsilon=1e-3, center=True,
+    scale=True, beta_initializer="zeros", gamma_initializer="ones",
+    moving_mean_initializer="zeros", moving_variance_initializer="ones", beta/gamma
+    regularizers and constraints, synchronized=False (True is not supported: raises).
+
+    Weights: `gamma`, `beta` (trainable), `moving_mean`, `moving_variance` (non-trainable),
+    each `[channels]` in the variable dtype. Output: input shape, compute dtype; statistics in
+    float32 for float16/bfloat16 inputs.
+
+    >>> bn = BatchNormalization()
+    >>> bn(torch.randn(4, 3), training=True).shape
+    torch.Size([4, 3])
+    """
+
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        moving_mean_initializer: Any = "zeros",
+        moving_variance_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        synchronized: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not _is_int(axis):
+            raise TypeError(f"Expected `axis` to be an int. Received: axis={_describe(axis)}")
+        if (
+            not isinstance(momentum, (int, float))
+            or isinstance(momentum, bool)
+            or not (0.0 <= momentum <= 1.0)
+        ):
+            raise ValueError(
+                f"Expected `momentum` to be a float in [0, 1]. "
+                f"Received: momentum={_describe(momentum)}"
+            )
+        if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
+            raise ValueError(
+                f"Expected `epsilon` to be a non-negative float. Received: epsilon={_describe(epsilon)}"
+            )
+        if synchronized:
+            raise ValueError(
+                "Expected synchronized=False: cross-replica batch statistics are not "
+                f"supported by mpq. Received: synchronized={synchronized!r}"
+            )
+        self.axis = axis
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.synchronized = False
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        self._channel_axis = -1
+        self._reduction_axes: tuple[int, ...] = ()
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
+        input_shape = tuple(input_shape)
+        _resolve_axes([self.axis], len(input_shape), input_shape)
+        return input_shape
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        input_shape = tuple(input_shape)
+        (self._channel_axis,) = _resolve_axes([self.axis], len(input_shape), input_shape)
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"Expected axis {self.axis} of the inputs to have a known size. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._reduction_axes = tuple(i for i in range(len(input_shape)) if i != self._channel_axis)
+        shape = (channels,)
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+                name="gamma",
+            )
+        else:
+            self.gamma = None
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+                name="beta",
+            )
+        else:
+            self.beta = None
+        self.moving_mean = self.add_weight(
+            shape=shape,
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+            autocast=False,
+            name="moving_mean",
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape,
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+            autocast=False,
+            name="moving_variance",
+        )
+        self.input_spec = InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+
+    def _moments(
+        self, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:
+            var, mean = torch.var_mean(x, self._reduction_axes, correction=0)
+            return mean, var
+        if mask.ndim != x.ndim - 1:
+            raise ValueError(
+                "Expected a mask with one dimension less than the inputs. "
+                f"Received: mask.shape={tuple(mask.shape)}, inputs.shape={tuple(x.shape)}"
+            )
+        w = mask.to(x.dtype).unsqueeze(-1).expand_as(x)
+        total = w.sum(self._reduction_axes, keepdim=True) + _MASK_EPSILON
+        mean = (w * x).sum(self._reduction_axes, keepdim=True) / total
+        var = (w * (x - mean).square()).sum(self._reduction_axes, keepdim=True) / total
+        return mean.reshape(-1), var.reshape(-1)
+
+    def call(
+        self, inputs: torch.Tensor, training: bool | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out_dtype = inputs.dtype
+        stats = _stats_dtype(self, inputs)
+        x = inputs.to(stats)
+        if training and self.trainable:
+            mean, var = self._moments(x, mask)
+            m = self.momentum
+            with torch.no_grad():
+                moving_mean, moving_var = self.moving_mean, self.moving_variance
+                moving_mean.assign(moving_mean.to(stats) * m + mean.detach() * (1.0 - m))
+                moving_var.assign(moving_var.to(stats) * m + var.detach() * (1.0 - m))
+        else:
+            mean = self.moving_mean.to(stats)
+            var = self.moving_variance.to(stats)
+        bshape = [1] * x.ndim
+        bshape[self._channel_axis] = x.shape[self._channel_axis]
+        inv = torch.rsqrt(var + self.epsilon)
+        if self.gamma is not None:
+            inv = inv * self.gamma.to(stats)
+        shift = -mean * inv
+        if self.beta is not None:
+            shift = shift + self.beta.to(stats)
+        y = x * inv.reshape(bshape) + shift.reshape(bshape)
+        return y.to(out_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
+                "moving_variance_initializer": initializers.serialize(
+                    self.moving_variance_initializer
+                ),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(self.gamma_constraint),
+                "synchronized": self.synchronized,
+            }
+        )
+        return config
