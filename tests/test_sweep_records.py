@@ -70,6 +70,7 @@ def test_summarize_means_over_seeds_and_sorts():
     assert b8["sqnr_db"] == 35.0
     assert b8["n"] == 2
     assert rows[2]["status"] == "1 failed: boom"
+    assert rows[2]["error"] == "boom"
     assert rows[2]["n"] == 0
 
 

@@ -177,6 +177,7 @@ def _report(
         "finetune_accuracy",
         "float32_accuracy",
         "status",
+        "error",
     ]
     write_csv(rows, out / "summary.csv", columns)
     say()
@@ -195,15 +196,16 @@ def _report(
         f"{len(records)} runs, {n_failed} failed. Results in {out}/: results.jsonl, summary.csv"
         + (", sweep.png" if config.plot else "")
     )
-    failed = [r for r in records if r.get("status") != "ok"]
-    for r in failed[:10]:
-        say(
-            f"  failed: {r['model']} {r['variant']}"
-            + (f" @{r['layer']}" if r.get("layer") else "")
-            + f" seed {r['seed']}: {r.get('error')}"
-        )
-    if len(failed) > 10:
-        say(f"  ... and {len(failed) - 10} more (see results.jsonl)")
+    by_error: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("status") != "ok":
+            where = f"{r.get('model')} {r.get('variant')}" + (
+                f"@{r['layer']}" if r.get("layer") else ""
+            )
+            by_error.setdefault(str(r.get("error")), []).append(f"{where} (seed {r.get('seed')})")
+    for error, runs in by_error.items():
+        shown = ", ".join(runs[:6]) + (f" and {len(runs) - 6} more" if len(runs) > 6 else "")
+        say(f"  {len(runs)} failed with {error}\n    {shown}")
     for e in errors:
         say(f"  failed: {e}")
 

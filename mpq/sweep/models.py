@@ -20,7 +20,13 @@ def digits_cnn(dtype: Any = None, filters: Sequence[int] = (16, 32), num_classes
     Example:
         >>> model = digits_cnn(dtype="mixed_bfloat16")
     """
-    from mpq.layers import Conv2D, Dense, Flatten, Sequential
+    from mpq.layers import Dense, Sequential
+
+    try:
+        from mpq.layers import Conv2D, Flatten
+    except ImportError:  # before mpq.layers re-exports them
+        from mpq.layers.conv import Conv2D
+        from mpq.layers.core import Flatten
 
     convs = [Conv2D(f, 3, activation="relu", name=f"conv_{i}") for i, f in enumerate(filters)]
     head = [Flatten(name="flatten"), Dense(num_classes, name="dense")]

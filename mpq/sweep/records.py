@@ -152,7 +152,9 @@ def summarize(records: Iterable[dict[str, Any]], kind: str = "policy") -> list[d
         sq = [r.get("sqnr_db") for r in ok]
         # null SQNR on an ok run means identical logits (infinite SQNR)
         row["sqnr_db"] = None if not ok else (math.inf if all(s is None for s in sq) else _mean(sq))
-        row["status"] = "ok" if not failed else f"{len(failed)} failed: {failed[0].get('error')}"
+        first_error = str(failed[0].get("error")) if failed else None
+        row["status"] = "ok" if not failed else f"{len(failed)} failed: {first_error.split(':')[0]}"
+        row["error"] = first_error
         rows.append(row)
 
     def sort_key(row: dict[str, Any]) -> tuple:
