@@ -217,7 +217,7 @@ def test_executor_failures_become_records(tmp_path):
 
 def test_local_process_pool(tmp_path):
     records = sweep.run(
-        _config(tmp_path, executor="local", workers=2, policies=["float32", "float16"]),
+        _config(tmp_path, executor="local", workers=1, policies=["float32", "float16"]),
         verbose=False,
     )
     assert [r["status"] for r in records] == ["ok", "ok"]
