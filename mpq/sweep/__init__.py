@@ -219,7 +219,7 @@ def _report_per_layer(
     panels, csv_rows = [], []
     for model in config.models:
         seed = config.seeds[0]
-        rows = per_layer_rows(records, model.resolved_name, seed)
+        rows = per_layer_rows(records, model.resolved_name, seed, ok_only=False)
         if not rows:
             continue
         layers, variants, matrix = per_layer_matrix(rows)

@@ -48,35 +48,47 @@ def plot_sweep(
         rs = sorted((r for r in ok if r["model"] == model), key=lambda r: r["weight_bytes"])
         if not rs:
             continue
-        color = f"C{i}"
-        xs = [r["weight_bytes"] for r in rs]
-        sq = [
-            top if (r["sqnr_db"] is not None and math.isinf(r["sqnr_db"])) else r["sqnr_db"]
-            for r in rs
-        ]
-        acc = [100 * r["accuracy"] for r in rs]
-        ax_s.plot(
-            xs, sq, linestyle="none", marker=markers[i % len(markers)], color=color, label=model
-        )
-        ax_a.plot(
-            xs, acc, linestyle="none", marker=markers[i % len(markers)], color=color, label=model
-        )
-        for r, x, s, a in zip(rs, xs, sq, acc, strict=True):
-            tag = r["variant"] + (" (exact)" if s == top else "")
-            if s is not None:
-                ax_s.annotate(
-                    tag, (x, s), textcoords="offset points", xytext=(4, 3), fontsize=7, color=color
+        style = {
+            "linestyle": "none",
+            "marker": markers[i % len(markers)],
+            "color": f"C{i}",
+            "label": model,
+        }
+        sq_points: dict[tuple[float, float], list[str]] = {}
+        acc_points: dict[tuple[float, float], list[str]] = {}
+        for r in rs:
+            x = float(r["weight_bytes"])
+            if r["sqnr_db"] is not None:
+                exact = math.isinf(r["sqnr_db"])
+                y = top if exact else round(float(r["sqnr_db"]), 1)
+                sq_points.setdefault((x, y), []).append(
+                    r["variant"] + (" (exact)" if exact else "")
                 )
-            ax_a.annotate(
-                r["variant"],
-                (x, a),
-                textcoords="offset points",
-                xytext=(4, 3),
-                fontsize=7,
-                color=color,
-            )
+            acc_points.setdefault((x, round(100 * r["accuracy"], 2)), []).append(r["variant"])
+        for ax, points in ((ax_s, sq_points), (ax_a, acc_points)):
+            ax.plot([p[0] for p in points], [p[1] for p in points], **style)
+            for (x, y), labels in points.items():  # coincident points share one label
+                ax.annotate(
+                    " / ".join(labels),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(5, 3),
+                    fontsize=7,
+                    color=style["color"],
+                )
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    from mpq.sweep.records import _human_bytes
+
+    # Ticks at the measured sizes (few, and the ones that matter), labelled in KiB/MiB.
+    ticks = sorted({float(r["weight_bytes"]) for r in ok})
     for ax in (ax_s, ax_a):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
+        ax.margins(x=0.25, y=0.08)
         ax.set_xlabel("weight bytes (scales included, log scale)")
         ax.grid(True, which="both", alpha=0.3)
     ax_s.set_ylabel("logits SQNR vs float32 (dB, higher is better)")
@@ -84,7 +96,7 @@ def plot_sweep(
     ax_s.set_title("Fidelity")
     ax_a.set_title("Accuracy")
     if ok:
-        ax_s.legend(loc="lower right", fontsize=8)
+        ax_s.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.savefig(os.fspath(path), dpi=130)
 

@@ -17,23 +17,23 @@ EXHAUSTIVE_LIMIT = 50_000
 
 
 def per_layer_rows(
-    records: Iterable[dict[str, Any]], model: str, seed: int
+    records: Iterable[dict[str, Any]], model: str, seed: int, ok_only: bool = True
 ) -> list[dict[str, Any]]:
-    """The ok per-layer records of one (model, seed), in the order they were recorded."""
+    """The per-layer records of one (model, seed) (only the ok ones by default), in order."""
     return [
         r
         for r in records
         if r.get("kind") == "per_layer"
         and r["model"] == model
         and r["seed"] == seed
-        and r["status"] == "ok"
+        and (r["status"] == "ok" or not ok_only)
     ]
 
 
 def per_layer_matrix(
     rows: Sequence[dict[str, Any]],
 ) -> tuple[list[str], list[str], list[list[float | None]]]:
-    """`(layers, variants, sqnr[layer][variant])` in dB (inf: exact; None: failed/missing)."""
+    """`(layers, variants, sqnr[layer][variant])` in dB (inf: exact; None: failed or missing)."""
     layers: list[str] = []
     variants: list[str] = []
     values: dict[tuple[str, str], float] = {}
@@ -42,7 +42,10 @@ def per_layer_matrix(
             layers.append(r["layer"])
         if r["variant"] not in variants:
             variants.append(r["variant"])
-        values[(r["layer"], r["variant"])] = math.inf if r.get("sqnr_db") is None else r["sqnr_db"]
+        if r.get("status", "ok") == "ok":
+            values[(r["layer"], r["variant"])] = (
+                math.inf if r.get("sqnr_db") is None else r["sqnr_db"]
+            )
     return layers, variants, [[values.get((lay, v)) for v in variants] for lay in layers]
 
 
