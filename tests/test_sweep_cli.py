@@ -127,3 +127,26 @@ def test_python_dash_m(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "nonsense_policy" in proc.stderr
+
+
+def test_environment_checks_fail_fast(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cuda", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ray" else real_find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["--executor", "ray", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "Expected Ray for executor='ray'" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()

@@ -42,6 +42,7 @@ __all__ = [
     "SweepConfig",
     "Variant",
     "apply_policy",
+    "check_environment",
     "default_config",
     "load_config",
     "prepare_output",
@@ -69,6 +70,32 @@ def prepare_output(out: str | os.PathLike) -> Path:
             f"Expected a writable output directory. Received: out={str(path)!r} ({e.strerror or e})"
         ) from None
     return path
+
+
+def check_environment(config: SweepConfig, executor: cf.Executor | None = None) -> None:
+    """Checks that need more than the config itself, done before any work: CUDA for
+    `device="cuda"`, Ray for `executor="ray"`, picklable factories for process pools and Ray."""
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"Expected a CUDA device for device={config.device!r}. "
+                "Received: torch.cuda.is_available() is False"
+            )
+    if executor is None and config.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ModuleNotFoundError(
+                "Expected Ray for executor='ray' (`pip install mpq[ray]`). "
+                "Received: no module named 'ray'"
+            )
+    pickled = (executor is None and config.executor != "serial") or isinstance(
+        executor, cf.ProcessPoolExecutor
+    )
+    if pickled:
+        config.check_picklable()
 
 
 def _as_config(config: Any) -> SweepConfig:
@@ -115,17 +142,10 @@ def run(
     """
     config = _as_config(config)
     out = prepare_output(config.out)
-    own = executor is None
-    if (own and config.executor != "serial") or isinstance(executor, cf.ProcessPoolExecutor):
-        config.check_picklable()
-    if config.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"Expected a CUDA device for device={config.device!r}. Received: torch.cuda.is_available() is False"
-            )
+    check_environment(config, executor)
     from mpq.sweep.runner import Progress, execute, make_executor
+
+    own = executor is None
 
     if executor is None:
         executor = make_executor(config)

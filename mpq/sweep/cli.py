@@ -156,20 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mpq.sweep import prepare_output, run
+    from mpq.sweep import check_environment, prepare_output, run
 
     try:
         config = config_from_args(args)
         prepare_output(config.out)
-        if config.executor == "ray":
-            import importlib.util
-
-            if importlib.util.find_spec("ray") is None:
-                raise ModuleNotFoundError(
-                    "Expected Ray for --executor ray (`pip install mpq[ray]`). Received: no module named 'ray'"
-                )
-        if config.executor != "serial":
-            config.check_picklable()
+        check_environment(config)
     except (ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as e:
         parser.exit(2, f"mpq sweep: error: {e}\n")
     records = run(config)
