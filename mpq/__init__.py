@@ -5,7 +5,7 @@ Keras-3-style layers on `torch.nn.Module`, first-class dtype policies, quantizat
 `import mpq` is lean: it compiles no kernel, initialises no CUDA and changes no environment.
 """
 
-from mpq import policy, quantizers
+from mpq import dtypes, policy, quantizers
 from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
 
 __version__ = "0.1.0.dev0"
@@ -13,6 +13,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "__version__",
     "dtype_policy",
+    "dtypes",
     "policy",
     "policy_scope",
     "quantizers",

@@ -1,12 +1,13 @@
 """Strict, reproducible test set-up: warnings are errors (pyproject), TF32 off, seeded RNGs,
 and a derandomized hypothesis profile when HYPOTHESIS_PROFILE=ci (set by .ci/run)."""
 
-import os
 import random
 
 import numpy as np
 import pytest
 import torch
+
+from mpq.testing import load_hypothesis_profile
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -30,4 +31,6 @@ def _restore_global_policy():
     mpq.set_dtype_policy(before)
 
 
-os.environ.setdefault("HYPOTHESIS_PROFILE", "dev")
+# $HYPOTHESIS_PROFILE (".ci/run" sets "ci": derandomized, bounded), else "ci" when $CI is set,
+# else "dev".
+load_hypothesis_profile()

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from mpq import dtypes
+
 __all__ = [
     "FLOAT_POLICY_NAMES",
     "QUANTIZATION_MODES",
@@ -32,12 +34,9 @@ _FLOAT_POLICIES: dict[str, tuple[str, str]] = {
 }
 FLOAT_POLICY_NAMES: tuple[str, ...] = tuple(_FLOAT_POLICIES)
 
-# The torch dtypes behind the four float names above (canonical format names in mpq.dtypes).
-_TORCH_FLOAT = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
+# The torch dtypes behind the four float names above, from the formats table.
+_TORCH_FLOAT: dict[str, torch.dtype] = {
+    name: dtypes.get(name).torch_dtype for name in ("float16", "bfloat16", "float32", "float64")
 }
 
 QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8")

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from mpq import dtypes
+
 # Epsilon that keeps scales positive for all-zero channels/groups. It enters as a floor on the
 # reduced statistic *before* the division by the integer range: scale = max(stat, EPS) / qrange,
 # computed in float32 (so EPS is float32(1e-7) = 1.00000001e-07).
@@ -54,25 +56,21 @@ class Float8Format:
         return int(self.max / ulp) % 2 == 0
 
 
-# TODO(dtypes): once `mpq.dtypes` lands on main, derive these from `mpq.dtypes.get(fmt)` (`.max`,
-# `.min`, `.torch_dtype`); the values below are checked against ml_dtypes in the tests.
+# Ranges come from the formats table (`mpq.dtypes`), the single source of truth.
 _INT_FORMATS = {
-    "int8": IntFormat("int8", -128, 127),
-    "int4": IntFormat("int4", -8, 7),
+    name: IntFormat(name, int(dtypes.get(name).min), int(dtypes.get(name).max))
+    for name in ("int8", "int4")
 }
 _FLOAT8_FORMATS = {
-    "float8_e4m3fn": Float8Format("float8_e4m3fn", torch.float8_e4m3fn, 448.0, 3),
-    "float8_e5m2": Float8Format("float8_e5m2", torch.float8_e5m2, 57344.0, 2),
-    "float8_e4m3fnuz": Float8Format("float8_e4m3fnuz", torch.float8_e4m3fnuz, 240.0, 3),
-    "float8_e5m2fnuz": Float8Format("float8_e5m2fnuz", torch.float8_e5m2fnuz, 57344.0, 2),
+    name: Float8Format(
+        name,
+        dtypes.get(name).torch_dtype,
+        float(dtypes.get(name).max),
+        dtypes.get(name).mantissa_bits,
+    )
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
 }
-_TORCH_DTYPE_NAMES = {
-    torch.int8: "int8",
-    torch.float8_e4m3fn: "float8_e4m3fn",
-    torch.float8_e5m2: "float8_e5m2",
-    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
-    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
-}
+_TORCH_DTYPE_NAMES = {torch.int8: "int8"} | {f.torch_dtype: n for n, f in _FLOAT8_FORMATS.items()}
 
 
 def describe(value: Any) -> str:
