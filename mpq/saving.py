@@ -54,7 +54,14 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
     The file is a safetensors file whose metadata holds the serialized config (with build
     config), a format tag and a SHA-256 of all tensors. The write is atomic (temp + rename).
 
-    >>> save(model, "model.mpq.safetensors"); model2 = load("model.mpq.safetensors")
+    >>> import tempfile
+    >>> from mpq.layers import Dense
+    >>> model = Dense(2)
+    >>> model.build((None, 3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "dense.safetensors")
+    >>> save(model, path)
+    >>> torch.equal(load(path).kernel, model.kernel)
+    True
     """
     from safetensors.torch import save_file
 

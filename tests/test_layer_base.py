@@ -8,9 +8,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpq
 from mpq.layers import Dense, InputSpec, Layer, Sequential, Variable, tracking
+from mpq.testing import assert_close
 
 
 class Probe(Layer):
@@ -240,6 +243,23 @@ def test_weights_order_own_first_then_sublayers():
     layer = Mixed()
     layer(torch.ones(1, 2))
     assert [w.path.split("/", 1)[1] for w in layer.weights] == ["own", "sub/kernel", "sub/bias"]
+
+    class StateFirst(Layer):
+        def build(self, input_shape):
+            self.steps = self.add_weight(shape=(), dtype="int64", trainable=False, name="steps")
+            self.w = self.add_weight(shape=(2,), name="w")
+
+        def call(self, x):
+            return x * self.w
+
+    state_first = StateFirst()
+    state_first.build((2,))
+    # Keras order: own trainable-created weights, then non-trainable ones; state_dict keeps
+    # creation order.
+    assert [w.name for w in state_first.weights] == ["w", "steps"]
+    assert list(state_first.state_dict()) == ["steps", "w"]
+    state_first.trainable = False
+    assert [w.name for w in state_first.weights] == ["w", "steps"]
     assert layer.variables == layer.weights
     assert layer.layers == [layer.sub]
 
@@ -590,3 +610,105 @@ def test_op_dtype_rules():
 def test_dtype_given_as_torch_dtype():
     pytest.importorskip("mpq.dtypes")  # mpq.policy resolves torch dtypes through mpq.dtypes
     assert Dense(2, dtype=torch.float16).compute_dtype == "float16"
+
+
+def test_stateless_call_with_torch_func_grad_and_plain_torch_submodules():
+    layer = Dense(3, dtype="mixed_bfloat16")
+    layer.build((None, 4))
+    x = torch.randn(2, 4)
+
+    def loss(kernel, bias):
+        out, _ = layer.stateless_call([kernel, bias], [], x)
+        return out.float().sum()
+
+    grad_k = torch.func.grad(loss)(torch.ones(4, 3), torch.zeros(3))
+    expected = x.bfloat16().double().sum(0, keepdim=True).T.expand(4, 3)
+    assert grad_k.dtype == torch.float32  # the master's dtype
+    assert_close(grad_k, expected, "bfloat16", k=2)
+
+    class Wrapper(Layer):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+            self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+        def call(self, x):
+            return self.linear(x) * self.scale
+
+    wrapper = Wrapper()
+    wrapper(x)
+    names = [getattr(w, "path", "plain") for w in wrapper.trainable_weights]
+    assert names == [f"{wrapper.name}/scale", "plain", "plain"]
+    values = [torch.tensor(2.0), torch.zeros(2, 4), torch.ones(2)]
+    out, _ = wrapper.stateless_call(values, [], x)
+    assert out.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert not torch.equal(wrapper(x), out)  # the layer's own parameters are untouched
+    assert wrapper.compute_output_shape((None, 4)) == (None, 2)
+
+
+def test_training_passed_positionally_is_respected():
+    class Flag(Layer):
+        def call(self, x, training=None):
+            return training
+
+    layer = Flag()
+    layer.eval()
+    assert layer(torch.ones(1), True) is True
+    assert layer(torch.ones(1), None) is False
+    assert layer(torch.ones(1)) is False
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    policy=st.sampled_from(mpq.policy.FLOAT_POLICY_NAMES),
+    in_dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+    autocast=st.booleans(),
+)
+def test_autocast_property_over_policies(policy, in_dtype, autocast):
+    layer = Probe(dtype=policy, autocast=autocast)
+    p = layer.dtype_policy
+    x = torch.ones(2, 3, dtype=in_dtype)
+    ints = torch.arange(3)
+
+    class Pass(Layer):
+        def call(self, x, ints):
+            return x, ints
+
+    out_x, out_i = Pass(dtype=policy, autocast=autocast)(x, ints)
+    assert out_i is ints
+    assert out_x.dtype == (p.torch_compute_dtype if autocast else in_dtype)
+    layer.build((2, 3))
+    assert layer.kernel.dtype == p.torch_variable_dtype and layer.count.dtype == torch.int64
+    layer(x.to(layer.kernel.dtype) if not autocast else x)
+    expected = p.torch_compute_dtype if autocast else p.torch_variable_dtype
+    assert layer.seen["k_dtype"] == expected
+
+
+def test_output_shape_of_unbuilt_parent_with_built_sublayers_allocates_nothing():
+    class Wrap(Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def build(self, input_shape):
+            self.gain = self.add_weight(shape=(), name="gain")
+
+        def call(self, x):
+            return self.inner(x) * self.gain
+
+    inner = Dense(6)
+    inner.build((None, 4))
+    wrap = Wrap(inner)
+    copies = []
+    original = torch.Tensor.clone
+
+    def spy(self, *args, **kwargs):
+        copies.append(self.device.type)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.clone = spy
+    try:
+        assert wrap.compute_output_shape((3, 4)) == (3, 6)
+    finally:
+        torch.Tensor.clone = original
+    assert "cpu" not in copies and not wrap.built and inner.kernel.device.type == "cpu"

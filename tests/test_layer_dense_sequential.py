@@ -202,3 +202,52 @@ def test_global_policy_applies_at_construction():
     mpq.set_dtype_policy("float32")
     assert layer.dtype_policy.name == "mixed_float16"
     assert layer(np.ones((1, 2), np.float32)).dtype == torch.float16
+
+
+def test_works_under_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = _mlp("mixed_bfloat16")
+        model(torch.ones(1, 3))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        out = ddp(torch.ones(2, 3))
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_summary_of_unbuilt_model_and_name_counters(capsys):
+    from mpq.layers import reset_name_counters
+
+    model = Sequential([Dense(3, name="first")], name="lazy")
+    model.summary()
+    out = capsys.readouterr().out
+    assert "first (Dense)" in out and "unbuilt" in out and "?" in out
+    with pytest.raises(ValueError, match="count_params` on layer 'lazy'"):
+        model.count_params()
+
+    class CounterCheck(Layer):
+        pass
+
+    assert CounterCheck().name == "counter_check"
+    reset_name_counters()
+    assert CounterCheck().name == "counter_check"
+
+
+def test_custom_objects_reach_nested_layers():
+    class Unregistered(Layer):
+        def call(self, x):
+            return -x
+
+    model = Sequential([Dense(2), Unregistered()])
+    config = serialize(model)
+    with pytest.raises(ValueError, match="Unknown layer class 'Unregistered'"):
+        deserialize(config)
+    clone = deserialize(config, custom_objects={"Unregistered": Unregistered})
+    assert type(clone[1]) is Unregistered

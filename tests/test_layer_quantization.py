@@ -157,3 +157,26 @@ def test_registry_errors(toy_scheme):
 
     assert isinstance(q.get_scheme(TinyLinear(), "int4"), Decorated)
     q.unregister_scheme(TinyLinear, "int4")
+
+
+def test_container_under_a_quantized_policy_builds_its_layers_quantized(toy_scheme):
+    model = Sequential([TinyLinear(3), TinyLinear(1)], dtype="int8_from_float32")
+    out = model(torch.ones(2, 4))
+    assert out.shape == (2, 1) and model.built
+    # Sequential.build infers shapes with a meta-device call: "call" entries come in between.
+    assert toy_scheme.calls.count("build") == 2 and toy_scheme.calls[-2:] == ["call", "call"]
+    assert [w.name for w in model.weights] == ["kernel_q", "kernel_scale"] * 2
+
+    class Owner(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = TinyLinear(2)
+
+        def build(self, input_shape):
+            self.gain = self.add_weight(shape=(), name="gain")
+
+        def call(self, x):
+            return self.inner(x) * self.gain
+
+    with pytest.raises(NotImplementedError, match=r"Layer Owner has no quantization scheme"):
+        Owner(dtype="int8_from_float32")(torch.ones(1, 3))

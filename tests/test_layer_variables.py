@@ -96,3 +96,16 @@ def test_module_to_keeps_variables():
     v = layer.add_weight(shape=(2,), name="w")
     layer.to(torch.float64)
     assert layer.w is v and v.dtype == torch.float64 and isinstance(layer.w, Variable)
+
+
+def test_dtype_resolution_errors_name_the_dtype():
+    from mpq.layers.variables import to_torch_dtype
+
+    assert to_torch_dtype("bfloat16") == torch.bfloat16
+    assert to_torch_dtype(np.dtype("int16")) == torch.int16
+    assert to_torch_dtype(ml_dtypes.bfloat16) == torch.bfloat16
+    assert to_torch_dtype("bool") == torch.bool
+    with pytest.raises(ValueError, match=r"Received: dtype='nope' \(of type str\)"):
+        to_torch_dtype("nope")
+    with pytest.raises(ValueError, match="Received: dtype='nn'"):
+        Layer().add_weight(shape=(1,), dtype="nn")

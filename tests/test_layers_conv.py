@@ -6,6 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpq.layers.conv import Conv1D, Conv2D, conv_output_length, same_padding
 from mpq.testing.layer_test import run_layer_test
@@ -314,3 +316,45 @@ def test_conformance(cls, kwargs, input_shape, output_shape):
         expected_num_non_trainable_weights=0,
     )
     assert set(report.checks) == set(POLICIES)
+
+
+# ----------------------------------------------------------------------------- properties
+@settings(max_examples=25, deadline=None)
+@given(
+    length=st.integers(1, 12),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 3),
+    padding=st.sampled_from(["valid", "same", "causal"]),
+    groups=st.sampled_from([1, 2]),
+)
+def test_conv1d_property_shapes_and_values(length, kernel, stride, dilation, padding, groups):
+    layer = Conv1D(
+        2,
+        kernel,
+        strides=stride,
+        padding=padding,
+        dilation_rate=dilation,
+        groups=groups,
+        bias_initializer="random_normal",
+        dtype="float64",
+    )
+    x = torch.randn(2, length, 2, dtype=torch.float64)
+    if padding == "valid" and length < (kernel - 1) * dilation + 1:
+        with pytest.raises(ValueError, match="positions"):
+            layer(x)
+        return
+    y = layer(x)
+    assert layer.compute_output_shape((None, length, 2)) == (None, *y.shape[1:])
+    if padding != "valid":
+        assert y.shape[1] == -(-length // stride)
+    expected = conv_nd_oracle(
+        x.numpy(),
+        layer.kernel.numpy(),
+        layer.bias.numpy(),
+        (stride,),
+        padding,
+        (dilation,),
+        groups,
+    )
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-10, atol=1e-10)

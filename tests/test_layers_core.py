@@ -68,6 +68,11 @@ def test_dropout_noise_shape_rank_mismatch():
         Dropout(0.5, noise_shape=(1, 2))(torch.ones(2, 3, 2), training=True)
 
 
+def test_dropout_shape_inference_on_meta_with_seed():
+    spec = Dropout(0.5, seed=1).compute_output_spec(torch.ones(2, 3), training=True)
+    assert spec.shape == (2, 3) and spec.device.type == "meta"
+
+
 def test_dropout_config():
     layer = Dropout(0.25, noise_shape=(None, 1), seed=3)
     config = layer.get_config()

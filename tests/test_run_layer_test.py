@@ -52,6 +52,7 @@ def test_user_layer_passes_and_report_lists_checks():
             "output dtype",
             "variable dtypes",
             "compute_output_shape",
+            "compute_output_spec",
             "config",
             "get_weights/set_weights",
             "save_own_variables/load_own_variables",

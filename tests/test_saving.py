@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import mpq
 from mpq import saving
 from mpq.layers import Dense, Layer, Sequential, register_layer
 
@@ -170,3 +175,22 @@ def test_load_weights_leaves_nothing_half_loaded(tmp_path):
 def test_save_rejects_non_layers(tmp_path):
     with pytest.raises(TypeError, match=r"Received: .*\(of type Linear\)"):
         saving.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    policy=st.sampled_from(mpq.policy.FLOAT_POLICY_NAMES),
+    units=st.integers(1, 5),
+    in_dim=st.integers(1, 5),
+    use_bias=st.booleans(),
+)
+def test_round_trip_property_over_policies(policy, units, in_dim, use_bias):
+    model = Sequential([Dense(units, use_bias=use_bias), Counter()], dtype=policy)
+    model(torch.randn(2, in_dim))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.safetensors")
+        saving.save(model, path)
+        loaded = saving.load(path)
+    assert loaded.get_config() == model.get_config()
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        assert a.dtype == b.dtype and torch.equal(_bits(a), _bits(b))

@@ -28,12 +28,14 @@ class Frame:
     """One running layer call: the dtype autocast variables read in (None: no cast), the cast
     cache, and an explicitly passed ``training`` flag inherited by nested calls."""
 
-    __slots__ = ("cache", "cast_dtype", "training")
+    __slots__ = ("cache", "cast_dtype", "plain", "training")
 
-    def __init__(self, cast_dtype: torch.dtype | None, training: bool | None):
+    def __init__(self, cast_dtype: torch.dtype | None, training: bool | None, not_stateless: bool):
         self.cast_dtype = cast_dtype
         self.training = training
         self.cache: dict | None = None
+        # Reads return the variable itself: no cast and no stateless substitution.
+        self.plain = cast_dtype is None and not_stateless
 
 
 class StatelessScope:

@@ -45,7 +45,6 @@ autocasts like ``__call__``; ``autocast=False`` leaves inputs and variables unca
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import json
 import weakref
@@ -58,6 +57,7 @@ from mpq import initializers as _initializers
 from mpq import policy as _policy
 from mpq import regularizers as _regularizers
 from mpq.layers import autocast as _autocast
+from mpq.layers import building as _building
 from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
@@ -67,90 +67,6 @@ from mpq.layers.variables import Variable, to_numpy, to_tensor, to_torch_dtype
 __all__ = ["Layer"]
 
 _LOSS_HOLDERS: weakref.WeakSet = weakref.WeakSet()  # layers with non-empty _losses
-_INIT_SIGNATURES: dict[type, inspect.Signature] = {}
-
-
-def _capture_init_args(cls: type, args: tuple, kwargs: dict) -> dict | None:
-    sig = _INIT_SIGNATURES.get(cls)
-    if sig is None:
-        sig = _INIT_SIGNATURES[cls] = inspect.signature(cls.__init__)
-    try:
-        bound = sig.bind(None, *args, **kwargs).arguments
-    except TypeError:
-        return None
-    out = {}
-    params = sig.parameters
-    for i, (k, v) in enumerate(bound.items()):
-        if i == 0:
-            continue  # self
-        kind = params[k].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            out.update(v)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            if v:
-                return None
-        else:
-            out[k] = v
-    return out
-
-
-def _shape_of(value: Any) -> Any:
-    """Tuple shape of a tensor, or a list/tuple/dict of them; None if not all tensors."""
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, (list, tuple)) and value:
-        shapes = [_shape_of(v) for v in value]
-        return None if any(s is None for s in shapes) else type(value)(shapes)
-    if isinstance(value, dict) and value:
-        shapes = {k: _shape_of(v) for k, v in value.items()}
-        return None if any(s is None for s in shapes.values()) else shapes
-    return None
-
-
-def _as_shape(value: Any) -> Any:
-    """JSON lists back to tuples: ``[None, 4]`` -> ``(None, 4)``; lists of shapes stay lists."""
-    if isinstance(value, (list, tuple)):
-        if all(v is None or isinstance(v, int) for v in value):
-            return tuple(value)
-        return [_as_shape(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_shape(v) for k, v in value.items()}
-    return value
-
-
-def _wrap_build(fn):
-    @functools.wraps(fn)
-    def build(self, *args, **kwargs):
-        d = self.__dict__
-        depth = d.get("_build_depth", 0)
-        if depth == 0:
-            self._prepare_build()
-        mode = d["_dtype_policy"].quantization_mode
-        d["_build_depth"] = depth + 1
-        try:
-            if (
-                depth == 0
-                and mode is not None
-                and d["_scheme"] is None
-                and not d.get("_float_build_depth")
-            ):
-                shape = args[0] if args else next(iter(kwargs.values()), None)
-                self.quantized_build(shape, mode=mode)
-            else:
-                fn(self, *args, **kwargs)
-        finally:
-            d["_build_depth"] = depth
-        if depth == 0:
-            try:
-                shapes = inspect.signature(fn).bind(self, *args, **kwargs).arguments
-                shapes.pop(next(iter(shapes)))
-            except TypeError:
-                shapes = None
-            d["_build_shapes_dict"] = shapes or None
-            d["built"] = True
-
-    build._mpq_wrapped = True
-    return build
 
 
 class Layer(torch.nn.Module):
@@ -178,24 +94,40 @@ class Layer(torch.nn.Module):
     """
 
     _call_has_training = False
+    _call_training_index = -1  # position of `training` in call's positional parameters
     _call_has_mask = False
     _call_signature: inspect.Signature | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
-        obj.__dict__["_auto_config"] = _capture_init_args(cls, args, kwargs)
+        # Constructor arguments stand in for get_config() only where it is not overridden.
+        auto = (
+            _building.capture_init_args(cls, args, kwargs)
+            if cls.get_config is Layer.get_config
+            else None
+        )
+        obj.__dict__["_auto_config"] = auto
         return obj
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         build = cls.__dict__.get("build")
         if build is not None and not getattr(build, "_mpq_wrapped", False):
-            cls.build = _wrap_build(build)
+            cls.build = _building.wrap_build(build)
         if "call" in cls.__dict__:
             sig = inspect.signature(cls.__dict__["call"])
             params = sig.parameters
             var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             cls._call_has_training = "training" in params or var_kw
+            positional = [
+                n
+                for n, p in params.items()
+                if p.kind
+                in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            cls._call_training_index = (
+                positional.index("training") - 1 if "training" in positional else -1
+            )
             cls._call_has_mask = "mask" in params
             cls._call_signature = sig
 
@@ -255,9 +187,10 @@ class Layer(torch.nn.Module):
         params = self.__dict__.get("_parameters")
         if params is not None and name in params:
             p = params[name]
-            if p is not None and _autocast.STATE.frame is not None:
-                return _autocast.read(p)
-            return p
+            frame = _autocast.STATE.frame
+            if frame is None or frame.plain or p is None:
+                return p
+            return _autocast.read(p)
         return torch.nn.Module.__getattr__(self, name)
 
     def __deepcopy__(self, memo: dict) -> Layer:
@@ -324,7 +257,13 @@ class Layer(torch.nn.Module):
         d = self.__dict__
         compute = d["_dtype_policy"].torch_compute_dtype
         d["_input_cast_dtype"] = compute if d["_autocast"] and compute.is_floating_point else None
-        d["_var_cast_dtype"] = d["_input_cast_dtype"]
+        # Variables are read through the cast cache only if one of them needs it.
+        needs_cast = d["_autocast"] and any(
+            isinstance(p, Variable) and p._autocast_float and p.dtype != compute
+            for p in self._parameters.values()
+        )
+        policy_needs = d["_autocast"] and d["_dtype_policy"].torch_variable_dtype != compute
+        d["_var_cast_dtype"] = compute if (needs_cast or policy_needs) else None
         d["_op_dtypes"] = {}
 
     def _op_dtype(self, family: str, input_dtype: torch.dtype | None = None) -> torch.dtype:
@@ -332,6 +271,7 @@ class Layer(torch.nn.Module):
         give float32 (float64 for float64 inputs), "compute" the compute dtype, "input" the
         input's dtype (``input_dtype``, default the compute dtype).
 
+        >>> from mpq.layers import Dense
         >>> Dense(2, dtype="mixed_bfloat16")._op_dtype("normalization")
         torch.float32
         """
@@ -472,6 +412,7 @@ class Layer(torch.nn.Module):
             var.requires_grad_(False)
         _tracking.set_owner(var, self)
         self.register_parameter(key, var)
+        self._update_cast_dtypes()
         return var
 
     add_variable = add_weight
@@ -606,54 +547,7 @@ class Layer(torch.nn.Module):
             self._set_resolved_policy(policy_map[self.path])
 
     def _build_on_call(self, args: tuple, kwargs: dict) -> None:
-        sig = self._call_signature
-        shapes: dict[str, Any] = {}
-        if sig is not None:
-            try:
-                bound = sig.bind(None, *args, **kwargs).arguments
-            except TypeError:
-                bound = {}
-            params = sig.parameters
-            for i, (key, value) in enumerate(bound.items()):
-                kind = params[key].kind
-                if i == 0 or kind in (
-                    inspect.Parameter.VAR_POSITIONAL,
-                    inspect.Parameter.VAR_KEYWORD,
-                ):
-                    continue
-                if key in ("training", "mask") or key.endswith("_mask"):
-                    continue
-                shape = _shape_of(value)
-                if shape is not None:
-                    shapes[f"{key}_shape"] = shape
-        if not shapes and args:
-            shape = _shape_of(args[0])
-            if shape is not None:
-                shapes["input_shape"] = shape
-        build_params = [
-            p
-            for p in list(inspect.signature(self.build).parameters.values())
-            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        ]
-        if len(build_params) <= 1:
-            first = next(iter(shapes.values()), None)
-            if build_params:
-                self.build(first)
-            else:
-                self.build()
-            return
-        build_kwargs = {}
-        for p in build_params:
-            if not p.name.endswith("_shape") or sig is None or p.name[:-6] not in sig.parameters:
-                raise ValueError(
-                    f"For a `build()` method with more than one argument, all arguments should "
-                    f"have a `_shape` suffix and match an argument from `call()`, e.g. "
-                    f"`build(self, foo_shape, bar_shape)`. Received: {p.name!r} in "
-                    f"{type(self).__name__}.build"
-                )
-            if p.name in shapes:
-                build_kwargs[p.name] = shapes[p.name]
-        self.build(**build_kwargs)
+        _building.build_on_call(self, args, kwargs)
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
@@ -675,21 +569,37 @@ class Layer(torch.nn.Module):
         spec = d["input_spec"]
         if spec is not None:
             first = args[0] if args else next(iter(kwargs.values()), None)
-            assert_input_compatibility(spec, first, d["_name"])
+            if type(spec) is InputSpec:
+                spec.check(first, d["_name"])
+            else:
+                assert_input_compatibility(spec, first, d["_name"])
         if not d["built"]:
             self._build_on_call(args, kwargs)
+            if d["_input_cast_dtype"] != dtype:  # a DTypePolicyMap resolved at build
+                args, kwargs = _autocast.convert_structure(args, kwargs, d["_input_cast_dtype"])
         state = _autocast.STATE
         parent = state.frame
         training = kwargs.get("training") if kwargs else None
+        index = self._call_training_index
+        positional_training = 0 <= index < len(args)
+        if positional_training:
+            training = args[index]
         if training is None and parent is not None:
             training = parent.training
-        if self._call_has_training:
+        if positional_training:
+            if args[index] is None:
+                args = (
+                    *args[:index],
+                    self.training if training is None else training,
+                    *args[index + 1 :],
+                )
+        elif self._call_has_training:
             kwargs["training"] = self.training if training is None else training
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
-        if parent is None and _LOSS_HOLDERS and state.stateless is None:
+        if parent is None and _LOSS_HOLDERS.data and state.stateless is None:
             self._clear_losses()
-        state.frame = _autocast.Frame(d["_var_cast_dtype"], training)
+        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, state.stateless is None)
         try:
             if d["_scheme"] is None:
                 outputs = self.call(*args, **kwargs)
@@ -712,43 +622,7 @@ class Layer(torch.nn.Module):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         """Output shape(s) for ``input_shape`` (``None`` dims allowed), via a meta-device run."""
-        spec = self.input_spec
-        in_dtype = spec.dtype if isinstance(spec, InputSpec) and spec.dtype is not None else None
-        in_dtype = in_dtype or self.dtype_policy.torch_compute_dtype
-        has_none = "None" in repr(input_shape)
-
-        def make(shape, fill):
-            if isinstance(shape, dict):
-                return {k: make(v, fill) for k, v in shape.items()}
-            if isinstance(shape, list) or (
-                isinstance(shape, tuple) and shape and isinstance(shape[0], (tuple, list, dict))
-            ):
-                return type(shape)(make(s, fill) for s in shape)
-            dims = tuple(fill if s is None else int(s) for s in shape)
-            return torch.empty(dims, dtype=in_dtype, device="meta")
-
-        def shapes(out):
-            if isinstance(out, torch.Tensor):
-                return tuple(out.shape)
-            if isinstance(out, (list, tuple)):
-                return type(out)(shapes(o) for o in out)
-            if isinstance(out, dict):
-                return {k: shapes(v) for k, v in out.items()}
-            return out
-
-        first = shapes(self.compute_output_spec(make(_as_shape(input_shape), 2)))
-        if not has_none:
-            return first
-        second = shapes(self.compute_output_spec(make(_as_shape(input_shape), 3)))
-
-        def merge(a, b):
-            if isinstance(a, tuple) and all(isinstance(v, int) for v in a):
-                return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
-            if isinstance(a, dict):
-                return {k: merge(a[k], b[k]) for k in a}
-            return type(a)(merge(x, y) for x, y in zip(a, b, strict=True))
-
-        return merge(first, second)
+        return _stateless.compute_output_shape(self, input_shape)
 
     # ------------------------------------------------------------------ stateless
     def stateless_call(
@@ -838,9 +712,9 @@ class Layer(torch.nn.Module):
         if not config:
             return
         if "input_shape" in config:
-            self.build(_as_shape(config["input_shape"]))
+            self.build(_building.as_shape(config["input_shape"]))
         elif "shapes_dict" in config:
-            self.build(**{k: _as_shape(v) for k, v in config["shapes_dict"].items()})
+            self.build(**{k: _building.as_shape(v) for k, v in config["shapes_dict"].items()})
         else:
             raise ValueError(
                 "Expected a build config with 'input_shape' or 'shapes_dict'. "
@@ -884,4 +758,4 @@ class Layer(torch.nn.Module):
                 p.copy_(values[name].to(device=p.device, dtype=p.dtype))
 
 
-Layer.build = _wrap_build(Layer.__dict__["build"])
+Layer.build = _building.wrap_build(Layer.__dict__["build"])

@@ -74,7 +74,7 @@ class Dropout(Layer):
         self.built = True
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
+        if self.seed is None or device.type == "meta":  # no generator on meta (shape runs)
             return None
         gen = self._generators.get(device)
         if gen is None:

@@ -177,7 +177,7 @@ class EinsumDense(Layer):
     tuple: the output shape without the batch axis and without elided axes; None entries are
     read from the input), activation=None, bias_axes=None (output letters that get a bias),
     kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel/bias regularizers
-    and constraints.
+    and constraints. Keras' `lora_rank`/`lora_alpha` are not supported.
 
     Weights: `kernel` (shape from the equation), `bias` (shape from `bias_axes`) or None.
     Runs in the compute dtype (autocast rule "matmul").

@@ -53,6 +53,7 @@ class InputSpec:
             raise TypeError(
                 f"Expected `axes` to be a dict with int keys. Received: axes={axes!r}"
             ) from e
+        self._axes_items = tuple((k, v) for k, v in self.axes.items() if v is not None)
         if self.axes and (self.ndim is not None or self.max_ndim is not None):
             top = self.ndim if self.ndim is not None else self.max_ndim
             if max(self.axes) >= top:
@@ -60,6 +61,25 @@ class InputSpec:
                     f"Axis {max(self.axes)} is greater than the maximum allowed value: "
                     f"{top - 1}. Received: axes={self.axes}"
                 )
+
+    def check(self, x: Any, layer_name: str, index: int = 0) -> None:
+        """Raise if ``x`` breaks this spec (a fast pass; the detailed check builds the error)."""
+        if isinstance(x, torch.Tensor):
+            ndim = x.dim()
+            if (
+                (self.ndim is None or ndim == self.ndim)
+                and (self.min_ndim is None or ndim >= self.min_ndim)
+                and (self.max_ndim is None or ndim <= self.max_ndim)
+                and (self.dtype is None or x.dtype == self.dtype)
+                and self.shape is None
+            ):
+                shape = x.shape
+                for axis, size in self._axes_items:
+                    if not -ndim <= axis < ndim or shape[axis] != size:
+                        break
+                else:
+                    return
+        _check_one(self, x, index, layer_name)
 
     def __repr__(self) -> str:
         parts = [
@@ -143,7 +163,7 @@ def assert_input_compatibility(
     if input_spec is None:
         return
     if isinstance(input_spec, InputSpec):
-        _check_one(input_spec, inputs, 0, layer_name)
+        input_spec.check(inputs, layer_name)
         return
     specs = list(input_spec)
     if isinstance(inputs, dict):
@@ -156,4 +176,4 @@ def assert_input_compatibility(
         )
     for i, (spec, x) in enumerate(zip(specs, flat, strict=True)):
         if spec is not None:
-            _check_one(spec, x, i, layer_name)
+            spec.check(x, layer_name, i)

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from mpq.layers import serialization
-from mpq.layers.base import Layer, _as_shape
+from mpq.layers.base import Layer
+from mpq.layers.building import as_shape as _as_shape
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Sequential"]
@@ -27,6 +28,7 @@ class Sequential(Layer):
         name, dtype, trainable: as for ``Layer`` (layers without their own ``dtype`` inherit
             the Sequential's policy).
 
+    >>> from mpq.layers import Dense
     >>> model = Sequential([Dense(8, activation="relu"), Dense(1)])
     >>> model(torch.ones(4, 3)).shape
     torch.Size([4, 1])

@@ -6,6 +6,7 @@ Built-in layers register under ``"mpq>ClassName"``; user layers with ``@register
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 __all__ = ["deserialize", "get_registered_layer", "register_layer", "serialize"]
@@ -13,11 +14,24 @@ __all__ = ["deserialize", "get_registered_layer", "register_layer", "serialize"]
 _REGISTRY: dict[str, type] = {}
 
 
+class _CustomObjects(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[dict[str, type]] = []
+
+
+_CUSTOM_OBJECTS = _CustomObjects()
+
+
 def register_layer(package: str = "Custom", name: str | None = None):
     """Class decorator: make a Layer subclass loadable by :func:`deserialize` / ``mpq.saving.load``.
 
+    >>> from mpq.layers import Layer
     >>> @register_layer("my_pkg")
-    ... class MyLayer(Layer): ...
+    ... class MyLayer(Layer):
+    ...     def call(self, x):
+    ...         return 2 * x
+    >>> MyLayer._registered_name
+    'my_pkg>MyLayer'
     """
     if not isinstance(package, str) or ">" in package:
         raise ValueError(
@@ -88,7 +102,9 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, type] | None =
             "Expected a layer config dict with 'class_name' and 'config' keys. "
             f"Received: config={config!r}"
         )
-    custom_objects = custom_objects or {}
+    # Nested deserialize calls (a Sequential's layers) see the outer custom_objects too.
+    outer = _CUSTOM_OBJECTS.stack[-1] if _CUSTOM_OBJECTS.stack else {}
+    custom_objects = {**outer, **(custom_objects or {})}
     registered = config.get("registered_name")
     class_name = config["class_name"]
     cls = (
@@ -103,8 +119,12 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, type] | None =
             "@mpq.layers.register_layer() or pass custom_objects={name: cls}. "
             f"Known layers: {sorted(_REGISTRY)}"
         )
-    layer = cls.from_config(config["config"])
-    build_config = config.get("build_config")
-    if build_config:
-        layer.build_from_config(build_config)
+    _CUSTOM_OBJECTS.stack.append(custom_objects)
+    try:
+        layer = cls.from_config(config["config"])
+        build_config = config.get("build_config")
+        if build_config:
+            layer.build_from_config(build_config)
+    finally:
+        _CUSTOM_OBJECTS.stack.pop()
     return layer

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mpq.layers import autocast as _autocast
+from mpq.layers.building import as_shape
+from mpq.layers.input_spec import InputSpec
 from mpq.layers.variables import Variable
 
 if TYPE_CHECKING:
     from mpq.layers.base import Layer
 
-__all__ = ["compute_output_spec", "stateless_call"]
+__all__ = ["compute_output_shape", "compute_output_spec", "stateless_call"]
 
 
 def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool):
@@ -100,6 +102,16 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
+def _meta_parameter(p: torch.nn.Parameter) -> torch.nn.Parameter:
+    data = torch.empty_like(p, device="meta")
+    if isinstance(p, Variable):
+        meta = torch.Tensor._make_subclass(type(p), data, p.requires_grad)
+        meta.__dict__.update({k: v for k, v in p.__dict__.items() if k != "_owner"})
+        meta.__dict__["_owner"] = None
+        return meta
+    return torch.nn.Parameter(data, p.requires_grad)
+
+
 def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     """Run ``layer`` on meta tensors (no data allocated) and return meta outputs.
 
@@ -109,7 +121,14 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     args, kwargs = _to_meta(args), _to_meta(kwargs)
     state = _autocast.STATE
     if not layer.built:
-        target = copy.deepcopy(layer)
+        # Copy the layer with meta stand-ins for every existing tensor (built sublayers'
+        # weights included), then build the copy on the meta device.
+        memo: dict[int, Any] = {}
+        for p in layer.parameters():
+            memo[id(p)] = _meta_parameter(p)
+        for b in layer.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
+        target = copy.deepcopy(layer, memo)
         previous = state.meta_build
         state.meta_build = True
         try:
@@ -121,3 +140,51 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     with torch.no_grad():
         outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, return_losses=False)
     return outputs
+
+
+def compute_output_shape(layer: Layer, input_shape: Any) -> Any:
+    """Output shape(s) for ``input_shape`` by a meta-device run; ``None`` dims are found by
+    running with two different sizes and keeping the dims that change."""
+    spec = layer.input_spec
+    in_dtype = spec.dtype if isinstance(spec, InputSpec) and spec.dtype is not None else None
+    in_dtype = in_dtype or layer.dtype_policy.torch_compute_dtype
+
+    def has_none(shape):
+        if isinstance(shape, dict):
+            return any(has_none(v) for v in shape.values())
+        if isinstance(shape, (list, tuple)):
+            return any(s is None or has_none(s) for s in shape)
+        return False
+
+    def make(shape, fill):
+        if isinstance(shape, dict):
+            return {k: make(v, fill) for k, v in shape.items()}
+        if isinstance(shape, list) or (
+            isinstance(shape, tuple) and shape and isinstance(shape[0], (tuple, list, dict))
+        ):
+            return type(shape)(make(s, fill) for s in shape)
+        dims = tuple(fill if s is None else int(s) for s in shape)
+        return torch.empty(dims, dtype=in_dtype, device="meta")
+
+    def shapes(out):
+        if isinstance(out, torch.Tensor):
+            return tuple(out.shape)
+        if isinstance(out, (list, tuple)):
+            return type(out)(shapes(o) for o in out)
+        if isinstance(out, dict):
+            return {k: shapes(v) for k, v in out.items()}
+        return out
+
+    first = shapes(layer.compute_output_spec(make(as_shape(input_shape), 2)))
+    if not has_none(input_shape):
+        return first
+    second = shapes(layer.compute_output_spec(make(as_shape(input_shape), 3)))
+
+    def merge(a, b):
+        if isinstance(a, tuple) and all(isinstance(v, int) for v in a):
+            return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
+        if isinstance(a, dict):
+            return {k: merge(a[k], b[k]) for k in a}
+        return type(a)(merge(x, y) for x, y in zip(a, b, strict=True))
+
+    return merge(first, second)

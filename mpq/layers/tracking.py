@@ -94,15 +94,19 @@ def own_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def collect_weights(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Own parameters first, then each submodule's (depth first), without duplicates."""
+    """Own parameters first (Keras order: those created trainable, then those created
+    non-trainable, each in creation order), then each submodule's, depth first, no duplicates."""
     out: list[torch.nn.Parameter] = []
     seen: set[int] = set()
 
     def visit(m: torch.nn.Module) -> None:
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
+        own = [p for p in m._parameters.values() if p is not None]
+        created_trainable = [p.__dict__.get("_created_trainable", True) for p in own]
+        for wanted in (True, False):
+            for p, flag in zip(own, created_trainable, strict=True):
+                if flag is wanted and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
         for child in m._modules.values():
             if child is not None:
                 visit(child)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpq import dtypes as _dtypes
 from mpq.layers import autocast as _autocast
 
 __all__ = ["Variable", "to_numpy", "to_tensor", "to_torch_dtype"]
@@ -23,23 +24,12 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        from mpq import dtypes as _dtypes
-    except ImportError:  # mpq.dtypes not merged yet: plain torch names only
-        _dtypes = None
-    if _dtypes is not None:
-        try:
-            fmt = _dtypes.get(dtype)
-        except (TypeError, ValueError, KeyError):
-            fmt = None
-        if fmt is not None and fmt.torch_dtype is not None:
-            return fmt.torch_dtype
-    name = (
-        dtype
-        if isinstance(dtype, str)
-        else getattr(np.dtype(dtype), "name", None)
-        if _is_np_dtype(dtype)
-        else None
-    )
+        fmt = _dtypes.get(dtype)
+    except (TypeError, ValueError):  # not an mpq format (int64, bool, ...): torch's names
+        fmt = None
+    if fmt is not None and fmt.torch_dtype is not None:
+        return fmt.torch_dtype
+    name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
     if name in ("bool", "bool_"):
         return torch.bool
     candidate = getattr(torch, name, None) if isinstance(name, str) else None
@@ -51,27 +41,35 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     )
 
 
-def _is_np_dtype(dtype: Any) -> bool:
+def _np_dtype_name(dtype: Any) -> str | None:
     try:
-        np.dtype(dtype)
+        return np.dtype(dtype).name
     except TypeError:
-        return False
-    return True
+        return None
+
+
+# torch dtypes numpy holds natively; the others (bfloat16, float8) go through mpq.dtypes.
+_NUMPY_NATIVE = {
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+}
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Bit-exact numpy copy of a tensor (ml_dtypes arrays for bfloat16 / float8)."""
     t = t.detach().cpu()
-    try:
-        from mpq import dtypes as _dtypes
-    except ImportError:
-        _dtypes = None
-    if _dtypes is not None:
-        return np.array(_dtypes.to_numpy(t), copy=True)
-    if t.dtype in _BITVIEW:
-        view, np_type = _BITVIEW[t.dtype]
-        return t.contiguous().view(view).numpy().view(np_type).copy()
-    return t.numpy().copy()
+    if t.dtype in _NUMPY_NATIVE:
+        return t.numpy().copy()
+    return _dtypes.to_numpy(t)
 
 
 def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -88,32 +86,12 @@ def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    a = np.ascontiguousarray(a)
     if a.dtype.kind in "biufc":
-        return torch.from_numpy(np.ascontiguousarray(a))
-    try:
-        from mpq import dtypes as _dtypes
-    except ImportError:
-        _dtypes = None
-    if _dtypes is not None:
-        return _dtypes.from_numpy(np.ascontiguousarray(a))
-    for torch_dtype, (view, np_type) in _BITVIEW.items():
-        if a.dtype == np.dtype(np_type):
-            bits = np.ascontiguousarray(a).view(np.dtype(str(view).replace("torch.", "")))
-            return torch.from_numpy(bits).view(torch_dtype)
+        return torch.from_numpy(a)
+    if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
+        return _dtypes.from_numpy(a)
     raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")
-
-
-def _bitview_table():
-    import ml_dtypes
-
-    return {
-        torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
-        torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),
-        torch.float8_e5m2: (torch.uint8, ml_dtypes.float8_e5m2),
-    }
-
-
-_BITVIEW = _bitview_table()
 
 
 class Variable(torch.nn.Parameter):
@@ -124,7 +102,8 @@ class Variable(torch.nn.Parameter):
     integer variables are always non-trainable.
 
     >>> v = Variable(torch.zeros(2), name="v")
-    >>> v.assign_add(torch.ones(2)); v.numpy()
+    >>> _ = v.assign_add(torch.ones(2))
+    >>> v.numpy()
     array([1., 1.], dtype=float32)
     """
 

@@ -233,7 +233,8 @@ def run_layer_test(
     - output dtype: every floating output has the policy's compute dtype;
     - variable dtypes: every floating variable has the policy's variable dtype, non-trainable
       variables do not require grad; optional weight counts;
-    - compute_output_shape(input_shape) equals the real output shape;
+    - compute_output_shape(input_shape) equals the real output shape, and
+      compute_output_spec(inputs) the real output shapes and dtypes;
     - config: `get_config()` is JSON-serializable, `from_config` of its JSON round trip gives
       the same config, and the rebuilt layer with `set_weights(get_weights())` gives
       bit-identical outputs;
@@ -436,6 +437,23 @@ def _run_one_policy(
             _normalize_shapes(predicted) == got,
             f"compute_output_shape({shapes}) returned {predicted}; the real output shape is {got}",
         )
+
+    with c.step("compute_output_spec"):
+        spec = layer.compute_output_spec(_clone_inputs(base_inputs), training=False, **call_kwargs)
+        spec_t = _tensors(spec)
+        c.check(
+            len(spec_t) == len(out_tensors),
+            f"compute_output_spec returned {len(spec_t)} tensors; the layer returns "
+            f"{len(out_tensors)}",
+        )
+        for s_, t in zip(spec_t, out_tensors, strict=True):
+            c.check(
+                s_.shape == t.shape and s_.dtype == t.dtype,
+                lambda s_=s_, t=t: (
+                    f"compute_output_spec gave {s_.dtype}{tuple(s_.shape)}; the "
+                    f"real output is {t.dtype}{tuple(t.shape)}"
+                ),
+            )
 
     # -- config round trip
     with c.step("config"):
