@@ -4,6 +4,7 @@ resume, per-layer sensitivity and verified suggestions, executors."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import json
 import math
 
@@ -259,3 +260,40 @@ def test_cuda_requested_without_cuda_fails_fast(tmp_path):
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="device='cuda'"):
         sweep.run(_config(tmp_path, device="cuda"), verbose=False)
+
+
+class _RefusesWork(cf.Executor):
+    def submit(self, fn, /, *args, **kwargs):
+        raise cf.process.BrokenProcessPool("A child process terminated abruptly")
+
+
+def test_an_executor_that_refuses_work_fails_runs_not_the_sweep(tmp_path):
+    records = sweep.run(
+        _config(tmp_path, policies=["float32"]), executor=_RefusesWork(), verbose=False
+    )
+    assert records[0]["status"] == "error"
+    assert "BrokenProcessPool: A child process terminated abruptly" in records[0]["error"]
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_bar(tty):
+    from mpq.sweep.runner import Progress
+
+    stream = _Tty() if tty else io.StringIO()
+    bar = Progress(2, stream=stream)
+    bar.update({"model": "m", "variant": "int8", "seed": 0, "status": "ok"})
+    bar.update({"model": "m", "variant": "int4", "seed": 0, "status": "error"})
+    bar.close()
+    text = stream.getvalue()
+    assert "[############............] 1/2" in text
+    assert "[########################] 2/2" in text
+    assert "m int4 seed 0: error (1 failed)" in text
+    if tty:
+        assert text.count("\r\033[K") == 2 and text.endswith("\n")
+    else:
+        assert len(text.splitlines()) == 2 and "\r" not in text

@@ -37,7 +37,7 @@ class InlineExecutor(cf.Executor):
         fut: cf.Future = cf.Future()
         try:
             fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # delivered through the future, as a pool would
+        except Exception as e:  # delivered through the future, as a pool would (Ctrl-C is not)
             fut.set_exception(e)
         return fut
 
@@ -243,7 +243,11 @@ class _Scheduler:
             )
 
     def _submit(self, tag: tuple[str, Any], fn: Callable[..., Any], *args: Any) -> None:
-        fut = self.executor.submit(fn, *args)
+        try:
+            fut = self.executor.submit(fn, *args)
+        except Exception as e:  # e.g. a process pool broken by a dead worker: a failed run
+            fut = cf.Future()
+            fut.set_exception(e)
         if fut.done():  # an in-process executor: handle it now, so progress and JSONL stream
             self._on_done(fut, *tag)
         else:
