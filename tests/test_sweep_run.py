@@ -180,6 +180,11 @@ def test_per_layer_and_verified_suggestion(tmp_path):
     assert best["weight_bytes"] == min(r["weight_bytes"] for r in ok)
     assert (tmp_path / "out" / "per_layer.png").stat().st_size > 10_000
     assert (tmp_path / "out" / "per_layer.csv").read_text().startswith("model,layer,")
+    # resuming needs no training at all: layer tables come from layers.json
+    new = []
+    again = sweep.run(cfg.replace(plot=False), verbose=False, on_record=new.append)
+    assert new == []
+    assert [r["config_hash"] for r in again] == [r["config_hash"] for r in records]
 
 
 def test_per_layer_needs_mpq_layers(tmp_path):
