@@ -2,9 +2,11 @@
 quantization modes, and write records, a summary table, CSV and plots (`mpq sweep`).
 
     >>> import mpq.sweep
-    >>> records = mpq.sweep.run(mpq.sweep.SweepConfig(models=["digits_mlp"], quick=True))
-    >>> sorted({r["variant"] for r in records})[:3]
-    ['bfloat16', 'float16', 'float32']
+    >>> cfg = mpq.sweep.SweepConfig(models=["digits_mlp"], policies=["float32", "bfloat16"],
+    ...                             quick=True, executor="serial", out="sweep-results/demo")
+    >>> records = mpq.sweep.run(cfg, verbose=False)
+    >>> [(r["variant"], r["status"], r["bytes_ratio"]) for r in records]
+    [('float32', 'ok', 1.0), ('bfloat16', 'ok', 0.5)]
 """
 
 from __future__ import annotations
