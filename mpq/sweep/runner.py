@@ -167,6 +167,16 @@ class Progress:
                 self.stream.write(line + "\n")
             self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A status line that is not a finished run (e.g. a float32 training started)."""
+        with self._lock:
+            if not self.enabled:
+                return
+            elapsed = time.perf_counter() - self.t0
+            line = f"[{self.done}/{self.total} runs] {elapsed:5.0f}s  {text}"
+            self.stream.write(("\r\033[K" + line[:160]) if self.tty else line + "\n")
+            self.stream.flush()
+
     def close(self) -> None:
         if self.enabled and self.tty:
             self.stream.write("\n")
@@ -218,6 +228,7 @@ class _Scheduler:
             json.loads(self.layers_file.read_text()) if self.layers_file.exists() else {}
         )
         self.baselines: dict[str, dict[str, Any]] = {}
+        self.baseline_names: dict[str, str] = {}
         self.baseline_errors: dict[str, str] = {}
         self.waiting: dict[str, list[Any]] = {}  # baseline key -> RunConfigs / callbacks
         self.futures: dict[cf.Future, tuple[str, Any]] = {}
@@ -235,9 +246,11 @@ class _Scheduler:
             self._dispatch_failed(rc_or_cb, key)
             return
         first = key not in self.waiting
+        self.baseline_names[key] = f"{model_name} (seed {seed})"
         self.waiting.setdefault(key, []).append(rc_or_cb)
         if first:
             model = next(m for m in self.config.models if m.resolved_name == model_name)
+            self.progress.note(f"training {model_name} (seed {seed}) in float32")
             self._submit(
                 ("baseline", key),
                 experiment.train_baseline,
@@ -366,6 +379,11 @@ class _Scheduler:
             waiting = self.waiting.pop(key, [])
             if error is None:
                 self.baselines[key] = result
+                self.progress.note(
+                    f"trained {self.baseline_names[key]}: float32 accuracy "
+                    f"{100 * result['accuracy']:.1f}% ({result['epochs']} epochs, "
+                    f"{result['train_seconds']:.1f} s)"
+                )
                 self.layers[key] = result["layers"]
                 self.layers_file.write_text(json.dumps(self.layers, indent=1))
                 for item in waiting:
