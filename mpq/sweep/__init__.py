@@ -294,6 +294,9 @@ def _report_suggestions(
             )
             continue
         say(f"Suggested policy maps for {name} (target {config.target_sqnr} dB), cheapest first:")
+        predicted = {
+            tuple(sorted(c.assignment)): c.predicted_sqnr_db for c in suggestions.get(name, [])
+        }
         best = None
         for r in sorted(verify, key=lambda r: r.get("weight_bytes") or math.inf):
             sq = (
@@ -306,10 +309,10 @@ def _report_suggestions(
             measured = (
                 "failed: " + str(r.get("error")) if r.get("status") != "ok" else f"{sq:.1f} dB"
             )
-            say(
-                f"  {'OK ' if ok else 'no '} {_human_bytes(r['weight_bytes']) if r.get('weight_bytes') else '-':>10}  "
-                f"measured {measured}  [{desc}]"
-            )
+            pred = predicted.get(tuple(sorted((r.get("assignment") or {}).items())))
+            pred_text = "" if pred is None else f"predicted {pred:.1f} dB, "
+            size = _human_bytes(r["weight_bytes"]) if r.get("weight_bytes") else "-"
+            say(f"  {'OK ' if ok else 'no '} {size:>10}  {pred_text}measured {measured}  [{desc}]")
             if ok and best is None:
                 best = r
         if best is None:

@@ -449,7 +449,7 @@ class SweepConfig:
         out: output directory (results.jsonl, summary.csv, sweep.png, ...).
         device: `"cpu"` or `"cuda"` (`"cuda:1"` too).
         executor: `"local"` (process pool), `"serial"` (in this process) or `"ray"`.
-        workers: process-pool size (local) or at most this many runs in flight (ray); None: auto.
+        workers: process-pool size for executor="local"; None: min(CPUs, 2).
         quick: tiny epochs and a test subset, for smoke tests.
         finetune_epochs: epochs of fine-tuning under variants marked `finetune` (0: none).
         per_layer: also quantize one layer at a time (sensitivity table and heatmap).

@@ -84,7 +84,8 @@ def suggest(
     top_k: int = 3,
     base_bytes: int | None = None,
 ) -> list[Suggestion]:
-    """Candidate assignments meeting `target_sqnr` (predicted), cheapest first, at most `top_k`.
+    """Candidate assignments meeting `target_sqnr` (predicted), cheapest first, at most `top_k`
+    of them, of distinct sizes.
 
     `rows` are the per-layer records of one model and seed. Only variants a `DTypePolicyMap`
     can express (no extra quantize config) are candidates; every layer may also stay float32.
@@ -128,12 +129,11 @@ def suggest(
     else:
         found = _greedy(options, layers, target_sqnr, base_bytes)
     found.sort(key=lambda s: (s.weight_bytes, -s.predicted_sqnr_db, s.assignment))
+    # One candidate per size (the one predicted best at that size): if the cheapest fails
+    # verification, the next candidates are larger, safer ones, not near-copies of it.
     unique: list[Suggestion] = []
     for s in found:
-        if all(
-            s.weight_bytes != u.weight_bytes or s.predicted_sqnr_db != u.predicted_sqnr_db
-            for u in unique
-        ):
+        if not unique or s.weight_bytes != unique[-1].weight_bytes:
             unique.append(s)
         if len(unique) == top_k:
             break
