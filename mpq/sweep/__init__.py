@@ -156,6 +156,17 @@ def run(
         stream=stream if stream is not None else sys.stderr,
         enabled=verbose,
     )
+    if verbose:
+        n_runs = len(config.run_configs())
+        how = config.executor if own else type(executor).__name__
+        extra = " + per-layer runs" if config.per_layer else ""
+        print(
+            f"mpq sweep: {len(config.models)} model(s) x {len(config.variants)} policies x "
+            f"{len(config.seeds)} seed(s) = {n_runs} runs{extra} on {config.device}, "
+            f"executor {how} -> {out}/",
+            file=progress.stream,
+            flush=True,
+        )
     try:
         records, suggestions, errors = execute(config, executor, out, progress, on_record)
     finally:
