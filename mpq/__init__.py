@@ -5,17 +5,33 @@ Keras-3-style layers on `torch.nn.Module`, first-class dtype policies, quantizat
 `import mpq` is lean: it compiles no kernel, initialises no CUDA and changes no environment.
 """
 
-from mpq import dtypes, policy, quantizers
+from mpq import (
+    activations,
+    constraints,
+    dtypes,
+    initializers,
+    layers,
+    policy,
+    quantizers,
+    regularizers,
+    saving,
+)
 from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
+    "activations",
+    "constraints",
     "dtype_policy",
     "dtypes",
+    "initializers",
+    "layers",
     "policy",
     "policy_scope",
     "quantizers",
+    "regularizers",
+    "saving",
     "set_dtype_policy",
 ]

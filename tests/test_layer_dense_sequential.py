@@ -45,12 +45,14 @@ def test_dense_activations_by_name(name, fn):
 
 
 def test_dense_no_bias_and_callable_activation():
-    layer = Dense(2, use_bias=False, activation=torch.relu)
+    layer = Dense(2, use_bias=False, activation=mpq.activations.relu)
     layer.build((None, 3))
     assert layer.bias is None and [w.name for w in layer.weights] == ["kernel"]
     assert layer.get_config()["activation"] == "relu"
     custom = Dense(2, activation=lambda x: x * 2)
-    with pytest.raises(ValueError, match="custom activation callable"):
+    x = torch.ones(1, 3)
+    assert torch.equal(custom(x), 2 * (x @ custom.kernel + custom.bias))
+    with pytest.raises(ValueError, match="lambdas"):
         custom.get_config()
 
 

@@ -109,3 +109,27 @@ def test_dtype_resolution_errors_name_the_dtype():
         to_torch_dtype("nope")
     with pytest.raises(ValueError, match="Received: dtype='nn'"):
         Layer().add_weight(shape=(1,), dtype="nn")
+
+
+def test_scalar_and_read_only_numpy_weights_round_trip():
+    """0-d weights keep their shape through get_weights/set_weights; read-only arrays load."""
+    import numpy as np
+
+    from mpq.layers import Layer
+
+    class Counter(Layer):
+        def build(self, input_shape):
+            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+        def call(self, x):
+            self.count.assign_add(1.0)
+            return x
+
+    layer = Counter()
+    layer(np.ones((2, 2), np.float32))
+    weights = layer.get_weights()
+    assert weights[0].shape == () and weights[0] == 1.0
+    frozen = np.array(5.0, np.float32)
+    frozen.setflags(write=False)
+    layer.set_weights([frozen])
+    assert layer.count.shape == () and float(layer.count) == 5.0

@@ -4,8 +4,14 @@ See ``docs/layers.md``; the authoring contract for new layers is in ``mpq.layers
 """
 
 from mpq.layers.base import Layer
+from mpq.layers.conv import Conv1D, Conv2D
+from mpq.layers.core import Activation, Dropout, Flatten, Reshape
 from mpq.layers.dense import Dense
+from mpq.layers.einsum_dense import EinsumDense
+from mpq.layers.embedding import Embedding
 from mpq.layers.input_spec import InputSpec
+from mpq.layers.merging import Add, Concatenate
+from mpq.layers.normalization import BatchNormalization, LayerNormalization
 from mpq.layers.quantization import QuantizationScheme, get_scheme, register_scheme
 from mpq.layers.sequential import Sequential
 from mpq.layers.serialization import deserialize, get_registered_layer, register_layer, serialize
@@ -13,10 +19,22 @@ from mpq.layers.tracking import reset_name_counters
 from mpq.layers.variables import Variable
 
 __all__ = [
+    "Activation",
+    "Add",
+    "BatchNormalization",
+    "Concatenate",
+    "Conv1D",
+    "Conv2D",
     "Dense",
+    "Dropout",
+    "EinsumDense",
+    "Embedding",
+    "Flatten",
     "InputSpec",
     "Layer",
+    "LayerNormalization",
     "QuantizationScheme",
+    "Reshape",
     "Sequential",
     "Variable",
     "deserialize",

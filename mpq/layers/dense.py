@@ -6,13 +6,11 @@ The matmul goes through one private function, ``_matmul``, to be pointed at
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from mpq import constraints, initializers, regularizers
+from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
@@ -32,49 +30,6 @@ def _matmul(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) ->
     x2 = x.reshape(-1, x.shape[-1])
     out = torch.mm(x2, kernel) if bias is None else torch.addmm(bias, x2, kernel)
     return out.reshape(*lead, kernel.shape[-1])
-
-
-def _softmax(x: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(x, dim=-1)
-
-
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
-
-
-# Minimal table until mpq.activations lands (the lead points Dense at mpq.activations.get).
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-    "linear": None,
-    "relu": torch.relu,
-    "gelu": _gelu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "softmax": _softmax,
-}
-
-
-def _get_activation(identifier: Any) -> tuple[Callable | None, Any]:
-    """(callable or None, serializable identifier)."""
-    if identifier is None:
-        return None, "linear"
-    if isinstance(identifier, str):
-        if identifier not in _ACTIVATIONS:
-            raise ValueError(
-                f"Expected an activation name, one of {sorted(_ACTIVATIONS)}, or a callable. "
-                f"Received: activation={identifier!r}"
-            )
-        return _ACTIVATIONS[identifier], identifier
-    if callable(identifier):
-        for name, fn in _ACTIVATIONS.items():
-            if fn is identifier:
-                return fn, name
-        return identifier, identifier
-    raise TypeError(
-        "Expected an activation name or a callable. "
-        f"Received: activation={identifier!r} (of type {type(identifier).__name__})"
-    )
 
 
 @register_layer("mpq")
@@ -125,7 +80,9 @@ class Dense(Layer):
                 f"Dense(lora_rank=...) is not supported yet. Received: lora_rank={lora_rank!r}"
             )
         self.units = units
-        self.activation, self._activation_id = _get_activation(activation)
+        self.activation = activations.get(activation)
+        # Identity activations are skipped on the hot path.
+        self._activation_fn = None if self.activation is activations.linear else self.activation
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -165,23 +122,17 @@ class Dense(Layer):
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         x = _matmul(inputs, self.kernel, self.bias)
-        activation = self.activation
+        activation = self._activation_fn
         return x if activation is None else activation(x)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*tuple(input_shape)[:-1], self.units)
 
     def get_config(self) -> dict[str, Any]:
-        activation = self._activation_id
-        if not isinstance(activation, str):
-            raise ValueError(
-                f"Dense {self.name!r} has a custom activation callable that cannot be serialized; "
-                f"use a named activation. Received: activation={activation!r}"
-            )
         return {
             **super().get_config(),
             "units": self.units,
-            "activation": activation,
+            "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "kernel_initializer": _serialize(initializers, self.kernel_initializer),
             "bias_initializer": _serialize(initializers, self.bias_initializer),

@@ -86,8 +86,11 @@ def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
-    a = np.ascontiguousarray(a)
     if a.dtype.kind in "biufc":
+        # Shares memory when it can; copies (keeping 0-d shapes, unlike np.ascontiguousarray)
+        # when the array is strided or read-only, which torch.from_numpy refuses or warns on.
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            a = a.copy(order="C")
         return torch.from_numpy(a)
     if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
         return _dtypes.from_numpy(a)

@@ -1,7 +1,8 @@
 """Test helpers for mpq and for users' own layers and kernels.
 
 Format-aware tolerances (`tolerance`, `assert_close`), `sqnr` in dB, hypothesis strategies
-(`mpq.testing.strategies`, imported on demand) and capability markers (`mpq.testing.device`).
+(`mpq.testing.strategies`, imported on demand), capability markers (`mpq.testing.device`)
+and `run_layer_test`, the conformance harness for layers.
 
 Example:
     >>> import torch
@@ -13,15 +14,25 @@ from __future__ import annotations
 
 import os
 
+from mpq.testing.layer_test import (
+    DEFAULT_POLICIES,
+    LayerConformanceError,
+    LayerTestReport,
+    run_layer_test,
+)
 from mpq.testing.tolerances import TOLERANCES, Tolerance, assert_close, sqnr, tolerance
 
 __all__ = [
+    "DEFAULT_POLICIES",
     "HYPOTHESIS_PROFILES",
     "TOLERANCES",
+    "LayerConformanceError",
+    "LayerTestReport",
     "Tolerance",
     "assert_close",
     "load_hypothesis_profile",
     "register_hypothesis_profiles",
+    "run_layer_test",
     "sqnr",
     "tolerance",
 ]

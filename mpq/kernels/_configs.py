@@ -1,0 +1,135 @@
+"""Autotuning configurations of the mpq Triton kernels, one function per GPU architecture.
+
+Plain data (dicts), so this module imports neither triton nor CUDA; the kernel modules turn the
+dicts into ``triton.Config`` objects and prune them per call shape with ``prune``.
+"""
+
+from __future__ import annotations
+
+# One config: tile sizes, grouped-ordering width, warps, software-pipelining stages.
+_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1)
+"""The single config used under TRITON_INTERPRET=1 (fast tests; no autotuning)."""
+
+
+def _rows(rows) -> list[dict]:
+    return [dict(zip(_KEYS, row, strict=True)) for row in rows]
+
+
+# Small-M (decode / memory-bound) tiles: tensor cores need M >= 16; long K blocks, narrow N tiles
+# so that enough programs stream the weight matrix. Shared by every architecture.
+_SMALL_M = _rows(
+    [
+        (16, 32, 128, 1, 4, 4),
+        (16, 64, 128, 1, 4, 4),
+        (16, 64, 256, 1, 4, 3),
+        (16, 128, 128, 1, 4, 4),
+        (32, 64, 128, 1, 4, 4),
+        (32, 128, 128, 1, 4, 3),
+        (64, 64, 128, 4, 4, 4),
+        (64, 128, 64, 4, 4, 4),
+    ]
+)
+
+
+def hopper_configs() -> list[dict]:
+    """sm_90 (H100/H200): 228 KB shared memory, wgmma wants 64-row warpgroup tiles."""
+    return (
+        _rows(
+            [
+                (128, 256, 64, 8, 8, 3),
+                (256, 128, 64, 8, 8, 3),
+                (128, 128, 64, 8, 8, 4),
+                (128, 128, 64, 8, 4, 4),
+                (128, 256, 128, 8, 8, 3),  # 8-bit operands: 128-deep K tiles
+                (128, 128, 128, 8, 8, 4),
+                (64, 256, 64, 8, 4, 4),
+                (128, 64, 64, 8, 4, 4),
+                (64, 128, 64, 8, 4, 4),
+            ]
+        )
+        + _SMALL_M
+    )
+
+
+def ampere_configs() -> list[dict]:
+    """sm_80/86/89 (A100, RTX 30/40, L4/L40): mma.sync tiles, 100-164 KB shared memory."""
+    return (
+        _rows(
+            [
+                (128, 256, 32, 8, 8, 3),
+                (256, 128, 32, 8, 8, 3),
+                (128, 128, 32, 8, 4, 4),
+                (128, 128, 64, 8, 4, 3),
+                (128, 64, 32, 8, 4, 4),
+                (64, 128, 32, 8, 4, 4),
+                (64, 64, 64, 8, 4, 3),
+                (128, 128, 128, 8, 8, 3),  # 8-bit operands
+            ]
+        )
+        + _SMALL_M
+    )
+
+
+def generic_configs() -> list[dict]:
+    """Anything else (older NVIDIA, AMD): conservative tiles."""
+    return (
+        _rows([(128, 128, 32, 8, 4, 3), (64, 128, 32, 8, 4, 3), (64, 64, 32, 8, 4, 2)]) + _SMALL_M
+    )
+
+
+def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
+    """Candidate configs for a device of compute ``capability`` (or the interpreter's one)."""
+    if interpret:
+        return [dict(INTERPRETER_CONFIG)]
+    if capability is not None and capability[0] >= 9:
+        return hopper_configs()
+    if capability is not None and capability[0] == 8:
+        return ampere_configs()
+    return generic_configs()
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def prune(
+    configs: list[dict], M: int, N: int, K: int, elem_bytes: int, smem_bytes: int
+) -> list[dict]:
+    """Drop configs that don't fit the shape or the shared memory; always keep at least one.
+
+    - ``BLOCK_M`` at most the next power of two of M (min 16): no wasted rows at small M; and
+      for M >= 256 the small-M tiles are dropped (they lose on compute-bound shapes).
+    - ``BLOCK_N``/``BLOCK_K`` at most the next power of two of N/K (min 32).
+    - pipelined operand tiles must fit in ``smem_bytes``.
+    """
+    kept = []
+    for c in configs:
+        if c["BLOCK_M"] > max(16, _next_pow2(M)):
+            continue
+        if M >= 256 and c["BLOCK_M"] < 64:
+            continue
+        if c["BLOCK_N"] > max(32, _next_pow2(N)) or c["BLOCK_K"] > max(32, _next_pow2(K)):
+            continue
+        tile = (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * elem_bytes * c["num_stages"]
+        if tile > smem_bytes:
+            continue
+        kept.append(c)
+    if not kept:
+        kept = [min(configs, key=lambda c: c["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])]
+    return kept
+
+
+def split_k_for(M: int, N: int, K: int, num_sms: int) -> int:
+    """Split-K factor for small-M shapes whose output tiles cannot fill the GPU, else 1.
+
+    Assumes the small-M tiles (16-32 rows, 64 columns); each split keeps >= 512 of K.
+    """
+    if M > 64 or K < 1024:
+        return 1
+    tiles = -(-M // 32) * -(-N // 64)
+    split = 1
+    while split < 16 and tiles * split * 2 <= num_sms and K // (split * 2) >= 512:
+        split *= 2
+    return split

@@ -1,0 +1,227 @@
+"""Triton implicit-GEMM conv2d on channels-last input, with the fused epilogue of the matmul.
+
+Imported lazily by the dispatcher; a 1x1, stride-1, unpadded, ungrouped conv runs the matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _checks
+from ._triton_matmul import (
+    INTERPRET,
+    _cast,
+    _epilogue,
+    _masked_load,
+    _mma,
+    _prune_configs,
+    _tile_ids,
+    _triton_configs,
+    check_device,
+    check_float8_support,
+    launch_matmul,
+)
+
+
+def _launch_metadata(grid, kernel, args):
+    M, N, K = args["M"], args["N"], args["K"]
+    groups = grid[1]
+    x, w, y = args["x_ptr"], args["w_ptr"], args["y_ptr"]
+    return {
+        "name": f"{kernel.name} [M={M}, N={N}x{groups}, K={K}]",
+        "flops": 2 * M * N * K * groups,
+        "bytes": x.numel() * x.element_size()
+        + w.numel() * w.element_size()
+        + y.numel() * y.element_size(),
+    }
+
+
+@triton.autotune(
+    configs=_triton_configs(),
+    key=["M", "N", "K"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
+@triton.jit(launch_metadata=_launch_metadata)
+def _conv2d_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    x_scale_ptr,
+    w_scale_ptr,
+    bias_ptr,
+    M,  # GEMM view per group: M = batch * OH * OW, N = OC / groups, K = KH * KW * C / groups
+    N,
+    K,
+    H,
+    W,
+    OH,
+    OW,
+    Cg,
+    KH,
+    KW,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    sxn,
+    sxh,
+    sxw,
+    sxc,
+    swo,
+    swh,
+    sww,
+    swc,
+    sym,
+    syn,
+    X_SCALE: tl.constexpr,
+    W_SCALE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    ACC_INT32: tl.constexpr,  # precision: int8 operands accumulate exactly in int32
+    IEEE: tl.constexpr,  # precision: fp32 operands use IEEE fp32 products (no TF32)
+    OUT_INT32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """y[m, g*N + n] = epilogue(sum_{kh, kw, c} x[pixel(m, kh, kw), g*Cg + c] * w[g*N + n, kh, kw, c]).
+
+    The reduction walks the filter taps (kh, kw) and, inside each, BLOCK_K input channels, so
+    the im2col gather needs no division per element and padding is a per-row mask."""
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    g = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    nb = offs_m // (OW * OH)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_base = x_ptr + nb * sxn + (g * Cg) * sxc
+    w_base = w_ptr + (g * N + offs_n) * swo
+    if ACC_INT32:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in range(KH):
+        ih = ih0 + kh * dil_h
+        h_ok = m_mask & (ih >= 0) & (ih < H)
+        for kw in range(KW):
+            iw = iw0 + kw * dil_w
+            row_ok = h_ok & (iw >= 0) & (iw < W)
+            x_row = x_base + ih * sxh + iw * sxw
+            w_col = w_base + kh * swh + kw * sww
+            for c in range(0, Cg, BLOCK_K):
+                cc = c + offs_c
+                c_ok = cc < Cg
+                xv = _masked_load(
+                    x_row[:, None] + cc[None, :] * sxc, row_ok[:, None] & c_ok[None, :]
+                )
+                wv = _masked_load(
+                    w_col[None, :] + cc[:, None] * swc, c_ok[:, None] & n_mask[None, :]
+                )
+                acc = _mma(xv, wv, acc, ACC_INT32, IEEE, INTERPRET)
+    y_ptrs = y_ptr + offs_m[:, None] * sym + (g * N + offs_n)[None, :] * syn
+    mask = m_mask[:, None] & n_mask[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
+            col_scale_ptr = w_scale_ptr + g * N
+        else:
+            col_scale_ptr = w_scale_ptr
+        acc = _epilogue(
+            acc.to(tl.float32), offs_m, offs_n, M, N, x_scale_ptr, col_scale_ptr,
+            bias_ptr + g * N, X_SCALE, W_SCALE, HAS_BIAS, ACTIVATION,
+        )  # fmt: skip
+        tl.store(y_ptrs, _cast(acc, y_ptr.dtype.element_ty, INTERPRET), mask=mask)
+
+
+def conv2d_checked(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, spec: _checks.Conv2dSpec
+) -> torch.Tensor:
+    """Run the conv for an already checked call (``spec`` from ``_checks.check_conv2d``)."""
+    check_device(x)
+    if spec.kind == "float8":
+        check_float8_support(x)
+    M = spec.batch * spec.OH * spec.OW
+    y = torch.empty((spec.batch, spec.OH, spec.OW, spec.OC), dtype=spec.out_dtype, device=x.device)
+    if M == 0:
+        return y
+    y2 = y.view(M, spec.OC)
+    flags = dict(
+        bias=bias,
+        activation=spec.activation,
+    )
+    pointwise = (
+        spec.KH == spec.KW == 1
+        and spec.stride == (1, 1)
+        and spec.padding == (0, 0, 0, 0)
+        and spec.groups == 1
+    )
+    if pointwise:
+        # A 1x1 conv is a matmul: [N*H*W, C] @ w.reshape(OC, C).t() (K-major for 8-bit w).
+        launch_matmul(
+            x.reshape(M, spec.C),
+            w.reshape(spec.OC, spec.C).t(),
+            y2,
+            a_scale_mode=spec.x_scale_mode,
+            a_scale=spec.x_scale,
+            b_scale_mode=spec.w_scale_mode,
+            b_scale=spec.w_scale,
+            **flags,
+        )
+        return y
+    dummy = x.new_empty(1, dtype=torch.float32)
+    Cg = spec.C // spec.groups
+    N = spec.OC // spec.groups
+    K = spec.KH * spec.KW * Cg
+    grid = lambda META: (  # noqa: E731
+        triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),
+        spec.groups,
+    )
+    _conv2d_kernel[grid](
+        x, w, y2,
+        dummy if spec.x_scale is None else spec.x_scale,
+        dummy if spec.w_scale is None else spec.w_scale,
+        dummy if bias is None else bias,
+        M, N, K, spec.H, spec.W, spec.OH, spec.OW, Cg, spec.KH, spec.KW,
+        spec.stride[0], spec.stride[1], spec.padding[0], spec.padding[2],
+        spec.dilation[0], spec.dilation[1],
+        *x.stride(), *w.stride(), y2.stride(0), y2.stride(1),
+        X_SCALE=spec.x_scale_mode, W_SCALE=spec.w_scale_mode, HAS_BIAS=bias is not None,
+        ACTIVATION=_checks.ACTIVATION_CODES[spec.activation], ACC_INT32=spec.kind == "int8",
+        IEEE=x.dtype == torch.float32, OUT_INT32=spec.out_dtype == torch.int32,
+        INTERPRET=INTERPRET,
+    )  # fmt: skip
+    return y
+
+
+def conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    x_scale: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    out_dtype: torch.dtype | str | None = None,
+) -> torch.Tensor:
+    """Triton launcher of ``mpq.kernels.conv2d`` (same contract, forward only)."""
+    spec = _checks.check_conv2d(
+        x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+    )
+    return conv2d_checked(x, w, bias, spec)
