@@ -148,17 +148,24 @@ def synthetic(
     n_classes: int = 16,
     n_train: int = 8192,
     n_test: int = 2048,
+    separation: float = 0.18,
     seed: int = 0,
 ) -> Data:
-    """A synthetic classification set: Gaussian features labelled by a fixed random two-layer
-    teacher network (learnable, not linearly trivial). Sized to give matmuls that show kernel
-    speed on a GPU."""
+    """A synthetic classification set: one Gaussian cluster per class, `x = mu[y] + noise`,
+    with class means drawn from N(0, separation^2) per feature and unit noise. Sized to give
+    matmuls that show kernel speed on a GPU; `separation` sets how hard it is (0.18: the
+    synthetic MLP reaches about 95% in 3 epochs).
+
+    Example:
+        >>> d = synthetic(n_features=8, n_classes=3, n_train=10, n_test=5)
+        >>> d.x_train.shape, d.y_test.shape
+        ((10, 8), (5,))
+    """
     rng = np.random.default_rng(seed)
     n = n_train + n_test
-    x = rng.standard_normal((n, n_features)).astype(np.float32)
-    w1 = rng.standard_normal((n_features, 256)).astype(np.float32) / np.sqrt(n_features)
-    w2 = rng.standard_normal((256, n_classes)).astype(np.float32) / np.sqrt(256)
-    y = np.argmax(np.tanh(x @ w1) @ w2, axis=1).astype(np.int64)
+    means = rng.standard_normal((n_classes, n_features)).astype(np.float32) * separation
+    y = rng.integers(0, n_classes, n).astype(np.int64)
+    x = (means[y] + rng.standard_normal((n, n_features))).astype(np.float32)
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic")
 
 
