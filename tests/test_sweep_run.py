@@ -302,3 +302,16 @@ def test_progress_bar(tty):
         assert text.count("\r\033[K") == 2 and text.endswith("\n")
     else:
         assert len(text.splitlines()) == 2 and "\r" not in text
+
+
+def test_per_layer_with_a_failing_baseline_is_reported(tmp_path):
+    cfg = _config(
+        tmp_path,
+        models=[{"name": "broken", "factory": "test_sweep_helpers:broken_factory"}],
+        policies=["float32", "bfloat16"],
+        per_layer=True,
+    )
+    records = sweep.run(cfg, verbose=False)
+    assert [r["status"] for r in records] == ["error", "error", "error"]
+    assert records[-1]["kind"] == "error"
+    assert "baseline training failed: RuntimeError: factory exploded" in records[-1]["error"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -59,7 +60,7 @@ def _build(spec: ModelSpec, dtype: Any) -> tuple[Any, Data]:
                 f"Expected model factory {spec.resolved_name!r} to return (model, data), or the "
                 f"model spec to name its data. Received: a {type(out).__name__} and data=None"
             )
-        model, data = out, _load_data(data_ref, tuple(sorted(spec.data_kwargs.items())))
+        model, data = out, _load_data(data_ref, json.dumps(spec.data_kwargs, sort_keys=True))
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -71,8 +72,10 @@ def _build(spec: ModelSpec, dtype: Any) -> tuple[Any, Data]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_data(ref: Any, kwargs: tuple) -> Data:
-    return as_data(resolve_data(ref)(**dict(kwargs)))
+def _load_data(ref: Any, kwargs_json: str) -> Data:
+    """Data from a reference and its kwargs, loaded once per process (the runs of a sweep share
+    it; nothing mutates a `Data`)."""
+    return as_data(resolve_data(ref)(**json.loads(kwargs_json)))
 
 
 def _sized(data: Data, quick: bool) -> Data:
@@ -127,12 +130,7 @@ def weight_bytes(module: Any) -> int:
         >>> weight_bytes(torch.nn.Linear(4, 2))   # 8 + 2 float32 values
         40
     """
-    total = 0
-    for v in _variables(module):
-        t = getattr(v, "value", v)
-        t = t if hasattr(t, "element_size") else v
-        total += int(t.numel()) * int(t.element_size())
-    return total
+    return sum(int(v.numel()) * int(v.element_size()) for v in _variables(module))
 
 
 def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
@@ -324,8 +322,9 @@ def _fit(
     device: str,
     loss_scale: float | None = None,
 ) -> float:
-    """Adam on the trainable variables; with `loss_scale`, dynamic loss scaling (float16
-    compute): halve and skip on non-finite gradients. Returns the last epoch's mean loss."""
+    """Adam on the trainable variables. With `loss_scale` (float16 compute) the loss is scaled
+    before backward and the gradients unscaled before the step; a step with non-finite
+    gradients is skipped and the scale halved. Returns the last epoch's mean loss."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -487,8 +486,6 @@ _BASELINES: dict[tuple, dict[str, Any]] = {}
 
 
 def _baseline_for(config: RunConfig) -> dict[str, Any]:
-    import json
-
     key = (
         json.dumps(config.model.to_dict(), sort_keys=True),
         config.seed,

@@ -224,9 +224,12 @@ class _Scheduler:
         previous = latest_by_hash(read_jsonl(out / "results.jsonl")) if config.resume else {}
         self.previous_ok = {h: r for h, r in previous.items() if r.get("status") == "ok"}
         self.layers_file = out / "layers.json"
-        self.layers: dict[str, list[dict[str, Any]]] = (
-            json.loads(self.layers_file.read_text()) if self.layers_file.exists() else {}
-        )
+        self.layers: dict[str, list[dict[str, Any]]] = {}
+        if self.layers_file.exists():
+            try:
+                self.layers = json.loads(self.layers_file.read_text())
+            except json.JSONDecodeError:  # a cache: rebuilt from the baselines when unreadable
+                self.layers = {}
         self.baselines: dict[str, dict[str, Any]] = {}
         self.baseline_names: dict[str, str] = {}
         self.baseline_errors: dict[str, str] = {}
@@ -236,6 +239,8 @@ class _Scheduler:
         self.order: list[str] = []
         self.per_layer_left: dict[str, int] = {}
         self.writer: JsonlWriter | None = None
+        self.suggestions: dict[str, list[Any]] = {}
+        self.failed_expansions: list[str] = []  # per-layer expansions whose baseline failed
 
     # -- submission ------------------------------------------------------------------------
     def _ensure_baseline(self, key: str, rc_or_cb: Any, model_name: str, seed: int) -> None:
@@ -284,8 +289,6 @@ class _Scheduler:
         else:  # a per-layer expansion that cannot happen
             self.progress.failed += 1
             self.failed_expansions.append(err)
-
-    failed_expansions: list[str]
 
     def submit_run(self, rc: RunConfig) -> None:
         self.order.append(rc.config_hash)
@@ -363,8 +366,6 @@ class _Scheduler:
             )
             self.submit_run(rc)
 
-    suggestions: dict[str, list[Any]]
-
     def _on_done(self, fut: cf.Future, what: str, payload: Any) -> None:
         try:
             result = fut.result()
@@ -397,8 +398,6 @@ class _Scheduler:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
-        self.failed_expansions = []
-        self.suggestions = {}
         with JsonlWriter(self.out / "results.jsonl") as writer:
             self.writer = writer
             for rc in self.config.run_configs():
