@@ -85,10 +85,10 @@ class RayExecutor(cf.Executor):
             kwargs = dict(init_kwargs or {})
             kwargs.setdefault("include_dashboard", False)
             kwargs.setdefault("log_to_driver", False)
-            # Workers import mpq from wherever this process does.
-            pythonpath = os.pathsep.join(p for p in sys.path if p)
-            env = kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
-            env.setdefault("PYTHONPATH", pythonpath)
+            if address is None:  # a local Ray: workers import mpq from wherever we do
+                pythonpath = os.pathsep.join(p for p in sys.path if p)
+                env = kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
+                env.setdefault("PYTHONPATH", pythonpath)
             ray.init(address=address, **kwargs)
             self._owns = True
         self._remotes: dict[Any, Any] = {}
