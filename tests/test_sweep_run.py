@@ -315,3 +315,25 @@ def test_per_layer_with_a_failing_baseline_is_reported(tmp_path):
     assert [r["status"] for r in records] == ["error", "error", "error"]
     assert records[-1]["kind"] == "error"
     assert "baseline training failed: RuntimeError: factory exploded" in records[-1]["error"]
+
+
+def test_run_accepts_a_dict_or_a_file_and_rejects_the_rest(tmp_path):
+    as_dict = {
+        "sweep": {
+            "policies": ["float32"],
+            "out": str(tmp_path / "d"),
+            "executor": "serial",
+            "plot": False,
+        },
+        "models": [{"name": "tiny", "factory": TINY, "epochs": 1}],
+    }
+    (rec,) = sweep.run(as_dict, verbose=False)
+    assert rec["status"] == "ok"
+    path = tmp_path / "s.json"
+    path.write_text(
+        json.dumps({**as_dict, "sweep": {**as_dict["sweep"], "out": str(tmp_path / "f")}})
+    )
+    (rec_file,) = sweep.run(str(path), verbose=False)
+    assert rec_file["config_hash"] == rec["config_hash"]
+    with pytest.raises(TypeError, match=r"Received: config=42 \(of type int\)"):
+        sweep.run(42)
