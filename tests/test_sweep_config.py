@@ -240,3 +240,37 @@ def test_import_is_lean():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "pattern"),
+    [
+        (lambda: Variant("", "float16"), TypeError, r"label=''"),
+        (lambda: Variant("x", 16), TypeError, r"policy=16 \(of type int\)"),
+        (
+            lambda: Variant("x", "int8_from_float32", ["weight_only"]),
+            TypeError,
+            r"quantize_config=\['weight_only'\]",
+        ),
+        (lambda: ModelSpec("digits_mlp", lr=0), ValueError, r"lr=0 \(of type int\)"),
+        (lambda: ModelSpec("digits_mlp", batch_size=True), ValueError, r"batch_size=True"),
+        (lambda: ModelSpec("digits_mlp", kwargs=[1]), TypeError, r"kwargs=\[1\]"),
+        (lambda: ModelSpec(7), TypeError, r"factory=7 \(of type int\)"),
+        (
+            lambda: resolve_model({"factory": "digits_mlp", "data": "mnist"}),
+            ValueError,
+            r"data='mnist'",
+        ),
+        (
+            lambda: resolve_model(
+                {"factory": "digits_mlp", "data": "test_sweep_helpers:TINY_NOT_THERE"}
+            ),
+            ValueError,
+            "TINY_NOT_THERE",
+        ),
+        (lambda: resolve_model("json:__doc__"), TypeError, r"to be callable"),
+    ],
+)
+def test_more_bad_inputs(make, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make()
