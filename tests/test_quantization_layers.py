@@ -3,7 +3,6 @@ build under a quantized policy, from_config), bit-exact round trips, and the err
 
 from __future__ import annotations
 
-import doctest
 import os
 
 import numpy as np
@@ -237,12 +236,3 @@ def test_int_weights_reject_float_values_in_set_weights_shapes():
     layer.quantize("int8")
     with pytest.raises(ValueError, match=r"shape \(2, 3\).*\(3, 2\)"):
         layer.set_weights([np.zeros(2), np.zeros((3, 2), np.int8), np.ones(2)])
-
-
-def test_doctests_of_the_package():
-    import mpq.quantization.config as config_module
-    import mpq.quantization.model as model_module
-
-    for module in (config_module, model_module):
-        result = doctest.testmod(module, extraglobs={"torch": torch})
-        assert result.failed == 0 and result.attempted > 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mpq import kernels
+from mpq import activations, kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
@@ -163,10 +163,8 @@ def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> tor
     y = y.to(dtype)
     if bias is not None:
         y = y + bias.to(dtype)
-    if isinstance(layer, Dense):
-        fn = layer._activation_fn
-        return y if fn is None else fn(y)
-    return layer.activation(y)
+    fn = layer.activation
+    return y if fn is activations.linear else fn(y)
 
 
 # ------------------------------------------------------------------------------ the STE op
