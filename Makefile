@@ -5,19 +5,23 @@ PY := $(VENV)/bin/python
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m kernels"`.
 PYTEST_ARGS ?=
 
-.PHONY: sweep test lint bench-layers setup
+.PHONY: sweep test lint setup
 
+# The sweep's extras and Ray ride along so that the sweep and its Ray executor are tested too.
 setup:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray
+
+# The default policy sweep (experiments/digits.toml): table, results.jsonl, summary.csv, sweep.png.
+SWEEP_ARGS ?= --out sweep-results
 
 sweep:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test
-	$(PY) experiments/policy_demo.py
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep
+	$(VENV)/bin/mpq sweep $(SWEEP_ARGS)
 
 test: setup
 	$(PY) -m pytest -n 2 -p no:cacheprovider $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray
 	$(PY) -m ruff check mpq tests experiments benchmarks tools
 	$(PY) -m ruff format --check mpq tests experiments benchmarks tools

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import pickle
 from pathlib import Path
 
@@ -426,20 +424,3 @@ def test_decode_dtype_and_errors():
         dtypes.decode(q, "int4")
     with pytest.raises(ValueError, match=r"q\[\(0,\)\] = 17"):
         dtypes.decode(torch.tensor([17], dtype=torch.uint8), "float4_e2m1fn")
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "mpq.dtypes",
-        "mpq.dtypes._formats",
-        "mpq.dtypes._convert",
-        "mpq.dtypes._encode",
-        "mpq.testing",
-        "mpq.testing.tolerances",
-        "mpq.testing.strategies",
-    ],
-)
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0

@@ -119,7 +119,9 @@ def test_scalar_and_read_only_numpy_weights_round_trip():
 
     class Counter(Layer):
         def build(self, input_shape):
-            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+            self.count = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="count"
+            )
 
         def call(self, x):
             self.count.assign_add(1.0)

@@ -103,3 +103,39 @@ def test_run_layer_test_int8_embedding():
         quantize_modes=("int8",),
     )
     assert not report.skipped
+
+
+def test_conv2d_w8a8_quantizes_inputs_per_tensor_and_runs_the_int8_conv():
+    layer = Conv2D(3, 2, strides=2, padding="same", data_format="channels_first")
+    x = torch.randn(2, 4, 5, 5)
+    layer(x)
+    kernel = layer.kernel.detach().clone()  # [kh, kw, cin, cout]
+    layer.quantize("int8")
+    q_ref, s_ref = quantize_symmetric(kernel, "int8", reduce_axes=(0, 1, 2))
+    assert torch.equal(layer.kernel, q_ref.permute(3, 0, 1, 2))  # [OC, KH, KW, C]
+    assert torch.equal(layer.kernel_scale, s_ref.reshape(3))
+    x_nhwc = x.permute(0, 2, 3, 1)
+    xq, xs = quantize_symmetric(x_nhwc, "int8")  # one scale for the whole input
+    expected = reference.conv2d(
+        xq.contiguous(),
+        layer.kernel,
+        stride=2,
+        padding=((0, 1), (0, 1)),
+        x_scale=xs.reshape(()),
+        w_scale=layer.kernel_scale,
+        bias=layer.bias.detach(),
+        out_dtype=torch.float32,
+    )
+    assert torch.equal(layer(x), expected.permute(0, 3, 1, 2))
+
+
+def test_embedding_int8_dequantizes_only_the_looked_up_rows():
+    layer = Embedding(7, 5, mask_zero=True)
+    ids = torch.tensor([[0, 3, 6, 3]])
+    layer(ids)
+    table = layer.embeddings.detach().clone()
+    layer.quantize("int8")
+    q, scale = quantize_symmetric(table, "int8", reduce_axes=-1)
+    assert torch.equal(layer.embeddings, q) and torch.equal(layer.embeddings_scale, scale[:, 0])
+    assert torch.equal(layer(ids), dequantize(q, scale)[ids])
+    assert layer.compute_mask(ids).tolist() == [[False, True, True, True]]

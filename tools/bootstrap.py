@@ -64,8 +64,10 @@ def main() -> int:
 
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
     if not _has_torch(python):
-        # Local wheels first (a CPU build on this project's machines), then an explicit index.
-        if _run([*pip, "install", "--no-index", TORCH_SPEC]).returncode != 0:
+        # A local torch wheel first (a CPU build on this project's machines), without its
+        # dependencies, which the editable install below takes from the index; then an
+        # explicit index; then the default one.
+        if _run([*pip, "install", "--no-index", "--no-deps", TORCH_SPEC]).returncode != 0:
             index = os.environ.get("MPQ_TORCH_INDEX_URL")
             if index:
                 cmd = [*pip, "install", TORCH_SPEC, "--index-url", index]

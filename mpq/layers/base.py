@@ -79,6 +79,9 @@ class Layer(torch.nn.Module):
             ``DTypePolicyMap``); None: the parent's policy once tracked, else the global one.
         autocast: cast floating inputs and variables to ``compute_dtype`` inside ``call``.
         name: unique snake_case default from the class name (``dense``, ``dense_1``, ...).
+        quantization_config: with a quantized ``dtype``, the quantization config its scheme
+            builds with (``mpq.quantization.QuantizationConfig`` or its config dict; written
+            by ``get_config`` of a quantized layer).
 
     Example (inputs ``[batch, in]`` -> ``[batch, units]``)::
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mpq import activations, constraints, initializers, regularizers
+from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
@@ -24,6 +24,10 @@ Shape = tuple[int | None, ...]
 
 
 # ----------------------------------------------------------------------------- the ops
+# Input dtypes `mpq.kernels.conv2d` covers for float layers; float64 runs in plain torch.
+_KERNEL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
 def _conv1d(
     x_nlc: torch.Tensor,
     kernel_lio: torch.Tensor,
@@ -34,20 +38,21 @@ def _conv1d(
     dilation: int,
     groups: int,
 ) -> torch.Tensor:
-    """1-D convolution (cross-correlation), channels last.
+    """1-D convolution (cross-correlation), channels last: a 2-D one over a unit height.
 
     x_nlc: [N, L, C_in]; kernel_lio: [k, C_in // groups, C_out] (Keras layout);
     bias: [C_out] or None; padding: (left, right) zeros. Returns [N, L_out, C_out] in x's dtype.
     """
-    x_ncl = x_nlc.transpose(1, 2)  # a view: torch reads the channels-last strides as they are
-    # A strided (non-contiguous) weight sends torch to a slow path (~20x on CPU): copy it.
-    w_oik = kernel_lio.permute(2, 1, 0).contiguous()
-    left, right = padding
-    if left == right:
-        y = F.conv1d(x_ncl, w_oik, bias, stride, left, dilation, groups)
-    else:
-        y = F.conv1d(F.pad(x_ncl, (left, right)), w_oik, bias, stride, 0, dilation, groups)
-    return y.transpose(1, 2)
+    y = _conv2d(
+        x_nlc.unsqueeze(1),
+        kernel_lio.unsqueeze(0),
+        bias,
+        stride=(1, stride),
+        padding=((0, 0), tuple(padding)),
+        dilation=(1, dilation),
+        groups=groups,
+    )
+    return y.squeeze(1)
 
 
 def _conv2d(
@@ -60,29 +65,23 @@ def _conv2d(
     dilation: tuple[int, int],
     groups: int,
 ) -> torch.Tensor:
-    """2-D convolution (cross-correlation), NHWC.
+    """2-D convolution (cross-correlation), NHWC, through `mpq.kernels.conv2d`.
 
     x_nhwc: [N, H, W, C_in]; kernel_hwio: [kh, kw, C_in // groups, C_out] (Keras layout);
     bias: [C_out] or None; padding: ((top, bottom), (left, right)) zeros.
     Returns [N, H_out, W_out, C_out] in x's dtype.
     """
-    # An NHWC tensor permuted to NCHW is a channels_last-strided view: no copy, and torch's
-    # CPU/cuDNN convolutions run on that layout natively; the output comes back the same way.
+    w_ohwi = kernel_hwio.permute(3, 0, 1, 2)  # the kernels' [OC, KH, KW, C/groups] (a view)
+    if x_nhwc.dtype in _KERNEL_DTYPES:
+        return kernels.conv2d(
+            x_nhwc, w_ohwi, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            bias=bias,
+        )  # fmt: skip
+    # float64: not a kernel dtype; torch on the channels_last view of the same tensors.
     x_nchw = x_nhwc.permute(0, 3, 1, 2)
-    # The weight is copied into the input's memory format: a strided weight sends torch to a
-    # slow path (~20x on CPU), and matching layouts spare oneDNN a reorder.
-    layout = (
-        torch.channels_last
-        if x_nchw.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
-    w_oihw = kernel_hwio.permute(3, 2, 0, 1).contiguous(memory_format=layout)
     (top, bottom), (left, right) = padding
-    if top == bottom and left == right:
-        y = F.conv2d(x_nchw, w_oihw, bias, stride, (top, left), dilation, groups)
-    else:
-        x_nchw = F.pad(x_nchw, (left, right, top, bottom))
-        y = F.conv2d(x_nchw, w_oihw, bias, stride, 0, dilation, groups)
+    x_nchw = F.pad(x_nchw, (left, right, top, bottom))
+    y = F.conv2d(x_nchw, w_ohwi.permute(0, 3, 1, 2).contiguous(), bias, stride, 0, dilation, groups)
     return y.permute(0, 2, 3, 1)
 
 

@@ -1,7 +1,7 @@
 """`Dense`: ``activation(inputs @ kernel + bias)`` with a Keras-layout kernel ``[input_dim, units]``.
 
-The matmul goes through one private function, ``_matmul``, to be pointed at
-``mpq.kernels.matmul`` when the kernel dispatcher lands.
+The matmul runs through `mpq.kernels.matmul` (Triton on CUDA, the torch reference on CPU), with
+bias and relu/gelu/silu fused into its epilogue.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mpq import activations, constraints, initializers, regularizers
+from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
@@ -19,18 +19,10 @@ from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 __all__ = ["Dense"]
 
 
-def _matmul(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ kernel + bias`` for ``x [..., K]``, ``kernel [K, N]``, ``bias [N]`` -> ``[..., N]``.
-
-    2D inputs use one fused addmm; others are flattened to 2D (a view when contiguous).
-    The gradient of ``kernel`` comes out contiguous in its ``[K, N]`` layout (no extra copy).
-    """
-    if x.dim() == 2:
-        return torch.mm(x, kernel) if bias is None else torch.addmm(bias, x, kernel)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    out = torch.mm(x2, kernel) if bias is None else torch.addmm(bias, x2, kernel)
-    return out.reshape(*lead, kernel.shape[-1])
+# Input dtypes `mpq.kernels.matmul` covers for float layers (float64 runs in plain torch).
+_KERNEL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# Activations the kernels' epilogue applies on the float32 accumulator (same formulas).
+_FUSED_ACTIVATIONS = {activations.relu: "relu", activations.gelu: "gelu", activations.silu: "silu"}
 
 
 @register_layer("mpq")
@@ -83,8 +75,10 @@ class Dense(LoRAMixin, Layer):
         check_alpha(lora_alpha)
         self.units = units
         self.activation = activations.get(activation)
-        # Identity activations are skipped on the hot path.
-        self._activation_fn = None if self.activation is activations.linear else self.activation
+        # Identity activations cost nothing; relu/gelu/silu run in the matmul's epilogue.
+        self._fused_activation = _FUSED_ACTIVATIONS.get(self.activation)
+        unfused = self.activation is activations.linear or self._fused_activation is not None
+        self._activation_fn = None if unfused else self.activation
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -129,12 +123,19 @@ class Dense(LoRAMixin, Layer):
         kernel = self.kernel
         if self._call_hooks:  # LoRA / QAT (mpq.training)
             kernel, inputs = self._call_kernel_and_inputs(kernel, inputs)
-        x = _matmul(inputs, kernel, self.bias)
-        activation = self._activation_fn
+        if inputs.dtype in _KERNEL_DTYPES:
+            x = kernels.matmul(inputs, kernel, bias=self.bias, activation=self._fused_activation)
+            activation = self._activation_fn
+        else:  # float64 is not a kernel dtype: plain torch, same formula
+            x = torch.matmul(inputs, kernel)
+            x = x if self.bias is None else x + self.bias
+            activation = None if self.activation is activations.linear else self.activation
         return x if activation is None else activation(x)
 
     def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        return _matmul(inputs, kernel, None)
+        if inputs.dtype in _KERNEL_DTYPES:
+            return kernels.matmul(inputs, kernel)
+        return torch.matmul(inputs, kernel)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*tuple(input_shape)[:-1], self.units)

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from mpq import kernels
+from mpq import activations, kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
-from mpq.quantization._forms import ConvForm, EinsumForm, EmbeddingForm, form_of
+from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
 
 LAYER_CLASSES = (Dense, EinsumDense, Conv1D, Conv2D, Embedding)
@@ -83,9 +83,10 @@ def read(layer: Any, name: str) -> torch.Tensor:
     return _autocast.read(layer._parameters[name])
 
 
-def replace_kernel(layer: Any, new: dict[str, tuple[tuple[int, ...], torch.dtype, Any]]) -> None:
-    """Swap the float kernel for quantized variables: ``new[name] = (shape, dtype, value)``
-    (value None: leave zeros / ones for scales). All values are computed before the swap."""
+def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
+    """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
+    initializer)`` in creation order (value None: the initializer's placeholder, e.g. while
+    building). The caller computes every value before calling: nothing here can fail midway."""
     name = kernel_name(layer)
     del layer._parameters[name]
     for var_name, (shape, dtype, value, init) in new.items():
@@ -106,8 +107,6 @@ class Scheme(_registry.QuantizationScheme):
     ``quantize`` on placeholder values (zeros, unit scales); the variables (names, order,
     shapes, dtypes) are then identical on both paths. Subclasses implement ``check``
     (validate before anything changes), ``convert`` and ``call``."""
-
-    supported = LAYER_CLASSES
 
     def check(self, layer: Any, cfg: QuantizationConfig) -> None:
         """Raise before the layer is touched when ``cfg`` cannot run on ``layer``."""
@@ -167,10 +166,8 @@ def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> tor
         y = y + lora
     if bias is not None:
         y = y + bias.to(dtype)
-    if isinstance(layer, Dense):
-        fn = layer._activation_fn
-        return y if fn is None else fn(y)
-    return layer.activation(y)
+    fn = layer.activation
+    return y if fn is activations.linear else fn(y)
 
 
 # ------------------------------------------------------------------------------ the STE op
@@ -188,22 +185,9 @@ class _QuantizedOp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w, bias = ctx.saved_tensors
-        run = ctx.run
         need_x, need_w, need_b = ctx.needs_input_grad[1:4]
-        grad = run.grad_hook(grad)
-        gx = gw = gb = None
-        if need_x or need_w:
-            xb, wb = run.backward_operands(x, w)
-            with torch.enable_grad():
-                xr = xb.detach().requires_grad_(need_x)
-                wr = wb.detach().requires_grad_(need_w)
-                y = run.float_op(xr, wr)
-                wanted = [t for t, need in ((xr, need_x), (wr, need_w)) if need]
-                grads = list(torch.autograd.grad(y, wanted, grad.to(y.dtype)))
-            if need_x:
-                gx = grads.pop(0).to(x.dtype)
-            if need_w:
-                gw = grads.pop(0).to(w.dtype)
+        grad, gx, gw = ctx.run.input_grads(grad, x, w, need_x, need_w)
+        gb = None
         if need_b:
             gb = grad.reshape(-1, grad.shape[-1]).to(torch.float32).sum(0).to(bias.dtype)
         return None, gx, gw, gb
@@ -223,6 +207,25 @@ class Run:
 
     def float_op(self, x, w):  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def input_grads(self, grad, x, w, need_x: bool, need_w: bool):
+        """``(grad used for the bias, grad_x, grad_w)``: by default the gradients of
+        ``float_op`` at ``backward_operands(x, w)`` for the output gradient ``grad_hook(grad)``."""
+        grad = self.grad_hook(grad)
+        gx = gw = None
+        if need_x or need_w:
+            xb, wb = self.backward_operands(x, w)
+            with torch.enable_grad():
+                xr = xb.detach().requires_grad_(need_x)
+                wr = wb.detach().requires_grad_(need_w)
+                y = self.float_op(xr, wr)
+                wanted = [t for t, need in ((xr, need_x), (wr, need_w)) if need]
+                grads = list(torch.autograd.grad(y, wanted, grad.to(y.dtype)))
+            if need_x:
+                gx = grads.pop(0).to(x.dtype)
+            if need_w:
+                gw = grads.pop(0).to(w.dtype)
+        return grad, gx, gw
 
     def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
         return _QuantizedOp.apply(self, x, w, bias)
@@ -332,11 +335,4 @@ def conv_output(layer: Any, y: torch.Tensor) -> torch.Tensor:
     return finish(layer, layer._from_channels_last(y))
 
 
-__all__ = [
-    "ConvForm",
-    "EinsumForm",
-    "EmbeddingForm",
-    "Run",
-    "Scheme",
-    "resolve_config",
-]
+__all__ = ["LAYER_CLASSES", "Run", "Scheme", "resolve_config"]

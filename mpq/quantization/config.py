@@ -179,6 +179,7 @@ class QuantizationConfig:
     def from_policy(cls, policy: Any, weight_only: bool | None = None) -> QuantizationConfig:
         """The config of a quantized policy (block size, history length) with ``weight_only``.
 
+        >>> import mpq
         >>> QuantizationConfig.from_policy(mpq.policy.get("int4/-1_from_float32")).name
         'int4/-1'
         """

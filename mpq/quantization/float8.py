@@ -19,7 +19,12 @@ from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
-from mpq.quantizers import delayed_scaling_update, quantize_dequantize, quantize_float8
+from mpq.quantizers import (
+    delayed_scaling_update,
+    dequantize_float8,
+    quantize_dequantize,
+    quantize_float8,
+)
 
 __all__ = ["FORWARD_FORMAT", "GRADIENT_FORMAT", "STATE_NAMES", "Float8Scheme"]
 
@@ -50,15 +55,20 @@ class _Float8Run(C.Run):
         if self.training:
             self._update("inputs", x, FORWARD_FORMAT)
             self._update("kernel", w, FORWARD_FORMAT)
-        self.sx, self.sw = sx, sw
+        self.sx, self.sw, self.x8, self.w8 = sx, sw, x8, w8
         return self.fp8_op(x8, w8, sx, sw, bias, x.dtype)
 
-    def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
+    def _grad_fp8(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output gradient in e5m2 with the old gradient scale; records its amax."""
         sg = C.read(self.layer, "outputs_grad_scale").detach().clone()
-        grad_lp = quantize_dequantize(grad, sg, GRADIENT_FORMAT)
+        g8 = quantize_float8(grad, sg, GRADIENT_FORMAT)
         if self.training:
             self._update("outputs_grad", grad, GRADIENT_FORMAT)
-        return grad_lp
+        return g8, sg
+
+    def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
+        g8, sg = self._grad_fp8(grad)
+        return dequantize_float8(g8, sg, grad.dtype)
 
     def backward_operands(self, x, w):
         return (
@@ -68,6 +78,41 @@ class _Float8Run(C.Run):
 
 
 class _LinearRun(_Float8Run):
+    """Backward GEMMs in float8 too: ``grad_x = g8 @ w8`` (e5m2 x e4m3fn) and
+    ``grad_w = g8.T @ x8`` (e5m2 x e4m3fn), scales in the epilogue, float32 accumulation."""
+
+    def input_grads(self, grad, x, w, need_x, need_w):
+        g8, sg = self._grad_fp8(grad)
+        gx = gw = None
+        if need_x:
+            # b = w8[s] as [N, K] must be K-major for the 8-bit kernels: a [K, N] copy, viewed.
+            gx = torch.stack(
+                [
+                    kernels.matmul(
+                        g8[s].contiguous(),
+                        self.w8[s].t().contiguous().t(),
+                        a_scale=sg,
+                        b_scale=self.sw,
+                        out_dtype=x.dtype,
+                    )
+                    for s in range(g8.shape[0])
+                ]
+            )
+        if need_w:
+            gw = torch.stack(
+                [
+                    kernels.matmul(
+                        g8[s].t().contiguous(),
+                        self.x8[s].t().contiguous().t(),
+                        a_scale=sg,
+                        b_scale=self.sx,
+                        out_dtype=w.dtype,
+                    )
+                    for s in range(g8.shape[0])
+                ]
+            )
+        return dequantize_float8(g8, sg, grad.dtype), gx, gw
+
     def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
         outs = [
             kernels.matmul(

@@ -164,11 +164,11 @@ def quantize(
 
     Example:
         >>> from mpq.layers import Dense, Sequential
-        >>> model = Sequential([Dense(8), Dense(2)])
+        >>> model = Sequential([Dense(8, name="up"), Dense(2, name="out")], name="net")
         >>> _ = model(torch.ones(1, 4))
-        >>> report = quantize(model, "int8", filter=r"dense$")
-        >>> report.quantized, report.skipped["sequential/dense_1"]
-        (['sequential/dense'], 'filtered')
+        >>> report = quantize(model, "int8", filter=r"/up$")
+        >>> report.quantized, report.skipped["net/out"]
+        (['net/up'], 'filtered')
     """
     if not isinstance(model, Layer):
         raise TypeError(

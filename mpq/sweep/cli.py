@@ -1,0 +1,172 @@
+"""Command line of the sweep: `mpq sweep [CONFIG] [options]` and `python -m mpq.sweep`.
+
+Exit status: 0 when every run succeeded, 1 when any run failed, 2 for bad options (checked
+before any work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mpq sweep",
+        description=(
+            "Train small models once in float32, evaluate the same weights under many dtype "
+            "policies and quantization modes, and write results.jsonl, summary.csv and sweep.png. "
+            "With no arguments: the default digits sweep (CNN and MLP, ten policies)."
+        ),
+    )
+    p.add_argument(
+        "config", nargs="?", help="a sweep file (.toml or .json); options below override it"
+    )
+    p.add_argument(
+        "--policies",
+        help="comma-separated policy names or labels (e.g. 'float32,int8,"
+        "int4_from_mixed_bfloat16'), or a file (.txt one per line, .json list, .toml policies = [...])",
+    )
+    p.add_argument(
+        "--models",
+        help="comma-separated built-in models (digits_cnn, digits_mlp, "
+        "synthetic_mlp) or 'package.module:factory'",
+    )
+    p.add_argument(
+        "--seeds", help="training seeds: '0,1,2' or an inclusive range '0-4' (default 0)"
+    )
+    p.add_argument("--out", help="output directory (default sweep-results); re-running resumes")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "serial", "ray"],
+        help="local: a process pool (default); serial: this process; ray: Ray tasks",
+    )
+    p.add_argument("--workers", type=int, help="process-pool size (default: min(CPUs, 2))")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        default=None,
+        help="smoke-test sizes: 1 epoch, 256 train / 128 test samples",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        help="fine-tuning epochs for mixed and float8 policies (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        default=None,
+        help="also put one layer at a time under each policy: per_layer.csv and per_layer.png",
+    )
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        default=None,
+        help="propose a DTypePolicyMap meeting --target-sqnr at the fewest bytes and verify it (implies --per-layer)",
+    )
+    p.add_argument("--target-sqnr", type=float, help="SQNR target in dB for --suggest (default 30)")
+    p.add_argument(
+        "--no-plot", dest="plot", action="store_false", default=None, help="skip the PNGs"
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        default=None,
+        help="recompute runs already recorded in --out",
+    )
+    p.add_argument(
+        "--ray-address", help="Ray cluster address for --executor ray (default: start a local Ray)"
+    )
+    p.add_argument("--cpus-per-run", type=float, help="Ray: CPUs requested per run (default 1)")
+    p.add_argument(
+        "--gpus-per-run",
+        type=float,
+        help="Ray: GPUs requested per run, fractions allowed (default 0)",
+    )
+    return p
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(
+            f"Expected --seeds like '0,1,2' or '0-4'. Received: --seeds {text!r}"
+        ) from None
+    return tuple(seeds)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The `SweepConfig` the parsed options describe (validated: raises on any bad option)."""
+    from mpq.sweep.config import default_config, load_config
+
+    overrides: dict[str, Any] = {}
+    for key in (
+        "policies",
+        "out",
+        "device",
+        "executor",
+        "workers",
+        "quick",
+        "finetune_epochs",
+        "per_layer",
+        "suggest",
+        "target_sqnr",
+        "plot",
+        "resume",
+        "ray_address",
+    ):
+        val = getattr(args, key)
+        if val is not None:
+            overrides[key] = val
+    if args.models is not None:
+        overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.seeds is not None:
+        overrides["seeds"] = _parse_seeds(args.seeds)
+    if args.cpus_per_run is not None or args.gpus_per_run is not None:
+        res = {"num_cpus": 1.0 if args.cpus_per_run is None else args.cpus_per_run}
+        if args.gpus_per_run:
+            res["num_gpus"] = args.gpus_per_run
+        overrides["resources"] = res
+    if args.config:
+        return load_config(args.config, **overrides)
+    return default_config(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `mpq sweep` / `python -m mpq.sweep`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # `mpq sweep ...` through a top-level `mpq` command
+        argv = argv[1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from mpq.sweep import check_environment, prepare_output, run
+
+    try:
+        config = config_from_args(args)
+        prepare_output(config.out)
+        check_environment(config)
+    except (ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as e:
+        parser.exit(2, f"mpq sweep: error: {e}\n")
+    records = run(config)
+    return 0 if all(r.get("status") == "ok" for r in records) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

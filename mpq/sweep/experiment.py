@@ -1,0 +1,610 @@
+"""One run of a sweep: train the float32 baseline, apply a variant (float policy, quantization,
+per-layer or mapped), evaluate, time, optionally fine-tune, and return one flat record.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from mpq.sweep.config import ModelSpec, RunConfig, Variant
+from mpq.sweep.data import Data, as_data, resolve_data
+from mpq.sweep.models import resolve_factory
+
+__all__ = [
+    "QuantizationUnavailableError",
+    "apply_policy",
+    "environment",
+    "evaluate",
+    "layer_table",
+    "run_one",
+    "train_baseline",
+    "weight_bytes",
+]
+
+#: `--quick` sizes: samples per split, epoch cap, latency repeats.
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_REPEATS = 256, 128, 1, 1
+EVAL_BATCH = 256
+
+
+class QuantizationUnavailableError(RuntimeError):
+    """The installed mpq has no `mpq.quantize` (or the layer has no scheme for the mode)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building models and data
+# --------------------------------------------------------------------------------------------
+def _build(spec: ModelSpec, dtype: Any) -> tuple[Any, Data]:
+    """`(model, data)` from a spec: `factory(dtype=..., **kwargs)`, data from the spec, the
+    built-in default, or the factory's second return value."""
+    factory, default_data = resolve_factory(spec.factory)
+    out = factory(dtype=dtype, **spec.kwargs)
+    data_ref = spec.data if spec.data is not None else default_data
+    if isinstance(out, tuple) and len(out) == 2 and data_ref is None:
+        model, data = out[0], as_data(out[1])
+    else:
+        if data_ref is None:
+            raise TypeError(
+                f"Expected model factory {spec.resolved_name!r} to return (model, data), or the "
+                f"model spec to name its data. Received: a {type(out).__name__} and data=None"
+            )
+        model, data = out, _load_data(data_ref, json.dumps(spec.data_kwargs, sort_keys=True))
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"Expected model factory {spec.resolved_name!r} to return an mpq layer/model (a "
+            f"torch.nn.Module). Received: {type(model).__name__}"
+        )
+    return model, data
+
+
+@functools.lru_cache(maxsize=8)
+def _load_data(ref: Any, kwargs_json: str) -> Data:
+    """Data from a reference and its kwargs, loaded once per process (the runs of a sweep share
+    it; nothing mutates a `Data`)."""
+    return as_data(resolve_data(ref)(**json.loads(kwargs_json)))
+
+
+def _sized(data: Data, quick: bool) -> Data:
+    return data.subset(QUICK_TRAIN, QUICK_TEST) if quick else data
+
+
+def _to_tensor(x: Any, device: str, integer: bool = False):
+    import torch
+
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    t = t.to(device)
+    return t.long() if integer else t
+
+
+def _first_batch(data: Data) -> Any:
+    for x, _ in data.test_batches(2):
+        return x
+    raise ValueError("Expected a non-empty test split. Received: no test batches")
+
+
+def _materialize(model: Any, sample: Any) -> None:
+    """Build a lazily built model by calling it once on a small batch."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        model(_to_tensor(sample[:2], "cpu"))
+
+
+# --------------------------------------------------------------------------------------------
+# Weights, layers, bytes
+# --------------------------------------------------------------------------------------------
+def _variables(module: Any) -> list[Any]:
+    """The model's variables: `module.weights` (mpq) or parameters + buffers, without repeats."""
+    found = getattr(module, "weights", None)
+    if found is None or callable(found):
+        found = [*module.parameters(), *module.buffers()]
+    seen, out = set(), []
+    for v in found:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def weight_bytes(module: Any) -> int:
+    """Bytes of what the model stores: `sum(numel * element_size)` over its variables (int8
+    kernels, packed int4 nibbles, scales, zero points, amax histories included).
+
+    Example:
+        >>> import torch
+        >>> weight_bytes(torch.nn.Linear(4, 2))   # 8 + 2 float32 values
+        40
+    """
+    return sum(int(v.numel()) * int(v.element_size()) for v in _variables(module))
+
+
+def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
+    """(path, module name, module) of each module that holds variables itself (Dense, ...).
+
+    `path` is the mpq layer path (`"digits_cnn/conv_0"`); the torch module name (`"0"`) is the
+    stable structural key: auto-generated layer names (`dense_7`) change between builds.
+    """
+    for name, m in model.named_modules():
+        own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+        if own:
+            yield (getattr(m, "path", None) or name or type(m).__name__), name, m
+
+
+def layer_table(model: Any) -> list[dict[str, Any]]:
+    """One row per variable-holding layer: path, module name, class, parameter count, bytes."""
+    return [
+        {
+            "path": path,
+            "module": name,
+            "class": type(m).__name__,
+            "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
+            "bytes": weight_bytes(m),
+        }
+        for path, name, m in _leaf_layers(model)
+    ]
+
+
+def _state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def _load_state(model: Any, state: dict[str, Any]) -> None:
+    """Copy float32 weights into a model built under another policy, casting to each
+    variable's own dtype (exact for float32 targets; round-to-nearest for half types)."""
+    import torch
+
+    target = model.state_dict()
+    if list(target) == list(state):
+        pairs = [(target[k], state[k], k) for k in target]
+    elif len(target) == len(state):  # names differ (e.g. unique-name counters): go by order
+        pairs = [(t, s, k) for (k, t), s in zip(target.items(), state.values(), strict=True)]
+    else:
+        raise ValueError(
+            f"Expected the model built under the variant to have the baseline's {len(state)} "
+            f"variables. Received: {len(target)} ({list(target)[:6]}...)"
+        )
+    with torch.no_grad():
+        for t, s, k in pairs:
+            if tuple(t.shape) != tuple(s.shape):
+                raise ValueError(
+                    f"Expected variable {k!r} of shape {tuple(s.shape)} as in the baseline. "
+                    f"Received: shape {tuple(t.shape)}"
+                )
+            t.copy_(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a variant
+# --------------------------------------------------------------------------------------------
+def _quantize_fn() -> Callable[..., Any]:
+    import mpq
+
+    fn = getattr(mpq, "quantize", None)
+    if fn is None:
+        raise QuantizationUnavailableError(
+            "quantization not available: this mpq has no mpq.quantize(model, mode, config=..., "
+            "filter=...) yet, so quantized policies cannot run"
+        )
+    return fn
+
+
+def _path_filter(paths: tuple[str, ...]) -> str:
+    # Anchored so that it selects exactly these paths whether matched with search or fullmatch.
+    return "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
+
+
+def _quantize(model: Any, variant: Variant, paths: tuple[str, ...] | None) -> int:
+    fn = _quantize_fn()
+    pol = variant.dtype_policy
+    kwargs: dict[str, Any] = {}
+    if variant.quantize_config:
+        kwargs["config"] = dict(variant.quantize_config)
+    if paths is not None:
+        kwargs["filter"] = _path_filter(paths)
+    before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
+    fn(model, pol.mode_spec, **kwargs)
+    after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
+    newly = after - before
+    if not newly:
+        where = "any layer" if paths is None else f"layers {list(paths)}"
+        raise QuantizationUnavailableError(
+            f"Expected mpq.quantize(model, {pol.mode_spec!r}) to quantize {where} of the model. "
+            "Received: no layer was quantized (no scheme for these layer types?)"
+        )
+    return len(newly)
+
+
+def apply_policy(
+    spec: ModelSpec,
+    state: dict[str, Any],
+    variant: Variant,
+    layers: tuple[str, ...] | None = None,
+    assignment: tuple[tuple[str, Variant], ...] | None = None,
+    layer_rows: list[dict[str, Any]] | None = None,
+) -> tuple[Any, Data, int]:
+    """Build `spec`'s model under `variant` with the float32-trained `state` loaded.
+
+    - Float variant: the model is built with `dtype=policy` and the weights cast into it.
+    - Quantized variant: built under the source float policy, weights loaded, then
+      `mpq.quantize(model, policy.mode_spec, config=quantize_config)`.
+    - `layers`: the variant applies to these layer paths only (the rest stays float32): float
+      policies are set on those layers before they are built, quantized ones go through
+      `mpq.quantize(..., filter=...)`.
+    - `assignment`: `(path, variant)` pairs, each applied as above (a suggested policy map).
+    - `layer_rows`: the baseline's `layer_table`, which names the paths used in `layers` and
+      `assignment` (matched to the new model by module name, since auto-generated layer names
+      differ between builds); None: the paths of this build.
+
+    Returns `(model, data, n_quantized_layers)`; the model is in eval mode on the CPU.
+
+    Example:
+        >>> base = train_baseline(ModelSpec("digits_mlp"), seed=0, quick=True)
+        >>> model, data, n = apply_policy(ModelSpec("digits_mlp"), base["state"],
+        ...                               Variant("bf16", "bfloat16"))
+    """
+    if assignment is None:
+        assignment = (("*", variant),) if layers is None else tuple((p, variant) for p in layers)
+    whole = len(assignment) == 1 and assignment[0][0] == "*"
+    model, data = _build(spec, assignment[0][1].source_policy if whole else "float32")
+    modules = dict(model.named_modules())
+    module_of: dict[str, str] = {}
+    if not whole:
+        if layer_rows is None:
+            probe, _ = _build(spec, "float32")
+            _materialize(probe, _first_batch(data))
+            layer_rows = layer_table(probe)
+        module_of = {row["path"]: row["module"] for row in layer_rows}
+        missing = [p for p, _ in assignment if p not in module_of or module_of[p] not in modules]
+        if missing:
+            raise ValueError(f"Expected layer paths from {list(module_of)}. Received: {missing}")
+        for path, v in assignment:
+            if v.source_policy != "float32":  # before the build, so variables get its dtype
+                _set_layer_policy(modules[module_of[path]], path, v.source_policy)
+    _materialize(model, _first_batch(data))
+    _load_state(model, state)
+    groups: dict[tuple, list[str]] = {}
+    for path, v in assignment:
+        if v.is_quantized:
+            key = (v.policy, tuple(sorted((v.quantize_config or {}).items())))
+            groups.setdefault(key, []).append(path)
+    new_path = {name: path for path, name, _ in _leaf_layers(model)}
+    n_quantized = 0
+    for (pol_name, cfg), paths in groups.items():
+        v = Variant(pol_name, pol_name, dict(cfg) or None)
+        targets = None if whole else tuple(new_path[module_of[p]] for p in paths)
+        n_quantized += _quantize(model, v, targets)
+    model.eval()
+    return model, data, n_quantized
+
+
+def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
+    from mpq.layers import Layer
+
+    if not isinstance(layer, Layer):
+        raise TypeError(
+            f"Expected an mpq layer at {path!r} to put it alone under policy {policy!r} "
+            f"(per-layer runs set `layer.dtype_policy`). Received: a {type(layer).__name__}"
+        )
+    layer.dtype_policy = policy
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation
+# --------------------------------------------------------------------------------------------
+def _loss_fn(logits: Any, y: Any):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float(), y)
+
+
+def _fit(
+    model: Any,
+    data: Data,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    loss_scale: float | None = None,
+) -> float:
+    """Adam on the trainable variables. With `loss_scale` (float16 compute) the loss is scaled
+    before backward and the gradients unscaled before the step; a step with non-finite
+    gradients is skipped and the scale halved. Returns the last epoch's mean loss."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("Expected trainable variables to train. Received: none")
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    last = float("nan")
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for x, y in data.train_batches(batch_size, seed, epoch):
+            x, y = _to_tensor(x, device), _to_tensor(y, device, integer=True)
+            opt.zero_grad(set_to_none=True)
+            loss = _loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Expected a finite training loss. Received: loss={loss.item()} at epoch {epoch}"
+                )
+            if loss_scale is None:
+                loss.backward()
+                opt.step()
+            else:
+                (loss * loss_scale).backward()
+                grads = [p.grad for p in params if p.grad is not None]
+                if all(bool(torch.isfinite(g).all()) for g in grads):
+                    for g in grads:
+                        g.div_(loss_scale)
+                    opt.step()
+                else:
+                    loss_scale /= 2
+            total += float(loss.detach()) * len(y)
+            n += len(y)
+        last = total / max(n, 1)
+    model.eval()
+    return last
+
+
+def evaluate(model: Any, data: Data, device: str) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy, and float32 logits `[N, classes]` on the test split."""
+    import torch
+
+    model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in data.test_batches(EVAL_BATCH):
+            out = model(_to_tensor(x, device))
+            logits.append(out.float().cpu())
+            labels.append(_to_tensor(y, "cpu", integer=True))
+    logits_t, labels_t = torch.cat(logits), torch.cat(labels)
+    if not torch.isfinite(logits_t).all():
+        bad = int((~torch.isfinite(logits_t)).sum())
+        raise FloatingPointError(
+            f"Expected finite logits. Received: {bad} non-finite of {logits_t.numel()}"
+        )
+    return {
+        "accuracy": float((logits_t.argmax(1) == labels_t).float().mean()),
+        "loss": float(_loss_fn(logits_t, labels_t)),
+        "logits": logits_t,
+    }
+
+
+def _sqnr_db(reference: Any, x: Any) -> float:
+    """`mpq.testing.sqnr`: 10 log10(sum ref^2 / sum (ref - x)^2) in float64; +inf when equal."""
+    from mpq.testing import sqnr
+
+    return float(sqnr(reference, x))
+
+
+def _latency_ms(model: Any, data: Data, device: str, repeats: int) -> tuple[float, int]:
+    """Median wall time of one forward pass over a test batch, in ms, and the batch size."""
+    import torch
+
+    x = None
+    for xb, _ in data.test_batches(EVAL_BATCH):
+        x = _to_tensor(xb, device)
+        break
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    with torch.no_grad():
+        model(x)  # warm-up (also compiles / autotunes kernels on a GPU)
+        sync()
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times), int(x.shape[0])
+
+
+def train_baseline(
+    spec: ModelSpec, seed: int, device: str = "cpu", quick: bool = False
+) -> dict[str, Any]:
+    """Train `spec`'s model in float32 from `seed`; return its weights (CPU tensors), test
+    logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick)."""
+    import torch
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model, data = _build(spec, "float32")
+    data = _sized(data, quick)
+    _materialize(model, _first_batch(data))
+    model.to(device)
+    epochs = min(spec.epochs, QUICK_EPOCHS) if quick else spec.epochs
+    train_loss = (
+        _fit(model, data, epochs, spec.lr, spec.batch_size, seed, device)
+        if epochs
+        else float("nan")
+    )
+    ev = evaluate(model, data, device)
+    model.to("cpu")
+    return {
+        "state": _state(model),
+        "logits": ev["logits"],
+        "accuracy": ev["accuracy"],
+        "loss": ev["loss"],
+        "train_loss": train_loss,
+        "epochs": epochs,
+        "layers": layer_table(model),
+        "weight_bytes": weight_bytes(model),
+        "train_seconds": time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Environment and run_one
+# --------------------------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def environment(device: str = "cpu") -> dict[str, Any]:
+    """Where a run ran: device and its name, torch/triton/mpq/python versions, host, CPUs."""
+    import torch
+
+    import mpq
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine() or "cpu"
+    return {
+        "device": device,
+        "device_name": name,
+        "torch_version": torch.__version__,
+        "triton_version": _version("triton"),
+        "mpq_version": mpq.__version__,
+        "python_version": platform.python_version(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+_BASELINES: dict[tuple, dict[str, Any]] = {}
+
+
+def _baseline_for(config: RunConfig) -> dict[str, Any]:
+    key = (
+        json.dumps(config.model.to_dict(), sort_keys=True),
+        config.seed,
+        config.device,
+        config.quick,
+    )
+    if key not in _BASELINES:
+        _BASELINES[key] = train_baseline(config.model, config.seed, config.device, config.quick)
+    return _BASELINES[key]
+
+
+def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one (model, variant, seed[, layers]) and return its flat record; never raises.
+
+    Pure: the record is a function of `config` (plus timings and the environment). Without a
+    `baseline` (the output of `train_baseline` for this model and seed) the float32 model is
+    trained here first (memoised per process).
+
+    Example:
+        >>> from mpq.sweep.config import SweepConfig
+        >>> cfg = SweepConfig(models=["digits_mlp"], policies=["bfloat16"], quick=True)
+        >>> record = run_one(cfg.run_configs()[0])
+        >>> record["status"], record["policy"]
+        ('ok', 'bfloat16')
+    """
+    t0 = time.perf_counter()
+    v = config.variant
+    rec: dict[str, Any] = {
+        "config_hash": config.config_hash,
+        "kind": config.kind,
+        "model": config.model.resolved_name,
+        "variant": v.label,
+        "policy": v.policy,
+        "quantize_config": None if not v.quantize_config else dict(v.quantize_config),
+        "seed": config.seed,
+        "layer": None if config.layers is None else ",".join(config.layers),
+        "quick": config.quick,
+        "status": "ok",
+        "error": None,
+        "accuracy": None,
+        "loss": None,
+        "float32_accuracy": None,
+        "accuracy_delta": None,
+        "sqnr_db": None,
+        "weight_bytes": None,
+        "float32_weight_bytes": None,
+        "bytes_ratio": None,
+        "layer_weight_bytes": None,
+        "float32_layer_weight_bytes": None,
+        "quantized_layers": None,
+        "latency_ms": None,
+        "latency_batch": None,
+        "finetune_epochs": 0,
+        "finetune_accuracy": None,
+        "finetune_loss": None,
+        "train_epochs": None,
+        "assignment": None
+        if config.assignment is None
+        else {p: var.label for p, var in config.assignment},
+    }
+    try:
+        rec.update(environment(config.device))
+        base = baseline if baseline is not None else _baseline_for(config)
+        rec["float32_accuracy"] = base["accuracy"]
+        rec["float32_weight_bytes"] = base["weight_bytes"]
+        rec["train_epochs"] = base["epochs"]
+        if config.layers is not None:
+            f32 = {row["path"]: row["bytes"] for row in base["layers"]}
+            rec["float32_layer_weight_bytes"] = sum(f32.get(p, 0) for p in config.layers)
+        import torch
+
+        torch.manual_seed(config.seed)
+        model, data, n_q = apply_policy(
+            config.model, base["state"], v, config.layers, config.assignment, base["layers"]
+        )
+        data = _sized(data, config.quick)
+        rec["quantized_layers"] = n_q
+        rec["weight_bytes"] = weight_bytes(model)
+        rec["bytes_ratio"] = rec["weight_bytes"] / base["weight_bytes"]
+        if config.layers is not None:
+            by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
+            module_of = {row["path"]: row["module"] for row in base["layers"]}
+            rec["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
+        model.to(config.device)
+        ev = evaluate(model, data, config.device)
+        sq = _sqnr_db(base["logits"], ev["logits"])
+        rec.update(
+            accuracy=ev["accuracy"],
+            loss=ev["loss"],
+            accuracy_delta=ev["accuracy"] - base["accuracy"],
+            sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
+        )
+        repeats = QUICK_REPEATS if config.quick else config.latency_repeats
+        rec["latency_ms"], rec["latency_batch"] = _latency_ms(model, data, config.device, repeats)
+        if config.finetune_epochs and v.finetune:
+            epochs = (
+                min(config.finetune_epochs, QUICK_EPOCHS)
+                if config.quick
+                else config.finetune_epochs
+            )
+            scale = 2.0**12 if v.dtype_policy.compute_dtype == "float16" else None
+            _fit(
+                model,
+                data,
+                epochs,
+                config.model.finetune_lr,
+                config.model.batch_size,
+                config.seed + 1000,
+                config.device,
+                loss_scale=scale,
+            )
+            ft = evaluate(model, data, config.device)
+            rec.update(
+                finetune_epochs=epochs, finetune_accuracy=ft["accuracy"], finetune_loss=ft["loss"]
+            )
+    except Exception as e:  # a failed run is a record, not a crash of the sweep
+        rec["status"] = "error"
+        rec["error"] = f"{type(e).__name__}: {e}"
+        rec["traceback"] = traceback.format_exc()[-2000:]
+    rec["duration_s"] = time.perf_counter() - t0
+    rec["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return rec

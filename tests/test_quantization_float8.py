@@ -1,0 +1,124 @@
+"""The "float8" mode: delayed scaling recurrence step by step, gradients in e5m2, state updated
+by the layer in training only, any optimizer, conformance on every supported layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mpq.quantization  # noqa: F401  (registers the schemes)
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
+from mpq.quantization import QuantizationConfig
+from mpq.testing.layer_test import run_layer_test
+
+F32 = torch.float32
+
+
+def _div(a: float, b: float) -> torch.Tensor:
+    """The float32 scale `a / b` (amax / fmt_max), as the quantizers compute it."""
+    return torch.tensor(a, dtype=F32) / torch.tensor(b, dtype=F32)
+
+
+def _state(layer):
+    return {
+        p: (getattr(layer, f"{p}_amax_history").tolist(), getattr(layer, f"{p}_scale").clone())
+        for p in ("inputs", "kernel", "outputs_grad")
+    }
+
+
+def test_delayed_scaling_recurrence_three_steps_by_hand():
+    # e4m3fn max 448, e5m2 max 57344, history length 2, scales start at 1, histories at 0.
+    layer = Dense(2, use_bias=False)
+    layer.build((None, 2))
+    w = torch.tensor([[1.0, -2.0], [0.5, 4.0]])  # [K, N]; amax 4
+    layer.kernel.assign(w)
+    layer.quantize(QuantizationConfig("float8", amax_history_length=2))
+    xs = [[[896.0, -10.0]], [[100.0, 3.0]], [[0.5, -7.0]]]
+    gs = [[[1000.0, -3.0]], [[2.0, 0.5]], [[-40.0, 8.0]]]
+    expected_states = [
+        # (inputs history, inputs scale), (kernel ...), (outputs_grad ...) after step t
+        (([896, 0], _div(896, 448)), ([4, 0], _div(4, 448)), ([1000, 0], _div(1000, 57344))),
+        (([100, 896], _div(896, 448)), ([4, 4], _div(4, 448)), ([2, 1000], _div(1000, 57344))),
+        (([7, 100], _div(100, 448)), ([4, 4], _div(4, 448)), ([40, 2], _div(40, 57344))),
+    ]
+    scales = {"x": torch.tensor(1.0), "w": torch.tensor(1.0)}
+    for t, (x_list, g_list, want) in enumerate(zip(xs, gs, expected_states, strict=True)):
+        x = torch.tensor(x_list, requires_grad=True)
+        y = layer(x, training=True)
+        # The output uses the scales of the steps before (delayed scaling).
+        x8 = (x.detach() / scales["x"]).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+        w8 = (w / scales["w"]).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+        assert torch.equal(y.detach(), (x8 @ w8) * scales["x"] * scales["w"])
+        if t == 0:
+            assert y.tolist() == [[443.0, -936.0]]  # 896 saturates to 448
+        y.backward(torch.tensor(g_list))
+        state = _state(layer)
+        for prefix, (history, scale) in zip(
+            ("inputs", "kernel", "outputs_grad"), want, strict=True
+        ):
+            assert state[prefix][0] == history, (t, prefix)
+            assert torch.equal(state[prefix][1], scale), (t, prefix)
+        if t == 0:
+            # e5m2 gradient with scale 1: 1000 -> 1024; gradients through the fp8 operands.
+            assert x.grad.tolist() == [[1024 * 1 + 6.0, 1024 * 0.5 - 12.0]]
+            assert layer.kernel.grad.tolist() == [[448 * 1024.0, 448 * -3.0], [-10240.0, 30.0]]
+        scales = {"x": state["inputs"][1], "w": state["kernel"][1]}
+
+
+def test_training_false_updates_nothing():
+    layer = Dense(3)
+    layer.build((None, 4))
+    layer.quantize("float8")
+    before = [w.clone() for w in layer.non_trainable_weights]
+    x = torch.randn(2, 4, requires_grad=True)
+    layer(x, training=False).sum().backward()
+    layer.eval()
+    layer(x).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.non_trainable_weights, strict=True))
+    layer.train()
+    layer(x).sum().backward()  # torch's train mode is the default `training`
+    assert layer.inputs_amax_history[0] > 0 and layer.outputs_grad_amax_history[0] > 0
+
+
+def test_any_torch_optimizer_trains_the_float_kernel():
+    torch.manual_seed(0)
+    layer = Dense(1)
+    x = torch.randn(64, 4)
+    target = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    layer(x)
+    layer.quantize("float8")
+    opt = torch.optim.SGD(layer.trainable_weights, lr=0.1)
+    assert [w.name for w in layer.trainable_weights] == ["kernel", "bias"]
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ((layer(x, training=True) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+    assert layer.kernel_scale.item() == pytest.approx(
+        layer.kernel.abs().max().item() / 448, rel=0.2
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "shape"),
+    [
+        (Dense, {"units": 3}, (2, 4)),
+        (
+            EinsumDense,
+            {"equation": "abc,cde->abde", "output_shape": (None, 2, 3), "bias_axes": "de"},
+            (2, 3, 4),
+        ),
+        (EinsumDense, {"equation": "abc,bcd->abd", "output_shape": (3, 2)}, (2, 3, 4)),
+        (Conv2D, {"filters": 3, "kernel_size": 2, "padding": "same"}, (2, 4, 4, 2)),
+        (Conv1D, {"filters": 3, "kernel_size": 2, "data_format": "channels_first"}, (2, 2, 5)),
+    ],
+    ids=["dense", "einsum", "einsum_shared", "conv2d", "conv1d_channels_first"],
+)
+def test_run_layer_test_float8(cls, kwargs, shape):
+    report = run_layer_test(
+        cls, kwargs, shape, policies=("float32", "mixed_bfloat16"), quantize_modes=("float8",)
+    )
+    assert not report.skipped and len(report.checks) == 4

@@ -1,0 +1,86 @@
+"""Tiny torch-only models and data for the sweep tests (module-level, so process pools and Ray
+workers can import them by name), plus checks of the helpers themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mpq
+from mpq.sweep.data import Data
+
+
+def blobs(n_train: int = 96, n_test: int = 48, seed: int = 0) -> Data:
+    """Three Gaussian blobs in 4-D: easy, fast, deterministic."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((3, 4)).astype(np.float32) * 3
+    y = rng.integers(0, 3, n_train + n_test)
+    x = (centers[y] + rng.standard_normal((len(y), 4))).astype(np.float32)
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="blobs")
+
+
+class TinyNet(torch.nn.Module):
+    """A 4 -> 8 -> 3 MLP in plain torch that honours a float dtype policy: variables in the
+    policy's variable dtype, computations in its compute dtype."""
+
+    def __init__(self, dtype=None, scale: float = 1.0):
+        super().__init__()
+        pol = mpq.policy.get(dtype if dtype is not None else "float32")
+        self.compute = pol.torch_compute_dtype
+        self.scale = scale
+        self.fc1 = torch.nn.Linear(4, 8, dtype=pol.torch_variable_dtype)
+        self.fc2 = torch.nn.Linear(8, 3, dtype=pol.torch_variable_dtype)
+
+    def forward(self, x):
+        c = self.compute
+        h = F.relu(F.linear(x.to(c), self.fc1.weight.to(c), self.fc1.bias.to(c)))
+        if self.scale != 1.0:  # overflows half precision: inf - inf = nan
+            h = h * self.scale - h * self.scale
+        return F.linear(h, self.fc2.weight.to(c), self.fc2.bias.to(c))
+
+
+def tiny_factory(dtype=None):
+    """A user factory returning (model, data)."""
+    return TinyNet(dtype), blobs()
+
+
+def tiny_model(dtype=None, scale: float = 1.0):
+    """A user factory returning only the model (data named in the ModelSpec)."""
+    return TinyNet(dtype, scale=scale)
+
+
+def nan_in_half(dtype=None):
+    """Finite in float32, NaN logits in float16 (x * 1e6 overflows to inf)."""
+    return TinyNet(dtype, scale=1e6), blobs()
+
+
+def broken_factory(dtype=None):
+    raise RuntimeError("factory exploded on purpose")
+
+
+def test_tiny_net_honours_policy():
+    m = TinyNet("mixed_float16")
+    assert m.fc1.weight.dtype == torch.float32
+    assert m(torch.zeros(2, 4)).dtype == torch.float16
+    assert TinyNet("bfloat16").fc2.weight.dtype == torch.bfloat16
+
+
+def test_nan_model_is_finite_in_float32_only():
+    x = torch.ones(2, 4)
+    torch.manual_seed(0)
+    m32, _ = nan_in_half("float32")
+    m16, _ = nan_in_half("float16")
+    m16.load_state_dict({k: v.half() for k, v in m32.state_dict().items()})
+    assert torch.isfinite(m32(x)).all()
+    assert torch.isnan(m16(x)).any()
+
+
+def tiny_mpq_factory(dtype=None):
+    """The same 4 -> 8 -> 3 MLP from mpq layers (per-layer policies and quantization)."""
+    from mpq.layers import Dense, Sequential
+
+    model = Sequential(
+        [Dense(8, activation="relu", name="fc1"), Dense(3, name="fc2")], dtype=dtype, name="tiny"
+    )
+    return model, blobs()
