@@ -141,3 +141,20 @@ def test_weight_bytes_counts_every_variable_once():
     assert weight_bytes(layer) == (8 * 4 + 4) * 4 + 3 * 4 * (1 + 1024)
     with pytest.raises(TypeError, match=r"Received: 'dense' \(of type str\)"):
         weight_bytes("dense")
+
+
+def test_options_as_config_next_to_a_mode_string():
+    model = _model()
+    report = quantize(model, "int8", config={"weight_only": True}, filter="fc1")
+    assert report.config == QuantizationConfig("int8", weight_only=True)
+    assert model.body.layers[0].get_config()["quantization_config"]["weight_only"] is True
+    report = quantize(model, "int4/32", config=QuantizationConfig("int4/32", weight_only=False))
+    assert report.config.name == "int4/32_int8_activations"
+    with pytest.raises(ValueError, match=r"config for mode 'int8'.*mode='int4'"):
+        quantize(model, "int8", config=QuantizationConfig("int4"))
+    with pytest.raises(TypeError, match=r"Received: config=3 \(of type int\)"):
+        quantize(model, "int8", config=3)
+    with pytest.raises(TypeError, match=r"Expected a mode string"):
+        quantize(model, QuantizationConfig("int8"), config={"weight_only": True})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'bits'"):
+        quantize(model, "int8", config={"bits": 8})

@@ -140,10 +140,36 @@ def _validate(layer: Layer, cfg: QuantizationConfig) -> None:
     cfg.to_policy(layer.dtype_policy.name)
 
 
+def _resolve(mode_or_config: Any, config: Any) -> QuantizationConfig:
+    if config is None:
+        return QuantizationConfig.get(mode_or_config)
+    if not isinstance(mode_or_config, str):
+        raise TypeError(
+            "Expected a mode string such as 'int8' with `config=`. "
+            f"Received: mode_or_config={mode_or_config!r} and config={config!r}"
+        )
+    if isinstance(config, dict):
+        return QuantizationConfig(mode_or_config, **config)
+    if isinstance(config, QuantizationConfig):
+        named = QuantizationConfig(mode_or_config)
+        explicit_block = "/" in mode_or_config
+        if config.mode != named.mode or (explicit_block and config.block_size != named.block_size):
+            raise ValueError(
+                f"Expected a config for mode {mode_or_config!r}. Received: config={config!r}"
+            )
+        return config
+    raise TypeError(
+        "Expected `config` to be a dict of QuantizationConfig options, a QuantizationConfig or "
+        f"None. Received: config={config!r} (of type {type(config).__name__})"
+    )
+
+
 def quantize(
     model: Layer,
     mode_or_config: Any,
     filter: Any = None,
+    *,
+    config: Any = None,
 ) -> QuantizationReport:
     """Quantize every supported layer of ``model`` in place; returns a `QuantizationReport`.
 
@@ -154,6 +180,8 @@ def quantize(
         filter: which layers to quantize: None (all), a regular expression searched in each
             layer's ``path`` (anchor it with ``^...$``), a list of layer names or paths, or a
             callable ``(layer) -> bool``.
+        config: with a mode string, the other options as a dict (``{"weight_only": True}``) or
+            a matching ``QuantizationConfig``.
 
     Every candidate is validated before the first layer changes: an unbuilt candidate raises
     ValueError; one whose kind cannot run the config (an einsum equation or an option it does
@@ -175,7 +203,7 @@ def quantize(
             f"Expected an mpq.layers.Layer to quantize. Received: {model!r} (of type "
             f"{type(model).__name__})"
         )
-    cfg = QuantizationConfig.get(mode_or_config)
+    cfg = _resolve(mode_or_config, config)
     keep = _make_filter(filter)
     report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model))
     todo: list[Layer] = []
