@@ -228,3 +228,35 @@ def test_errors():
         from_torch(nn.Linear(2, 2), example_inputs={"x": 1})
     with pytest.raises(ValueError, match=r"Received: identifier=3 \(of type int\)"):
         from_torch(nn.Linear(2, 2), 3)
+
+
+def test_quantize_and_policy_map_apply_to_a_converted_torch_model():
+    import mpq.quantization
+
+    net = _cnn(batch_norm=False)
+    net.eval()
+    x = torch.randn(4, 3, 16, 16)
+    reference = net(x)
+    model, _ = from_torch(net)
+    model.eval()
+    report = mpq.quantization.quantize(model, "int8")
+    assert sorted(report.quantized) == ["features.0", "features.3", "features.6", "head", "seq"]
+    assert model.head.quantization_mode == "int8"
+    assert sqnr(reference, model(x)) > 30
+    # a DTypePolicyMap at conversion: int8 for the convolutions only
+    pmap = mpq.policy.DTypePolicyMap(
+        default_policy="float32", policy_map={r"features\..*": "int8_from_float32"}
+    )
+    mixed, _ = from_torch(net, pmap)
+    mixed.eval()
+    assert mixed.features[0].quantization_mode == "int8"
+    assert mixed.head.quantization_mode is None
+    y = mixed(x)
+    assert y.dtype == torch.float32 and sqnr(reference, y) > 30
+
+
+def test_quantize_rejects_a_torch_model_without_mpq_layers():
+    import mpq.quantization
+
+    with pytest.raises(TypeError, match=r"(?s)holding mpq layers.*\(of type Sequential\)"):
+        mpq.quantization.quantize(nn.Sequential(nn.Linear(2, 2)), "int8")

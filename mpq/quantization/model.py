@@ -84,7 +84,7 @@ class QuantizationReport:
         return "\n".join(lines)
 
 
-def _layers(model: Layer) -> list[Layer]:
+def _layers(model: torch.nn.Module) -> list[Layer]:
     out: list[Layer] = []
 
     def visit(layer: Layer) -> None:
@@ -92,7 +92,11 @@ def _layers(model: Layer) -> list[Layer]:
         for child in _tracking.direct_sublayers(layer):
             visit(child)
 
-    visit(model)
+    if isinstance(model, Layer):
+        visit(model)
+    else:  # a plain torch module holding mpq layers (e.g. from mpq.from_torch)
+        for child in _tracking.direct_sublayers(model):
+            visit(child)
     return out
 
 
@@ -165,7 +169,7 @@ def _resolve(mode_or_config: Any, config: Any) -> QuantizationConfig:
 
 
 def quantize(
-    model: Layer,
+    model: torch.nn.Module,
     mode_or_config: Any,
     filter: Any = None,
     *,
@@ -174,7 +178,8 @@ def quantize(
     """Quantize every supported layer of ``model`` in place; returns a `QuantizationReport`.
 
     Args:
-        model: a built ``mpq.layers.Layer`` (a Sequential, your own model, or one layer).
+        model: a built ``mpq.layers.Layer`` (a Sequential, your own model, or one layer), or
+            a plain ``torch.nn.Module`` holding mpq layers (e.g. from ``mpq.from_torch``).
         mode_or_config: ``"int8"``, ``"int4"``, ``"int4/32"``, ``"float8"``, a config dict or a
             ``QuantizationConfig`` (e.g. ``QuantizationConfig("int8", weight_only=True)``).
         filter: which layers to quantize: None (all), a regular expression searched in each
@@ -198,10 +203,12 @@ def quantize(
         >>> report.quantized, report.skipped["net/out"]
         (['net/up'], 'filtered')
     """
-    if not isinstance(model, Layer):
+    if not isinstance(model, Layer) and not (
+        isinstance(model, torch.nn.Module) and _layers(model)
+    ):
         raise TypeError(
-            f"Expected an mpq.layers.Layer to quantize. Received: {model!r} (of type "
-            f"{type(model).__name__})"
+            "Expected an mpq.layers.Layer, or a torch.nn.Module holding mpq layers (see "
+            f"mpq.from_torch), to quantize. Received: {model!r} (of type {type(model).__name__})"
         )
     cfg = _resolve(mode_or_config, config)
     keep = _make_filter(filter)
