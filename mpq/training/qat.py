@@ -177,10 +177,10 @@ def prepare(model: torch.nn.Module, mode_or_config: Any, filter: Any = None) -> 
     out are skipped and reported. Nothing changes if a candidate is invalid (unbuilt).
 
     >>> from mpq.layers import Dense, Sequential
-    >>> model = Sequential([Dense(8, activation="relu"), Dense(2)])
+    >>> model = Sequential([Dense(8, activation="relu", name="up"), Dense(2, name="out")], name="net")
     >>> _ = model(torch.ones(1, 4))
     >>> prepare(model, "int8").layers
-    ['sequential/dense', 'sequential/dense_1']
+    ['net/up', 'net/out']
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(
