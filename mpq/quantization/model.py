@@ -203,9 +203,7 @@ def quantize(
         >>> report.quantized, report.skipped["net/out"]
         (['net/up'], 'filtered')
     """
-    if not isinstance(model, Layer) and not (
-        isinstance(model, torch.nn.Module) and _layers(model)
-    ):
+    if not isinstance(model, Layer) and not (isinstance(model, torch.nn.Module) and _layers(model)):
         raise TypeError(
             "Expected an mpq.layers.Layer, or a torch.nn.Module holding mpq layers (see "
             f"mpq.from_torch), to quantize. Received: {model!r} (of type {type(model).__name__})"
