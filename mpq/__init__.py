@@ -18,10 +18,12 @@ from mpq import (
     saving,
 )
 from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
+from mpq.quantization import QuantizationConfig, quantize
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "QuantizationConfig",
     "__version__",
     "activations",
     "constraints",
@@ -32,6 +34,7 @@ __all__ = [
     "layers",
     "policy",
     "policy_scope",
+    "quantize",
     "quantizers",
     "regularizers",
     "saving",

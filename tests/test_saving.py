@@ -194,3 +194,16 @@ def test_round_trip_property_over_policies(policy, units, in_dim, use_bias):
     assert loaded.get_config() == model.get_config()
     for a, b in zip(model.weights, loaded.weights, strict=True):
         assert a.dtype == b.dtype and torch.equal(_bits(a), _bits(b))
+
+
+def test_layer_built_without_a_shape_round_trips(tmp_path):
+    """`Embedding.build()` takes no shape; its build config still says it was built."""
+    from mpq.layers import Embedding
+
+    layer = Embedding(10, 4)
+    layer.build()
+    assert layer.get_build_config() == {"input_shape": None}
+    path = tmp_path / "emb.safetensors"
+    mpq.saving.save(layer, path)
+    loaded = mpq.saving.load(path)
+    assert torch.equal(loaded.embeddings, layer.embeddings)

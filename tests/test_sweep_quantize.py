@@ -13,7 +13,13 @@ import torch
 import mpq
 import mpq.sweep as sweep
 from mpq.layers import Dense
-from mpq.layers.quantization import QuantizationScheme, register_scheme, unregister_scheme
+from mpq.layers.quantization import (
+    QuantizationScheme,
+    register_scheme,
+    registered_schemes,
+    unregister_scheme,
+)
+from mpq.quantization import QuantizationConfig
 from mpq.sweep.config import SweepConfig
 
 
@@ -54,18 +60,28 @@ def toy_quantize(model, mode, config=None, filter=None):
     done = []
     for layer in model.modules():
         if isinstance(layer, Dense) and (filter is None or re.search(filter, layer.path)):
-            layer.quantize(mode, config=config)
+            # As mpq.quantize does: a dict of options becomes a QuantizationConfig.
+            options = None if config is None else QuantizationConfig(mode, **config)
+            layer.quantize(mode, config=options)
             done.append(layer.path)
     return {"quantized": done}
 
 
 @pytest.fixture
 def toy_int8(monkeypatch):
+    """Swap the real (Dense, "int8") scheme for the recording toy, and put it back after."""
+    real = registered_schemes().get((Dense, "int8"))
+    if real is not None:
+        unregister_scheme(Dense, "int8")
     scheme = DenseInt8PerChannel()
     register_scheme(Dense, "int8", scheme)
     monkeypatch.setattr(mpq, "quantize", toy_quantize, raising=False)
-    yield scheme
-    unregister_scheme(Dense, "int8")
+    try:
+        yield scheme
+    finally:
+        unregister_scheme(Dense, "int8")
+        if real is not None:
+            register_scheme(Dense, "int8", real)
 
 
 MODEL = {"name": "tiny", "factory": "test_sweep_helpers:tiny_mpq_factory", "epochs": 3, "lr": 0.05}
@@ -86,7 +102,9 @@ def test_whole_model_int8(tmp_path, toy_int8):
     assert int8["bytes_ratio"] == int8["weight_bytes"] / f32["weight_bytes"]
     assert 30.0 < int8["sqnr_db"] < 80.0
     assert abs(int8["accuracy_delta"]) <= 0.05
-    assert toy_int8.configs == [None, None, {"weight_only": True}, {"weight_only": True}]
+    weight_only = QuantizationConfig("int8", weight_only=True)
+    target = mpq.policy.get("int8_from_float32")  # what a scheme gets when no config is given
+    assert toy_int8.configs == [target, target, weight_only, weight_only]
 
 
 def test_per_layer_quantizes_exactly_one_layer(tmp_path, toy_int8):

@@ -719,6 +719,8 @@ class Layer(torch.nn.Module):
         shapes = self.__dict__["_build_shapes_dict"]
         if shapes is None:
             return None
+        if not shapes:  # built by `build()` with no arguments
+            return {"input_shape": None}
         if len(shapes) == 1:
             return {"input_shape": next(iter(shapes.values()))}
         return {"shapes_dict": dict(shapes)}
@@ -727,7 +729,9 @@ class Layer(torch.nn.Module):
         """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples)."""
         if not config:
             return
-        if "input_shape" in config:
+        if config == {"input_shape": None}:
+            self.build()
+        elif "input_shape" in config:
             self.build(_building.as_shape(config["input_shape"]))
         elif "shapes_dict" in config:
             self.build(**{k: _building.as_shape(v) for k, v in config["shapes_dict"].items()})

@@ -118,7 +118,9 @@ def wrap_build(fn):
                 shapes.pop(next(iter(shapes)))
             except TypeError:
                 shapes = None
-            d["_build_shapes_dict"] = shapes or None
+            # `build()` with no arguments (Embedding, say) records an empty dict, not None: the
+            # layer is built and its build config must say so for loading.
+            d["_build_shapes_dict"] = shapes
             d["built"] = True
 
     build._mpq_wrapped = True

@@ -76,15 +76,14 @@ def plot_sweep(
                     fontsize=7,
                     color=style["color"],
                 )
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from mpq.sweep.records import _human_bytes
 
-    # Ticks at the measured sizes (few, and the ones that matter), labelled in KiB/MiB.
-    ticks = sorted({float(r["weight_bytes"]) for r in ok})
+    # Ticks at powers of two (4 KiB, 8 KiB, ...): measured sizes crowd each other on a log axis.
     for ax in (ax_s, ax_a):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(LogLocator(base=2))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
