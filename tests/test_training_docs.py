@@ -33,11 +33,19 @@ def test_docs_training_md_examples_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "lora.safetensors").exists() and (tmp_path / "fp8.safetensors").exists()
 
 
-def test_public_names_are_documented():
+def test_public_names_are_documented_and_not_shadowed_by_submodules():
+    import importlib
+    import pkgutil
+    import types
+
     import mpq.training as T
 
+    for info in pkgutil.iter_modules(T.__path__, prefix="mpq.training."):
+        importlib.import_module(info.name)  # importing a submodule sets a package attribute
     for name in T.__all__:
         assert getattr(T, name).__doc__, name
+    assert isinstance(T.from_torch, types.FunctionType)
+    assert isinstance(T.qat, types.ModuleType)
 
 
 def test_experiment_script_runs(monkeypatch, capsys):

@@ -2,7 +2,7 @@
 and conversion of existing PyTorch modules (see docs/training.md).
 
 The layers import ``mpq.training.lora``, so the submodules that import the layers (``qat``,
-``from_torch``) are loaded on first use.
+``torch_import``, home of ``from_torch``) are loaded on first use.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ __all__ = ["FromTorchReport", "LossScaler", "from_torch", "qat"]
 
 _LAZY = {
     "qat": ("mpq.training.qat", None),
-    "from_torch": ("mpq.training.from_torch", "from_torch"),
-    "FromTorchReport": ("mpq.training.from_torch", "FromTorchReport"),
+    "from_torch": ("mpq.training.torch_import", "from_torch"),
+    "FromTorchReport": ("mpq.training.torch_import", "FromTorchReport"),
 }
 
 
