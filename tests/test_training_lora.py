@@ -302,3 +302,25 @@ def test_merge_lora_on_quantized_layers_requantizes(case, mode):
     after = layer(x)
     assert sqnr(before, after) > MERGE_FLOORS[mode]
     assert layer.quantization_mode == mode.split("/")[0]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "shape"),
+    [
+        (Dense, {"units": 3, "lora_rank": 2}, (2, 4)),
+        (Conv2D, {"filters": 3, "kernel_size": 2, "lora_rank": 2, "lora_alpha": 4.0}, (2, 5, 5, 3)),
+        (EinsumDense, {"equation": "ab,bc->ac", "output_shape": 3, "lora_rank": 2}, (2, 4)),
+    ],
+)
+def test_conformance_harness_with_lora_in_every_mode(cls, kwargs, shape):
+    import mpq.quantization  # noqa: F401
+    from mpq.testing import run_layer_test
+
+    report = run_layer_test(
+        cls,
+        kwargs,
+        input_shape=shape,
+        policies=["float32", "mixed_bfloat16"],
+        quantize_modes=["int8", "int4", "float8"],
+    )
+    assert len(report.checks) == 8 and not report.skipped
