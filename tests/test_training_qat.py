@@ -77,6 +77,21 @@ def test_convert_reproduces_the_qat_outputs_bit_for_bit(mode, policy):
     assert torch.equal(ptq(x), y_eval)
 
 
+def test_a_deep_copy_converts_independently():
+    model, x = _model("float32")
+    qat.prepare(model, "int4")
+    model.eval()
+    y = model(x)
+    clone = copy.deepcopy(model)
+    qat.convert(clone)
+    assert torch.equal(clone(x), y)
+    assert torch.equal(model(x), y)  # the original is still prepared, its hooks intact
+    assert all(qat.is_prepared(layer) for layer in (model.layers[0], model.layers[2]))
+    qat.convert(model)
+    assert torch.equal(model(x), y)
+    assert not any(layer._forward_hooks for layer in model.layers)
+
+
 def test_conv1d_channels_last_exact_too():
     torch.manual_seed(0)
     layer = Conv1D(4, 3, padding="causal")

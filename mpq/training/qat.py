@@ -58,13 +58,12 @@ class _ReplaceForward(torch.autograd.Function):
 
 
 class _QATState:
-    """Per-layer QAT state (in ``layer.__dict__["_qat"]``): the config, the kernel form and
-    the forward hook handle."""
+    """Per-layer QAT state (in ``layer.__dict__["_qat"]``): the config and the kernel form.
+    (No hook handle: it would tie a deep copy of the layer to the original's hook dict.)"""
 
     def __init__(self, layer: Layer, config: QuantizationConfig) -> None:
         self.config = config
         self.form = form_of(layer, tuple(layer._parameters["kernel"].shape))
-        self.handle: Any = None
 
     def fake_kernel(self, kernel: torch.Tensor) -> torch.Tensor:
         """The kernel as the mode quantizes it (per output channel; int4 groups along K), with
@@ -119,6 +118,13 @@ def _qat_forward_hook(layer: Layer, args: tuple, kwargs: dict, output: torch.Ten
     if not output.requires_grad:
         return exact.to(output.dtype)
     return _ReplaceForward.apply(output, exact)
+
+
+def _remove_hook(layer: Layer) -> None:
+    for key, hook in list(layer._forward_hooks.items()):
+        if hook is _qat_forward_hook:
+            del layer._forward_hooks[key]
+            layer._forward_hooks_with_kwargs.pop(key, None)
 
 
 def _layers(model: torch.nn.Module) -> list[Layer]:
@@ -215,7 +221,7 @@ def prepare(model: torch.nn.Module, mode_or_config: Any, filter: Any = None) -> 
     for layer, state in zip(todo, states, strict=True):
         layer.__dict__["_qat"] = state
         layer._refresh_call_hooks()
-        state.handle = layer.register_forward_hook(_qat_forward_hook, with_kwargs=True)
+        layer.register_forward_hook(_qat_forward_hook, with_kwargs=True)
         report.layers.append(layer.path)
     return report
 
@@ -234,7 +240,7 @@ def convert(model: torch.nn.Module) -> QATReport | None:
     report = QATReport(config=prepared[0].__dict__["_qat"].config)
     for layer in prepared:
         state = layer.__dict__.pop("_qat")
-        state.handle.remove()
+        _remove_hook(layer)
         layer._refresh_call_hooks()
         layer.quantize(state.config)
         report.layers.append(layer.path)
