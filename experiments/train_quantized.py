@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-import mpq.quantization
+import mpq
 from mpq.layers import Layer
 from mpq.quantization import weight_bytes
 from mpq.testing import sqnr
@@ -149,13 +149,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. Post-training int8 (W8A8) of the trained float weights.
     int8 = copy.deepcopy(float_model)
-    q = mpq.quantization.quantize(int8, "int8")
+    q = mpq.quantize(int8, "int8")
     label = f"int8 W8A8 ({len(q.quantized)} layers; BatchNorm stays float)"
     report(label, int8, xte, yte, float_model, t0)
 
     # 4. float8 (delayed scaling): one epoch of training sets the amax histories and scales.
     fp8 = copy.deepcopy(float_model)
-    mpq.quantization.quantize(fp8, "float8")
+    mpq.quantize(fp8, "float8")
     report("float8 (scales not calibrated yet)", fp8, xte, yte, float_model, t0)
     train(fp8, xtr, ytr, epochs=1, lr=1e-3, seed=1)
     report("float8 after 1 epoch of training", fp8, xte, yte, float_reference(fp8, float_model), t0)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 6. int4 per channel: post-training vs quantization-aware training.
     int4 = copy.deepcopy(float_model)
-    mpq.quantization.quantize(int4, "int4/-1")
+    mpq.quantize(int4, "int4/-1")
     report("int4 per-channel, post-training", int4, xte, yte, float_model, t0)
     qat_model = copy.deepcopy(float_model)
     qat.prepare(qat_model, "int4/-1")

@@ -231,7 +231,7 @@ def test_errors():
 
 
 def test_quantize_and_policy_map_apply_to_a_converted_torch_model():
-    import mpq.quantization
+    import mpq
 
     net = _cnn(batch_norm=False)
     net.eval()
@@ -239,7 +239,7 @@ def test_quantize_and_policy_map_apply_to_a_converted_torch_model():
     reference = net(x)
     model, _ = from_torch(net)
     model.eval()
-    report = mpq.quantization.quantize(model, "int8")
+    report = mpq.quantize(model, "int8")
     assert sorted(report.quantized) == ["features.0", "features.3", "features.6", "head", "seq"]
     assert model.head.quantization_mode == "int8"
     assert sqnr(reference, model(x)) > 30
@@ -256,7 +256,7 @@ def test_quantize_and_policy_map_apply_to_a_converted_torch_model():
 
 
 def test_quantize_rejects_a_torch_model_without_mpq_layers():
-    import mpq.quantization
+    import mpq
 
     with pytest.raises(TypeError, match=r"(?s)holding mpq layers.*\(of type Sequential\)"):
-        mpq.quantization.quantize(nn.Sequential(nn.Linear(2, 2)), "int8")
+        mpq.quantize(nn.Sequential(nn.Linear(2, 2)), "int8")
