@@ -260,3 +260,12 @@ def test_quantize_rejects_a_torch_model_without_mpq_layers():
 
     with pytest.raises(TypeError, match=r"(?s)holding mpq layers.*\(of type Sequential\)"):
         mpq.quantize(nn.Sequential(nn.Linear(2, 2)), "int8")
+
+
+def test_converted_layers_stay_on_the_module_device():
+    # No GPU in CI: the meta device stands in for "not the CPU".
+    net = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)).to("meta")
+    model, report = from_torch(net)
+    assert len(report.converted) == 2
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert model(torch.empty(2, 4, device="meta")).shape == (2, 3)

@@ -324,3 +324,11 @@ def test_conformance_harness_with_lora_in_every_mode(cls, kwargs, shape):
         quantize_modes=["int8", "int4", "float8"],
     )
     assert len(report.checks) == 8 and not report.skipped
+
+
+def test_lora_factors_follow_the_layer_device():
+    # No GPU in CI: the meta device stands in for "not the CPU".
+    layer, _ = _built("dense")
+    layer.to("meta")
+    layer.enable_lora(2)
+    assert layer.lora_kernel_a.device.type == layer.lora_kernel_b.device.type == "meta"

@@ -157,10 +157,7 @@ class LoRAMixin:
             dtype="float32",
         )
         if device is not None and device.type != "cpu":
-            with torch.no_grad():
-                for name in ("lora_kernel_a", "lora_kernel_b"):
-                    p = self._parameters[name]
-                    p.data = p.data.to(device)
+            self.to(device)  # torch's own move (the rest of the layer is already there)
         d["lora_rank"] = rank
         d["lora_alpha"] = rank if lora_alpha is None else lora_alpha
         d["lora_enabled"] = True

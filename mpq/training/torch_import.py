@@ -97,6 +97,15 @@ def _assign(var: torch.nn.Parameter, value: torch.Tensor) -> None:
         var.trainable = False
 
 
+def _to_device_of(layer: Layer, m: nn.Module) -> None:
+    """Move the freshly built ``layer`` to the device of ``m``'s weights (before the copy)."""
+    device = next((t.device for t in m.parameters()), None)
+    if device is None:
+        device = next((t.device for t in m.buffers()), None)
+    if device is not None and device.type != "cpu":
+        layer.to(device)
+
+
 def _transposed_view(w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``w.permute(dims)`` backed by a fresh copy of ``w`` in its own layout."""
     return w.detach().clone().permute(dims)
@@ -126,6 +135,7 @@ def _linear(m: nn.Linear, name: str, policy: Any, shape: Any) -> tuple[Layer, An
     p = _layer_policy(policy, name, m.weight)
     layer, quant = _make(Dense, p, name, units=m.out_features, use_bias=m.bias is not None)
     layer.build((None, m.in_features))
+    _to_device_of(layer, m)
     _assign(layer.kernel, m.weight.detach().t())
     if m.bias is not None:
         _assign(layer.bias, m.bias)
@@ -152,6 +162,7 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> tuple[Layer, Any,
         use_bias=m.bias is not None,
     )
     layer.build((None, m.in_channels, *([None] * rank)))
+    _to_device_of(layer, m)
     # torch [out, in/g, *k] -> Keras [*k, in/g, out], as a view of torch's layout
     dims = (2, 1, 0) if rank == 1 else (2, 3, 1, 0)
     _assign(layer.kernel, _transposed_view(m.weight, dims))
@@ -191,6 +202,7 @@ def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any):
     p = _layer_policy(policy, name, m.weight)
     layer, quant = _make(Embedding, p, name, input_dim=m.num_embeddings, output_dim=m.embedding_dim)
     layer.build()
+    _to_device_of(layer, m)
     _assign(layer.embeddings, m.weight)
     return layer, quant, None
 
@@ -214,6 +226,7 @@ def _layer_norm(m: nn.LayerNorm, name: str, policy: Any, shape: Any):
         LayerNormalization, p, name, axis=axis, epsilon=m.eps, center=has_bias, scale=affine
     )
     layer.build(tuple(shape))
+    _to_device_of(layer, m)
     if affine:
         _assign(layer.gamma, m.weight)
     if has_bias:
@@ -241,6 +254,7 @@ def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any):
         scale=m.affine,
     )
     layer.build((None, m.num_features, None, None))
+    _to_device_of(layer, m)
     if m.affine:
         _assign(layer.gamma, m.weight)
         _assign(layer.beta, m.bias)
