@@ -3,7 +3,6 @@ processes), torch.func.functional_call."""
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -120,19 +119,13 @@ def test_functional_call_on_an_int8_model():
 
 
 # ----------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, policy, mode, out_dir):
+def _ddp_worker(rank, world, policy, mode, out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # File rendezvous: no TCP port to pick (and to race for with a parallel test run).
+    init = "file://" + os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         model = _cnn(policy, seed=rank)  # different seeds: DDP broadcasts rank 0's weights
         if mode:
@@ -179,7 +172,7 @@ def _single_process_reference(policy, mode):
 def test_ddp_two_processes_gloo(tmp_path, policy, mode):
     mp.spawn(
         _ddp_worker,
-        args=(2, _free_port(), policy, mode, str(tmp_path)),
+        args=(2, policy, mode, str(tmp_path)),
         nprocs=2,
         join=True,
     )
