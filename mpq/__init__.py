@@ -19,21 +19,25 @@ from mpq import (
 )
 from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
 from mpq.quantization import QuantizationConfig, quantize
+from mpq.training import LossScaler, from_torch, qat
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "LossScaler",
     "QuantizationConfig",
     "__version__",
     "activations",
     "constraints",
     "dtype_policy",
     "dtypes",
+    "from_torch",
     "initializers",
     "kernels",
     "layers",
     "policy",
     "policy_scope",
+    "qat",
     "quantize",
     "quantizers",
     "regularizers",

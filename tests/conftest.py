@@ -1,5 +1,6 @@
-"""Strict, reproducible test set-up: warnings are errors (pyproject), TF32 off, seeded RNGs,
-and a derandomized hypothesis profile when HYPOTHESIS_PROFILE=ci (set by .ci/run)."""
+"""Strict, reproducible test set-up: warnings are errors (pyproject), TF32 off, one torch thread
+per process, seeded RNGs, and a derandomized hypothesis profile when HYPOTHESIS_PROFILE=ci (set by
+.ci/run)."""
 
 import random
 
@@ -11,6 +12,9 @@ from mpq.testing import load_hypothesis_profile
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+# One intra-op thread per test process: `make test` runs one process per core (pytest-xdist),
+# and oversubscribed torch thread pools make small CPU ops many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
+from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
 from mpq.layers.serialization import register_layer
-from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
 

@@ -13,8 +13,8 @@ import torch
 from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
+from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
 from mpq.layers.serialization import register_layer
-from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["Dense"]
 
@@ -40,7 +40,7 @@ class Dense(LoRAMixin, Layer):
         kernel_regularizer / bias_regularizer / activity_regularizer: regularizers.
         kernel_constraint / bias_constraint: constraints (see ``mpq.constraints.apply_constraints``).
         lora_rank / lora_alpha: if set, ``enable_lora(lora_rank, lora_alpha)`` at build
-            (see ``mpq.training.lora``: frozen kernel, trainable float32 A and B).
+            (see ``mpq.layers.lora``: frozen kernel, trainable float32 A and B).
         **kwargs: ``Layer`` arguments (``name``, ``dtype``, ``trainable``, ``autocast``, ...).
 
     >>> layer = Dense(4, activation="relu")

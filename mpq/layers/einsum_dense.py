@@ -15,8 +15,8 @@ import torch
 
 from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
+from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
 from mpq.layers.serialization import register_layer
-from mpq.training.lora import LoRAMixin, check_alpha, check_rank
 
 __all__ = ["EinsumDense", "analyze_einsum"]
 
@@ -179,7 +179,7 @@ class EinsumDense(LoRAMixin, Layer):
     read from the input), activation=None, bias_axes=None (output letters that get a bias),
     kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel/bias regularizers
     and constraints, lora_rank=None / lora_alpha=None (``enable_lora`` at build, see
-    ``mpq.training.lora``).
+    ``mpq.layers.lora``).
 
     Weights: `kernel` (shape from the equation), `bias` (shape from `bias_axes`) or None.
     Runs in the compute dtype (autocast rule "matmul").

@@ -161,7 +161,7 @@ def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> tor
     """Add a bias that was not fused, apply the activation, return in the compute dtype."""
     dtype = compute_dtype(layer)
     y = y.to(dtype)
-    lora = layer.__dict__.get("_lora_term")  # LoRA's input-path term (mpq.training.lora)
+    lora = layer.__dict__.get("_lora_term")  # LoRA's input-path term (mpq.layers.lora)
     if lora is not None:
         y = y + lora
     if bias is not None:

@@ -215,6 +215,7 @@ class LoRAMixin:
         return self._linear(inputs, delta.to(inputs.dtype))
 
     def _requantize_with_delta(self, delta: torch.Tensor) -> None:
-        from mpq.training import _requantize
+        # Requantizing is the quantization schemes' business (a row above the layers).
+        from mpq.quantization import _requantize
 
         _requantize.requantize_with_delta(self, delta)
