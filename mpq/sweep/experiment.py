@@ -320,17 +320,20 @@ def _fit(
     batch_size: int,
     seed: int,
     device: str,
-    loss_scale: float | None = None,
+    loss_scaling: bool = False,
 ) -> float:
-    """Adam on the trainable variables. With `loss_scale` (float16 compute) the loss is scaled
-    before backward and the gradients unscaled before the step; a step with non-finite
-    gradients is skipped and the scale halved. Returns the last epoch's mean loss."""
+    """Adam on the trainable variables. With `loss_scaling` (float16 compute) the steps go
+    through `mpq.LossScaler`: a step with non-finite gradients is skipped and the scale halved.
+    Returns the last epoch's mean loss."""
     import torch
+
+    from mpq.training import LossScaler
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("Expected trainable variables to train. Received: none")
     opt = torch.optim.Adam(params, lr=lr)
+    scaler = LossScaler() if loss_scaling else None
     model.train()
     last = float("nan")
     for epoch in range(epochs):
@@ -343,18 +346,13 @@ def _fit(
                 raise FloatingPointError(
                     f"Expected a finite training loss. Received: loss={loss.item()} at epoch {epoch}"
                 )
-            if loss_scale is None:
+            if scaler is None:
                 loss.backward()
                 opt.step()
             else:
-                (loss * loss_scale).backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                if all(bool(torch.isfinite(g).all()) for g in grads):
-                    for g in grads:
-                        g.div_(loss_scale)
-                    opt.step()
-                else:
-                    loss_scale /= 2
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             total += float(loss.detach()) * len(y)
             n += len(y)
         last = total / max(n, 1)
@@ -586,7 +584,6 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
                 if config.quick
                 else config.finetune_epochs
             )
-            scale = 2.0**12 if v.dtype_policy.compute_dtype == "float16" else None
             _fit(
                 model,
                 data,
@@ -595,7 +592,7 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
                 config.model.batch_size,
                 config.seed + 1000,
                 config.device,
-                loss_scale=scale,
+                loss_scaling=v.dtype_policy.compute_dtype == "float16",
             )
             ft = evaluate(model, data, config.device)
             rec.update(
