@@ -105,6 +105,28 @@ def test_functional_call_and_func_grad():
         assert torch.equal(grads[k], v.grad)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_functional_call_autocasts_substituted_tensors(policy):
+    """Plain float32 tensors put in place of the float32 variables are cast to the compute
+    dtype inside `call`, as the variables are; gradients reach the float32 tensors."""
+    model = _cnn(policy)
+    x = torch.randn(4, 8, 8, 1)
+    params = {k: (v.detach() * 1.5).requires_grad_() for k, v in model.named_parameters()}
+    out = torch.func.functional_call(model, params, (x,))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, v in ref.named_parameters():
+            v.copy_(params[k])
+    expected = ref(x)
+    assert out.dtype == expected.dtype == model.dtype_policy.torch_compute_dtype
+    assert torch.equal(out, expected)
+    out.float().sum().backward()
+    expected.float().sum().backward()
+    for k, v in ref.named_parameters():
+        assert params[k].grad.dtype == torch.float32
+        assert torch.equal(params[k].grad, v.grad)
+
+
 def test_functional_call_on_an_int8_model():
     model = _cnn()
     mpq.quantization.quantize(model, "int8")

@@ -181,6 +181,7 @@ class Layer(torch.nn.Module):
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, Variable):
             if _tracking.adopt_variable(self, name, value):
+                self._update_autocast_keys()  # the variable may have been re-keyed
                 return
             if value.__dict__.get("_owner") is None:
                 _tracking.set_owner(value, self)
@@ -195,6 +196,13 @@ class Layer(torch.nn.Module):
             p = params[name]
             frame = _autocast.STATE.frame
             if frame is None or frame.plain or p is None:
+                return p
+            if not isinstance(p, Variable):
+                # A plain tensor put in the variable's place (torch.func.functional_call): cast
+                # it as the variable it stands for would be.
+                dtype = frame.cast_dtype
+                if dtype is not None and p.dtype != dtype and name in self._autocast_keys:
+                    return p.to(dtype)
                 return p
             return _autocast.read(p)
         return torch.nn.Module.__getattr__(self, name)
@@ -259,7 +267,15 @@ class Layer(torch.nn.Module):
         d["_dtype_policy"] = policy
         self._update_cast_dtypes()
 
+    def _update_autocast_keys(self) -> None:
+        """Keys of the floating variables that autocast, remembered so that tensors substituted
+        for them (``torch.func.functional_call``) are cast the same way."""
+        self.__dict__["_autocast_keys"] = frozenset(
+            k for k, p in self._parameters.items() if isinstance(p, Variable) and p._autocast_float
+        )
+
     def _update_cast_dtypes(self) -> None:
+        self._update_autocast_keys()
         d = self.__dict__
         compute = d["_dtype_policy"].torch_compute_dtype
         d["_input_cast_dtype"] = compute if d["_autocast"] and compute.is_floating_point else None
