@@ -158,3 +158,20 @@ def test_options_as_config_next_to_a_mode_string():
         quantize(model, QuantizationConfig("int8"), config={"weight_only": True})
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'bits'"):
         quantize(model, "int8", config={"bits": 8})
+
+
+def test_a_quantized_layer_can_join_a_model_later():
+    """Quantizing is an explicit policy choice: a Sequential built around the layer afterwards
+    keeps it quantized and gives its own policy to the other layers only."""
+    import torch
+
+    from mpq.layers import Dense, Sequential
+
+    dense = Dense(4)
+    dense(torch.ones(1, 3))
+    dense.quantize("int8")
+    model = Sequential([dense, Dense(2)], dtype="mixed_bfloat16")
+    out = model(torch.ones(1, 3))
+    assert out.shape == (1, 2)
+    assert dense.dtype_policy.name == "int8_from_float32"
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"

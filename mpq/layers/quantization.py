@@ -207,6 +207,9 @@ def apply_quantized_policy(layer: Layer, scheme: QuantizationScheme, policy: Any
         config = layer.__dict__.get("_quantization_config") or policy
     scheme.quantize(layer, config)
     layer.__dict__["_scheme"] = scheme
+    # A quantized layer's policy is its own from now on: a parent it is later added to does not
+    # hand it its policy (a quantized policy cannot change anyway).
+    layer.__dict__["_policy_explicit"] = True
     layer._set_resolved_policy(policy)
 
 
