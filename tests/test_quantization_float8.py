@@ -3,6 +3,8 @@ by the layer in training only, any optimizer, conformance on every supported lay
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -122,3 +124,76 @@ def test_run_layer_test_float8(cls, kwargs, shape):
         cls, kwargs, shape, policies=("float32", "mixed_bfloat16"), quantize_modes=("float8",)
     )
     assert not report.skipped and len(report.checks) == 4
+
+
+def _trained_float8_dense():
+    """A float8 Dense after one real training step: no state is at its initial value."""
+    torch.manual_seed(0)
+    layer = Dense(3)
+    layer.build((None, 4))
+    layer.quantize(QuantizationConfig("float8", amax_history_length=4))
+    x = torch.randn(5, 4, requires_grad=True)
+    layer(x, training=True).backward(torch.randn(5, 3))
+    layer.kernel.grad = layer.bias.grad = None
+    return layer
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.detach().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+@pytest.mark.parametrize("how", ["autograd_grad", "backward"])
+def test_stateless_call_backward_leaves_the_layer_untouched(how):
+    layer = _trained_float8_dense()
+    twin = copy.deepcopy(layer)
+    before = [_bits(v) for v in layer.weights]
+    tv = [v.detach().clone().requires_grad_(True) for v in layer.trainable_variables]
+    ntv = [v.detach().clone() for v in layer.non_trainable_variables]
+    given = [_bits(v) for v in ntv]
+    x = torch.randn(6, 4) * 3
+    g = torch.randn(6, 3) * 1000
+
+    out, new_ntv = layer.stateless_call(tv, ntv, x, training=True)
+    if how == "backward":
+        out.backward(g)
+        grads = [t.grad for t in tv]
+    else:
+        grads = torch.autograd.grad(out, tv, g)
+
+    # The layer itself: every variable bit-identical, no gradient accumulated on it.
+    assert [_bits(v) for v in layer.weights] == before
+    assert layer.kernel.grad is None and layer.bias.grad is None
+    # The given values are not modified either.
+    assert [_bits(v) for v in ntv] == given
+    # The returned values (the gradient statistics filled in by the backward pass) and the
+    # gradients equal those of a real training step on a copy of the layer.
+    twin(x, training=True).backward(g)
+    names = [v.name for v in twin.non_trainable_variables]
+    for name, v, s in zip(names, twin.non_trainable_variables, new_ntv, strict=True):
+        assert _bits(v) == _bits(s), name
+    assert _bits(twin.outputs_grad_scale) != given[names.index("outputs_grad_scale")]
+    for v, gr in zip(twin.trainable_variables, grads, strict=True):
+        assert torch.equal(v.grad, gr)
+
+
+def test_stateless_call_training_false_updates_nothing_and_uses_the_given_state():
+    layer = _trained_float8_dense()
+    before = [_bits(v) for v in layer.weights]
+    tv = [v.detach().clone().requires_grad_(True) for v in layer.trainable_variables]
+    ntv = [v.detach().clone() for v in layer.non_trainable_variables]
+    names = [v.name for v in layer.non_trainable_variables]
+    # A different gradient scale than the layer's own: the backward pass must use this one.
+    ntv[names.index("outputs_grad_scale")] = torch.tensor(0.5)
+    x = torch.randn(6, 4)
+    g = torch.randn(6, 3) * 100
+    out, new_ntv = layer.stateless_call(tv, ntv, x, training=False)
+    grads = torch.autograd.grad(out, tv, g)
+    assert [_bits(v) for v in layer.weights] == before
+    assert [_bits(a) for a in new_ntv] == [_bits(b) for b in ntv]
+    holder = copy.deepcopy(layer)
+    with torch.no_grad():
+        holder.outputs_grad_scale.copy_(torch.tensor(0.5))
+    holder(x, training=False).backward(g)
+    for v, gr in zip(holder.trainable_variables, grads, strict=True):
+        assert torch.equal(v.grad, gr)
+    assert [_bits(v) for v in layer.weights] == before

@@ -39,11 +39,13 @@ class Frame:
 
 
 class StatelessScope:
-    """Variable values by identity for ``stateless_call``; assigns are recorded, not written."""
+    """Variable values by identity for ``stateless_call``; assigns are recorded, not written,
+    and updates that run after the call (a backward pass) write ``deferred`` buffers."""
 
     def __init__(self, mapping: dict[int, tuple[Any, torch.Tensor]]):
         self.values = mapping  # id(variable) -> (variable, value)
         self.losses: list[torch.Tensor] = []
+        self.deferred_ids: set[int] = set()  # variables whose value is a `deferred` buffer
 
     def get(self, var: torch.Tensor) -> torch.Tensor:
         hit = self.values.get(id(var))
@@ -51,6 +53,20 @@ class StatelessScope:
 
     def record(self, var: torch.Tensor, value: torch.Tensor) -> None:
         self.values[id(var)] = (var, value)
+        self.deferred_ids.discard(id(var))
+
+    def deferred(self, var: torch.Tensor) -> torch.Tensor:
+        """A buffer for an update of ``var`` that happens after the scope has closed (a backward
+        pass): a copy of ``var``'s value in this scope, recorded as its new value, so that
+        ``stateless_call`` returns it; the late update writes it in place. One buffer per
+        variable per scope (later calls return the same one)."""
+        key = id(var)
+        if key in self.deferred_ids:
+            return self.values[key][1]
+        buffer = self.get(var).detach().clone()
+        self.record(var, buffer)
+        self.deferred_ids.add(key)
+        return buffer
 
 
 class VariableValue(torch.Tensor):

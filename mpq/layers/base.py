@@ -659,6 +659,8 @@ class Layer(torch.nn.Module):
 
         Returns ``(outputs, non_trainable_variables)`` (the updated values, e.g. after
         ``assign`` in ``call``), plus ``losses`` with ``return_losses=True``. Autocast applies.
+        State updated by a later backward pass (float8 gradient statistics) is returned as fresh
+        tensors that this call's backward pass writes in place; the layer is never written.
         """
         return _stateless.stateless_call(
             self,

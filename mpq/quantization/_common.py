@@ -83,6 +83,17 @@ def read(layer: Any, name: str) -> torch.Tensor:
     return _autocast.read(layer._parameters[name])
 
 
+def late_targets(layer: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
+    """Where an update that runs after the call returns (a backward pass) writes variables
+    ``names``, fixed at call time: the variables themselves, or inside ``stateless_call``
+    per-call buffers (copies of the given values) that it returns as their new values, so the
+    layer is never written. The update writes them in place, under ``torch.no_grad()``."""
+    scope = _autocast.STATE.stateless
+    if scope is None:
+        return [layer._parameters[name] for name in names]
+    return [scope.deferred(layer._parameters[name]) for name in names]
+
+
 def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
     """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
     initializer)`` in creation order (value None: the initializer's placeholder, e.g. while

@@ -5,7 +5,8 @@ per-tensor scale from an amax history.
 The float kernel stays (trainable); the layer adds six non-trainable float32 variables
 ``{inputs,kernel,outputs_grad}_scale`` (0-d) and ``..._amax_history`` ([L]) and updates them
 itself: training forward passes record the input and kernel amax, the backward pass the output
-gradient's. ``training=False`` updates nothing. Recurrence: docs/quantization.md, "Layer modes".
+gradient's (under ``stateless_call``: into the returned values, never the layer).
+``training=False`` updates nothing. Recurrence: docs/quantization.md, "Layer modes".
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ class _Float8Run(C.Run):
         self.layer = layer
         self.training = training
         self.sx = self.sw = None
+        # The backward pass runs after the call (and after any stateless scope) has returned,
+        # so what it reads and writes is fixed now. Training: the gradient history and scale
+        # it updates in place (the layer's variables, or under stateless_call the buffers
+        # returned as their new values); otherwise the scale read by this call.
+        if training:
+            self.grad_state = C.late_targets(
+                layer, ("outputs_grad_amax_history", "outputs_grad_scale")
+            )
+        else:
+            self.grad_state = [None, C.read(layer, "outputs_grad_scale")]
 
     def _update(self, prefix: str, t: torch.Tensor, fmt: str) -> None:
         history = C.read(self.layer, f"{prefix}_amax_history")
@@ -60,10 +71,16 @@ class _Float8Run(C.Run):
 
     def _grad_fp8(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output gradient in e5m2 with the old gradient scale; records its amax."""
-        sg = C.read(self.layer, "outputs_grad_scale").detach().clone()
+        history, scale = self.grad_state
+        sg = scale.detach().clone()
         g8 = quantize_float8(grad, sg, GRADIENT_FORMAT)
         if self.training:
-            self._update("outputs_grad", grad, GRADIENT_FORMAT)
+            new_history, new_scale = delayed_scaling_update(
+                grad.detach(), history, sg, GRADIENT_FORMAT
+            )
+            with torch.no_grad():
+                history.copy_(new_history)
+                scale.copy_(new_scale)
         return g8, sg
 
     def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
