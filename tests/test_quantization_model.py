@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpq.layers import Dense, Dropout, Embedding, Layer, LayerNormalization, Sequential
+from mpq.layers import (
+    Conv1D,
+    Dense,
+    Dropout,
+    Embedding,
+    Layer,
+    LayerNormalization,
+    Sequential,
+)
 from mpq.quantization import QuantizationConfig, QuantizationReport, quantize, weight_bytes
 from mpq.quantization.int8 import Int8Scheme
 
@@ -73,10 +81,20 @@ def test_filters(filter_, expected):
 
 
 def test_options_a_layer_kind_cannot_run_are_skipped_with_the_reason():
+    model = Sequential([Conv1D(4, 3, name="conv"), Dense(2, name="fc")], name="net")
+    model(torch.randn(1, 5, 3))
+    report = quantize(model, QuantizationConfig("int4/4", weight_only=False))
+    assert report.quantized == ["net/fc"]
+    assert report.skipped["net/conv"].startswith("unsupported: ")
+    assert "int8 activations only per output" in report.skipped["net/conv"]
+    assert model.layers[0].quantization_mode is None
+
+
+def test_float8_quantizes_every_weighted_layer_the_embedding_included():
     model = _model()
     report = quantize(model, "float8")
-    assert report.quantized == ["block/body/fc1", "block/body/fc2"]
-    assert "mode='float8'" in report.skipped["block/embed"]
+    assert report.quantized == ["block/embed", "block/body/fc1", "block/body/fc2"]
+    assert model.embed.embeddings.dtype == torch.float8_e4m3fn
 
 
 def test_bad_arguments():
