@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-import mpq.quantization  # noqa: F401  (registers the schemes)
-from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
+import mpq.quantization
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Layer
 from mpq.quantization import QuantizationConfig
 from mpq.testing.layer_test import run_layer_test
 
@@ -197,3 +197,47 @@ def test_stateless_call_training_false_updates_nothing_and_uses_the_given_state(
     for v, gr in zip(holder.trainable_variables, grads, strict=True):
         assert torch.equal(v.grad, gr)
     assert [_bits(v) for v in layer.weights] == before
+
+
+class _Twice(Layer):
+    """One float8 Dense called twice per step: two backward updates of the same statistics."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = Dense(4)
+
+    def call(self, x):
+        return self.inner(torch.tanh(self.inner(x)))
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (_Twice, (3, 4)),
+        (lambda: Conv2D(2, 2, padding="same"), (1, 4, 4, 2)),
+        (lambda: EinsumDense("abc,cd->abd", (None, 3)), (2, 3, 5)),
+    ],
+    ids=["dense_called_twice", "conv2d", "einsum"],
+)
+def test_stateless_call_backward_equals_a_real_step_on_a_copy(make, shape):
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randn(*shape)
+    model(x)
+    mpq.quantization.quantize(model, "float8")
+    model(x, training=True).sum().backward()
+    for v in model.trainable_variables:
+        v.grad = None
+    twin = copy.deepcopy(model)
+    before = [_bits(v) for v in model.weights]
+    tv = [v.detach().clone().requires_grad_(True) for v in model.trainable_variables]
+    ntv = [v.detach().clone() for v in model.non_trainable_variables]
+    out, new_ntv = model.stateless_call(tv, ntv, 2 * x, training=True)
+    g = torch.randn_like(out) * 50
+    grads = torch.autograd.grad(out, tv, g)
+    assert [_bits(v) for v in model.weights] == before
+    twin(2 * x, training=True).backward(g)
+    for v, s in zip(twin.non_trainable_variables, new_ntv, strict=True):
+        assert _bits(v) == _bits(s), v.path
+    for v, gr in zip(twin.trainable_variables, grads, strict=True):
+        assert torch.equal(v.grad, gr), v.path
