@@ -10,6 +10,7 @@ from mpq.layers.dense import Dense
 from mpq.layers.einsum_dense import EinsumDense
 from mpq.layers.embedding import Embedding
 from mpq.layers.input_spec import InputSpec
+from mpq.layers.masking import get_mask
 from mpq.layers.merging import Add, Concatenate
 from mpq.layers.normalization import BatchNormalization, LayerNormalization
 from mpq.layers.quantization import QuantizationScheme, get_scheme, register_scheme
@@ -38,6 +39,7 @@ __all__ = [
     "Sequential",
     "Variable",
     "deserialize",
+    "get_mask",
     "get_registered_layer",
     "get_scheme",
     "register_layer",

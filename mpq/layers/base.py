@@ -58,6 +58,7 @@ from mpq import policy as _policy
 from mpq import regularizers as _regularizers
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
+from mpq.layers import masking as _masking
 from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
@@ -100,6 +101,7 @@ class Layer(torch.nn.Module):
     _call_training_index = -1  # position of `training` in call's positional parameters
     _call_has_mask = False
     _call_signature: inspect.Signature | None = None
+    _computes_mask = False  # True when a subclass overrides compute_mask (Embedding, merges)
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
@@ -133,6 +135,7 @@ class Layer(torch.nn.Module):
             )
             cls._call_has_mask = "mask" in params
             cls._call_signature = sig
+        cls._computes_mask = cls.compute_mask is not Layer.compute_mask
 
     def __init__(
         self,
@@ -582,6 +585,14 @@ class Layer(torch.nn.Module):
         resolve ``training``, clear losses (outermost call), run ``call``/``quantized_call``."""
         d = self.__dict__
         dtype = d["_input_cast_dtype"]
+        # Keras masking: a mask rides on the tensor that carries it (read before any cast makes
+        # a new tensor); an explicit `mask=` wins.
+        if kwargs and "mask" in kwargs:
+            mask = kwargs["mask"] if self._call_has_mask else kwargs.pop("mask")
+        else:
+            mask = _masking.previous_mask(args[0]) if args else None
+            if mask is not None and self._call_has_mask:
+                kwargs["mask"] = mask
         if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
             x = args[0]
             if dtype is not None and x.dtype != dtype and x.is_floating_point():
@@ -631,6 +642,8 @@ class Layer(torch.nn.Module):
             state.frame = parent
         if d["_activity_regularizer"] is not None:
             self._add_activity_losses(outputs)
+        if mask is not None or self._computes_mask:
+            _masking.set_mask(outputs, self.compute_mask(args[0] if args else None, mask))
         return outputs
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> Any:
