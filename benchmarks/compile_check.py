@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             kept = _configs.prune([cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False)
             if not kept:
                 continue  # the launcher prunes this config for these operands on this device
-            cfg = kept[0]  # possibly with fewer stages
+            cfg = kept[0]  # possibly with fewer stages or (fp32) a shorter BLOCK_K
+            consts = dict(consts, **{k: cfg[k] for k in _configs.TILE_KEYS})
             tile = f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}"
             tile += f" w{cfg['num_warps']} s{cfg['num_stages']}"
             t = time.perf_counter()

@@ -95,6 +95,10 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+FMA_MAX_BLOCK_K = 32  # fp32 (FMA) tiles: see prune()
+FMA_MAX_ACC_PER_THREAD = 64  # fp32 accumulator elements per thread, BLOCK_M*BLOCK_N/(32*warps)
+
+
 def smem_estimate(
     c: dict, elem_bytes: int, kn_extra_bytes: int = 0, stages: int | None = None
 ) -> int:
@@ -134,8 +138,19 @@ def prune(
       refuses a ``tl.dot`` on 8-bit types with K < 32 (``min_dot_size`` in
       triton/backends/nvidia/compiler.py; 16 for 16-bit, 8 for fp32), which the interpreter
       does not check.
+    - fp32 operands (``elem_bytes == 4``) run IEEE products on the FMA units, not tensor cores:
+      their tiles are clamped to ``BLOCK_K = 32`` and at most 64 accumulator elements per
+      thread. Compiled for sm_90, the tables' BLOCK_K = 64/128 tiles spilled 1.8 to 15 KB of
+      registers per thread; the clamped ones spill at most 40 bytes
+      (``benchmarks/compile_check.py``).
     """
     min_k = 32 if elem_bytes == 1 else 16
+    if elem_bytes == 4:
+        configs = [
+            dict(c, BLOCK_K=min(c["BLOCK_K"], FMA_MAX_BLOCK_K))
+            for c in configs
+            if c["BLOCK_M"] * c["BLOCK_N"] <= FMA_MAX_ACC_PER_THREAD * 32 * c["num_warps"]
+        ]
     kept: list[dict] = []
     for c in configs:
         if c["BLOCK_K"] < min_k:

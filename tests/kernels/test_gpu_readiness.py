@@ -161,3 +161,18 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert ".s32.s8.s8" in out  # int8 x int8 -> int32 on tensor cores
     # fp8: the accumulator is promoted to fp32 every BLOCK_K (= 64 in config 0)
     assert "maxNumImpreciseAcc=64" in out
+
+
+@pytest.mark.parametrize("capability_", [(8, 0), (9, 0), None], ids=str)
+@pytest.mark.parametrize("M", [1, 4096])
+def test_prune_gives_fp32_operands_short_k_fma_tiles(capability_, M):
+    configs = _configs.matmul_configs(capability_, interpret=False)
+    kept = _configs.prune(configs, M, 4096, 4096, 4, 227 * 1024)
+    assert kept
+    for c in kept:
+        assert c["BLOCK_K"] == _configs.FMA_MAX_BLOCK_K
+        per_thread = c["BLOCK_M"] * c["BLOCK_N"] // (32 * c["num_warps"])
+        assert per_thread <= _configs.FMA_MAX_ACC_PER_THREAD
+    assert len(kept) == len({tuple(sorted(c.items())) for c in kept})  # no duplicates
+    # 16-bit operands keep the tables' long K tiles
+    assert any(c["BLOCK_K"] > 32 for c in _configs.prune(configs, M, 4096, 4096, 2, 227 * 1024))
