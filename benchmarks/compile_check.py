@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 from mpq.kernels import _configs
 from mpq.kernels import _triton_conv as tc
 from mpq.kernels import _triton_matmul as tm
+from mpq.kernels._configs import TILE_KEYS
 
 # Largest dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin), bytes.
 SMEM_OPTIN = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -91,7 +92,7 @@ def _mma(kernel) -> str:
         set(re.findall(r"(wgmma\.mma_async\.sync\.aligned\.\S+|mma\.sync\.aligned\.\S+)", ptx))
     )
     if not found:
-        return "no tensor-core MMA (FMA)"
+        return "no tensor-core MMA"
     acc = re.search(r"maxNumImpreciseAcc = (\d+)", kernel.asm["ttgir"])
     extra = f" maxNumImpreciseAcc={acc.group(1)}" if acc and acc.group(1) != "0" else ""
     return ", ".join(found[:2]) + extra
@@ -117,6 +118,34 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
             ptrs = dict(a_ptr=a, b_ptr=b, c_ptr=c, ws_ptr="fp32", a_scale_ptr="fp32",
                         b_scale_ptr="fp32", bias_ptr="fp32")  # fmt: skip
             yield f"matmul {case}", cfg, tm._matmul_kernel.fn, ptrs, consts
+    # The other code paths, on the first config: split-K (int32 / fp32 workspace), int64
+    # offsets, and the split-K reduction kernel.
+    cfg = configs[0]
+    tiles = {k: cfg[k] for k in TILE_KEYS}
+    for case, ws, extra in (
+        ("int8", "i32", dict(SPLIT_K=4)),
+        ("bf16", "fp32", dict(SPLIT_K=4)),
+        ("bf16", "fp32", dict(INT64=True)),
+        ("int8", "i32", dict(INT64=True)),
+    ):
+        a, b, c, flags = CASES[case]
+        consts = dict(A_SCALE=2, B_SCALE=1, HAS_BIAS=True, ACTIVATION=3, ACC_INT32=False,
+                      IEEE=False, OUT_INT32=False, SPLIT_K=1, INTERPRET=False, INT64=False,
+                      stride_ak=1, stride_cn=1, **tiles)  # fmt: skip
+        consts.update(flags)
+        consts.update(extra)
+        consts["stride_bk" if PTR_TYPES[b] == 1 else "stride_bn"] = 1
+        ptrs = dict(a_ptr=a, b_ptr=b, c_ptr=c, ws_ptr=ws, a_scale_ptr="fp32",
+                    b_scale_ptr="fp32", bias_ptr="fp32")  # fmt: skip
+        label = "matmul " + case + (" splitk" if "SPLIT_K" in extra else " int64")
+        yield label, cfg, tm._matmul_kernel.fn, ptrs, consts
+    for ws, c in (("i32", "bf16"), ("fp32", "fp16"), ("i32", "i32")):
+        consts = dict(A_SCALE=0, B_SCALE=0, HAS_BIAS=c != "i32", ACTIVATION=2 * (c != "i32"),
+                      OUT_INT32=c == "i32", SPLIT_K=4, INT64=False, INTERPRET=False,
+                      BLOCK_M=64, BLOCK_N=64, stride_cn=1)  # fmt: skip
+        ptrs = dict(ws_ptr=ws, c_ptr=c, a_scale_ptr="fp32", b_scale_ptr="fp32", bias_ptr="fp32")
+        grid_cfg = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=0, GROUP_M=1, num_warps=4, num_stages=1)
+        yield f"splitk_reduce {ws}->{c}", grid_cfg, tm._splitk_reduce, ptrs, consts
     # weight-only int4 with bf16 activations, grouped scales and zero points
     for cfg in configs:
         tiles = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
@@ -125,6 +154,7 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
         ptrs = dict(a_ptr="bf16", b_ptr="i8", c_ptr="bf16", s_ptr="fp32", z_ptr="fp32",
                     bias_ptr="fp32")  # fmt: skip
         yield "int4 bf16", cfg, tm._matmul_int4_kernel.fn, ptrs, consts
+    yield "int4 bf16 int64", cfg, tm._matmul_int4_kernel.fn, ptrs, dict(consts, INT64=True)
     # implicit-GEMM conv
     # e4m3 exists from sm_89 on (Triton refuses fp8e4nv below; mpq raises before launching)
     for case in ("bf16", "e4m3", "int8") if arch >= 89 else ("bf16", "int8"):
@@ -138,6 +168,13 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
             ptrs = dict(x_ptr=a, w_ptr=b, y_ptr=c, x_scale_ptr="fp32", w_scale_ptr="fp32",
                         bias_ptr="fp32")  # fmt: skip
             yield f"conv2d {case}", cfg, tc._conv2d_kernel.fn, ptrs, consts
+        yield (
+            f"conv2d {case} int64",
+            configs[0],
+            tc._conv2d_kernel.fn,
+            ptrs,
+            dict(consts, INT64=True, **{k: configs[0][k] for k in TILE_KEYS}),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in args.cases.split(",") if arch >= 89 or not c.startswith("e")]
         limit = SMEM_OPTIN.get(arch, 99 * 1024)
         for label, cfg, fn, ptrs, consts in matmul_variants(arch, configs, cases):
-            if label.split()[0] not in args.kernels.split(","):
+            if label.split()[0].replace("splitk_reduce", "matmul") not in args.kernels.split(","):
                 continue
             elem = max(PTR_TYPES[ptrs[n]] for n in list(ptrs)[:2])
-            extra = 8 if label.startswith("int4") else 0  # fp32 scales + zero points
-            kept = _configs.prune([cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False)
-            if not kept:
-                continue  # the launcher prunes this config for these operands on this device
-            cfg = kept[0]  # possibly with fewer stages or (fp32) a shorter BLOCK_K
-            consts = dict(consts, **{k: cfg[k] for k in _configs.TILE_KEYS})
+            if not label.startswith("splitk_reduce"):  # not autotuned: no pruning
+                extra = 8 if label.startswith("int4") else 0  # fp32 scales + zero points
+                kept = _configs.prune([cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False)
+                if not kept:
+                    continue  # the launcher prunes this config for these operands on this device
+                cfg = kept[0]  # possibly with fewer stages or (fp32) a shorter BLOCK_K
+                consts = dict(consts, **{k: cfg[k] for k in TILE_KEYS})
             tile = f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}"
             tile += f" w{cfg['num_warps']} s{cfg['num_stages']}"
             t = time.perf_counter()
