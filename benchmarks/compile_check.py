@@ -154,7 +154,14 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
         ptrs = dict(a_ptr="bf16", b_ptr="i8", c_ptr="bf16", s_ptr="fp32", z_ptr="fp32",
                     bias_ptr="fp32")  # fmt: skip
         yield "int4 bf16", cfg, tm._matmul_int4_kernel.fn, ptrs, consts
-    yield "int4 bf16 int64", cfg, tm._matmul_int4_kernel.fn, ptrs, dict(consts, INT64=True)
+    small = configs[-1]  # a tile every device keeps for int4
+    yield (
+        "int4 bf16 int64",
+        small,
+        tm._matmul_int4_kernel.fn,
+        ptrs,
+        dict(consts, INT64=True, **{k: small[k] for k in TILE_KEYS}),
+    )
     # implicit-GEMM conv
     # e4m3 exists from sm_89 on (Triton refuses fp8e4nv below; mpq raises before launching)
     for case in ("bf16", "e4m3", "int8") if arch >= 89 else ("bf16", "int8"):

@@ -273,7 +273,14 @@ def _matmul_kernel(
         # the products below then promote to int64. Off (int32, cheaper) for smaller tensors.
         offs_m = offs_m.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
-        pid_k = pid_k.to(tl.int64)
+        pid_k = pid_k.to(tl.int64)  # so k_start, and the K offsets below, are int64 too
+        # the per-iteration pointer steps too: BLOCK_K * stride_bk wraps for a row-major
+        # [K, N] b with N >= 2**31 / BLOCK_K
+        step_a = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        step_b = tl.cast(stride_bk, tl.int64) * BLOCK_K
+    else:
+        step_a = BLOCK_K * stride_ak
+        step_b = BLOCK_K * stride_bk
     m_mask = offs_m < M
     n_mask = offs_n < N
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -290,8 +297,8 @@ def _matmul_kernel(
         a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :])
         b = _masked_load(b_ptrs, k_mask[:, None] & n_mask[None, :])
         acc = _mma(a, b, acc, ACC_INT32, IEEE, INTERPRET)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_ptrs += step_a
+        b_ptrs += step_b
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:
         ws_ptrs = ws_ptr + pid_k * stride_ws + offs_m[:, None] * N + offs_n[None, :]
@@ -510,6 +517,13 @@ def _matmul_int4_kernel(
     if INT64:
         offs_m = offs_m.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+        offs_kp = offs_kp.to(tl.int64)
+        step_a = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        step_b = tl.cast(stride_bk, tl.int64) * (BLOCK_K // 2)
+    else:
+        step_a = BLOCK_K * stride_ak
+        step_b = (BLOCK_K // 2) * stride_bk
     m_mask = offs_m < M
     n_mask = offs_n < N
     KP = (K + 1) // 2
@@ -536,8 +550,8 @@ def _matmul_int4_kernel(
             w * tl.load(s_ptr + g_offs, mask=g_mask, other=0.0), a_ptr.dtype.element_ty, INTERPRET
         )
         acc = _mma(a, w, acc, False, IEEE, INTERPRET)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += (BLOCK_K // 2) * stride_bk
+        a_ptrs += step_a
+        b_ptrs += step_b
     acc = _epilogue(acc, offs_m, offs_n, M, N, s_ptr, s_ptr, bias_ptr, 0, 0, HAS_BIAS, ACTIVATION)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(
