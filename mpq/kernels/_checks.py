@@ -24,6 +24,26 @@ OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR = 0, 1, 2
 
 
+INT32_MAX = 2**31 - 1
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """Largest element offset a kernel computes into ``t``: sum((size - 1) * stride)."""
+    if t.numel() == 0:
+        return 0
+    return sum((d - 1) * abs(s) for d, s in zip(t.shape, t.stride(), strict=True))
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when some element offset into one of ``tensors`` does not fit in int32.
+
+    The Triton kernels compute offsets as (int32 index) * (stride); Triton passes a Python int
+    argument as i32 when it fits, so ``offs_m * stride_am`` wraps silently once M*K reaches 2**31
+    (e.g. M = 2**20 tokens, K = 4096) and the kernel reads or writes out of bounds. The launchers
+    then switch the kernels' INT64 constexpr on (int64 index vectors)."""
+    return any(max_offset(t) > INT32_MAX for t in tensors)
+
+
 def describe(value: object) -> str:
     """Short description of a received value for error messages."""
     if isinstance(value, torch.Tensor):

@@ -186,7 +186,8 @@ def matmul(
     - float32 x float32 (IEEE fp32, no TF32), float16 x float16, bfloat16 x bfloat16: float32
       accumulation; any strides; differentiable on both backends.
     - float8_e4m3fn / float8_e5m2 in any pairing: float32 accumulation.
-    - int8 x int8: exact int32 accumulation (wraps past 2**31, i.e. K > 131071 at worst).
+    - int8 x int8: exact int32 accumulation up to 2**31 (K <= 131071 always fits); past it the
+      reference wraps and GPU tensor cores may saturate instead (unspecified).
 
     8-bit operands are forward-only and must be stored K-major: ``a`` row-major [M, K] and ``b``
     the transpose of a contiguous [N, K] weight (``b = w.t()``, the layout of

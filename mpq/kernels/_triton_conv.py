@@ -24,6 +24,8 @@ from ._triton_matmul import (
     launch_matmul,
 )
 
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y (gridDim.x allows 2**31 - 1)
+
 
 def _launch_metadata(grid, kernel, args):
     M, N, K = args["M"], args["N"], args["K"]
@@ -84,6 +86,7 @@ def _conv2d_kernel(
     ACC_INT32: tl.constexpr,  # precision: int8 operands accumulate exactly in int32
     IEEE: tl.constexpr,  # precision: fp32 operands use IEEE fp32 products (no TF32)
     OUT_INT32: tl.constexpr,
+    INT64: tl.constexpr,  # some element offset reaches 2**31 (N*H*W*C, or the output): int64
     INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -99,6 +102,14 @@ def _conv2d_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_K)
+    if INT64:
+        # nb * sxn, ih * sxh and offs_m * sym exceed int32 once a tensor has >= 2**31 elements
+        # (64 x 512 x 512 x 128 activations do); promote the index vectors (and the group id) so
+        # every offset product below is computed in int64.
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
+        g = g.to(tl.int64)
     m_mask = offs_m < M
     n_mask = offs_n < N
     ow = offs_m % OW
@@ -181,6 +192,12 @@ def conv2d_checked(
             **flags,
         )
         return y
+    if spec.groups > MAX_GRID_Y:
+        raise ValueError(
+            f"Expected groups <= {MAX_GRID_Y} for the Triton conv2d (groups run on CUDA's grid "
+            f"axis 1, limited to {MAX_GRID_Y} blocks). Received: groups={spec.groups}; use the "
+            "reference backend for this conv"
+        )
     dummy = x.new_empty(1, dtype=torch.float32)
     Cg = spec.C // spec.groups
     N = spec.OC // spec.groups
@@ -201,7 +218,7 @@ def conv2d_checked(
         X_SCALE=spec.x_scale_mode, W_SCALE=spec.w_scale_mode, HAS_BIAS=bias is not None,
         ACTIVATION=_checks.ACTIVATION_CODES[spec.activation], ACC_INT32=spec.kind == "int8",
         IEEE=x.dtype == torch.float32, OUT_INT32=spec.out_dtype == torch.int32,
-        INTERPRET=INTERPRET,
+        INT64=_checks.needs_int64(x, w, y2), INTERPRET=INTERPRET,
     )  # fmt: skip
     return y
 

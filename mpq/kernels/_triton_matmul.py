@@ -63,15 +63,33 @@ def _prune_configs(configs, named_args, **kwargs):
     as_dicts = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs]
     # The conv kernel's BLOCK_K runs over the input channels of one filter tap (Cg), not all of K.
     k_extent = named_args["Cg"] if "Cg" in named_args else named_args["K"]
-    kept = _configs.prune(as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem)
-    return [configs[as_dicts.index(c)] for c in kept]
+    # The int4 kernel also loads [BLOCK_K, BLOCK_N] tiles of group scales (and zero points) in
+    # its K loop, which Triton pipelines in shared memory like the operands; without counting
+    # them most Hopper configs overflowed shared memory (compile_check.py: up to 448 KiB).
+    extra = 0
+    if "s_ptr" in named_args:
+        extra = named_args["s_ptr"].element_size()
+        if kwargs.get("HAS_ZERO"):
+            extra += named_args["z_ptr"].element_size()
+    kept = _configs.prune(
+        as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem, kn_extra_bytes=extra
+    )
+    # prune may lower num_stages, so build the kept configs anew from their dicts.
+    return [
+        triton.Config(
+            {k: c[k] for k in _configs.TILE_KEYS},
+            num_warps=c["num_warps"],
+            num_stages=c["num_stages"],
+        )
+        for c in kept
+    ]
 
 
 def _triton_configs() -> list[triton.Config]:
     cap = None if INTERPRET or not torch.cuda.is_available() else torch.cuda.get_device_capability()
     return [
         triton.Config(
-            {k: c[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")},
+            {k: c[k] for k in _configs.TILE_KEYS},
             num_warps=c["num_warps"],
             num_stages=c["num_stages"],
         )
@@ -80,12 +98,16 @@ def _triton_configs() -> list[triton.Config]:
 
 
 def _launch_metadata(grid, kernel, args):
+    """Flops and compulsory bytes (each operand read once, output written once) for profilers.
+
+    ``b`` is counted by its storage (numel), so a packed int4 weight counts K*N/2 bytes, not
+    K*N; split-K workspace traffic is not counted."""
     M, N, K = args["M"], args["N"], args["K"]
     a, b, c = args["a_ptr"], args["b_ptr"], args["c_ptr"]
     return {
         "name": f"{kernel.name} [M={M}, N={N}, K={K}]",
         "flops": 2 * M * N * K,
-        "bytes": M * K * a.element_size() + K * N * b.element_size() + M * N * c.element_size(),
+        "bytes": M * K * a.element_size() + b.numel() * b.element_size() + M * N * c.element_size(),
     }
 
 
@@ -132,6 +154,15 @@ def _mma(a, b, acc, ACC_INT32: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.c
         if b.dtype == tl.bfloat16:
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision="ieee")
+    elif a.dtype.is_fp8():
+        # Precision (fp8 x fp8 -> fp32): on sm_90 Triton 3.9 defaults to
+        # max_num_imprecise_acc = 2**30 (triton/backends/nvidia/compiler.py), i.e. wgmma's
+        # reduced-precision fp8 accumulator is carried over the whole K loop ("fast accum", like
+        # torch._scaled_mm(use_fast_accum=True)). Capping it at this tile's K makes the compiler
+        # add each tile's wgmma partial sum into a separate fp32 accumulator (promotion every
+        # BLOCK_K products), the fp32-accumulation contract of mpq.kernels. No effect on sm_89
+        # (mma.sync accumulates in fp32) nor in the interpreter.
+        acc = tl.dot(a, b, acc, max_num_imprecise_acc=a.shape[1])
     else:
         acc = tl.dot(a, b, acc)
     return acc
@@ -216,6 +247,7 @@ def _matmul_kernel(
     stride_bn,
     stride_cm,
     stride_cn,
+    stride_ws,  # M * N: one split's slice of the workspace (an i64 argument when >= 2**31)
     A_SCALE: tl.constexpr,
     B_SCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -224,6 +256,7 @@ def _matmul_kernel(
     IEEE: tl.constexpr,  # precision: fp32 operands use IEEE fp32 products (no TF32)
     OUT_INT32: tl.constexpr,  # store the raw int32 accumulator (no epilogue)
     SPLIT_K: tl.constexpr,  # > 1: write partial sums to ws, _splitk_reduce applies the epilogue
+    INT64: tl.constexpr,  # some element offset reaches 2**31: index in int64 (see needs_int64)
     INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -235,6 +268,19 @@ def _matmul_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    if INT64:
+        # int32 offsets * strides wrap past 2**31 elements (e.g. M*K for M = 2**20, K = 4096);
+        # the products below then promote to int64. Off (int32, cheaper) for smaller tensors.
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        pid_k = pid_k.to(tl.int64)  # so k_start, and the K offsets below, are int64 too
+        # the per-iteration pointer steps too: BLOCK_K * stride_bk wraps for a row-major
+        # [K, N] b with N >= 2**31 / BLOCK_K
+        step_a = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        step_b = tl.cast(stride_bk, tl.int64) * BLOCK_K
+    else:
+        step_a = BLOCK_K * stride_ak
+        step_b = BLOCK_K * stride_bk
     m_mask = offs_m < M
     n_mask = offs_n < N
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -251,11 +297,11 @@ def _matmul_kernel(
         a = _masked_load(a_ptrs, m_mask[:, None] & k_mask[None, :])
         b = _masked_load(b_ptrs, k_mask[:, None] & n_mask[None, :])
         acc = _mma(a, b, acc, ACC_INT32, IEEE, INTERPRET)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_ptrs += step_a
+        b_ptrs += step_b
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:
-        ws_ptrs = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+        ws_ptrs = ws_ptr + pid_k * stride_ws + offs_m[:, None] * N + offs_n[None, :]
         tl.store(ws_ptrs, acc, mask=mask)
     else:
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -280,25 +326,34 @@ def _splitk_reduce(
     N,
     stride_cm,
     stride_cn,
+    stride_ws,  # M * N: one split's slice of the workspace (an i64 argument when >= 2**31)
     A_SCALE: tl.constexpr,
     B_SCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     OUT_INT32: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    INT64: tl.constexpr,
     INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Sum the SPLIT_K partial accumulators in a fixed order (deterministic; exact for int32),
-    then apply the epilogue and cast once."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    then apply the epilogue and cast once. 1-D grid over (M, N) tiles: a 2-D grid would put
+    cdiv(N, BLOCK_N) on CUDA's grid axis 1, which is limited to 65535."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (pid // num_pid_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % num_pid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if INT64:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     acc = tl.load(ws_ptrs, mask=mask, other=0)
-    for s in range(1, SPLIT_K):
-        acc += tl.load(ws_ptrs + s * M * N, mask=mask, other=0)
+    for _ in range(1, SPLIT_K):
+        ws_ptrs += stride_ws
+        acc += tl.load(ws_ptrs, mask=mask, other=0)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     if OUT_INT32:
         tl.store(c_ptrs, acc, mask=mask)
@@ -340,6 +395,8 @@ def launch_matmul(
     dummy = _dummy(a2)
     ws = dummy
     if split_k > 1:
+        # Partial sums are stored (not atomically added): no zeroing is needed, autotuning
+        # trials may overwrite ws freely, and the fixed-order reduction is deterministic.
         ws = torch.empty(
             (split_k, M, N), device=a2.device, dtype=torch.int32 if int8 else torch.float32
         )
@@ -349,6 +406,7 @@ def launch_matmul(
         HAS_BIAS=bias is not None,
         ACTIVATION=_checks.ACTIVATION_CODES[activation],
         OUT_INT32=out.dtype == torch.int32,
+        INT64=_checks.needs_int64(a2, b, out, ws),
     )
     scales_and_bias = (
         dummy if a_scale is None else a_scale,
@@ -361,15 +419,15 @@ def launch_matmul(
     )
     _matmul_kernel[grid](
         a2, b, out, ws, *scales_and_bias, M, N, K,
-        a2.stride(0), a2.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        a2.stride(0), a2.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), M * N,
         ACC_INT32=int8, IEEE=a2.dtype == torch.float32, SPLIT_K=split_k, INTERPRET=INTERPRET,
         **flags,
     )  # fmt: skip
     if split_k > 1:
         block = 32 if INTERPRET else 64
-        reduce_grid = (triton.cdiv(M, block), triton.cdiv(N, block))
+        reduce_grid = (triton.cdiv(M, block) * triton.cdiv(N, block),)
         _splitk_reduce[reduce_grid](
-            ws, out, *scales_and_bias, M, N, out.stride(0), out.stride(1),
+            ws, out, *scales_and_bias, M, N, out.stride(0), out.stride(1), M * N,
             SPLIT_K=split_k, INTERPRET=INTERPRET, BLOCK_M=block, BLOCK_N=block, **flags,
         )  # fmt: skip
     return out
@@ -442,6 +500,7 @@ def _matmul_int4_kernel(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     IEEE: tl.constexpr,
+    INT64: tl.constexpr,  # some element offset reaches 2**31: index in int64
     INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -455,6 +514,16 @@ def _matmul_int4_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 2)
+    if INT64:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+        offs_kp = offs_kp.to(tl.int64)
+        step_a = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        step_b = tl.cast(stride_bk, tl.int64) * (BLOCK_K // 2)
+    else:
+        step_a = BLOCK_K * stride_ak
+        step_b = (BLOCK_K // 2) * stride_bk
     m_mask = offs_m < M
     n_mask = offs_n < N
     KP = (K + 1) // 2
@@ -481,8 +550,8 @@ def _matmul_int4_kernel(
             w * tl.load(s_ptr + g_offs, mask=g_mask, other=0.0), a_ptr.dtype.element_ty, INTERPRET
         )
         acc = _mma(a, w, acc, False, IEEE, INTERPRET)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += (BLOCK_K // 2) * stride_bk
+        a_ptrs += step_a
+        b_ptrs += step_b
     acc = _epilogue(acc, offs_m, offs_n, M, N, s_ptr, s_ptr, bias_ptr, 0, 0, HAS_BIAS, ACTIVATION)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(
@@ -531,5 +600,6 @@ def matmul_int4(
         HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
         ACTIVATION=_checks.ACTIVATION_CODES[spec.activation],
         IEEE=a2.dtype == torch.float32, INTERPRET=INTERPRET,
+        INT64=_checks.needs_int64(a2, b_packed, out, scale),
     )  # fmt: skip
     return out.reshape(*spec.lead, N)
