@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mpq._catalog import Catalog
+
 __all__ = [
     "Constraint",
     "MaxNorm",
@@ -117,52 +119,24 @@ _ALIASES: dict[str, type[Constraint]] = {
     "unit_norm": UnitNorm,
     "min_max_norm": MinMaxNorm,
 }
-_CLASSES = {cls.__name__: cls for cls in _ALIASES.values()}
+
+
+_CATALOG = Catalog("constraint", Constraint, _ALIASES, _ALIASES.values())
 
 
 def serialize(constraint: Constraint | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
-    if constraint is None:
-        return None
-    if not isinstance(constraint, Constraint):
-        raise TypeError(
-            "Expected an mpq.constraints.Constraint to serialize. "
-            f"Received: constraint={constraint!r} (of type {type(constraint).__name__})"
-        )
-    return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
+    return _CATALOG.serialize(constraint)
 
 
 def deserialize(config: dict[str, Any]) -> Constraint:
     """Inverse of :func:`serialize`."""
-    cls = _CLASSES.get(config.get("class_name")) if isinstance(config, dict) else None
-    if cls is None:
-        raise ValueError(
-            f"Expected a constraint config with class_name one of {sorted(_CLASSES)}. "
-            f"Received: config={config!r}"
-        )
-    return cls.from_config(config.get("config") or {})
+    return _CATALOG.deserialize(config)
 
 
 def get(identifier: Any) -> Constraint | Callable | None:
     """Resolve a name (``"max_norm"``, ``"non_neg"``, ...), a config dict, an object or a callable."""
-    if identifier is None or isinstance(identifier, Constraint):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _ALIASES.get(identifier) or _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(
-                f"Expected a constraint name, one of {sorted(_ALIASES)}. "
-                f"Received: constraint={identifier!r}"
-            )
-        return cls()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        "Expected a constraint name, config dict, Constraint or callable. "
-        f"Received: constraint={identifier!r} (of type {type(identifier).__name__})"
-    )
+    return _CATALOG.get(identifier)
 
 
 def apply_constraints(module: torch.nn.Module) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from mpq._catalog import Catalog
+
 __all__ = [
     "Constant",
     "GlorotNormal",
@@ -359,31 +361,19 @@ _ALIASES: dict[str, type[Initializer]] = {
     "lecun_uniform": LecunUniform,
     "orthogonal": Orthogonal,
 }
-_CLASSES = {cls.__name__: cls for cls in _ALIASES.values()}
+
+
+_CATALOG = Catalog("initializer", Initializer, _ALIASES, _ALIASES.values())
 
 
 def serialize(initializer: Initializer | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
-    if initializer is None:
-        return None
-    if not isinstance(initializer, Initializer):
-        raise TypeError(
-            "Expected an mpq.initializers.Initializer to serialize. "
-            f"Received: initializer={initializer!r} (of type {type(initializer).__name__})"
-        )
-    return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
+    return _CATALOG.serialize(initializer)
 
 
 def deserialize(config: dict[str, Any]) -> Initializer:
     """Inverse of :func:`serialize`."""
-    name = config.get("class_name") if isinstance(config, dict) else None
-    cls = _CLASSES.get(name) or _ALIASES.get(name)
-    if cls is None:
-        raise ValueError(
-            f"Expected an initializer config with a known class_name such as 'GlorotUniform'. "
-            f"Received: config={config!r}"
-        )
-    return cls.from_config(config.get("config") or {})
+    return _CATALOG.deserialize(config)
 
 
 def get(identifier: Any) -> Initializer | Callable | None:
@@ -392,21 +382,4 @@ def get(identifier: Any) -> Initializer | Callable | None:
     >>> get("he_normal")(( 4, 8)).shape
     torch.Size([4, 8])
     """
-    if identifier is None or isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _ALIASES.get(identifier) or _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(
-                f"Expected an initializer name such as 'glorot_uniform' (one of "
-                f"{sorted(_ALIASES)}). Received: initializer={identifier!r}"
-            )
-        return cls()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        "Expected an initializer name, config dict, Initializer or callable. "
-        f"Received: initializer={identifier!r} (of type {type(identifier).__name__})"
-    )
+    return _CATALOG.get(identifier)

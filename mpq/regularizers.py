@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mpq._catalog import Catalog
+
 __all__ = ["L1", "L1L2", "L2", "Regularizer", "deserialize", "get", "serialize"]
 
 
@@ -92,30 +94,17 @@ _ALIASES: dict[str, Callable[[], Regularizer]] = {
     "l2": L2,
     "l1_l2": lambda: L1L2(l1=0.01, l2=0.01),
 }
-_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+_CATALOG = Catalog("regularizer", Regularizer, _ALIASES, (L1, L2, L1L2))
 
 
 def serialize(regularizer: Regularizer | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
-    if regularizer is None:
-        return None
-    if not isinstance(regularizer, Regularizer):
-        raise TypeError(
-            "Expected an mpq.regularizers.Regularizer to serialize. "
-            f"Received: regularizer={regularizer!r} (of type {type(regularizer).__name__})"
-        )
-    return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+    return _CATALOG.serialize(regularizer)
 
 
 def deserialize(config: dict[str, Any]) -> Regularizer:
     """Inverse of :func:`serialize`."""
-    cls = _CLASSES.get(config.get("class_name")) if isinstance(config, dict) else None
-    if cls is None:
-        raise ValueError(
-            "Expected a regularizer config with class_name one of "
-            f"{sorted(_CLASSES)}. Received: config={config!r}"
-        )
-    return cls.from_config(config.get("config") or {})
+    return _CATALOG.deserialize(config)
 
 
 def get(identifier: Any) -> Regularizer | Callable | None:
@@ -124,22 +113,4 @@ def get(identifier: Any) -> Regularizer | Callable | None:
     >>> round(float(get("l2")(torch.ones(3))), 6)
     0.03
     """
-    if identifier is None or isinstance(identifier, Regularizer):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier in _ALIASES:
-            return _ALIASES[identifier]()
-        if identifier in _CLASSES:
-            return _CLASSES[identifier]()
-        raise ValueError(
-            f"Expected a regularizer name, one of {sorted(_ALIASES)}. "
-            f"Received: regularizer={identifier!r}"
-        )
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        "Expected a regularizer name, config dict, Regularizer or callable. "
-        f"Received: regularizer={identifier!r} (of type {type(identifier).__name__})"
-    )
+    return _CATALOG.get(identifier)

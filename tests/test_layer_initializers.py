@@ -180,3 +180,27 @@ def test_constraints_applied_after_optimizer_step():
         constraints.get("positive")
     with pytest.raises(TypeError, match=r"Received: constraint=0 \(of type int\)"):
         constraints.get(0)
+
+
+@pytest.mark.parametrize(
+    "module, name, cls_name",
+    [
+        (initializers, "glorot_uniform", "GlorotUniform"),
+        (regularizers, "l2", "L2"),
+        (constraints, "non_neg", "NonNeg"),
+    ],
+)
+def test_families_share_one_resolver(module, name, cls_name):
+    """get / serialize / deserialize behave alike for the three families."""
+    obj = module.get(name)
+    assert type(obj).__name__ == cls_name
+    assert module.get(cls_name).get_config() == obj.get_config()
+    config = module.serialize(obj)
+    assert config["class_name"] == cls_name
+    assert module.deserialize(config).get_config() == obj.get_config()
+    assert module.get(None) is None and module.get(obj) is obj
+    assert module.get(abs) is abs  # any callable is taken as it is
+    with pytest.raises(TypeError, match=r"Received: \w+='x' \(of type str\)"):
+        module.serialize("x")
+    with pytest.raises(ValueError, match=r"Received: config=\{'class_name': 'Nope'\}"):
+        module.deserialize({"class_name": "Nope"})

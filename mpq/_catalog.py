@@ -1,0 +1,79 @@
+"""One resolver for the small families of objects that layers take by name, config dict,
+instance or plain callable (initializers, regularizers, constraints): `get`, `serialize` and
+`deserialize` with the same rules and the same errors for each family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["Catalog"]
+
+
+class Catalog:
+    """Names and classes of one family.
+
+    Args:
+        kind: the family's noun in messages and argument names, e.g. ``"initializer"``.
+        base: the family's base class; instances of it are returned as they are.
+        aliases: snake_case names -> factories (usually the class itself).
+        classes: the classes a serialized config may name.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        base: type,
+        aliases: Mapping[str, Callable[[], Any]],
+        classes: Iterable[type],
+    ):
+        self.kind = kind
+        self.base = base
+        self.aliases = dict(aliases)
+        self.classes = {cls.__name__: cls for cls in classes}
+
+    def serialize(self, obj: Any) -> dict[str, Any] | None:
+        """``{"class_name": ..., "config": ...}`` (None stays None)."""
+        if obj is None:
+            return None
+        if not isinstance(obj, self.base):
+            raise TypeError(
+                f"Expected an mpq {self.base.__name__} to serialize. "
+                f"Received: {self.kind}={obj!r} (of type {type(obj).__name__})"
+            )
+        return {"class_name": type(obj).__name__, "config": obj.get_config()}
+
+    def deserialize(self, config: Any) -> Any:
+        """Inverse of `serialize`."""
+        name = config.get("class_name") if isinstance(config, dict) else None
+        cls = self.classes.get(name)
+        if cls is None and isinstance(self.aliases.get(name), type):
+            cls = self.aliases[name]  # an alias that is a class ("glorot_uniform") is accepted
+        if cls is None:
+            raise ValueError(
+                f"Expected a {self.kind} config with class_name one of {sorted(self.classes)}. "
+                f"Received: config={config!r}"
+            )
+        return cls.from_config(config.get("config") or {})
+
+    def get(self, identifier: Any) -> Any:
+        """Resolve a name (alias or class name), a config dict, an instance or a callable;
+        None stays None."""
+        if identifier is None or isinstance(identifier, self.base):
+            return identifier
+        if isinstance(identifier, str):
+            factory = self.aliases.get(identifier) or self.classes.get(identifier)
+            if factory is None:
+                raise ValueError(
+                    f"Expected a {self.kind} name, one of {sorted(self.aliases)}. "
+                    f"Received: {self.kind}={identifier!r}"
+                )
+            return factory()
+        if isinstance(identifier, dict):
+            return self.deserialize(identifier)
+        if callable(identifier):
+            return identifier
+        raise TypeError(
+            f"Expected a {self.kind} name, config dict, {self.base.__name__} or callable. "
+            f"Received: {self.kind}={identifier!r} (of type {type(identifier).__name__})"
+        )
