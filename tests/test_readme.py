@@ -10,7 +10,7 @@ def test_readme_opens_with_the_two_commands():
     first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert commands == ["make sweep", "make test"]
-    assert README.index("```bash") < README.index("\n\n", README.index("# mpq")) + 3
+    assert README.startswith("# mpq\n\n```bash\n")  # the very first lines
 
 
 def test_readme_python_example_runs():
