@@ -121,10 +121,8 @@ def matmul(
         return out if fn is None else fn(out)
     spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
     a2 = a.reshape(spec.M, spec.K)
-    if spec.kind == "float":
-        acc = torch.matmul(a2.to(torch.float32), b.to(torch.float32))
-    elif spec.kind == "float8":
-        # fp8 -> fp32 is exact; the products are accumulated in float32.
+    if spec.kind != "int8":
+        # float16/bfloat16/float8 -> float32 is exact; the products are accumulated in float32.
         acc = torch.matmul(a2.to(torch.float32), b.to(torch.float32))
     else:
         # Exact integer accumulation (float64 holds every partial sum of int8 products exactly
