@@ -12,11 +12,10 @@ import triton.language as tl
 from . import _checks
 from ._triton_matmul import (
     INTERPRET,
-    _cast,
-    _epilogue,
     _masked_load,
     _mma,
     _prune_configs,
+    _store_result,
     _tile_ids,
     _triton_configs,
     check_device,
@@ -143,18 +142,14 @@ def _conv2d_kernel(
                 acc = _mma(xv, wv, acc, ACC_INT32, IEEE, INTERPRET)
     y_ptrs = y_ptr + offs_m[:, None] * sym + (g * N + offs_n)[None, :] * syn
     mask = m_mask[:, None] & n_mask[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
+    if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
+        col_scale_ptr = w_scale_ptr + g * N
     else:
-        if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
-            col_scale_ptr = w_scale_ptr + g * N
-        else:
-            col_scale_ptr = w_scale_ptr
-        acc = _epilogue(
-            acc.to(tl.float32), offs_m, offs_n, M, N, x_scale_ptr, col_scale_ptr,
-            bias_ptr + g * N, X_SCALE, W_SCALE, HAS_BIAS, ACTIVATION,
-        )  # fmt: skip
-        tl.store(y_ptrs, _cast(acc, y_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        col_scale_ptr = w_scale_ptr
+    _store_result(
+        y_ptrs, acc, mask, offs_m, offs_n, M, N, x_scale_ptr, col_scale_ptr, bias_ptr + g * N,
+        X_SCALE, W_SCALE, HAS_BIAS, ACTIVATION, OUT_INT32, INTERPRET,
+    )  # fmt: skip
 
 
 def conv2d_checked(
