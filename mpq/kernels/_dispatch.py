@@ -155,10 +155,10 @@ class _TritonMatmul(torch.autograd.Function):
     """Differentiable float matmul on the Triton backend; its backward goes through `matmul`."""
 
     @staticmethod
-    def forward(ctx, a, b, bias, activation, out_dtype):
-        out = _triton_matmul().matmul(a, b, bias=bias, activation=activation, out_dtype=out_dtype)
+    def forward(ctx, a, b, bias, spec):
+        out = _triton_matmul().matmul_checked(a, b, bias, spec)
         ctx.save_for_backward(a, b, bias)
-        ctx.activation = activation
+        ctx.activation = spec.activation
         return out
 
     @staticmethod
@@ -167,7 +167,7 @@ class _TritonMatmul(torch.autograd.Function):
         K, N = b.shape
         a2 = a.reshape(-1, K)
         g2 = grad.reshape(-1, N)
-        if ctx.activation not in (None, "none"):
+        if ctx.activation != "none":
             z = matmul(a2, b, bias=bias, out_dtype=torch.float32)
             g2 = _activation_grad(z, ctx.activation, g2)
         grad_a = grad_b = grad_bias = None
@@ -177,7 +177,7 @@ class _TritonMatmul(torch.autograd.Function):
             grad_b = matmul(a2.t(), g2.to(a.dtype), out_dtype=b.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = g2.to(torch.float32).sum(0).to(bias.dtype)
-        return grad_a, grad_b, grad_bias, None, None
+        return grad_a, grad_b, grad_bias, None
 
 
 def matmul(
@@ -221,8 +221,8 @@ def matmul(
     """
     if _on_triton(a):
         if a.dtype in _checks.FLOAT_DTYPES and _needs_grad(a, b, bias):
-            _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
-            return _TritonMatmul.apply(a, b, bias, activation, out_dtype)
+            spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+            return _TritonMatmul.apply(a, b, bias, spec)
         return _triton_matmul().matmul(
             a,
             b,

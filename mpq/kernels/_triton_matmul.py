@@ -461,11 +461,22 @@ def matmul(
 ) -> torch.Tensor:
     """Triton launcher of ``mpq.kernels.matmul`` (same contract; ``split_k`` forces a split)."""
     spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
+        raise ValueError(f"Expected `split_k` to be a positive int. Received: split_k={split_k!r}")
+    return matmul_checked(a, b, bias, spec, split_k=split_k)
+
+
+def matmul_checked(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: _checks.MatmulSpec,
+    split_k: int | None = None,
+) -> torch.Tensor:
+    """Run the matmul for a checked call (``spec`` from ``_checks.check_matmul``)."""
     check_device(a)
     if spec.kind == "float8":
         check_float8_support(a)
-    if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
-        raise ValueError(f"Expected `split_k` to be a positive int. Received: split_k={split_k!r}")
     a2 = a.reshape(spec.M, spec.K)
     out = torch.empty((spec.M, spec.N), dtype=spec.out_dtype, device=a.device)
     launch_matmul(
