@@ -5,6 +5,7 @@ Every public op validates its inputs here once, so both backends accept and reje
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,23 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
+def check_on_device(t: torch.Tensor, name: str, device: torch.device) -> None:
+    """Refuse a scale, bias or zero point that is not on the operands' device."""
+    if t.device != device:
+        raise ValueError(
+            f"Expected `{name}` on the operands' device {device}. Received: {name}={describe(t)}"
+        )
+
+
+def check_float32(value: object, name: str, device: torch.device) -> torch.Tensor:
+    """A float32 tensor on ``device`` (scales)."""
+    t = check_tensor(value, name)
+    if t.dtype != torch.float32:
+        raise TypeError(f"Expected `{name}` to be a float32 tensor. Received: {name}={describe(t)}")
+    check_on_device(t, name, device)
+    return t
+
+
 def check_activation(activation: str | None) -> str:
     if activation is None:
         return "none"
@@ -109,6 +127,53 @@ SUPPORTED_PAIRS = (
 )
 
 
+def check_operands(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> str:
+    """Both operands on one device and a supported dtype pair; return ``operand_kind``."""
+    na, nb = names
+    if a.device != b.device:
+        raise ValueError(
+            f"Expected `{na}` and `{nb}` on the same device. "
+            f"Received: {na} on {a.device}, {nb} on {b.device}"
+        )
+    kind = operand_kind(a.dtype, b.dtype)
+    if kind is None:
+        raise TypeError(
+            f"Expected operand dtypes {SUPPORTED_PAIRS}. "
+            f"Received: {na}.dtype={a.dtype}, {nb}.dtype={b.dtype}"
+        )
+    return kind
+
+
+def float_out_dtype(
+    name: str, op_dtype: torch.dtype, out_dtype: object, scales: dict
+) -> torch.dtype:
+    """Float operands: refuse scales (they apply to 8-bit operands); resolve ``out_dtype``."""
+    if any(v is not None for v in scales.values()):
+        names = "/".join(f"`{n}`" for n in scales)
+        received = ", ".join(f"{n}={describe(v)}" for n, v in scales.items())
+        raise ValueError(
+            f"Expected no {names} for float operands (scales apply to float8 and int8 operands). "
+            f"Received: {name}.dtype={op_dtype} with {received}"
+        )
+    return resolve_out_dtype(out_dtype, op_dtype, allow_int32=False)
+
+
+def eight_bit_out_dtype(
+    kind: str, out_dtype: object, scales: dict, modes: tuple[int, int], bias, activation: str
+) -> torch.dtype:
+    """8-bit operands: bfloat16 by default; int32 (int8 only) only for the raw accumulator."""
+    out = resolve_out_dtype(out_dtype, torch.bfloat16, allow_int32=kind == "int8")
+    plain = modes == (SCALE_NONE, SCALE_NONE) and bias is None and activation == "none"
+    if out == torch.int32 and not plain:
+        received = ", ".join(f"{n}={describe(v)}" for n, v in scales.items())
+        raise ValueError(
+            "Expected out_dtype=int32 only for the raw int8 accumulator (no scales, bias or "
+            f"activation). Received: out_dtype=int32 with {received}, bias={describe(bias)}, "
+            f"activation={activation!r}"
+        )
+    return out
+
+
 def scale_mode(
     scale: object, length: int, name: str, what: str, device: torch.device, shapes: tuple
 ) -> tuple[int, torch.Tensor | None]:
@@ -119,15 +184,7 @@ def scale_mode(
     """
     if scale is None:
         return SCALE_NONE, None
-    scale = check_tensor(scale, name)
-    if scale.dtype != torch.float32:
-        raise TypeError(
-            f"Expected `{name}` to be a float32 tensor. Received: {name}={describe(scale)}"
-        )
-    if scale.device != device:
-        raise ValueError(
-            f"Expected `{name}` on the operands' device {device}. Received: {name}={describe(scale)}"
-        )
+    scale = check_float32(scale, name, device)
     shape = tuple(scale.shape)
     if shape in ((), (1,)):
         return SCALE_TENSOR, scale.reshape(1)
@@ -151,10 +208,7 @@ def check_bias(bias: object, n: int, device: torch.device, name: str = "bias") -
         )
     if tuple(bias.shape) != (n,):
         raise ValueError(f"Expected `{name}` of shape [{n}]. Received: {name}={describe(bias)}")
-    if bias.device != device:
-        raise ValueError(
-            f"Expected `{name}` on the operands' device {device}. Received: {name}={describe(bias)}"
-        )
+    check_on_device(bias, name, device)
 
 
 def check_no_grad(op: str, tensors: tuple) -> None:
@@ -207,30 +261,15 @@ def check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype) -> MatmulS
             f"Expected a.shape[-1] == b.shape[0] (the reduction length K). "
             f"Received: a={describe(a)} and b={describe(b)}"
         )
-    if a.device != b.device:
-        raise ValueError(
-            f"Expected `a` and `b` on the same device. Received: a on {a.device}, b on {b.device}"
-        )
-    kind = operand_kind(a.dtype, b.dtype)
-    if kind is None:
-        raise TypeError(
-            f"Expected operand dtypes {SUPPORTED_PAIRS}. Received: a.dtype={a.dtype}, b.dtype={b.dtype}"
-        )
+    kind = check_operands(a, b, ("a", "b"))
     lead = tuple(a.shape[:-1])
-    M = 1
-    for d in lead:
-        M *= d
+    M = math.prod(lead)
     K, N = b.shape
     activation = check_activation(activation)
     check_bias(bias, N, a.device)
+    scales = {"a_scale": a_scale, "b_scale": b_scale}
     if kind == "float":
-        if a_scale is not None or b_scale is not None:
-            raise ValueError(
-                "Expected no `a_scale`/`b_scale` for float operands (scales apply to float8 and "
-                f"int8 operands). Received: a.dtype={a.dtype} with a_scale={describe(a_scale)}, "
-                f"b_scale={describe(b_scale)}"
-            )
-        out = resolve_out_dtype(out_dtype, a.dtype, allow_int32=False)
+        out = float_out_dtype("a", a.dtype, out_dtype, scales)
         return MatmulSpec(kind, M, N, K, lead, 0, None, 0, None, activation, out)
     check_no_grad(
         "8-bit matmul",
@@ -253,14 +292,7 @@ def check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype) -> MatmulS
     b_mode, b_flat = scale_mode(
         b_scale, N, "b_scale", f"per-column of b (N={N})", a.device, ((N,), (1, N))
     )
-    plain = a_mode == 0 and b_mode == 0 and bias is None and activation == "none"
-    out = resolve_out_dtype(out_dtype, torch.bfloat16, allow_int32=kind == "int8")
-    if out == torch.int32 and not plain:
-        raise ValueError(
-            "Expected out_dtype=int32 only for the raw int8 accumulator (no scales, bias or "
-            f"activation). Received: out_dtype=int32 with a_scale={describe(a_scale)}, "
-            f"b_scale={describe(b_scale)}, bias={describe(bias)}, activation={activation!r}"
-        )
+    out = eight_bit_out_dtype(kind, out_dtype, scales, (a_mode, b_mode), bias, activation)
     return MatmulSpec(kind, M, N, K, lead, a_mode, a_flat, b_mode, b_flat, activation, out)
 
 
@@ -310,18 +342,8 @@ def check_matmul_int4(a, b_packed, b_scale, b_zero, group_size, bias, activation
             f"b_packed on {b_packed.device}"
         )
     lead = tuple(a.shape[:-1])
-    M = 1
-    for d in lead:
-        M *= d
-    b_scale = check_tensor(b_scale, "b_scale")
-    if b_scale.dtype != torch.float32:
-        raise TypeError(
-            f"Expected `b_scale` to be a float32 tensor. Received: b_scale={describe(b_scale)}"
-        )
-    if b_scale.device != a.device:
-        raise ValueError(
-            f"Expected `b_scale` on the operands' device {a.device}. Received: b_scale={describe(b_scale)}"
-        )
+    M = math.prod(lead)
+    b_scale = check_float32(b_scale, "b_scale", a.device)
     if group_size is not None and (
         not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1
     ):
@@ -357,10 +379,7 @@ def check_matmul_int4(a, b_packed, b_scale, b_zero, group_size, bias, activation
             raise TypeError(
                 f"Expected `b_zero` to be a float32, int8 or int32 tensor. Received: b_zero={describe(b_zero)}"
             )
-        if b_zero.device != a.device:
-            raise ValueError(
-                f"Expected `b_zero` on the operands' device {a.device}. Received: b_zero={describe(b_zero)}"
-            )
+        check_on_device(b_zero, "b_zero", a.device)
         zero = b_zero.reshape(groups, N).to(torch.float32)
     activation = check_activation(activation)
     check_bias(bias, N, a.device)
@@ -448,15 +467,7 @@ def check_conv2d(
         raise ValueError(
             f"Expected `w` of shape [OC, KH, KW, C/groups] (K-major). Received: w={describe(w)}"
         )
-    if x.device != w.device:
-        raise ValueError(
-            f"Expected `x` and `w` on the same device. Received: x on {x.device}, w on {w.device}"
-        )
-    kind = operand_kind(x.dtype, w.dtype)
-    if kind is None:
-        raise TypeError(
-            f"Expected operand dtypes {SUPPORTED_PAIRS}. Received: x.dtype={x.dtype}, w.dtype={w.dtype}"
-        )
+    kind = check_operands(x, w, ("x", "w"))
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"Expected `groups` to be a positive int. Received: groups={groups!r}")
     stride = _pair(stride, "stride", 1)
@@ -478,14 +489,9 @@ def check_conv2d(
         )
     activation = check_activation(activation)
     check_bias(bias, OC, x.device)
+    scales = {"x_scale": x_scale, "w_scale": w_scale}
     if kind == "float":
-        if x_scale is not None or w_scale is not None:
-            raise ValueError(
-                "Expected no `x_scale`/`w_scale` for float operands (scales apply to float8 and "
-                f"int8 operands). Received: x.dtype={x.dtype} with x_scale={describe(x_scale)}, "
-                f"w_scale={describe(w_scale)}"
-            )
-        out = resolve_out_dtype(out_dtype, x.dtype, allow_int32=False)
+        out = float_out_dtype("x", x.dtype, out_dtype, scales)
         return Conv2dSpec(
             kind, batch, H, W, C, OC, KH, KW, OH, OW, stride, pad, dilation, groups,
             0, None, 0, None, activation, out,
@@ -503,14 +509,7 @@ def check_conv2d(
     w_mode, w_flat = scale_mode(
         w_scale, OC, "w_scale", f"per output channel (OC={OC})", x.device, ((OC,),)
     )
-    plain = x_mode == 0 and w_mode == 0 and bias is None and activation == "none"
-    out = resolve_out_dtype(out_dtype, torch.bfloat16, allow_int32=kind == "int8")
-    if out == torch.int32 and not plain:
-        raise ValueError(
-            "Expected out_dtype=int32 only for the raw int8 accumulator (no scales, bias or "
-            f"activation). Received: out_dtype=int32 with x_scale={describe(x_scale)}, "
-            f"w_scale={describe(w_scale)}, bias={describe(bias)}, activation={activation!r}"
-        )
+    out = eight_bit_out_dtype(kind, out_dtype, scales, (x_mode, w_mode), bias, activation)
     return Conv2dSpec(
         kind, batch, H, W, C, OC, KH, KW, OH, OW, stride, pad, dilation, groups,
         x_mode, x_flat, w_mode, w_flat, activation, out,

@@ -111,6 +111,19 @@ def use_backend(name: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
+def _on_triton(t: object) -> bool:
+    """True when an op whose first operand is ``t`` runs on the Triton backend.
+
+    Cheap for the common CPU call (no forced backend, no env var): two attribute reads and a
+    dict lookup, no ``_backend`` call. A non-tensor ``t`` goes to the reference, whose checks
+    raise the error that names it."""
+    return (
+        isinstance(t, torch.Tensor)
+        and (t.is_cuda or _FORCED.get() is not None or bool(os.environ.get(ENV_VAR)))
+        and _backend(t.device.type) == "triton"
+    )
+
+
 def _triton_matmul():
     from . import _triton_matmul as module
 
@@ -142,10 +155,10 @@ class _TritonMatmul(torch.autograd.Function):
     """Differentiable float matmul on the Triton backend; its backward goes through `matmul`."""
 
     @staticmethod
-    def forward(ctx, a, b, bias, activation, out_dtype):
-        out = _triton_matmul().matmul(a, b, bias=bias, activation=activation, out_dtype=out_dtype)
+    def forward(ctx, a, b, bias, spec):
+        out = _triton_matmul().matmul_checked(a, b, bias, spec)
         ctx.save_for_backward(a, b, bias)
-        ctx.activation = activation
+        ctx.activation = spec.activation
         return out
 
     @staticmethod
@@ -154,7 +167,7 @@ class _TritonMatmul(torch.autograd.Function):
         K, N = b.shape
         a2 = a.reshape(-1, K)
         g2 = grad.reshape(-1, N)
-        if ctx.activation not in (None, "none"):
+        if ctx.activation != "none":
             z = matmul(a2, b, bias=bias, out_dtype=torch.float32)
             g2 = _activation_grad(z, ctx.activation, g2)
         grad_a = grad_b = grad_bias = None
@@ -164,7 +177,7 @@ class _TritonMatmul(torch.autograd.Function):
             grad_b = matmul(a2.t(), g2.to(a.dtype), out_dtype=b.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = g2.to(torch.float32).sum(0).to(bias.dtype)
-        return grad_a, grad_b, grad_bias, None, None
+        return grad_a, grad_b, grad_bias, None
 
 
 def matmul(
@@ -206,14 +219,10 @@ def matmul(
         >>> matmul(a, w.t(), bias=torch.zeros(3), activation="gelu").shape
         torch.Size([4, 3])
     """
-    if (
-        isinstance(a, torch.Tensor)
-        and (a.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
-        and _backend(a.device.type) == "triton"
-    ):
+    if _on_triton(a):
         if a.dtype in _checks.FLOAT_DTYPES and _needs_grad(a, b, bias):
-            _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
-            return _TritonMatmul.apply(a, b, bias, activation, out_dtype)
+            spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+            return _TritonMatmul.apply(a, b, bias, spec)
         return _triton_matmul().matmul(
             a,
             b,
@@ -263,14 +272,7 @@ def matmul_int4(
         >>> matmul_int4(a, b_packed, torch.ones(3)).shape
         torch.Size([2, 3])
     """
-    if (
-        isinstance(a, torch.Tensor)
-        and (a.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
-        and _backend(a.device.type) == "triton"
-    ):
-        fn = _triton_matmul().matmul_int4
-    else:
-        fn = reference.matmul_int4
+    fn = _triton_matmul().matmul_int4 if _on_triton(a) else reference.matmul_int4
     return fn(
         a,
         b_packed,
@@ -354,11 +356,7 @@ def conv2d(
         >>> conv2d(x, w, padding=1, activation="relu").shape
         torch.Size([2, 8, 8, 16])
     """
-    if (
-        isinstance(x, torch.Tensor)
-        and (x.is_cuda or _FORCED.get() is not None or os.environ.get(ENV_VAR))
-        and _backend(x.device.type) == "triton"
-    ):
+    if _on_triton(x):
         spec = _checks.check_conv2d(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
         )

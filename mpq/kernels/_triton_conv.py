@@ -12,11 +12,10 @@ import triton.language as tl
 from . import _checks
 from ._triton_matmul import (
     INTERPRET,
-    _cast,
-    _epilogue,
     _masked_load,
     _mma,
     _prune_configs,
+    _store_result,
     _tile_ids,
     _triton_configs,
     check_device,
@@ -143,24 +142,21 @@ def _conv2d_kernel(
                 acc = _mma(xv, wv, acc, ACC_INT32, IEEE, INTERPRET)
     y_ptrs = y_ptr + offs_m[:, None] * sym + (g * N + offs_n)[None, :] * syn
     mask = m_mask[:, None] & n_mask[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
+    if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
+        col_scale_ptr = w_scale_ptr + g * N
     else:
-        if W_SCALE == 2:  # noqa: SIM108 (a constexpr branch, kept explicit for Triton)
-            col_scale_ptr = w_scale_ptr + g * N
-        else:
-            col_scale_ptr = w_scale_ptr
-        acc = _epilogue(
-            acc.to(tl.float32), offs_m, offs_n, M, N, x_scale_ptr, col_scale_ptr,
-            bias_ptr + g * N, X_SCALE, W_SCALE, HAS_BIAS, ACTIVATION,
-        )  # fmt: skip
-        tl.store(y_ptrs, _cast(acc, y_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        col_scale_ptr = w_scale_ptr
+    _store_result(
+        y_ptrs, acc, mask, offs_m, offs_n, M, N, x_scale_ptr, col_scale_ptr, bias_ptr + g * N,
+        X_SCALE, W_SCALE, HAS_BIAS, ACTIVATION, OUT_INT32, INTERPRET,
+    )  # fmt: skip
 
 
 def conv2d_checked(
     x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, spec: _checks.Conv2dSpec
 ) -> torch.Tensor:
-    """Run the conv for an already checked call (``spec`` from ``_checks.check_conv2d``)."""
+    """Launcher: run the conv for a call the dispatcher checked (``_checks.check_conv2d``),
+    which also needs the spec to decide on autograd; checking once serves both."""
     check_device(x)
     if spec.kind == "float8":
         check_float8_support(x)
@@ -169,10 +165,6 @@ def conv2d_checked(
     if M == 0:
         return y
     y2 = y.view(M, spec.OC)
-    flags = dict(
-        bias=bias,
-        activation=spec.activation,
-    )
     pointwise = (
         spec.KH == spec.KW == 1
         and spec.stride == (1, 1)
@@ -189,7 +181,8 @@ def conv2d_checked(
             a_scale=spec.x_scale,
             b_scale_mode=spec.w_scale_mode,
             b_scale=spec.w_scale,
-            **flags,
+            bias=bias,
+            activation=spec.activation,
         )
         return y
     if spec.groups > MAX_GRID_Y:
@@ -221,24 +214,3 @@ def conv2d_checked(
         INT64=_checks.needs_int64(x, w, y2), INTERPRET=INTERPRET,
     )  # fmt: skip
     return y
-
-
-def conv2d(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    *,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple = 0,
-    dilation: int | tuple[int, int] = 1,
-    groups: int = 1,
-    x_scale: torch.Tensor | None = None,
-    w_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    out_dtype: torch.dtype | str | None = None,
-) -> torch.Tensor:
-    """Triton launcher of ``mpq.kernels.conv2d`` (same contract, forward only)."""
-    spec = _checks.check_conv2d(
-        x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
-    )
-    return conv2d_checked(x, w, bias, spec)

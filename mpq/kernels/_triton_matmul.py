@@ -52,6 +52,12 @@ def _device_limits(index: int) -> tuple[int, int]:
     return smem, props.multi_processor_count
 
 
+def _to_triton(c: dict) -> triton.Config:
+    """A plain-data config of ``_configs`` as a ``triton.Config``."""
+    tiles = {k: c[k] for k in _configs.TILE_KEYS}
+    return triton.Config(tiles, num_warps=c["num_warps"], num_stages=c["num_stages"])
+
+
 def _prune_configs(configs, named_args, **kwargs):
     """early_config_prune hook: shape/shared-memory pruning of ``_configs.prune``."""
     if INTERPRET:
@@ -75,26 +81,12 @@ def _prune_configs(configs, named_args, **kwargs):
         as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem, kn_extra_bytes=extra
     )
     # prune may lower num_stages, so build the kept configs anew from their dicts.
-    return [
-        triton.Config(
-            {k: c[k] for k in _configs.TILE_KEYS},
-            num_warps=c["num_warps"],
-            num_stages=c["num_stages"],
-        )
-        for c in kept
-    ]
+    return [_to_triton(c) for c in kept]
 
 
 def _triton_configs() -> list[triton.Config]:
     cap = None if INTERPRET or not torch.cuda.is_available() else torch.cuda.get_device_capability()
-    return [
-        triton.Config(
-            {k: c[k] for k in _configs.TILE_KEYS},
-            num_warps=c["num_warps"],
-            num_stages=c["num_stages"],
-        )
-        for c in _configs.matmul_configs(cap, INTERPRET)
-    ]
+    return [_to_triton(c) for c in _configs.matmul_configs(cap, INTERPRET)]
 
 
 def _launch_metadata(grid, kernel, args):
@@ -208,6 +200,37 @@ def _epilogue(
 
 
 @triton.jit
+def _store_result(
+    c_ptrs,
+    acc,
+    mask,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    row_scale_ptr,
+    col_scale_ptr,
+    bias_ptr,
+    ROW_SCALE: tl.constexpr,
+    COL_SCALE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    OUT_INT32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Store a tile: the raw int32 accumulator (OUT_INT32), else the epilogue on the fp32
+    accumulator and the one cast to the output's element type."""
+    if OUT_INT32:
+        tl.store(c_ptrs, acc, mask=mask)
+    else:
+        acc = _epilogue(
+            acc.to(tl.float32), offs_m, offs_n, M, N, row_scale_ptr, col_scale_ptr, bias_ptr,
+            ROW_SCALE, COL_SCALE, HAS_BIAS, ACTIVATION,
+        )  # fmt: skip
+        tl.store(c_ptrs, _cast(acc, c_ptrs.dtype.element_ty, INTERPRET), mask=mask)
+
+
+@triton.jit
 def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Grouped ordering: GROUP_M row-tiles share each column-tile of b while it is in L2."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -305,14 +328,10 @@ def _matmul_kernel(
         tl.store(ws_ptrs, acc, mask=mask)
     else:
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        if OUT_INT32:
-            tl.store(c_ptrs, acc, mask=mask)
-        else:
-            acc = _epilogue(
-                acc.to(tl.float32), offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr,
-                A_SCALE, B_SCALE, HAS_BIAS, ACTIVATION,
-            )  # fmt: skip
-            tl.store(c_ptrs, _cast(acc, c_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        _store_result(
+            c_ptrs, acc, mask, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr,
+            A_SCALE, B_SCALE, HAS_BIAS, ACTIVATION, OUT_INT32, INTERPRET,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -355,14 +374,10 @@ def _splitk_reduce(
         ws_ptrs += stride_ws
         acc += tl.load(ws_ptrs, mask=mask, other=0)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    if OUT_INT32:
-        tl.store(c_ptrs, acc, mask=mask)
-    else:
-        acc = _epilogue(
-            acc.to(tl.float32), offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr,
-            A_SCALE, B_SCALE, HAS_BIAS, ACTIVATION,
-        )  # fmt: skip
-        tl.store(c_ptrs, _cast(acc, c_ptr.dtype.element_ty, INTERPRET), mask=mask)
+    _store_result(
+        c_ptrs, acc, mask, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr,
+        A_SCALE, B_SCALE, HAS_BIAS, ACTIVATION, OUT_INT32, INTERPRET,
+    )  # fmt: skip
 
 
 def _dummy(t: torch.Tensor) -> torch.Tensor:
@@ -446,11 +461,22 @@ def matmul(
 ) -> torch.Tensor:
     """Triton launcher of ``mpq.kernels.matmul`` (same contract; ``split_k`` forces a split)."""
     spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
+        raise ValueError(f"Expected `split_k` to be a positive int. Received: split_k={split_k!r}")
+    return matmul_checked(a, b, bias, spec, split_k=split_k)
+
+
+def matmul_checked(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: _checks.MatmulSpec,
+    split_k: int | None = None,
+) -> torch.Tensor:
+    """Run the matmul for a checked call (``spec`` from ``_checks.check_matmul``)."""
     check_device(a)
     if spec.kind == "float8":
         check_float8_support(a)
-    if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
-        raise ValueError(f"Expected `split_k` to be a positive int. Received: split_k={split_k!r}")
     a2 = a.reshape(spec.M, spec.K)
     out = torch.empty((spec.M, spec.N), dtype=spec.out_dtype, device=a.device)
     launch_matmul(
@@ -552,13 +578,11 @@ def _matmul_int4_kernel(
         acc = _mma(a, w, acc, False, IEEE, INTERPRET)
         a_ptrs += step_a
         b_ptrs += step_b
-    acc = _epilogue(acc, offs_m, offs_n, M, N, s_ptr, s_ptr, bias_ptr, 0, 0, HAS_BIAS, ACTIVATION)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(
-        c_ptrs,
-        _cast(acc, c_ptr.dtype.element_ty, INTERPRET),
-        mask=m_mask[:, None] & n_mask[None, :],
-    )
+    _store_result(
+        c_ptrs, acc, m_mask[:, None] & n_mask[None, :], offs_m, offs_n, M, N, s_ptr, s_ptr,
+        bias_ptr, 0, 0, HAS_BIAS, ACTIVATION, False, INTERPRET,
+    )  # fmt: skip
 
 
 def matmul_int4(
@@ -583,11 +607,12 @@ def matmul_int4(
     if M == 0 or N == 0:
         return out.reshape(*spec.lead, N)
     scale, zero = spec.scale, spec.zero
-    stride_sg = scale.stride(0) if scale.shape[0] > 1 else 0
     if zero is not None and zero.stride() != scale.stride():
+        # The kernel indexes scale and zero with the same offsets.
         zero = zero.contiguous()
         scale = scale.contiguous()
-        stride_sg = scale.stride(0) if scale.shape[0] > 1 else 0
+    # One group (per-channel scales): every k reads row 0.
+    stride_sg = scale.stride(0) if scale.shape[0] > 1 else 0
     dummy = _dummy(a2)
     grid = lambda META: (  # noqa: E731
         triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),

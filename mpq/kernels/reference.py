@@ -66,6 +66,21 @@ def _int32_accumulator(exact: torch.Tensor) -> torch.Tensor:
     return exact.to(torch.int64).to(torch.int32)
 
 
+def _store(acc, row_scale, col_scale, bias, activation: str, out_dtype: torch.dtype):
+    """What the kernels store: the raw int32 accumulator for ``out_dtype=int32`` (the checks
+    allow it only without scales, bias or activation), else the epilogue on fp32 ``acc``."""
+    if out_dtype == torch.int32:
+        return acc
+    return epilogue(
+        acc.to(torch.float32),
+        row_scale=row_scale,
+        col_scale=col_scale,
+        bias=bias,
+        activation=activation,
+        out_dtype=out_dtype,
+    )
+
+
 def matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -121,26 +136,14 @@ def matmul(
         return out if fn is None else fn(out)
     spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
     a2 = a.reshape(spec.M, spec.K)
-    if spec.kind == "float":
-        acc = torch.matmul(a2.to(torch.float32), b.to(torch.float32))
-    elif spec.kind == "float8":
-        # fp8 -> fp32 is exact; the products are accumulated in float32.
+    if spec.kind != "int8":
+        # float16/bfloat16/float8 -> float32 is exact; the products are accumulated in float32.
         acc = torch.matmul(a2.to(torch.float32), b.to(torch.float32))
     else:
         # Exact integer accumulation (float64 holds every partial sum of int8 products exactly
         # up to K = 2**53 / 2**14), then the int32 accumulator of the kernels.
         acc = _int32_accumulator(torch.matmul(a2.to(torch.float64), b.to(torch.float64)))
-        if spec.out_dtype == torch.int32:
-            return acc.reshape(*spec.lead, spec.N)
-        acc = acc.to(torch.float32)
-    out = epilogue(
-        acc,
-        row_scale=spec.a_scale,
-        col_scale=spec.b_scale,
-        bias=bias,
-        activation=spec.activation,
-        out_dtype=spec.out_dtype,
-    )
+    out = _store(acc, spec.a_scale, spec.b_scale, bias, spec.activation, spec.out_dtype)
     return out.reshape(*spec.lead, spec.N)
 
 
@@ -249,15 +252,5 @@ def conv2d(
     acc = acc.permute(0, 2, 3, 1).reshape(-1, spec.OC)  # [N*OH*OW, OC]
     if spec.kind == "int8":
         acc = _int32_accumulator(acc)
-        if spec.out_dtype == torch.int32:
-            return acc.reshape(spec.batch, spec.OH, spec.OW, spec.OC)
-        acc = acc.to(torch.float32)
-    out = epilogue(
-        acc,
-        row_scale=spec.x_scale,
-        col_scale=spec.w_scale,
-        bias=bias,
-        activation=spec.activation,
-        out_dtype=spec.out_dtype,
-    )
+    out = _store(acc, spec.x_scale, spec.w_scale, bias, spec.activation, spec.out_dtype)
     return out.reshape(spec.batch, spec.OH, spec.OW, spec.OC)

@@ -177,14 +177,19 @@ MATMUL_ERRORS = [
 ]
 
 
+def check_raises(op, positional, kwargs, exc, pattern, backend):
+    """``op(*positional args, **rest)`` on ``backend`` raises ``exc`` matching ``pattern``."""
+    kwargs = dict(kwargs)
+    args = [kwargs.pop(name) for name in positional]
+    with K.use_backend(backend), pytest.raises(exc, match=pattern):
+        op(*args, **kwargs)
+
+
 @pytest.mark.parametrize(("kwargs", "exc", "pattern"), MATMUL_ERRORS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matmul_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    kwargs = dict(kwargs)
-    a, b = kwargs.pop("a"), kwargs.pop("b")
-    with K.use_backend(backend), pytest.raises(exc, match=pattern):
-        K.matmul(a, b, **kwargs)
+    check_raises(K.matmul, ("a", "b"), kwargs, exc, pattern, backend)
 
 
 def test_eight_bit_paths_are_forward_only():
@@ -254,9 +259,7 @@ INT4_ERRORS = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matmul_int4_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    kwargs = dict(kwargs)
-    with K.use_backend(backend), pytest.raises(exc, match=pattern):
-        K.matmul_int4(kwargs.pop("a"), kwargs.pop("b_packed"), kwargs.pop("b_scale"), **kwargs)
+    check_raises(K.matmul_int4, ("a", "b_packed", "b_scale"), kwargs, exc, pattern, backend)
 
 
 x4 = torch.ones(1, 5, 5, 4)
@@ -302,6 +305,27 @@ CONV_ERRORS = [
         ValueError,
         r"`padding` to be an int or a pair of ints",
     ),
+    (
+        dict(x=x4, w=wc, x_scale=torch.ones(())),
+        ValueError,
+        r"no `x_scale`/`w_scale` for float.*Received: x.dtype=torch.float32 with x_scale=tensor",
+    ),
+    (
+        dict(x=x4.to(torch.int8), w=wc.to(torch.int8), w_scale=torch.ones(6), out_dtype="int32"),
+        ValueError,
+        r"out_dtype=int32 only for the raw int8 accumulator.*w_scale=tensor of shape \[6\]",
+    ),
+    (
+        dict(x=x4.to(torch.int8), w=wc.to(torch.int8), x_scale=torch.ones((), device="meta")),
+        ValueError,
+        r"`x_scale` on the operands' device cpu.*meta",
+    ),
+    (
+        dict(x=x4.to(torch.int8), w=wc.to(torch.int8), w_scale=torch.ones(6, dtype=torch.int32)),
+        TypeError,
+        r"`w_scale` to be a float32 tensor.*int32",
+    ),
+    (dict(x=x4, w=wc, bias=torch.ones(6, device="meta")), ValueError, r"`bias` on the.*meta"),
 ]
 
 
@@ -309,9 +333,7 @@ CONV_ERRORS = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conv2d_errors(kwargs, exc, pattern, backend, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    kwargs = dict(kwargs)
-    with K.use_backend(backend), pytest.raises(exc, match=pattern):
-        K.conv2d(kwargs.pop("x"), kwargs.pop("w"), **kwargs)
+    check_raises(K.conv2d, ("x", "w"), kwargs, exc, pattern, backend)
 
 
 # --- autograd on the reference path (the Triton path is tested in test_triton_*) -------------

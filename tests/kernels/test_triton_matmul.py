@@ -205,7 +205,11 @@ def test_split_k_path(shape, a_dtype, b_dtype, split_k):
         activation="relu",
         **{k: v.cpu() for k, v in scales.items()},
     )
-    assert_close(out, ref, ref.dtype, k=Kd)
+    if a_dtype == torch.int8:
+        # Exact int32 partial sums, a fixed-order exact reduction, the reference's epilogue.
+        assert torch.equal(out.cpu(), ref)
+    else:
+        assert_close(out, ref, ref.dtype, k=Kd)
 
 
 def test_per_row_scale_of_batched_a():
