@@ -488,10 +488,10 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         models = self.models
-        if isinstance(models, (str, ModelSpec)) or callable(models) or isinstance(models, Mapping):
+        if isinstance(models, str):  # "digits_cnn,digits_mlp", as `policies` accepts
+            models = [m.strip() for m in models.split(",") if m.strip()]
+        elif isinstance(models, (ModelSpec, Mapping)) or callable(models):
             models = [models]
-        if isinstance(models, str):
-            models = [m for m in models.split(",") if m.strip()]
         if not isinstance(models, Sequence) or not models:
             raise ValueError(
                 f"Expected a non-empty list of models. Received: models={_describe(self.models)}"
