@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from _dtypes_helpers import all_codes, bits_of, values_of
 from hypothesis import given
 
 from mpq import dtypes
@@ -24,24 +25,6 @@ EXPECTED_NAMES = {
     "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn",
     "float4_e2m1fn", "int32", "int8", "uint8", "int4", "uint4",
 }  # fmt: skip
-
-
-def all_codes(fmt: dtypes.Format) -> np.ndarray:
-    """Every bit pattern of a format of at most 16 bits, as an array of its numpy dtype."""
-    return np.arange(2**fmt.bits, dtype=np.int64).astype(fmt.code_dtype).view(fmt.numpy_dtype)
-
-
-def values_of(a: np.ndarray) -> np.ndarray:
-    """float64 values of an array of any format (through float32, which holds every ml_dtypes
-    value exactly; numpy warns on a direct bfloat16 NaN -> float64 cast)."""
-    with np.errstate(invalid="ignore"):  # signalling NaN payloads warn; the cast is exact
-        if a.dtype.kind in "fiu":
-            return a.astype(np.float64)
-        return a.astype(np.float32).astype(np.float64)
-
-
-def bits_of(a: np.ndarray, fmt: dtypes.Format) -> np.ndarray:
-    return np.ascontiguousarray(a).view(fmt.code_dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from _dtypes_helpers import all_codes, bits_of, values_of
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,23 +27,12 @@ GRID = tuple(n for n in ALL if dtypes.get(n).bits <= 16)  # formats the referenc
 WIDE = ("float32", "float64", "int32")
 
 
-def values_of(a: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):  # signalling NaN payloads warn; the cast is exact
-        if a.dtype.kind in "fiu":
-            return a.astype(np.float64)
-        return a.astype(np.float32).astype(np.float64)
-
-
-def bits_of(a: np.ndarray, fmt: dtypes.Format) -> np.ndarray:
-    return np.ascontiguousarray(a).view(fmt.code_dtype)
-
-
 @functools.cache
 def grid(name: str) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Sorted distinct finite values of a format, their codes (+0 for zero), the -0 code."""
     fmt = dtypes.get(name)
-    codes = np.arange(2**fmt.bits, dtype=np.int64).astype(fmt.code_dtype)
-    values = values_of(codes.view(fmt.numpy_dtype))
+    every = all_codes(fmt)
+    codes, values = bits_of(every, fmt), values_of(every)
     finite = np.isfinite(values)
     uniq, first = np.unique(values[finite], return_index=True)
     uniq_codes = codes[finite][first].astype(np.int64)
@@ -155,8 +145,8 @@ def test_encode_matches_reference_on_every_value_midpoint_and_edge(name):
 @pytest.mark.parametrize("name", GRID)
 def test_encode_is_identity_on_every_finite_code(name):
     fmt = dtypes.get(name)
-    codes = np.arange(2**fmt.bits, dtype=np.int64).astype(fmt.code_dtype)
-    values = values_of(codes.view(fmt.numpy_dtype))
+    every = all_codes(fmt)
+    codes, values = bits_of(every, fmt), values_of(every)
     keep = np.isfinite(values)  # (infinities saturate, NaN becomes the canonical NaN)
     out = bits_of(dtypes.encode(values[keep], fmt), fmt)
     np.testing.assert_array_equal(out, codes[keep])

@@ -119,6 +119,13 @@ def test_model_specs():
     assert resolve_model(tiny_factory).to_dict()["factory"] == "test_sweep_helpers:tiny_factory"
 
 
+def test_models_as_a_comma_separated_string():
+    config = SweepConfig(models="digits_cnn, digits_mlp", policies="float32")
+    assert [m.resolved_name for m in config.models] == ["digits_cnn", "digits_mlp"]
+    with pytest.raises(ValueError, match=r"non-empty list of models. Received: models=' ,'"):
+        SweepConfig(models=" ,", policies="float32")
+
+
 def test_bad_models_fail_with_what_was_received():
     with pytest.raises(ValueError, match="'resnet9000'"):
         resolve_model("resnet9000")

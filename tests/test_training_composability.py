@@ -12,14 +12,6 @@ import mpq.quantization
 from mpq.layers import Conv2D, Dense, Flatten, Sequential
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cnn(policy="float32", seed=0):
     torch.manual_seed(seed)
     model = Sequential(

@@ -5,18 +5,9 @@ import re
 import runpy
 import sys
 
-import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_docs_training_md_examples_run(tmp_path, monkeypatch, capsys):

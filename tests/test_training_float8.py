@@ -14,14 +14,6 @@ POLICY = "float8_from_mixed_bfloat16"
 STATE_SUFFIXES = ("_scale", "_amax_history")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model():
     torch.manual_seed(0)
     model = Sequential(

@@ -11,16 +11,6 @@ from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Flatten, Sequential
 from mpq.quantization import QuantizationConfig
 from mpq.training import from_torch, qat
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation (5-10x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MODES = [
     "int8",
     QuantizationConfig("int8", weight_only=True),

@@ -215,14 +215,7 @@ class QuantizedDTypePolicy(DTypePolicy):
     _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4")
 
     def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
-        mode, parsed_block = _parse_mode(mode, self._allowed_modes, type(self).__name__)
-        if block_size is not None and parsed_block is not None and block_size != parsed_block:
-            raise ValueError(
-                f"Expected one block size. Received: mode={mode + '/' + str(parsed_block)!r} "
-                f"and block_size={block_size!r}"
-            )
-        block_size = parsed_block if parsed_block is not None else block_size
-        block_size = _check_block_size(mode, block_size)
+        mode, block_size = _resolve_mode(mode, block_size, self._allowed_modes, type(self).__name__)
         if source_name is None:
             from mpq.policy.global_state import dtype_policy
 
@@ -322,6 +315,22 @@ class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "amax_history_length": self._amax_history_length}
+
+
+def _resolve_mode(
+    mode: Any, block_size: Any, allowed: tuple[str, ...], cls_name: str
+) -> tuple[str, int | None]:
+    """`(mode, block_size)` from a mode spelling (`"int4/128"`) and an optional separate block
+    size, validated: the int4 default filled in, None for the other modes. Shared with
+    `mpq.quantization.QuantizationConfig`, which accepts the same spellings."""
+    mode, parsed_block = _parse_mode(mode, allowed, cls_name)
+    if block_size is not None and parsed_block is not None and block_size != parsed_block:
+        raise ValueError(
+            f"Expected one block size. Received: mode={mode + '/' + str(parsed_block)!r} "
+            f"and block_size={block_size!r}"
+        )
+    block_size = parsed_block if parsed_block is not None else block_size
+    return mode, _check_block_size(mode, block_size)
 
 
 def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:

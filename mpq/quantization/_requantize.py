@@ -12,6 +12,7 @@ from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
 from mpq.quantization.float8 import FORWARD_FORMAT
 from mpq.quantization.int4 import _grouped_scale_layout, dequantize_int4
+from mpq.quantization.int8 import dequantize_int8
 from mpq.quantizers import delayed_scaling_update
 
 __all__ = ["dequantized_kernel", "requantize_with_delta"]
@@ -27,8 +28,7 @@ def dequantized_kernel(layer: Any) -> torch.Tensor:
     q = layer._parameters["kernel"].detach()
     scale = layer._parameters["kernel_scale"].detach()
     if cfg.mode == "int8":
-        s = scale.reshape(*scale.shape, *([1] * (q.dim() - scale.dim())))
-        stored = q.to(torch.float32) * s
+        stored = dequantize_int8(q, scale, torch.float32)
         return form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
     k = form.matrix_shape[-1]
     zero = layer._parameters["kernel_zero"].detach() if cfg.block_size != -1 else None

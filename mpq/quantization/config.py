@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpq import policy as _policy
+from mpq.policy.policies import (
+    DEFAULT_AMAX_HISTORY_LENGTH,
+    QUANTIZATION_MODES,
+    _resolve_mode,
+)
 
 __all__ = ["MODES", "QuantizationConfig"]
 
-MODES: tuple[str, ...] = ("int8", "int4", "float8")
-DEFAULT_BLOCK_SIZE = 128
-DEFAULT_AMAX_HISTORY_LENGTH = 1024
+MODES: tuple[str, ...] = QUANTIZATION_MODES
 
 
 def _describe(value: Any) -> str:
@@ -50,53 +53,7 @@ class QuantizationConfig:
     amax_history_length: int | None = None
 
     def __post_init__(self) -> None:
-        mode = self.mode
-        if not isinstance(mode, str):
-            raise TypeError(
-                f"Expected `mode` to be one of {list(MODES)} (int4 optionally as 'int4/<block>'). "
-                f"Received: mode={_describe(mode)}"
-            )
-        block = self.block_size
-        if "/" in mode:
-            base, _, spec = mode.partition("/")
-            try:
-                parsed = int(spec)
-            except ValueError:
-                raise ValueError(
-                    "Expected an integer int4 block size after the slash, as in 'int4/128'. "
-                    f"Received: mode={mode!r}"
-                ) from None
-            if base != "int4":
-                raise ValueError(
-                    f"Expected a block size only with mode 'int4' (e.g. 'int4/128'). "
-                    f"Received: mode={mode!r}"
-                )
-            if block is not None and block != parsed:
-                raise ValueError(
-                    f"Expected one block size. Received: mode={mode!r} and block_size={block!r}"
-                )
-            mode, block = base, parsed
-        if mode not in MODES:
-            raise ValueError(
-                f"Expected `mode` to be one of {list(MODES)} (int4 optionally as "
-                f"'int4/<block>'). Received: mode={self.mode!r}"
-            )
-        if mode == "int4":
-            block = DEFAULT_BLOCK_SIZE if block is None else block
-            if not isinstance(block, int) or isinstance(block, bool):
-                raise TypeError(
-                    f"Expected an int block size for int4. Received: block_size={_describe(block)}"
-                )
-            if block != -1 and (block < 2 or block % 2):
-                raise ValueError(
-                    "Expected the int4 block size to be -1 (per output channel) or an even group "
-                    f"size >= 2. Received: block_size={block}"
-                )
-        elif block is not None:
-            raise ValueError(
-                f"Expected no block size for mode {mode!r} (only int4 has one). "
-                f"Received: block_size={block!r}"
-            )
+        mode, block = _resolve_mode(self.mode, self.block_size, MODES, "QuantizationConfig")
         weight_only = self.weight_only
         if mode == "float8":
             if weight_only:

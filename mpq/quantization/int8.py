@@ -22,7 +22,7 @@ from mpq.quantizers import quantize_symmetric
 __all__ = ["Int8Scheme"]
 
 
-def _dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``q * scale`` (scale per leading channel, broadcast over the trailing axes) in float32,
     cast once to ``dtype``."""
     s = scale.reshape(*scale.shape, *([1] * (q.dim() - scale.dim())))
@@ -49,7 +49,7 @@ class _LinearW8A8(C.Run):
         return torch.stack(outs)
 
     def backward_operands(self, x, w):
-        return x, _dequantize(self.wq, self.ws, x.dtype)
+        return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
     def float_op(self, x, w):
         return C.float_linear(x, w)
@@ -73,7 +73,7 @@ class _ConvW8A8(C.Run):
         )
 
     def backward_operands(self, x, w):
-        return x, _dequantize(self.wq, self.ws, x.dtype)
+        return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
     def float_op(self, x, w):
         return C.conv_forward(self.layer, x, w)
@@ -111,7 +111,7 @@ class Int8Scheme(C.Scheme):
             wq, ws = C.read(layer, "kernel"), C.read(layer, "kernel_scale")
             bias = C.conv_bias(layer)
             if cfg.weight_only:
-                y = C.conv_forward(layer, x, _dequantize(wq, ws, x.dtype), bias=bias)
+                y = C.conv_forward(layer, x, dequantize_int8(wq, ws, x.dtype), bias=bias)
             else:
                 y = _ConvW8A8(layer, wq, ws).apply(x, None, bias)
             return C.conv_output(layer, y)
@@ -120,7 +120,7 @@ class Int8Scheme(C.Scheme):
         ws = C.as3(layer, C.read(layer, "kernel_scale"))
         bias = C.fusable_bias(layer)
         if cfg.weight_only:
-            y = C.float_linear(x, _dequantize(wq, ws, x.dtype), bias=bias)
+            y = C.float_linear(x, dequantize_int8(wq, ws, x.dtype), bias=bias)
         else:
             y = _LinearW8A8(wq, ws).apply(x, None, bias)
         return C.linear_output(layer, y, meta, bias_fused=bias is not None)
@@ -130,7 +130,7 @@ def _embedding_call(layer: Any, inputs: torch.Tensor) -> torch.Tensor:
     ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
     table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
     rows = table[ids]  # [..., output_dim] int8: only the looked-up rows are dequantized
-    return _dequantize(rows, scale[ids], C.compute_dtype(layer))
+    return dequantize_int8(rows, scale[ids], C.compute_dtype(layer))
 
 
 for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):

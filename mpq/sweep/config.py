@@ -32,6 +32,12 @@ def _describe(value: Any) -> str:
     return f"{value!r} (of type {type(value).__name__})"
 
 
+def _check_unique(names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"Expected each {what} once. Received duplicates: {dup}")
+
+
 # --------------------------------------------------------------------------------------------
 # Variants
 # --------------------------------------------------------------------------------------------
@@ -209,10 +215,7 @@ def resolve_variants(specs: Any) -> tuple[Variant, ...]:
             f"Received: policies={_describe(specs)}"
         )
     variants = tuple(resolve_variant(s) for s in specs)
-    labels = [v.label for v in variants]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise ValueError(f"Expected each policy label once. Received duplicates: {dup}")
+    _check_unique([v.label for v in variants], "policy label")
     return variants
 
 
@@ -485,19 +488,16 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         models = self.models
-        if isinstance(models, (str, ModelSpec)) or callable(models) or isinstance(models, Mapping):
+        if isinstance(models, str):  # "digits_cnn,digits_mlp", as `policies` accepts
+            models = [m.strip() for m in models.split(",") if m.strip()]
+        elif isinstance(models, (ModelSpec, Mapping)) or callable(models):
             models = [models]
-        if isinstance(models, str):
-            models = [m for m in models.split(",") if m.strip()]
         if not isinstance(models, Sequence) or not models:
             raise ValueError(
                 f"Expected a non-empty list of models. Received: models={_describe(self.models)}"
             )
         resolved = tuple(resolve_model(m) for m in models)
-        names = [m.resolved_name for m in resolved]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"Expected each model name once. Received duplicates: {dup}")
+        _check_unique([m.resolved_name for m in resolved], "model name")
         object.__setattr__(self, "models", resolved)
         variants = resolve_variants(self.policies)
         object.__setattr__(self, "policies", tuple(v.label for v in variants))

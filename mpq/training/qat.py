@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Layer
-from mpq.layers import tracking as _tracking
 from mpq.quantization import QuantizationConfig
 from mpq.quantization._forms import form_of
+from mpq.quantization.model import _layers, _make_filter
 from mpq.quantizers import fake_quantize_dynamic
 
 __all__ = ["QATReport", "convert", "is_prepared", "prepare"]
@@ -127,23 +127,6 @@ def _remove_hook(layer: Layer) -> None:
             layer._forward_hooks_with_kwargs.pop(key, None)
 
 
-def _layers(model: torch.nn.Module) -> list[Layer]:
-    out: list[Layer] = []
-
-    def visit(m: torch.nn.Module) -> None:
-        if isinstance(m, Layer):
-            out.append(m)
-        for child in _tracking.direct_sublayers(m):
-            visit(child)
-
-    if isinstance(model, Layer):
-        visit(model)
-    else:
-        for child in _tracking.direct_sublayers(model):
-            visit(child)
-    return out
-
-
 def _resolve(mode_or_config: Any) -> QuantizationConfig:
     cfg = QuantizationConfig.get(mode_or_config)
     if cfg.mode not in QAT_MODES:
@@ -152,12 +135,6 @@ def _resolve(mode_or_config: Any) -> QuantizationConfig:
             f"float8 policy or layer.quantize('float8')). Received: mode={cfg.mode!r}"
         )
     return cfg
-
-
-def _keep(spec: Any):
-    from mpq.quantization.model import _make_filter
-
-    return _make_filter(spec)
 
 
 def is_prepared(layer: torch.nn.Module) -> bool:
@@ -194,7 +171,7 @@ def prepare(model: torch.nn.Module, mode_or_config: Any, filter: Any = None) -> 
             f"Received: model of type {type(model).__name__}"
         )
     cfg = _resolve(mode_or_config)
-    keep = _keep(filter)
+    keep = _make_filter(filter)
     report = QATReport(config=cfg)
     todo = []
     for layer in _layers(model):
