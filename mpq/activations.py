@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mpq._errors import describe as _describe
 from mpq.policy import autocast
 
 __all__ = [
@@ -189,10 +190,6 @@ ALL_ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
 ALL_ACTIVATIONS["swish"] = silu
 
 _NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name != "swish"}
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any]:

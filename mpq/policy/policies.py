@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from mpq import dtypes
+from mpq._errors import describe as _describe
 
 __all__ = [
     "FLOAT_POLICY_NAMES",
@@ -44,10 +45,6 @@ DEFAULT_INT4_BLOCK_SIZE = 128
 DEFAULT_AMAX_HISTORY_LENGTH = 1024
 
 _MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+)(?:/(?P<block>[^/]*))?$")
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 class _Frozen:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpq import policy as _policy
+from mpq._errors import describe as _describe
 from mpq.policy.policies import (
     DEFAULT_AMAX_HISTORY_LENGTH,
     QUANTIZATION_MODES,
@@ -18,10 +19,6 @@ from mpq.policy.policies import (
 __all__ = ["MODES", "QuantizationConfig"]
 
 MODES: tuple[str, ...] = QUANTIZATION_MODES
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mpq._errors import describe as _describe
+
 __all__ = [
     "BUILTIN_VARIANTS",
     "DEFAULT_POLICIES",
@@ -26,10 +28,6 @@ __all__ = [
     "resolve_variant",
     "resolve_variants",
 ]
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def _check_unique(names: list[str], what: str) -> None:

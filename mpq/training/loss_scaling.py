@@ -11,13 +11,11 @@ from typing import Any
 
 import torch
 
+from mpq._errors import describe as _describe
+
 __all__ = ["LossScaler"]
 
 _READY, _UNSCALED, _STEPPED = "ready", "unscaled", "stepped"
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def _positive_float(value: Any, name: str, *, above_one: bool = False) -> float:

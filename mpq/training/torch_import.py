@@ -60,10 +60,6 @@ class _Unsupported(Exception):
     """A supported module type with options mpq's layer cannot reproduce."""
 
 
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
-
-
 # ----------------------------------------------------------------------------- helpers
 def _layer_policy(policy: Any, name: str, weight: torch.Tensor) -> Any:
     """The policy of the layer for ``name``: None -> the weight's own dtype (a faithful copy)."""
