@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
-from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
+from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
@@ -190,11 +190,7 @@ class _Conv(LoRAMixin, Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if lora_rank is not None:
-            check_rank(lora_rank, "lora_rank")
-        check_alpha(lora_alpha)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
+        self._init_lora(lora_rank, lora_alpha)
         rank = self.rank
         if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
             raise ValueError(
@@ -297,8 +293,7 @@ class _Conv(LoRAMixin, Layer):
             )
         else:
             self.bias = None
-        if self.lora_rank:
-            self._create_lora_weights(self.lora_rank, self.lora_alpha)
+        self._build_lora()
 
     # -- compute
     def _pads(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
