@@ -609,9 +609,6 @@ class Layer(torch.nn.Module):
         if policy_map is not None:
             self._set_resolved_policy(policy_map[self.path])
 
-    def _build_on_call(self, args: tuple, kwargs: dict) -> None:
-        _building.build_on_call(self, args, kwargs)
-
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
             f"Layer {type(self).__name__} does not have a `call()` method implemented."
@@ -628,7 +625,7 @@ class Layer(torch.nn.Module):
         if kwargs and "mask" in kwargs:
             mask = kwargs["mask"] if self._call_has_mask else kwargs.pop("mask")
         else:
-            mask = _masking.previous_mask(args[0]) if args else None
+            mask = _masking.get_mask(args[0]) if args else None
             if mask is not None and self._call_has_mask:
                 kwargs["mask"] = mask
         if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
@@ -645,7 +642,7 @@ class Layer(torch.nn.Module):
             else:
                 assert_input_compatibility(spec, first, d["_name"])
         if not d["built"]:
-            self._build_on_call(args, kwargs)
+            _building.build_on_call(self, args, kwargs)
             if d["_input_cast_dtype"] != dtype:  # a DTypePolicyMap resolved at build
                 args, kwargs = _autocast.convert_structure(args, kwargs, d["_input_cast_dtype"])
         state = _autocast.STATE
