@@ -665,9 +665,10 @@ class Layer(torch.nn.Module):
             kwargs["training"] = self.training if training is None else training
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
-        if parent is None and _LOSS_HOLDERS.data and state.stateless is None:
+        not_stateless = state.stateless is None
+        if parent is None and _LOSS_HOLDERS.data and not_stateless:
             self._clear_losses()
-        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, state.stateless is None)
+        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, not_stateless)
         try:
             if d["_scheme"] is None:
                 outputs = self.call(*args, **kwargs)
