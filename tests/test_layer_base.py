@@ -712,3 +712,34 @@ def test_output_shape_of_unbuilt_parent_with_built_sublayers_allocates_nothing()
     finally:
         torch.Tensor.clone = original
     assert "cpu" not in copies and not wrap.built and inner.kernel.device.type == "cpu"
+
+
+class _WeightOrSublayer(Layer):
+    """`w` is a weight on some instances and a sublayer on others."""
+
+    def __init__(self, sublayer=False, **kwargs):
+        super().__init__(**kwargs)
+        if sublayer:
+            self.w = Dense(2)
+        else:
+            self.w = self.add_weight(shape=(2,), name="w")
+
+
+def test_weight_attributes_after_the_class_level_fast_path_is_installed():
+    with_bias = Dense(2)
+    with_bias.build((1, 3))
+    assert with_bias.bias is with_bias._parameters["bias"]  # first read installs Dense.bias
+    without_bias = Dense(2, use_bias=False)
+    without_bias.build((1, 3))
+    assert without_bias.bias is None
+    with pytest.raises(AttributeError, match="'Dense' object has no attribute 'kernel'"):
+        Dense(2).kernel  # not built
+    weight = _WeightOrSublayer()
+    assert weight.w is weight._parameters["w"]
+    sub = _WeightOrSublayer(sublayer=True)
+    assert isinstance(sub.w, Dense)
+    # Inside a call the fast path still serves the autocast copy, cast once per call.
+    layer = Probe(dtype="mixed_bfloat16")
+    layer(torch.ones(2, 3))
+    assert layer.seen["k_dtype"] == torch.bfloat16 and layer.seen["same_cast"]
+    assert layer.kernel.dtype == torch.float32

@@ -1,9 +1,11 @@
 """Keras-style mask propagation: masks ride on tensors from layer to layer."""
 
+import pytest
 import torch
 
 from mpq.layers import (
     Add,
+    Concatenate,
     Dense,
     Dropout,
     Embedding,
@@ -76,3 +78,13 @@ def test_mask_survives_autocast_of_the_input():
     emb = Embedding(10, 4, mask_zero=True)  # float32 output
     recorder(emb(TOKENS))
     assert torch.equal(recorder.seen[-1], EXPECTED)
+
+
+@pytest.mark.parametrize("layer", [Add(), Concatenate()], ids=["Add", "Concatenate"])
+@pytest.mark.parametrize("mask", [[EXPECTED], EXPECTED], ids=["too_few", "not_a_list"])
+def test_merge_layers_reject_a_mask_list_that_does_not_match_the_inputs(layer, mask):
+    inputs = [torch.ones(2, 3), torch.ones(2, 3)]
+    with pytest.raises(
+        ValueError, match=r"Expected one mask \(or None\) per input \(2\)\. Received: mask="
+    ):
+        layer.compute_mask(inputs, mask)

@@ -358,3 +358,10 @@ def test_conv1d_property_shapes_and_values(length, kernel, stride, dilation, pad
         groups,
     )
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_defaults_are_keras_pairs():
+    config = Conv2D(2, 3).get_config()
+    assert config["kernel_size"] == (3, 3)
+    assert config["strides"] == (1, 1)
+    assert config["dilation_rate"] == (1, 1)

@@ -70,6 +70,54 @@ __all__ = ["Layer"]
 _LOSS_HOLDERS: weakref.WeakSet = weakref.WeakSet()  # layers with non-empty _losses
 
 
+def _read_parameter(layer: Layer, name: str, p: Any) -> Any:
+    """``layer.<name>`` for its parameter ``p``: the value for the running call (autocast,
+    ``stateless_call`` substitution), or ``p`` itself outside any call."""
+    frame = _autocast.STATE.frame
+    if frame is None or frame.plain or p is None:
+        return p
+    if not isinstance(p, Variable):
+        # A plain tensor put in the variable's place (torch.func.functional_call): cast it as
+        # the variable it stands for would be.
+        dtype = frame.cast_dtype
+        if dtype is not None and p.dtype != dtype and name in layer._autocast_keys:
+            return p.to(dtype)
+        return p
+    return _autocast.read(p)
+
+
+class _ParameterAttribute:
+    """Class attribute that serves ``layer.<name>`` for a parameter without going through
+    ``__getattr__`` (reached only after a failed lookup has raised, ~0.5 us per read).
+
+    Installed on a layer class the first time one of its instances reads a parameter by that
+    name, where no class in the MRO defines the name. A non-data descriptor: a value in the
+    instance ``__dict__`` still wins; where the instance has no such parameter it raises
+    AttributeError, so ``__getattr__`` runs as before (buffers, submodules, the error)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @classmethod
+    def install(cls, layer_cls: type, name: str) -> None:
+        if not any(name in klass.__dict__ for klass in layer_cls.__mro__):
+            setattr(layer_cls, name, cls(name))
+
+    def __get__(self, layer: Layer | None, owner: type | None = None) -> Any:
+        if layer is not None:
+            params = layer.__dict__.get("_parameters")
+            if params is not None:
+                p = params.get(self.name, _MISSING)
+                if p is not _MISSING:
+                    return _read_parameter(layer, self.name, p)
+        raise AttributeError(self.name)
+
+
+_MISSING = object()
+
+
 class Layer(torch.nn.Module):
     """Keras 3 ``Layer`` on ``torch.nn.Module``: subclass it and implement ``build``/``call``.
 
@@ -196,18 +244,8 @@ class Layer(torch.nn.Module):
         # Only reached for names not in __dict__: parameters, buffers, submodules.
         params = self.__dict__.get("_parameters")
         if params is not None and name in params:
-            p = params[name]
-            frame = _autocast.STATE.frame
-            if frame is None or frame.plain or p is None:
-                return p
-            if not isinstance(p, Variable):
-                # A plain tensor put in the variable's place (torch.func.functional_call): cast
-                # it as the variable it stands for would be.
-                dtype = frame.cast_dtype
-                if dtype is not None and p.dtype != dtype and name in self._autocast_keys:
-                    return p.to(dtype)
-                return p
-            return _autocast.read(p)
+            _ParameterAttribute.install(type(self), name)
+            return _read_parameter(self, name, params[name])
         return torch.nn.Module.__getattr__(self, name)
 
     def __deepcopy__(self, memo: dict) -> Layer:
@@ -571,9 +609,6 @@ class Layer(torch.nn.Module):
         if policy_map is not None:
             self._set_resolved_policy(policy_map[self.path])
 
-    def _build_on_call(self, args: tuple, kwargs: dict) -> None:
-        _building.build_on_call(self, args, kwargs)
-
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
             f"Layer {type(self).__name__} does not have a `call()` method implemented."
@@ -590,7 +625,7 @@ class Layer(torch.nn.Module):
         if kwargs and "mask" in kwargs:
             mask = kwargs["mask"] if self._call_has_mask else kwargs.pop("mask")
         else:
-            mask = _masking.previous_mask(args[0]) if args else None
+            mask = _masking.get_mask(args[0]) if args else None
             if mask is not None and self._call_has_mask:
                 kwargs["mask"] = mask
         if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
@@ -607,7 +642,7 @@ class Layer(torch.nn.Module):
             else:
                 assert_input_compatibility(spec, first, d["_name"])
         if not d["built"]:
-            self._build_on_call(args, kwargs)
+            _building.build_on_call(self, args, kwargs)
             if d["_input_cast_dtype"] != dtype:  # a DTypePolicyMap resolved at build
                 args, kwargs = _autocast.convert_structure(args, kwargs, d["_input_cast_dtype"])
         state = _autocast.STATE
@@ -630,9 +665,10 @@ class Layer(torch.nn.Module):
             kwargs["training"] = self.training if training is None else training
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
-        if parent is None and _LOSS_HOLDERS.data and state.stateless is None:
+        not_stateless = state.stateless is None
+        if parent is None and _LOSS_HOLDERS.data and not_stateless:
             self._clear_losses()
-        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, state.stateless is None)
+        state.frame = _autocast.Frame(d["_var_cast_dtype"], training, not_stateless)
         try:
             if d["_scheme"] is None:
                 outputs = self.call(*args, **kwargs)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
-from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
+from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
@@ -190,11 +190,7 @@ class _Conv(LoRAMixin, Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if lora_rank is not None:
-            check_rank(lora_rank, "lora_rank")
-        check_alpha(lora_alpha)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
+        self._init_lora(lora_rank, lora_alpha)
         rank = self.rank
         if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
             raise ValueError(
@@ -297,8 +293,7 @@ class _Conv(LoRAMixin, Layer):
             )
         else:
             self.bias = None
-        if self.lora_rank:
-            self._create_lora_weights(self.lora_rank, self.lora_alpha)
+        self._build_lora()
 
     # -- compute
     def _pads(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
@@ -411,13 +406,14 @@ class Conv1D(_Conv):
 class Conv2D(_Conv):
     """2-D convolution over `[batch, height, width, channels]` inputs (Keras 3 `Conv2D`).
 
-    Args (Keras 3 names and defaults): filters, kernel_size, strides=(1, 1), padding="valid"
-    ("valid" or "same"; "same" pads as TensorFlow does, the odd zero after), data_format=None
-    (-> "channels_last"; "channels_first" takes `[batch, channels, height, width]`),
-    dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
-    kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel/bias regularizers
-    and constraints, activity_regularizer. Unlike Keras, strides > 1 together with
-    dilation_rate > 1 is allowed.
+    Args (Keras 3 names and defaults): filters, kernel_size, strides=1 (an int stands for the
+    pair: (1, 1)), padding="valid" ("valid" or "same"; "same" pads as TensorFlow does, the odd
+    zero after), data_format=None (-> "channels_last"; "channels_first" takes
+    `[batch, channels, height, width]`), dilation_rate=1 (-> (1, 1)), groups=1,
+    activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+    bias_initializer="zeros", kernel/bias regularizers and constraints, activity_regularizer,
+    lora_rank=None / lora_alpha=None. Unlike Keras, strides > 1 together with dilation_rate > 1
+    is allowed.
 
     Weights: `kernel` [kh, kw, in_channels // groups, filters] (Keras layout), `bias` [filters].
     Runs in the compute dtype (autocast rule "conv").
@@ -428,50 +424,6 @@ class Conv2D(_Conv):
     """
 
     rank = 2
-
-    def __init__(
-        self,
-        filters: int,
-        kernel_size: int | Sequence[int],
-        strides: int | Sequence[int] = (1, 1),
-        padding: str = "valid",
-        data_format: str | None = None,
-        dilation_rate: int | Sequence[int] = (1, 1),
-        groups: int = 1,
-        activation: Any = None,
-        use_bias: bool = True,
-        kernel_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        kernel_regularizer: Any = None,
-        bias_regularizer: Any = None,
-        activity_regularizer: Any = None,
-        kernel_constraint: Any = None,
-        bias_constraint: Any = None,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            filters,
-            kernel_size,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            dilation_rate=dilation_rate,
-            groups=groups,
-            activation=activation,
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            **kwargs,
-        )
 
     def _convolution(self, x, kernel, bias, pads):
         return _conv2d(

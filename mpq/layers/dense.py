@@ -13,7 +13,7 @@ import torch
 from mpq import activations, constraints, initializers, kernels, regularizers
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
-from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
+from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Dense"]
@@ -70,9 +70,7 @@ class Dense(LoRAMixin, Layer):
                 "Received an invalid value for `units`, expected a positive integer. "
                 f"Received: units={units!r}"
             )
-        if lora_rank is not None:
-            check_rank(lora_rank, "lora_rank")
-        check_alpha(lora_alpha)
+        self._init_lora(lora_rank, lora_alpha)
         self.units = units
         self.activation = activations.get(activation)
         # Identity activations cost nothing; relu/gelu/silu run in the matmul's epilogue.
@@ -86,8 +84,6 @@ class Dense(LoRAMixin, Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
         self.input_spec = InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -116,8 +112,7 @@ class Dense(LoRAMixin, Layer):
         else:
             self.bias = None
         self.input_spec = InputSpec(min_ndim=2, axes={-1: int(input_dim)})
-        if self.lora_rank:
-            self._create_lora_weights(self.lora_rank, self.lora_alpha)
+        self._build_lora()
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         kernel = self.kernel

@@ -15,7 +15,7 @@ import torch
 
 from mpq import activations, constraints, initializers, regularizers
 from mpq.layers.base import Layer
-from mpq.layers.lora import LoRAMixin, check_alpha, check_rank
+from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 
 __all__ = ["EinsumDense", "analyze_einsum"]
@@ -208,9 +208,7 @@ class EinsumDense(LoRAMixin, Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if lora_rank is not None:
-            check_rank(lora_rank, "lora_rank")
-        check_alpha(lora_alpha)
+        self._init_lora(lora_rank, lora_alpha)
         if not isinstance(equation, str):
             raise TypeError(
                 "Expected `equation` to be a string such as 'ab,bc->ac'. "
@@ -249,8 +247,6 @@ class EinsumDense(LoRAMixin, Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.full_output_shape: Shape | None = None
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         shapes = analyze_einsum(
@@ -276,8 +272,7 @@ class EinsumDense(LoRAMixin, Layer):
             )
         else:
             self.bias = None
-        if self.lora_rank:
-            self._create_lora_weights(self.lora_rank, self.lora_alpha)
+        self._build_lora()
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return analyze_einsum(

@@ -123,6 +123,17 @@ class LoRAMixin:
         self._update_cast_dtypes()
 
     # ------------------------------------------------------------------ internals
+    def _init_lora(self, lora_rank: Any, lora_alpha: Any) -> None:
+        """Check and store the constructor's ``lora_rank`` / ``lora_alpha`` (LoRA is enabled
+        with them at the end of ``build``, see :meth:`_build_lora`)."""
+        self.lora_rank = None if lora_rank is None else check_rank(lora_rank, "lora_rank")
+        self.lora_alpha = check_alpha(lora_alpha)
+
+    def _build_lora(self) -> None:
+        """At the end of ``build``: enable LoRA if the constructor asked for it."""
+        if self.lora_rank:
+            self._create_lora_weights(self.lora_rank, self.lora_alpha)
+
     def _create_lora_weights(
         self,
         rank: Any,

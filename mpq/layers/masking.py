@@ -35,9 +35,6 @@ def get_mask(x: Any) -> Any:
     return None
 
 
-previous_mask = get_mask
-
-
 def set_mask(outputs: Any, mask: Any) -> None:
     """Attach ``mask`` to ``outputs`` (a tensor); nothing to attach, or no tensor: no-op."""
     if mask is not None and isinstance(outputs, torch.Tensor):

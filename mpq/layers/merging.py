@@ -45,6 +45,14 @@ def _check_tensor_list(inputs: Any, layer: str) -> list[torch.Tensor]:
     return list(inputs)
 
 
+def _check_mask_list(mask: Any, inputs: Sequence[torch.Tensor]) -> None:
+    """A merge's masks: one (or None) per input."""
+    if not isinstance(mask, (tuple, list)) or len(mask) != len(inputs):
+        raise ValueError(
+            f"Expected one mask (or None) per input ({len(inputs)}). Received: mask={mask!r}"
+        )
+
+
 def _broadcast_pair(a: Shape, b: Shape, shapes: Sequence[Shape]) -> Shape:
     if len(a) < len(b):
         a, b = b, a
@@ -105,10 +113,7 @@ class Add(Layer):
     ) -> torch.Tensor | None:
         if mask is None:
             return None
-        if not isinstance(mask, (tuple, list)) or len(mask) != len(inputs):
-            raise ValueError(
-                f"Expected one mask (or None) per input ({len(inputs)}). Received: mask={mask!r}"
-            )
+        _check_mask_list(mask, inputs)
         if any(m is None for m in mask):
             return None
         out = mask[0]
@@ -178,10 +183,7 @@ class Concatenate(Layer):
     ) -> torch.Tensor | None:
         if mask is None:
             return None
-        if not isinstance(mask, (tuple, list)) or len(mask) != len(inputs):
-            raise ValueError(
-                f"Expected one mask (or None) per input ({len(inputs)}). Received: mask={mask!r}"
-            )
+        _check_mask_list(mask, inputs)
         if all(m is None for m in mask):
             return None
         full = []

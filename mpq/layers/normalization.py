@@ -53,6 +53,25 @@ def _stats_dtype(layer: Layer, x: torch.Tensor) -> torch.dtype:
     return layer._op_dtype("normalization", x.dtype)
 
 
+def _add_gamma_beta(layer: Layer, shape: Shape, scale: bool, center: bool) -> None:
+    """Create ``layer.gamma`` (if ``scale``, else None) and ``layer.beta`` (if ``center``) of
+    ``shape`` from the layer's ``{gamma,beta}_{initializer,regularizer,constraint}``: trainable
+    and read without autocast (the normalization runs in its own dtype)."""
+    for name, wanted in (("gamma", scale), ("beta", center)):
+        weight = None
+        if wanted:
+            weight = layer.add_weight(
+                shape=shape,
+                initializer=getattr(layer, f"{name}_initializer"),
+                regularizer=getattr(layer, f"{name}_regularizer"),
+                constraint=getattr(layer, f"{name}_constraint"),
+                trainable=True,
+                autocast=False,
+                name=name,
+            )
+        setattr(layer, name, weight)
+
+
 @register_layer("mpq")
 class LayerNormalization(Layer):
     """Normalizes each example over `axis`: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
@@ -130,30 +149,12 @@ class LayerNormalization(Layer):
                 f"Expected the normalized axes {self._axes} to have known sizes. "
                 f"Received: input_shape={input_shape}"
             )
-        if self.scale or self.rms_scaling:
-            self.gamma = self.add_weight(
-                shape=shape,
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-                name="gamma",
-            )
-        else:
-            self.gamma = None
-        if self.center and not self.rms_scaling:
-            self.beta = self.add_weight(
-                shape=shape,
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-                name="beta",
-            )
-        else:
-            self.beta = None
+        _add_gamma_beta(
+            self,
+            shape,
+            scale=self.scale or self.rms_scaling,
+            center=self.center and not self.rms_scaling,
+        )
         self.input_spec = InputSpec(
             ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
         )
@@ -304,30 +305,7 @@ class BatchNormalization(Layer):
             )
         self._reduction_axes = tuple(i for i in range(len(input_shape)) if i != self._channel_axis)
         shape = (channels,)
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-                name="gamma",
-            )
-        else:
-            self.gamma = None
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-                name="beta",
-            )
-        else:
-            self.beta = None
+        _add_gamma_beta(self, shape, scale=self.scale, center=self.center)
         self.moving_mean = self.add_weight(
             shape=shape,
             initializer=self.moving_mean_initializer,
