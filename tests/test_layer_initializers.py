@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpq import constraints, initializers, regularizers
-from mpq.layers import Dense
+from mpq.layers import Conv2D, Dense
 from mpq.testing import assert_close
 
 NAMES = [
@@ -204,3 +204,23 @@ def test_families_share_one_resolver(module, name, cls_name):
         module.serialize("x")
     with pytest.raises(ValueError, match=r"Received: config=\{'class_name': 'Nope'\}"):
         module.deserialize({"class_name": "Nope"})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda init: Dense(2, kernel_initializer=init),
+        lambda init: Conv2D(2, 1, kernel_initializer=init),
+    ],
+)
+def test_a_plain_callable_initializer_cannot_be_serialized_in_any_layer(make):
+    """The same error, from the same serializer, whichever layer holds the callable."""
+
+    def init(shape, dtype=None):
+        return torch.zeros(shape)
+
+    layer = make(init)
+    with pytest.raises(
+        TypeError, match=r"Received: initializer=<function .*init.* \(of type function\)"
+    ):
+        layer.get_config()

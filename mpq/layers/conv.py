@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import activations, constraints, initializers, kernels, regularizers
+from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
@@ -113,10 +114,6 @@ def same_padding(length: int, kernel_size: int, stride: int, dilation: int) -> t
     out = (length + stride - 1) // stride
     total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - length, 0)
     return total // 2, total - total // 2
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def _int_tuple(value: Any, n: int, name: str, *, allow_zero: bool = False) -> tuple[int, ...]:

@@ -12,16 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from mpq import activations
+from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Activation", "Dropout", "Flatten", "Reshape"]
 
 Shape = tuple[int | None, ...]
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def _is_int(value: Any) -> bool:

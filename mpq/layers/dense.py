@@ -141,23 +141,12 @@ class Dense(LoRAMixin, Layer):
             "units": self.units,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
-            "kernel_initializer": _serialize(initializers, self.kernel_initializer),
-            "bias_initializer": _serialize(initializers, self.bias_initializer),
-            "kernel_regularizer": _serialize(regularizers, self.kernel_regularizer),
-            "bias_regularizer": _serialize(regularizers, self.bias_regularizer),
-            "kernel_constraint": _serialize(constraints, self.kernel_constraint),
-            "bias_constraint": _serialize(constraints, self.bias_constraint),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": constraints.serialize(self.kernel_constraint),
+            "bias_constraint": constraints.serialize(self.bias_constraint),
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
         }
-
-
-def _serialize(module: Any, obj: Any) -> Any:
-    if obj is None:
-        return None
-    try:
-        return module.serialize(obj)
-    except TypeError as e:
-        raise ValueError(
-            f"Cannot serialize {obj!r}: use a built-in {module.__name__} object or name."
-        ) from e

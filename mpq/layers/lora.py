@@ -18,12 +18,9 @@ from typing import Any
 import torch
 
 from mpq import initializers
+from mpq._errors import describe as _describe
 
 __all__ = ["LoRAMixin"]
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def check_rank(rank: Any, name: str = "rank") -> int:

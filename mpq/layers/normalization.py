@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import constraints, initializers, regularizers
+from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
@@ -24,10 +25,6 @@ Shape = tuple[int | None, ...]
 
 # Added to the mask weight sum in masked moments, as Keras' backend epsilon.
 _MASK_EPSILON = 1e-7
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} (of type {type(value).__name__})"
 
 
 def _is_int(value: Any) -> bool:
