@@ -52,10 +52,13 @@ from typing import Any
 
 import torch
 
+from mpq import _registry
 from mpq import constraints as _constraints
 from mpq import initializers as _initializers
 from mpq import policy as _policy
 from mpq import regularizers as _regularizers
+from mpq._errors import check_config_depth
+from mpq._errors import describe as _describe
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
 from mpq.layers import masking as _masking
@@ -771,10 +774,20 @@ class Layer(torch.nn.Module):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Layer:
-        """``cls(**config)`` (the dtype entry may be a policy config dict)."""
+    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Layer:
+        """``cls(**config)`` (the dtype entry may be a policy config dict). Names in the config
+        resolve from mpq's catalogs, registered objects and ``custom_objects`` only."""
+        check_config_depth(config)
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise TypeError(
+                f"Expected a config dict with string keys for {cls.__name__}. "
+                f"Received: config={_describe(config)}"
+            )
         try:
-            return cls(**config)
+            with _registry.custom_object_scope(custom_objects):
+                return cls(**config)
+        except (MemoryError, RecursionError):
+            raise  # never disguised as a config error
         except Exception as e:
             raise TypeError(
                 f"Error when deserializing class {cls.__name__!r} using config={config}.\n\n"
