@@ -338,6 +338,9 @@ def test_build_config_sizes_out_of_range_raise():
     config["build_config"] = {"input_shape": [None, 10**20]}
     with pytest.raises(ValueError, match=r"sizes in \[0, 2147483647\]. Received: shape=\(None, 1"):
         layers.deserialize(config)
+    config["build_config"] = {"input_shape": [None, True]}
+    with pytest.raises(ValueError, match=r"Received: shape=\(None, True\)"):
+        layers.deserialize(config)
 
 
 @pytest.mark.parametrize(
@@ -543,3 +546,16 @@ def test_fuzz_load_mutated_files(data, tmp_path_factory):
         config = data.draw(_mutated_configs() | _json)
         _save_with_config(_small_model(), path, lambda _: json.dumps(config))
     _accepts(saving.load, path)
+
+
+def test_docs_security_md_examples_run(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/security.md", "exec"), {"__name__": "docs_security"})
+    assert "TypeError" in capsys.readouterr().out

@@ -66,7 +66,9 @@ def as_shape(value: Any) -> Any:
     """JSON lists back to tuples: ``[None, 4]`` -> ``(None, 4)``; lists of shapes stay lists."""
     if isinstance(value, (list, tuple)):
         if all(v is None or isinstance(v, int) for v in value):
-            if any(v is not None and not 0 <= v <= MAX_SIZE for v in value):
+            if any(
+                v is not None and (isinstance(v, bool) or not 0 <= v <= MAX_SIZE) for v in value
+            ):
                 raise ValueError(
                     f"Expected a shape of None or sizes in [0, {MAX_SIZE}]. "
                     f"Received: shape={tuple(value)}"
