@@ -424,6 +424,45 @@ def test_deeply_nested_configs_raise_not_recurse(tmp_path):
     assert saving.load(path).name == "[" * 5000
 
 
+@pytest.mark.parametrize("input_shape", [[], {}, "abc", {"x": [1]}])
+def test_malformed_build_configs_raise_documented_errors(input_shape):
+    """Found by the fuzz test: Dense.build on these raised IndexError / KeyError."""
+    config = layers.serialize(Dense(2))
+    config["build_config"] = {"input_shape": input_shape}
+    with pytest.raises(LOAD_ERRORS, match="Received"):
+        layers.deserialize(config)
+
+
+def test_dtype_names_do_not_import_torch_submodules(monkeypatch):
+    """torch's module __getattr__ imports submodules (torch._inductor, torch.onnx) on first
+    access: a dtype name from a config must never reach it."""
+    from mpq.layers.variables import to_torch_dtype
+
+    looked_up = []
+
+    def spy(name):
+        looked_up.append(name)
+        raise AttributeError(name)
+
+    monkeypatch.setattr(torch, "__getattr__", spy, raising=False)
+    assert to_torch_dtype("int64") is torch.int64 and to_torch_dtype("long") is torch.int64
+    for name in ("_inductor", "onnx", "not_a_torch_name", "os", "__builtins__"):
+        with pytest.raises(ValueError, match=f"Received: dtype='{name}'"):
+            to_torch_dtype(name)
+    assert looked_up == []
+
+
+def test_policy_map_regex_nested_too_deeply_raises():
+    config = {
+        "class_name": "DTypePolicyMap",
+        "config": {"default_policy": "float32", "policy_map": {"(" * 5000 + ")" * 5000: "float16"}},
+    }
+    with pytest.raises(
+        ValueError, match=r"valid regular expression. Received: key='\(\(\(.*RecursionError"
+    ):
+        mpq.policy.get(config)
+
+
 # -- fuzz: only success or the documented error types -------------------------------------------
 _json = st.recursive(
     st.none()

@@ -806,20 +806,36 @@ class Layer(torch.nn.Module):
         return {"shapes_dict": dict(shapes)}
 
     def build_from_config(self, config: dict[str, Any] | None) -> None:
-        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples)."""
+        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples).
+
+        A config the layer cannot build with raises ValueError or TypeError (whatever ``build``
+        raised is chained), never a bare IndexError or KeyError."""
         if not config:
             return
+        args: tuple = ()
+        kwargs: dict[str, Any] = {}
+        if not isinstance(config, dict):
+            raise TypeError(f"Expected a build config dict. Received: config={_describe(config)}")
         if config == {"input_shape": None}:
-            self.build()
+            pass
         elif "input_shape" in config:
-            self.build(_building.as_shape(config["input_shape"]))
-        elif "shapes_dict" in config:
-            self.build(**{k: _building.as_shape(v) for k, v in config["shapes_dict"].items()})
+            args = (_building.as_shape(config["input_shape"]),)
+        elif "shapes_dict" in config and isinstance(config["shapes_dict"], dict):
+            kwargs = {k: _building.as_shape(v) for k, v in config["shapes_dict"].items()}
         else:
             raise ValueError(
                 "Expected a build config with 'input_shape' or 'shapes_dict'. "
                 f"Received: config={config!r}"
             )
+        try:
+            self.build(*args, **kwargs)
+        except (MemoryError, RecursionError, ValueError, TypeError):
+            raise
+        except Exception as e:
+            raise ValueError(
+                f"Expected a build config that {type(self).__name__} {self.name!r} can build "
+                f"from. Received: config={config!r}, which failed with {type(e).__name__}: {e}"
+            ) from e
 
     # ------------------------------------------------------------------ saving
     def _own_variables(self) -> dict[str, torch.nn.Parameter]:
