@@ -230,13 +230,21 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)
-    except LOAD_ERRORS:
-        raise
+    except LOAD_ERRORS as e:
+        if not isinstance(e.__cause__, (NotImplementedError, RuntimeError)):
+            raise
+        error: BaseException = e
     except (NotImplementedError, RuntimeError, ArithmeticError) as e:
+        error = e
+    else:
+        error = None
+    if error is not None:
         raise ValueError(
-            f"Expected a config in {path!r} that builds. Received: a config whose build failed "
-            f"with {type(e).__name__}: {str(e)[:300]}"
-        ) from e
+            f"Expected a config in {path!r} that builds on the meta device: load builds the "
+            "model there first (shapes only) to check it against the stored tensors before "
+            "allocating, so every layer's build must not read values (docs/security.md). "
+            f"Received: a build that failed with {type(error).__name__}: {str(error)[:500]}"
+        ) from error
     _check_match(skeleton, tensors, path)
     del skeleton
     model = serialization.deserialize(config, custom_objects=custom_objects)

@@ -315,6 +315,25 @@ def test_config_sizes_are_checked_against_the_stored_tensors(tmp_path, no_big_al
         saving.load(path)
 
 
+@layers.register_layer("tests_security")
+class ReadsValuesInBuild(Layer):
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+        self.total = float(self.w.detach().sum())  # reads a value: not on the meta device
+
+    def call(self, x):
+        return x * self.w
+
+
+def test_load_explains_a_build_that_cannot_run_on_the_meta_device(tmp_path):
+    layer = ReadsValuesInBuild()
+    layer(torch.ones(1, 3))
+    path = tmp_path / "reads.safetensors"
+    saving.save(layer, path)
+    with pytest.raises(ValueError, match=r"builds on the meta device.*Received: a build that fail"):
+        saving.load(path)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
