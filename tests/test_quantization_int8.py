@@ -139,3 +139,34 @@ def test_embedding_int8_dequantizes_only_the_looked_up_rows():
     assert torch.equal(layer.embeddings, q) and torch.equal(layer.embeddings_scale, scale[:, 0])
     assert torch.equal(layer(ids), dequantize(q, scale)[ids])
     assert layer.compute_mask(ids).tolist() == [[False, True, True, True]]
+
+
+# --- reductions past the int32 bound (issue #12) ---------------------------------------------
+
+K_PAST_INT32 = 140_000  # 127 * 127 * K > 2**31 - 1: a wrapped int32 accumulator goes negative
+
+
+@pytest.mark.parametrize(
+    "make, input_shape",
+    [
+        (lambda: Dense(2, use_bias=False), (1, K_PAST_INT32)),
+        (lambda: EinsumDense("ab,bc->ac", output_shape=2), (1, K_PAST_INT32)),
+        (lambda: Conv1D(2, 1, use_bias=False), (1, 1, K_PAST_INT32)),
+        (lambda: Conv2D(2, 1, use_bias=False), (1, 1, 1, K_PAST_INT32)),
+    ],
+    ids=["Dense", "EinsumDense", "Conv1D", "Conv2D"],
+)
+def test_w8a8_layers_past_the_int32_bound_are_exact(make, input_shape):
+    """All-127 kernel codes (unit scales) and all-one inputs (code 127, scale 1/127): each
+    output is fp32(127 * 127 * K) * fp32(1/127), the epilogue of the exact integer sum."""
+    layer = make()
+    x = torch.ones(input_shape)
+    layer(x)
+    layer.quantize("int8")
+    layer.kernel.assign(torch.full(tuple(layer.kernel.shape), 127, dtype=torch.int8))
+    layer.kernel_scale.assign(torch.ones(tuple(layer.kernel_scale.shape)))
+    _, x_scale = quantize_symmetric(torch.ones(()), "int8")
+    exact = torch.tensor(127 * 127 * K_PAST_INT32, dtype=torch.float64).to(torch.float32)
+    y = layer(x)
+    assert torch.equal(y, (exact * x_scale).expand(y.shape))
+    assert float(y.min()) > 0  # what a wrapped accumulator would have made negative
