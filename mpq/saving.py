@@ -148,6 +148,10 @@ def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     ]
     if problems:
         raise ValueError(f"The weights in {path!r} do not match the model: {problems}")
+    from mpq.layers.variables import check_write
+
+    for key, (_, _, t) in expected.items():  # value rules (codes, scales) before any write
+        check_write(t, tensors[key], f"load {key!r} from {path!r} into")
     by_module: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
     for key, (module, name, _) in expected.items():
         by_module.setdefault(id(module), (module, {}))[1][name] = tensors[key]

@@ -164,7 +164,7 @@ class Float8Scheme(C.Scheme):
     def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
         length = cfg.amax_history_length
         for prefix in STATE_NAMES:
-            C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones")
+            C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones", C.POSITIVE_FINITE)
             C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
         layer._update_cast_dtypes()
 
