@@ -254,3 +254,23 @@ def test_set_weights_and_load_own_variables_check_values_before_any_write():
     assert torch.equal(layer.w, torch.ones(2)) and torch.equal(
         layer.q, torch.zeros(2, dtype=torch.int8)
     )
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    dtype=st.sampled_from([torch.int8, torch.uint8, torch.int16, torch.int32]),
+    values=st.lists(st.integers(-(2**40), 2**40) | st.integers(-300, 300), min_size=1, max_size=6),
+)
+def test_integer_assign_stores_exactly_or_raises(dtype, values):
+    """Property: assign into an integer variable either stores every value exactly or raises
+    ValueError (and writes nothing); it raises exactly when a value is outside the dtype."""
+    info = torch.iinfo(dtype)
+    v = Variable(torch.zeros(len(values), dtype=dtype), name="codes", trainable=False)
+    fits = all(info.min <= x <= info.max for x in values)
+    if fits:
+        v.assign(torch.tensor(values, dtype=torch.int64))
+        assert v.tolist() == values
+    else:
+        with pytest.raises(ValueError, match=r"Expected values of"):
+            v.assign(torch.tensor(values, dtype=torch.int64))
+        assert v.tolist() == [0] * len(values)

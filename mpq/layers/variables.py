@@ -126,8 +126,24 @@ class ValueRule:
             return f"{self.what} that are finite and > 0"
         return f"{self.what} in [{self.low}, {self.high}]"
 
+    def holds(self, t: torch.Tensor) -> bool:
+        """True when every value of ``t`` (see ``_checkable``) follows the rule; reductions
+        only (no mask of the tensor's size), in ``t``'s own dtype. NaN never holds."""
+        if self.positive_finite:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return False
+            if not t.amin().item() > 0:
+                return False
+        if self.low is not None or self.high is not None:
+            low, high = torch.aminmax(t)
+            if self.low is not None and not low.item() >= self.low:
+                return False
+            if self.high is not None and not high.item() <= self.high:
+                return False
+        return True
+
     def bad_mask(self, t: torch.Tensor) -> torch.Tensor:
-        """True where ``t`` (float64 or int64) breaks the rule."""
+        """True where ``t`` (float64 or int64) breaks the rule (for the error message)."""
         bad = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
         if self.positive_finite:
             bad |= ~torch.isfinite(t) | (t <= 0) if t.is_floating_point() else t <= 0
@@ -145,6 +161,18 @@ POSITIVE_FINITE = ValueRule("scales", positive_finite=True)
 def set_value_rule(var: torch.Tensor, rule: ValueRule | None) -> None:
     """Attach ``rule`` to ``var`` (a ``Variable``); ``None`` removes it."""
     var.__dict__["_value_rule"] = rule
+
+
+_NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _checkable(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in a dtype the checks reduce over without a copy where possible: its own
+    (integer, or float16/bfloat16/float32/float64), float8 -> float32 (exact), bool -> uint8."""
+    t = value.detach()
+    if t.is_floating_point():
+        return t if t.dtype in _NATIVE_FLOATS else t.to(torch.float32)
+    return t.to(torch.uint8) if t.dtype == torch.bool else t
 
 
 def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> str:
@@ -177,17 +205,16 @@ def check_write(var: torch.Tensor, value: torch.Tensor, where: str = "assign") -
         return
     if value.device.type == "meta":  # shape inference (compute_output_spec): no values
         return
-    if value.is_floating_point():
-        t = value.detach().to(torch.float64)
-        if integer:
-            bad = ~torch.isfinite(t) | (t != torch.round(t))
-            if bool(bad.any()):
-                raise ValueError(
-                    f"Expected integral, finite values to {where} integer variable {path!r} of "
-                    f"dtype {var.dtype}. Received: {_first_bad(t, bad).replace('out of range', 'not integral')}"
-                )
-    else:
-        t = value.detach().to(torch.int64)
+    t = _checkable(value)
+    if integer and t.is_floating_point():
+        exact = torch.isfinite(t) & (t == torch.round(t))
+        if not bool(exact.all()):
+            wide = t.to(torch.float64)
+            raise ValueError(
+                f"Expected integral, finite values to {where} integer variable {path!r} of "
+                f"dtype {var.dtype}. Received: "
+                + _first_bad(wide, ~exact).replace("out of range", "not integral")
+            )
     checks = []
     if integer:
         info = torch.iinfo(var.dtype)
@@ -195,11 +222,11 @@ def check_write(var: torch.Tensor, value: torch.Tensor, where: str = "assign") -
     if rule is not None:
         checks.append(rule)
     for check in checks:
-        bad = check.bad_mask(t)
-        if bool(bad.any()):
+        if not check.holds(t):
+            wide = t.to(torch.float64 if t.is_floating_point() else torch.int64)
             raise ValueError(
                 f"Expected {check.expected()} to {where} variable {path!r} of dtype {var.dtype}. "
-                f"Received: {_first_bad(t, bad)}"
+                f"Received: {_first_bad(wide, check.bad_mask(wide))}"
             )
 
 

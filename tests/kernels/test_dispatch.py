@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from _kernel_helpers import k_major, pack_int4
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import _dispatch, reference
@@ -465,3 +467,32 @@ def test_int8_conv2d_with_more_taps_than_the_bound_raises(monkeypatch):
         match=r"Expected an int8 conv2d kernel of at most 3 taps.*Received: w=.*KH\*KW=4",
     ):
         K.conv2d(x, w)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    m=st.integers(1, 3),
+    n=st.integers(1, 4),
+    k=st.integers(1, 40),
+    bound=st.integers(1, 40),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_int8_split_matmul_property(m, n, k, bound, seed):
+    """For any bound (chunk length), the split matmul equals the unsplit exact int32 sum and its
+    fp32 epilogue, bit for bit (reference backend)."""
+    from unittest import mock
+
+    from mpq.kernels import _checks
+
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scales = dict(a_scale=torch.rand(m, generator=gen), b_scale=torch.rand(n, generator=gen))
+    with K.use_backend("reference"):
+        raw = K.matmul(a, w.t(), out_dtype=torch.int32)
+        want = K.matmul(a, w.t(), out_dtype=torch.float32, **scales)
+        with mock.patch.object(_checks, "INT8_EXACT_K", bound):
+            assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.int32), raw)
+            assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.float32, **scales), want)
+    exact = a.to(torch.int64) @ w.t().to(torch.int64)
+    assert torch.equal(raw.to(torch.int64), exact)
