@@ -350,6 +350,10 @@ class Variable(torch.nn.Parameter):
         t = self._check_value(value, "assign")
         if self._checks_values() or t.is_complex():
             check_write(self, t)
+        return self._write(t)
+
+    def _write(self, t: torch.Tensor) -> Variable:
+        """The write of ``assign`` once ``t`` is checked (stateless calls record it)."""
         stateless = _autocast.STATE.stateless
         if stateless is not None:
             stateless.record(self, t.detach().to(device=self.device, dtype=self.dtype))

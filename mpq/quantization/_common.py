@@ -91,6 +91,15 @@ def add_state(
     return var
 
 
+def assign_valid(var: torch.Tensor, value: torch.Tensor) -> None:
+    """``var.assign(value)`` for a value valid by construction (mpq's own delayed-scaling
+    updates keep the old scale wherever a new one would not be finite and > 0): the shape is
+    checked, the values are not, so a training step does not wait on the device for the check.
+    ``var``: a variable or its ``read`` value."""
+    variable = var.__dict__.get("_variable", var)
+    variable._write(variable._check_value(value, "assign"))
+
+
 def read(layer: Any, name: str) -> torch.Tensor:
     """Read variable ``name`` for the running call (stateless values substituted)."""
     return _autocast.read(layer._parameters[name])
