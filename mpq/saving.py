@@ -191,8 +191,11 @@ def _check_match(
 def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
     """Validate every tensor against the model, then write them all (nothing half-loaded)."""
     from mpq.layers.base import Layer
+    from mpq.layers.variables import check_write
 
     expected = _check_match(model, tensors, path)
+    for key, (_, _, t) in expected.items():  # value rules (codes, scales) before any write
+        check_write(t, tensors[key], f"load {key!r} from {path!r} into")
     by_module: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
     for key, (module, name, _) in expected.items():
         by_module.setdefault(id(module), (module, {}))[1][name] = tensors[key]

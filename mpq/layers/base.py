@@ -66,7 +66,7 @@ from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
 from mpq.layers.input_spec import InputSpec, assert_input_compatibility
-from mpq.layers.variables import Variable, to_numpy, to_tensor, to_torch_dtype
+from mpq.layers.variables import Variable, check_write, to_numpy, to_tensor, to_torch_dtype
 
 __all__ = ["Layer"]
 
@@ -153,6 +153,9 @@ class Layer(torch.nn.Module):
     _call_has_mask = False
     _call_signature: inspect.Signature | None = None
     _computes_mask = False  # True when a subclass overrides compute_mask (Embedding, merges)
+    # What the first input must be: "float" (integer/bool cast to the compute dtype, complex
+    # refused: Dense, EinsumDense, Conv, normalization), "index" (Embedding ids), None (any).
+    _input_kind: str | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
@@ -518,7 +521,9 @@ class Layer(torch.nn.Module):
         return [to_numpy(w) for w in self.weights]
 
     def set_weights(self, weights: list) -> None:
-        """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write."""
+        """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write
+        (shapes, and values as ``Variable.assign`` checks them: no complex into real, no value
+        an integer dtype cannot hold, quantization codes and scales in their ranges)."""
         params = self.weights
         if not isinstance(weights, (list, tuple)) or len(weights) != len(params):
             got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
@@ -536,6 +541,7 @@ class Layer(torch.nn.Module):
                     f"{tuple(p.shape)}, which is not compatible with the provided weight shape "
                     f"{tuple(t.shape)}."
                 )
+            check_write(p, t, "set_weights into")
             values.append(t)
         with torch.no_grad():
             for p, t in zip(params, values, strict=True):
@@ -637,6 +643,14 @@ class Layer(torch.nn.Module):
                 args = (x.to(dtype),)
         else:
             args, kwargs = _autocast.convert_structure(args, kwargs, dtype)
+        kind = self._input_kind
+        if kind is not None and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            if kind == "index":
+                args = (_autocast.index_input(x, d["_name"]), *args[1:])
+            elif not x.is_floating_point():
+                compute = d["_dtype_policy"].torch_compute_dtype
+                args = (_autocast.float_input(x, compute, d["_name"]), *args[1:])
         spec = d["input_spec"]
         if spec is not None:
             first = args[0] if args else next(iter(kwargs.values()), None)
@@ -868,6 +882,7 @@ class Layer(torch.nn.Module):
                     f"Layer {self.name!r} variable {name!r} has shape {tuple(p.shape)}, but the "
                     f"store holds shape {tuple(t.shape)}."
                 )
+            check_write(p, t, "load into")
             values[name] = t
         with torch.no_grad():
             for name, p in own.items():

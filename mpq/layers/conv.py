@@ -164,6 +164,8 @@ def _standardize_data_format(data_format: Any) -> str:
 class _Conv(LoRAMixin, Layer):
     """Shared implementation of Conv1D / Conv2D (rank 1 or 2)."""
 
+    _input_kind = "float"  # see Layer._input_kind
+
     rank: int = 0
 
     def __init__(

@@ -49,6 +49,8 @@ class Dense(LoRAMixin, Layer):
     torch.Size([2, 4])
     """
 
+    _input_kind = "float"  # see Layer._input_kind
+
     def __init__(
         self,
         units: int,

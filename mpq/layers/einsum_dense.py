@@ -192,6 +192,8 @@ class EinsumDense(LoRAMixin, Layer):
     ((16, 4, 8), (4, 8))
     """
 
+    _input_kind = "float"  # see Layer._input_kind
+
     def __init__(
         self,
         equation: str,

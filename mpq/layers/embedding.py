@@ -54,6 +54,8 @@ class Embedding(Layer):
     (torch.Size([1, 3, 4]), [[True, True, False]])
     """
 
+    _input_kind = "index"  # see Layer._input_kind
+
     def __init__(
         self,
         input_dim: int,
