@@ -3,6 +3,8 @@ numpy/ml_dtypes oracle, and the mxfp*/mxint8/nvfp4 layer modes."""
 
 from __future__ import annotations
 
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,6 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import mpq
+import mpq.quantization
+from mpq import saving
+from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Sequential, deserialize, serialize
+from mpq.quantization import QuantizationConfig, weight_bytes
 from mpq.quantizers import dequantize_mx, dequantize_nvfp4, quantize_mx, quantize_nvfp4
 
 # ------------------------------------------------------------------------------ the oracle
@@ -290,3 +297,187 @@ def test_mx_quantizer_errors():
         quantize_nvfp4(torch.ones(16), tensor_scale=torch.ones(1))
     with pytest.raises(ValueError, match=r"Expected `tensor_scale` finite and > 0\. Received"):
         quantize_nvfp4(torch.ones(16), tensor_scale=torch.tensor(0.0))
+
+
+# ------------------------------------------------------------------------------ layer modes
+MODE_ELEM = {
+    "mxfp8": "float8_e4m3fn",
+    "mxfp8_e5m2": "float8_e5m2",
+    "mxfp6": "float6_e2m3fn",
+    "mxfp6_e3m2": "float6_e3m2fn",
+    "mxfp4": "float4_e2m1fn",
+    "mxint8": "int8",
+    "nvfp4": None,
+}
+MODES = tuple(MODE_ELEM)
+
+
+def _oracle_weight(mode: str, w_nk: np.ndarray) -> np.ndarray:
+    """Dequantized ``[N, K]`` kernel by the oracle."""
+    if mode == "nvfp4":
+        codes, s, t = oracle_nvfp4(w_nk)
+        k = w_nk.shape[-1]
+        scale = np.repeat(s.view(ml_dtypes.float8_e4m3fn).astype(np.float64), 16, -1)[..., :k]
+        return codes.view(ml_dtypes.float4_e2m1fn).astype(np.float64) * scale * np.float64(t)
+    codes, scale = oracle_mx(w_nk, MODE_ELEM[mode])
+    return oracle_dequantize_mx(codes, scale, MODE_ELEM[mode])
+
+
+@pytest.mark.parametrize("weight_only", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_dense_mode_matches_the_oracle(mode, weight_only):
+    torch.manual_seed(0)
+    layer = Dense(8)
+    x = torch.randn(5, 40)  # K = 40: one full block and a partial one
+    layer(x)
+    w = layer.kernel.detach().numpy().astype(np.float64).T.copy()  # [N, K]
+    b = layer.bias.detach().numpy().astype(np.float64)
+    layer.quantize(QuantizationConfig(mode, weight_only=weight_only))
+    assert layer.quantization_mode == mode
+    wq = _oracle_weight(mode, w)
+    xq = x.numpy().astype(np.float64)
+    if not weight_only:
+        xq = _oracle_weight(mode, xq)  # inputs: the same format per row along K
+    expect = xq @ wq.T + b
+    got = layer(x).detach().numpy().astype(np.float64)
+    # float32 accumulation of exact float32 operands over K = 40 terms
+    atol = 40 * np.finfo(np.float32).eps * (np.abs(xq) @ np.abs(wq).T + np.abs(b)).max()
+    np.testing.assert_allclose(got, expect, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stored_codes_equal_the_oracle_and_weight_bytes(mode):
+    layer = Dense(6)
+    layer.build((None, 40))
+    w = layer.kernel.detach().numpy().astype(np.float64).T.copy()
+    layer.quantize(mode)
+    names = {v.name: v for v in layer.weights}
+    packed = mode in ("mxfp4", "nvfp4")
+    if mode == "nvfp4":
+        codes, s, t = oracle_nvfp4(w)
+        assert names["kernel_tensor_scale"].item() == float(t)
+    else:
+        codes, s = oracle_mx(w, MODE_ELEM[mode])
+    stored = names["kernel"]
+    if packed:
+        stored = mpq.quantizers.unpack_int4(stored, size=40).view(torch.uint8) & 0xF
+    np.testing.assert_array_equal(stored.numpy(), codes)
+    np.testing.assert_array_equal(names["kernel_scale"].numpy(), s)
+    blocks = 3 if mode == "nvfp4" else 2
+    code_bytes = 6 * 20 if packed else 6 * 40
+    extra = 4 if mode == "nvfp4" else 0
+    assert weight_bytes(layer) == code_bytes + 6 * blocks + extra + 6 * 4  # + float32 bias
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_policy_names_parse_and_round_trip(mode):
+    policy = mpq.policy.get(f"{mode}_from_bfloat16")
+    assert policy.quantization_mode == mode and policy.name == f"{mode}_from_bfloat16"
+    assert mpq.policy.deserialize(mpq.policy.serialize(policy)) == policy
+    cfg = QuantizationConfig(mode)
+    assert cfg.weight_only is True and cfg.short_str() == f"{mode}-w"
+    both = QuantizationConfig(mode, weight_only=False)
+    assert both.name == f"{mode}_quantized_activations" and both.short_str() == f"{mode}-wa"
+    assert QuantizationConfig.from_config(both.get_config()) == both
+
+
+def test_mx_mode_takes_no_block_size():
+    with pytest.raises(ValueError, match=r"Expected a block size only with mode 'int4'.*mxfp4/32"):
+        mpq.policy.get("mxfp4/32_from_float32")
+
+
+def _model():
+    return Sequential(
+        [
+            Conv1D(4, 3, padding="same"),
+            Dense(6, activation="relu"),
+            EinsumDense("abc,cd->abd", (None, 5), bias_axes="d"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("weight_only", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_round_trips_are_bit_exact(mode, weight_only, tmp_path):
+    model = _model()
+    x = torch.randn(2, 7, 3)
+    model(x)
+    report = mpq.quantize(model, QuantizationConfig(mode, weight_only=weight_only))
+    assert len(report.quantized) == (3 if weight_only else 2)
+    if not weight_only:  # conv inputs are not quantized: the conv is skipped, with the reason
+        (why,) = report.skipped.values()
+        assert why.startswith("unsupported: Layer Conv1D supports") and "weight_only=False" in why
+    y = model(x)
+    clone = deserialize(serialize(model))
+    if not clone.built:
+        clone.build_from_config(model.get_build_config())
+    clone.set_weights(model.get_weights())
+    for a, b in zip(model.get_weights(), clone.get_weights(), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert torch.equal(clone(x), y)
+    path = os.fspath(tmp_path / "model.safetensors")
+    saving.save(model, path)
+    loaded = saving.load(path)
+    assert [w.dtype for w in loaded.weights] == [w.dtype for w in model.weights]
+    assert all(torch.equal(a, b) for a, b in zip(model.weights, loaded.weights, strict=True))
+    assert torch.equal(loaded(x), y)
+
+
+@pytest.mark.parametrize("mode", ["mxfp4", "nvfp4"])
+def test_build_under_a_quantized_policy_matches_quantize(mode):
+    policy = mpq.policy.get(f"{mode}_from_mixed_bfloat16")
+    built = Dense(4, dtype=policy)
+    out = built(torch.randn(3, 40))
+    assert out.dtype == torch.bfloat16 and built.dtype_policy == policy
+    converted = Dense(4, dtype="mixed_bfloat16")
+    converted.build((None, 40))
+    converted.quantize(mode)
+    assert converted.dtype_policy == policy
+    assert [(w.name, w.dtype, w.shape) for w in built.weights] == [
+        (w.name, w.dtype, w.shape) for w in converted.weights
+    ]
+
+
+def test_conv_weight_only_and_refused_activations():
+    conv = Conv2D(3, 2)
+    x = torch.randn(1, 5, 5, 4)
+    y0 = conv(x)
+    conv.quantize("mxfp8")
+    y = conv(x)
+    sqnr = 10 * torch.log10(y0.pow(2).sum() / (y - y0).pow(2).sum())
+    assert sqnr > 20  # e4m3: 3 mantissa bits, ~25 dB on Gaussian weights
+    other = Conv2D(3, 2)
+    other(x)
+    with pytest.raises(NotImplementedError, match=r"supports mxfp4 weight-only.*Received: mode"):
+        other.quantize(QuantizationConfig("mxfp4", weight_only=False))
+    assert other.quantization_mode is None
+
+
+def test_nvfp4_non_finite_weight_refused_and_layer_untouched():
+    layer = Dense(3)
+    layer.build((None, 16))
+    with torch.no_grad():
+        layer.kernel[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"Expected `x` to hold only finite values"):
+        layer.quantize("nvfp4")
+    assert layer.quantization_mode is None and layer.kernel.dtype == torch.float32
+
+
+def test_mx_nan_weight_block_gives_nan_outputs_only_where_it_should():
+    layer = Dense(2)
+    layer.build((None, 64))
+    with torch.no_grad():
+        layer.kernel[3, 1] = float("nan")  # K index 3 (block 0) of output channel 1
+    layer.quantize("mxfp8")
+    y = layer(torch.ones(1, 64))
+    assert torch.isfinite(y[0, 0]) and torch.isnan(y[0, 1])
+
+
+@pytest.mark.parametrize("mode", ["mxfp4", "nvfp4"])
+def test_weight_and_activation_mode_passes_gradients_straight_through(mode):
+    layer = Dense(4)
+    x = torch.randn(3, 32, requires_grad=True)
+    layer(x)
+    layer.quantize(QuantizationConfig(mode, weight_only=False))
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

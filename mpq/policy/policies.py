@@ -17,6 +17,7 @@ from mpq._errors import describe as _describe
 
 __all__ = [
     "FLOAT_POLICY_NAMES",
+    "MX_MODES",
     "QUANTIZATION_MODES",
     "DTypePolicy",
     "QuantizedDTypePolicy",
@@ -40,11 +41,21 @@ _TORCH_FLOAT: dict[str, torch.dtype] = {
     name: dtypes.get(name).torch_dtype for name in ("float16", "bfloat16", "float32", "float64")
 }
 
-QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8")
+# Microscaling modes (mpq.quantization.mx): OCP MX v1.0 formats (e8m0 scale per 32) and NVFP4.
+MX_MODES: tuple[str, ...] = (
+    "mxfp8",
+    "mxfp8_e5m2",
+    "mxfp6",
+    "mxfp6_e3m2",
+    "mxfp4",
+    "mxint8",
+    "nvfp4",
+)
+QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8", *MX_MODES)
 DEFAULT_INT4_BLOCK_SIZE = 128
 DEFAULT_AMAX_HISTORY_LENGTH = 1024
 
-_MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+)(?:/(?P<block>[^/]*))?$")
+_MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+(?:_[a-z0-9]+)?)(?:/(?P<block>[^/]*))?$")
 
 
 class _Frozen:
@@ -194,7 +205,9 @@ class QuantizedDTypePolicy(DTypePolicy):
     scales, activations).
 
     Args:
-        mode: `"int8"` or `"int4"`; for int4 a block size may follow a slash: `"int4/128"` groups
+        mode: `"int8"`, `"int4"` or a microscaling mode (`MX_MODES`: `"mxfp8"`, `"mxfp8_e5m2"`,
+            `"mxfp6"`, `"mxfp6_e3m2"`, `"mxfp4"`, `"mxint8"`, `"nvfp4"`; their block sizes are
+            fixed by the formats); for int4 a block size may follow a slash: `"int4/128"` groups
             of 128 along the input dimension, `"int4/-1"` one scale per output channel. Plain
             `"int4"` means the default block size (128). (float8 has its own class,
             `QuantizedFloat8DTypePolicy`.)
@@ -209,7 +222,7 @@ class QuantizedDTypePolicy(DTypePolicy):
     """
 
     __slots__ = ("_block_size", "_mode")
-    _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4")
+    _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4", *MX_MODES)
 
     def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
         mode, block_size = _resolve_mode(mode, block_size, self._allowed_modes, type(self).__name__)

@@ -6,7 +6,7 @@ and float8_embedding.py for Embedding's float8 table) with the layer registry
 (`mpq.layers.quantization`). See docs/quantization.md, "Layer modes".
 """
 
-from mpq.quantization import float8, float8_embedding, int4, int8  # noqa: F401  (register)
+from mpq.quantization import float8, float8_embedding, int4, int8, mx  # noqa: F401  (register)
 from mpq.quantization.config import QuantizationConfig
 from mpq.quantization.model import QuantizationReport, quantize, weight_bytes
 
