@@ -54,7 +54,7 @@ def get_algorithm(identifier: Any) -> Algorithm:
     if isinstance(identifier, str) and identifier in _ALGORITHMS:
         return _ALGORITHMS[identifier]()
     raise ValueError(
-        f"Expected `algorithm` to be one of {list(_ALGORITHMS)} or an algorithm config such as "
+        f"Expected `algorithm` to be one of {sorted(_ALGORITHMS)} or an algorithm config such as "
         f"mpq.quantization.GPTQConfig(...). Received: algorithm={_describe(identifier)}"
     )
 
