@@ -362,3 +362,51 @@ def test_awq_rollback_restores_folded_weights(monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         mpq.quantize(model, "int4/32", filter=r"/d$", algorithm="awq", calibration=x)
     assert all(torch.equal(a, b) for a, b in zip(before, model.weights, strict=True))
+
+
+# ------------------------------------------------------------------------------ Keras names
+@pytest.mark.parametrize(
+    ("name", "mode", "block"),
+    [
+        ("gptq/4/128_from_bfloat16", "int4", 128),
+        ("gptq/4/-1_from_float32", "int4", -1),
+        ("gptq/8/-1_from_mixed_bfloat16", "int8", None),
+        ("awq/4/64_from_float16", "int4", 64),
+    ],
+)
+def test_keras_algorithm_policy_names_build_the_int_layouts(name, mode, block):
+    policy = mpq.policy.get(name)
+    assert isinstance(policy, mpq.policy.QuantizedAlgorithmDTypePolicy)
+    assert (policy.name, policy.quantization_mode, policy.block_size) == (name, mode, block)
+    assert mpq.policy.deserialize(mpq.policy.serialize(policy)) == policy
+    layer = Dense(3, dtype=policy)
+    layer(torch.randn(2, 128))
+    twin = Dense(3, dtype=policy.source_name)
+    twin.build((None, 128))
+    twin.quantize(mode if block is None else f"{mode}/{block}")
+    assert [(w.name, w.dtype, w.shape) for w in layer.weights] == [
+        (w.name, w.dtype, w.shape) for w in twin.weights
+    ]
+
+
+@pytest.mark.parametrize("name", ["gptq/2/128_from_float32", "gptq/3/-1_from_float32"])
+def test_gptq_2_and_3_bits_parse_but_have_no_layout(name):
+    policy = mpq.policy.get(name)
+    assert policy.bits in (2, 3) and not policy.layout_supported and policy.name == name
+    with pytest.raises(NotImplementedError, match=r"has no quantization scheme for mode='int"):
+        Dense(3, dtype=policy).build((None, 8))
+
+
+def test_gptq_8_bits_grouped_parses_but_has_no_layout():
+    policy = mpq.policy.get("gptq/8/128_from_float32")
+    with pytest.raises(NotImplementedError, match=r"Expected a gptq/awq policy with an mpq layout"):
+        Dense(3, dtype=policy).build((None, 8))
+
+
+@pytest.mark.parametrize(
+    "name", ["awq/8/128_from_float32", "gptq/5/128_from_float32", "gptq/4/7_from_float32",
+             "gptq/4_from_float32", "gptq/4/x_from_float32"]
+)  # fmt: skip
+def test_bad_algorithm_policy_names(name):
+    with pytest.raises(ValueError, match=r"Expected a calibrated-algorithm mode 'gptq/<bits>/"):
+        mpq.policy.get(name)

@@ -13,9 +13,11 @@ from typing import Any
 from mpq.policy import autocast
 from mpq.policy.global_state import dtype_policy, policy_scope, set_dtype_policy
 from mpq.policy.policies import (
+    ALGORITHM_BITS,
     FLOAT_POLICY_NAMES,
     QUANTIZATION_MODES,
     DTypePolicy,
+    QuantizedAlgorithmDTypePolicy,
     QuantizedDTypePolicy,
     QuantizedFloat8DTypePolicy,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "QUANTIZATION_MODES",
     "DTypePolicy",
     "DTypePolicyMap",
+    "QuantizedAlgorithmDTypePolicy",
     "QuantizedDTypePolicy",
     "QuantizedFloat8DTypePolicy",
     "autocast",
@@ -39,7 +42,13 @@ __all__ = [
 
 _CLASSES = {
     cls.__name__: cls
-    for cls in (DTypePolicy, QuantizedDTypePolicy, QuantizedFloat8DTypePolicy, DTypePolicyMap)
+    for cls in (
+        DTypePolicy,
+        QuantizedDTypePolicy,
+        QuantizedFloat8DTypePolicy,
+        QuantizedAlgorithmDTypePolicy,
+        DTypePolicyMap,
+    )
 }
 
 
@@ -55,6 +64,8 @@ def _parse_name(name: str) -> DTypePolicy:
     mode, source = parts
     if mode.split("/")[0] == "float8":
         return QuantizedFloat8DTypePolicy(mode, source)
+    if mode.split("/")[0] in ALGORITHM_BITS:  # Keras 3.15: "gptq/4/128", "awq/4/128"
+        return QuantizedAlgorithmDTypePolicy(mode, source)
     return QuantizedDTypePolicy(mode, source)
 
 

@@ -147,6 +147,11 @@ class QuantizationConfig:
         'int4/-1'
         """
         policy = _policy.get(policy)
+        if not getattr(policy, "layout_supported", True):
+            raise NotImplementedError(
+                "Expected a gptq/awq policy with an mpq layout (4 bits, or 8 bits per output "
+                f"channel: group -1). Received: policy={policy.name!r}"
+            )
         mode = policy.quantization_mode
         if mode is None:
             raise ValueError(
