@@ -4,6 +4,7 @@ numpy/ml_dtypes oracle, and the mxfp*/mxint8/nvfp4 layer modes."""
 from __future__ import annotations
 
 import os
+import pathlib
 
 import ml_dtypes
 import numpy as np
@@ -481,3 +482,35 @@ def test_weight_and_activation_mode_passes_gradients_straight_through(mode):
     layer.quantize(QuantizationConfig(mode, weight_only=False))
     layer(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def _mx_table_rows() -> list[str]:
+    """The measured rows of the microscaling table in docs/quantization.md."""
+    rows = []
+    for mode in MODES:
+        means = []
+        for weight_only in (True, False):
+            values = []
+            for seed in range(5):
+                torch.manual_seed(seed)
+                layer = Dense(32)
+                x = torch.randn(16, 64)
+                y = layer(x).detach()
+                layer.quantize(QuantizationConfig(mode, weight_only=weight_only))
+                got = layer(x).detach()
+                values.append(float(10 * torch.log10(y.pow(2).sum() / (y - got).pow(2).sum())))
+            means.append(sum(values) / len(values))
+        big = Dense(1024)
+        big.build((None, 1024))
+        big.quantize(mode)
+        n = weight_bytes(big)
+        rows.append(
+            f"| {mode} | {means[0]:.1f} | {means[1]:.1f} | {n:,} | {100 * n / 4198400:.1f}% |"
+        )
+    return rows
+
+
+def test_docs_microscaling_table_is_measured():
+    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "quantization.md").read_text()
+    for row in _mx_table_rows():
+        assert row in docs, f"update the microscaling table in docs/quantization.md: {row}"

@@ -15,6 +15,7 @@ from mpq.policy.global_state import dtype_policy, policy_scope, set_dtype_policy
 from mpq.policy.policies import (
     ALGORITHM_BITS,
     FLOAT_POLICY_NAMES,
+    MX_MODES,
     QUANTIZATION_MODES,
     DTypePolicy,
     QuantizedAlgorithmDTypePolicy,
@@ -25,6 +26,7 @@ from mpq.policy.policy_map import DTypePolicyMap
 
 __all__ = [
     "FLOAT_POLICY_NAMES",
+    "MX_MODES",
     "QUANTIZATION_MODES",
     "DTypePolicy",
     "DTypePolicyMap",
