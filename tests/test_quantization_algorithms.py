@@ -219,10 +219,15 @@ def test_calibration_errors_and_nothing_changes():
         (torch.ones(4, K), TypeError, r"Expected `calibration` to be an iterable of input"),
         ([], ValueError, r"Expected at least one calibration batch\. Received: an empty"),
         (
-            [torch.ones(4, K, dtype=torch.int64)],
+            [torch.ones(4, K, dtype=torch.bool)],
             TypeError,
-            r"Expected each calibration batch to be a floating tensor.*batch 0 = a Tensor of "
-            r"dtype torch.int64",
+            r"Expected each calibration batch to be a floating \(or integer token id\) tensor.*"
+            r"batch 0 = a Tensor of dtype torch.bool",
+        ),
+        (
+            [[1.0, 2.0]],
+            TypeError,
+            r"Expected each calibration batch.*Received: batch 0 = \[1.0, 2.0\] \(of type list\)",
         ),
         (
             [torch.full((4, K), float("nan"))],

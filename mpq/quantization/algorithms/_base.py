@@ -128,7 +128,8 @@ class Algorithm:
 
 # ------------------------------------------------------------------------------ calibration
 def check_calibration(calibration: Any, algorithm: str) -> list[torch.Tensor]:
-    """The calibration batches as a list of floating tensors (numpy arrays converted)."""
+    """The calibration batches as a list of tensors (numpy arrays converted): floating inputs,
+    or integer token ids for models that start with an Embedding."""
     if calibration is None:
         raise ValueError(
             f"Expected `calibration` (an iterable of model inputs) for algorithm {algorithm!r}. "
@@ -143,12 +144,16 @@ def check_calibration(calibration: Any, algorithm: str) -> list[torch.Tensor]:
     for i, batch in enumerate(calibration):
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
-        if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
+        numeric = isinstance(batch, torch.Tensor) and (
+            batch.is_floating_point()
+            or (not batch.is_complex() and batch.dtype != torch.bool)  # token ids
+        )
+        if not numeric:
             raise TypeError(
-                "Expected each calibration batch to be a floating tensor or array. "
-                f"Received: batch {i} = {_describe_value(batch)}"
+                "Expected each calibration batch to be a floating (or integer token id) tensor "
+                f"or array. Received: batch {i} = {_describe_value(batch)}"
             )
-        if not bool(torch.isfinite(batch).all()):
+        if batch.is_floating_point() and not bool(torch.isfinite(batch).all()):
             raise ValueError(
                 "Expected finite calibration batches. Received: batch "
                 f"{i} with {int((~torch.isfinite(batch)).sum())} non-finite value(s)"
@@ -294,14 +299,17 @@ def check_dense(algorithm: str, layer: Any) -> None:
 
 
 def _predecessor(model: Any, layer: Any) -> Any:
-    """The layer that feeds ``layer`` and nothing else: its predecessor in a Sequential."""
+    """The layer that feeds ``layer`` and nothing else: its predecessor in the Sequential (the
+    model or one nested in it) that holds ``layer`` directly."""
     from mpq.layers import Sequential
 
-    if not isinstance(model, Sequential):
-        return None
-    layers = model.layers
-    index = next((i for i, la in enumerate(layers) if la is layer), None)
-    return layers[index - 1] if index else None
+    for module in model.modules():
+        if isinstance(module, Sequential):
+            layers = module.layers
+            index = next((i for i, la in enumerate(layers) if la is layer), None)
+            if index is not None:
+                return layers[index - 1] if index else None
+    return None
 
 
 def _foldable(pred: Any, k: int) -> str | None:
