@@ -415,3 +415,22 @@ def test_gptq_8_bits_grouped_parses_but_has_no_layout():
 def test_bad_algorithm_policy_names(name):
     with pytest.raises(ValueError, match=r"Expected a calibrated-algorithm mode 'gptq/<bits>/"):
         mpq.policy.get(name)
+
+
+def test_sweep_runs_algorithm_and_microscaling_policies(tmp_path):
+    import mpq.sweep as sweep
+    from mpq.sweep.config import SweepConfig
+
+    cfg = SweepConfig(
+        out=str(tmp_path / "out"),
+        models=[{"name": "mlp", "factory": "digits_mlp", "epochs": 1}],
+        policies=["int4/32_from_float32", "gptq/4/32_from_float32", "mxfp4_from_float32"],
+        executor="serial",
+        plot=False,
+    )
+    records = {r["policy"]: r for r in sweep.run(cfg, verbose=False)}
+    assert all(r["status"] == "ok" for r in records.values()), records
+    rtn, gptq = records["int4/32_from_float32"], records["gptq/4/32_from_float32"]
+    assert rtn["weight_bytes"] == gptq["weight_bytes"]  # the same layout
+    assert gptq["sqnr_db"] > rtn["sqnr_db"] + 3  # calibrated on 4 training batches
+    assert records["mxfp4_from_float32"]["weight_bytes"] < rtn["weight_bytes"]
