@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,8 +89,6 @@ class Algorithm:
         return self.algorithm
 
     def get_config(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
