@@ -117,7 +117,7 @@ VARIANTS = [
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args()
     t0 = time.perf_counter()
