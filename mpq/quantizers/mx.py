@@ -274,7 +274,19 @@ def dequantize_nvfp4(
     tensor_scale: torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """``P_i * s_b * t`` of `quantize_nvfp4` output: exact in float64, one cast to ``dtype``."""
+    """``P_i * s_b * t`` of `quantize_nvfp4` output: exact in float64, one cast to ``dtype``.
+
+    Args:
+        codes: uint8 ``[..., K]`` e2m1 codes.
+        block_scale: uint8 ``[..., ceil(K / 16)]`` float8_e4m3fn bit patterns.
+        tensor_scale: the float32 tensor scale.
+        dtype: float dtype of the result.
+
+    Example:
+        >>> dequantize_nvfp4(torch.tensor([7, 8], dtype=torch.uint8),
+        ...                  torch.tensor([126], dtype=torch.uint8), torch.tensor(1.0))
+        tensor([2688.,   -0.])
+    """
     for t, arg in ((codes, "codes"), (block_scale, "block_scale")):
         C.check_tensor(t, arg)
         if t.dtype != torch.uint8:
