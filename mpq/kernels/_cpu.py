@@ -7,7 +7,7 @@
 - float8: an exact upcast through a 256-entry table (``index_select``, ~5x faster than torch's
   float8 -> float32 cast on CPU), then the reference's float32 GEMM / convolution.
 - weight-only int4: the weight dequantized with broadcast group scales (no gathers, no stack)
-  in the packed [N, K] orientation, then one float32 GEMM (within float32 tolerance).
+  in the packed [N, K] orientation (the reference's values), then the reference's float32 GEMM.
 - int8 conv2d: one exact float32 convolution (oneDNN, direct algorithm) when KH*KW*C/groups
   <= 1024, else float64 (exact, slower).
 - float operands: the reference (it already calls torch's kernels directly).
@@ -164,11 +164,13 @@ def matmul_int4(
     activation=None,
     out_dtype=None,
 ):
-    """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract, float32 tolerance)."""
+    """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract and GEMM as the reference)."""
     spec = _checks.check_matmul_int4(
         a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
     )
     w = _dequantize_int4_nk(spec, b_packed, a.dtype).to(torch.float32)
+    if not w.is_contiguous():
+        w = w.contiguous()
     acc = F.linear(a.reshape(spec.M, spec.K).to(torch.float32), w)
     out = reference.epilogue(acc, bias=bias, activation=spec.activation, out_dtype=spec.out_dtype)
     return out.reshape(*spec.lead, spec.N)

@@ -198,7 +198,10 @@ def matmul_int4(
         a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
     )
     w = dequantize_int4(spec, b_packed, a.dtype)
-    acc = torch.matmul(a.reshape(spec.M, spec.K).to(torch.float32), w.to(torch.float32))
+    # The GEMM of the CPU fast path (same op, same layouts: an [N, K] weight), so the two agree
+    # bit for bit on one machine.
+    w_nk = w.to(torch.float32).t().contiguous()
+    acc = F.linear(a.reshape(spec.M, spec.K).to(torch.float32), w_nk)
     out = epilogue(acc, bias=bias, activation=spec.activation, out_dtype=spec.out_dtype)
     return out.reshape(*spec.lead, spec.N)
 
