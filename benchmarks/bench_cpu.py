@@ -129,7 +129,7 @@ def linear_rows(shape, policies, threads, repeats, target_s, seed=0) -> list[Row
             times[p] * 1e6,
             times[p] / times["baseline"],
             quality[p],
-        )  # fmt: skip
+        )
         for p in policies
     ]
 
@@ -168,7 +168,7 @@ def conv_rows(shape, policies, threads, repeats, target_s, seed=0) -> list[Row]:
             times[p] * 1e6,
             times[p] / times["baseline"],
             quality[p],
-        )  # fmt: skip
+        )
         for p in policies
     ]
 
