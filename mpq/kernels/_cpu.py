@@ -133,24 +133,35 @@ def matmul(a, b, *, a_scale=None, b_scale=None, bias=None, activation=None, out_
     return out.reshape(*spec.lead, spec.N)
 
 
-def _dequantize_int4_nk(spec: _checks.Int4Spec, b_packed: torch.Tensor, dtype: torch.dtype):
-    """The weight of ``matmul_int4`` as [N, K] (``w.t()`` of the reference's [K, N]), the same
-    values: ``((q - zero) * scale)`` in float32 cast to ``dtype``."""
-    K, N, gsize = spec.K, spec.N, spec.group_size
-    packed = b_packed.t()  # [N, ceil(K/2)], contiguous for the K-major layout
-    p = packed.to(torch.int16) if packed.dtype == torch.uint8 else packed
-    q = torch.empty(N, packed.shape[1], 2, dtype=torch.float32)
-    q[..., 0] = ((p & 0xF) ^ 8) - 8
-    q[..., 1] = (((p >> 4) & 0xF) ^ 8) - 8
-    q = q.view(N, -1)[:, :K]
+def _dequantize_int4_nk(
+    spec: _checks.Int4Spec, packed_nk: torch.Tensor, n0: int, n1: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Rows ``n0:n1`` of the weight of ``matmul_int4`` as [n, K] float32 (``w.t()`` of the
+    reference's [K, N], the same values): ``((q - zero) * scale)`` in float32, rounded to
+    ``dtype``. ``packed_nk`` is [N, ceil(K/2)] (``b_packed.t()``)."""
+    K, gsize = spec.K, spec.group_size
+    p = packed_nk[n0:n1]
+    p = p.view(torch.int8) if p.dtype == torch.uint8 else p  # arithmetic shifts sign-extend
+    n = p.shape[0]
     groups = spec.scale.shape[0]
-    if groups > 1 and groups * gsize != K:
-        q = F.pad(q, (0, groups * gsize - K))  # the last group is short: pad it, crop below
-    q = q.reshape(N, groups, -1)
+    kpad = groups * gsize if groups > 1 else 2 * p.shape[1]
+    q = torch.empty(n, max(kpad, 2 * p.shape[1]), dtype=torch.float32)
+    pairs = q[:, : 2 * p.shape[1]].view(n, p.shape[1], 2)
+    pairs[..., 0] = (p << 4) >> 4  # low nibble: element 2i
+    pairs[..., 1] = p >> 4  # high nibble: element 2i + 1
+    g = q[:, :kpad].view(n, groups, -1)
     if spec.zero is not None:
-        q = q - spec.zero.t().unsqueeze(-1)
-    w = (q * spec.scale.t().unsqueeze(-1)).view(N, -1)[:, :K]
-    return w.to(dtype)
+        g.sub_(spec.zero[:, n0:n1].t().unsqueeze(-1))
+    g.mul_(spec.scale[:, n0:n1].t().unsqueeze(-1))
+    w = q[:, :K]
+    if dtype != torch.float32:
+        w = w.to(dtype).to(torch.float32)
+    return w if w.is_contiguous() else w.contiguous()
+
+
+_INT4_CHUNK = 1 << 20
+"""Weight elements dequantized at a time: larger weights are multiplied in N-chunks, so the
+float32 copy of the weight never exists whole (4 MiB at a time, cache-resident)."""
 
 
 def matmul_int4(
@@ -164,14 +175,21 @@ def matmul_int4(
     activation=None,
     out_dtype=None,
 ):
-    """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract and GEMM as the reference)."""
+    """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract; up to ``_INT4_CHUNK``
+    weight elements the reference's GEMM on the same layouts, larger weights in N-chunks)."""
     spec = _checks.check_matmul_int4(
         a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
     )
-    w = _dequantize_int4_nk(spec, b_packed, a.dtype).to(torch.float32)
-    if not w.is_contiguous():
-        w = w.contiguous()
-    acc = F.linear(a.reshape(spec.M, spec.K).to(torch.float32), w)
+    a2 = a.reshape(spec.M, spec.K).to(torch.float32)
+    packed_nk = b_packed.t()
+    rows = max(1, _INT4_CHUNK // max(spec.K, 1))
+    if rows >= spec.N:
+        acc = F.linear(a2, _dequantize_int4_nk(spec, packed_nk, 0, spec.N, a.dtype))
+    else:
+        acc = torch.empty(spec.M, spec.N, dtype=torch.float32)
+        for n0 in range(0, spec.N, rows):
+            n1 = min(n0 + rows, spec.N)
+            acc[:, n0:n1] = F.linear(a2, _dequantize_int4_nk(spec, packed_nk, n0, n1, a.dtype))
     out = reference.epilogue(acc, bias=bias, activation=spec.activation, out_dtype=spec.out_dtype)
     return out.reshape(*spec.lead, spec.N)
 

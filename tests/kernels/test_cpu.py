@@ -158,10 +158,11 @@ def test_float8_upcast_is_exact_on_every_code():
     strided=st.booleans(),
     use_bias=st.booleans(),
     act=ACTS,
+    chunk=st.sampled_from([_cpu._INT4_CHUNK, 1, 64]),  # weight elements per N-chunk
     seed=st.integers(0, 2**16),
 )
 def test_int4_matmul_matches_the_reference(
-    m, k, n, group, zero, dtype, strided, use_bias, act, seed
+    m, k, n, group, zero, dtype, strided, use_bias, act, chunk, seed
 ):
     gen = torch.Generator().manual_seed(seed)
     a = a_operand((m, k), dtype, gen, strided)
@@ -174,9 +175,9 @@ def test_int4_matmul_matches_the_reference(
         scale = scale.reshape(n)
         b_zero = None if b_zero is None else b_zero.reshape(n)
     bias = torch.randn(n, generator=gen) if use_bias else None
-    got, want = both(
-        "matmul_int4", a, packed, scale, b_zero=b_zero, group_size=group, bias=bias, activation=act
-    )
+    kwargs = dict(b_zero=b_zero, group_size=group, bias=bias, activation=act)
+    with mock.patch.object(_cpu, "_INT4_CHUNK", chunk):
+        got, want = both("matmul_int4", a, packed, scale, **kwargs)
     assert_close(got, want, dtype, k * 4)  # |w| up to ~3 (codes up to 15 times 0.21)
 
 
