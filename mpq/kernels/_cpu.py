@@ -234,8 +234,12 @@ def conv2d(
         xc = upcast_float8(x.contiguous())
         wc = upcast_float8(w)
     acc = _conv_acc(spec, xc, wc)
-    if spec.kind == "int8":
-        acc = acc.to(torch.int32) if compute == torch.float32 else reference._int32_accumulator(acc)
+    if spec.kind == "int8" and compute == torch.float64:
+        acc = reference._int32_accumulator(acc)
+    elif spec.kind == "int8" and spec.out_dtype == torch.int32:
+        acc = acc.to(torch.int32)
+    # else: the exact float32 accumulator holds the integers that the epilogue would read back
+    # from int32 (below 2**24), so it goes to the epilogue as it is.
     out = reference._store(acc, spec.x_scale, spec.w_scale, bias, spec.activation, spec.out_dtype)
     return out.reshape(spec.batch, spec.OH, spec.OW, spec.OC)
 

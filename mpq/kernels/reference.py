@@ -49,12 +49,18 @@ def epilogue(
     ``acc * row_scale[:, None]``, then ``* col_scale[None, :]`` (each a 1-D float32 tensor of
     length 1, M or N), then ``+ bias``, then the activation, all in float32, then one cast.
     """
+    # The first step makes a new tensor; later steps update it in place (same values, fewer
+    # allocations).
+    owned = False
     if row_scale is not None:
         acc = acc * (row_scale if row_scale.numel() == 1 else row_scale[:, None])
+        owned = True
     if col_scale is not None:
-        acc = acc * col_scale
+        acc = acc.mul_(col_scale) if owned else acc * col_scale
+        owned = True
     if bias is not None:
-        acc = acc + bias.to(torch.float32)
+        b = bias.to(torch.float32)
+        acc = acc.add_(b) if owned else acc + b
     fn = _ACTIVATIONS[activation or "none"]
     if fn is not None:
         acc = fn(acc)
