@@ -19,8 +19,6 @@ paths run in float64 instead (exact too, slower), never with fewer bits.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -34,10 +32,19 @@ EXACT_FLOAT32_K = 1024
 _UPCAST_CHUNK = 1 << 18  # elements per table look-up: keeps the int32 indices in cache
 
 
-@functools.cache
+# Memos filled on first use (plain containers, not functools caches, which torch.compile
+# refuses to trace through).
+_LUTS: dict[torch.dtype, torch.Tensor] = {}
+_INT_MM_EXACT: list[bool] = []
+
+
 def _lut(dtype: torch.dtype) -> torch.Tensor:
     """float32 value of each of the 256 bit patterns of a float8 ``dtype`` (exact)."""
-    return torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).to(torch.float32)
+    lut = _LUTS.get(dtype)
+    if lut is None:
+        codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+        lut = _LUTS[dtype] = codes.view(dtype).to(torch.float32)
+    return lut
 
 
 def upcast_float8(t: torch.Tensor) -> torch.Tensor:
@@ -69,13 +76,18 @@ def _ieee_float32() -> bool:
     return True
 
 
-@functools.cache
 def _int_mm_exact() -> bool:
     """True when ``torch._int_mm`` accumulates exactly on this CPU.
 
     oneDNN computes s8 x s8 with u8 x s8 instructions; CPUs without VNNI pair the products in
     saturating int16 (``vpmaddubsw``), which is not exact for large codes. Probed once with the
     worst case (127 * -128 in every product, and -128 * -128)."""
+    if not _INT_MM_EXACT:
+        _INT_MM_EXACT.append(_probe_int_mm())
+    return _INT_MM_EXACT[0]
+
+
+def _probe_int_mm() -> bool:
     k = 64
     a = torch.full((2, k), 127, dtype=torch.int8)
     a[1] = -128
