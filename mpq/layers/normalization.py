@@ -87,6 +87,8 @@ class LayerNormalization(Layer):
     torch.Size([2, 5, 8])
     """
 
+    _input_kind = "float"  # see Layer._input_kind
+
     def __init__(
         self,
         axis: int | Sequence[int] = -1,
@@ -228,6 +230,8 @@ class BatchNormalization(Layer):
     >>> bn(torch.randn(4, 3), training=True).shape
     torch.Size([4, 3])
     """
+
+    _input_kind = "float"  # see Layer._input_kind
 
     def __init__(
         self,

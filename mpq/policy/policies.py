@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from mpq import dtypes
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 
 __all__ = [
@@ -43,8 +44,12 @@ _TORCH_FLOAT: dict[str, torch.dtype] = {
 QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8")
 DEFAULT_INT4_BLOCK_SIZE = 128
 DEFAULT_AMAX_HISTORY_LENGTH = 1024
+# Each float8 layer keeps histories of this length: a config must not make them huge.
+MAX_AMAX_HISTORY_LENGTH = 2**20
 
 _MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+)(?:/(?P<block>[^/]*))?$")
+# Digits only, at most as many as MAX_SIZE has: no int() of "1_000", " 8" or of 5000 digits.
+_BLOCK_RE = re.compile(rf"-?[0-9]{{1,{len(str(MAX_SIZE))}}}")
 
 
 class _Frozen:
@@ -298,9 +303,9 @@ class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
                 "Expected `amax_history_length` to be an int. "
                 f"Received: amax_history_length={_describe(amax_history_length)}"
             )
-        if amax_history_length < 1:
+        if not 1 <= amax_history_length <= MAX_AMAX_HISTORY_LENGTH:
             raise ValueError(
-                "Expected `amax_history_length` >= 1. "
+                f"Expected `amax_history_length` in [1, {MAX_AMAX_HISTORY_LENGTH}]. "
                 f"Received: amax_history_length={amax_history_length}"
             )
         super().__init__(mode, source_name)
@@ -357,13 +362,12 @@ def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str
         raise ValueError(
             f"Expected a block size only with mode 'int4' (e.g. 'int4/128'). Received: mode={mode!r}"
         )
-    try:
-        return "int4", int(block)
-    except ValueError:
+    if _BLOCK_RE.fullmatch(block) is None:
         raise ValueError(
-            "Expected an integer int4 block size (a positive group size, or -1 for per output "
-            f"channel), as in 'int4/128'. Received: mode={mode!r}"
-        ) from None
+            "Expected an integer int4 block size (a positive group size up to "
+            f"{MAX_SIZE}, or -1 for per output channel), as in 'int4/128'. Received: mode={mode!r}"
+        )
+    return "int4", int(block)
 
 
 def _check_block_size(mode: str, block_size: Any) -> int | None:
@@ -380,9 +384,9 @@ def _check_block_size(mode: str, block_size: Any) -> int | None:
         raise TypeError(
             f"Expected an int block size for int4. Received: block_size={_describe(block_size)}"
         )
-    if block_size != -1 and (block_size < 2 or block_size % 2):
+    if block_size != -1 and (block_size < 2 or block_size % 2 or block_size > MAX_SIZE):
         raise ValueError(
             "Expected the int4 block size to be -1 (per output channel) or an even group size "
-            f">= 2 (int4 values pack two per byte). Received: block_size={block_size}"
+            f"in [2, {MAX_SIZE}] (int4 values pack two per byte). Received: block_size={block_size}"
         )
     return block_size

@@ -12,6 +12,7 @@ from mpq import policy as _policy
 from mpq._errors import describe as _describe
 from mpq.policy.policies import (
     DEFAULT_AMAX_HISTORY_LENGTH,
+    MAX_AMAX_HISTORY_LENGTH,
     QUANTIZATION_MODES,
     _resolve_mode,
 )
@@ -69,9 +70,13 @@ class QuantizationConfig:
         history = self.amax_history_length
         if mode == "float8":
             history = DEFAULT_AMAX_HISTORY_LENGTH if history is None else history
-            if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+            if (
+                not isinstance(history, int)
+                or isinstance(history, bool)
+                or not 1 <= history <= MAX_AMAX_HISTORY_LENGTH
+            ):
                 raise ValueError(
-                    "Expected `amax_history_length` to be an int >= 1. "
+                    f"Expected `amax_history_length` to be an int in [1, {MAX_AMAX_HISTORY_LENGTH}]. "
                     f"Received: amax_history_length={_describe(history)}"
                 )
         elif history is not None:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mpq.kernels as K
-from mpq.kernels import _cpu
+from mpq.kernels import _cpu, reference
 
 pytestmark = pytest.mark.kernels
 
@@ -96,15 +96,19 @@ def test_reduced_float32_precision_is_detected():
         torch.set_float32_matmul_precision(previous)
 
 
-def test_int8_worst_case_codes_and_int32_wrap_match_the_reference():
-    # Every product -128 * -128 = 2**14: past K = 131071 the int32 accumulator wraps, the same
-    # way on both backends (callers that need more split K).
+def test_int8_worst_case_codes_and_the_int32_bound_match_the_reference():
+    # Every product -128 * -128 = 2**14. Up to K = 131071 the int32 accumulator is exact on both
+    # backends; past it the dispatcher splits K (int64 partial sums), and the CPU op itself,
+    # called directly, wraps like the reference's raw int32 accumulator.
     for k in (1024, 131071, 131073):
         a = torch.full((1, k), -128, dtype=torch.int8)
         b = k_major(torch.full((2, k), -128, dtype=torch.int8))
-        got, want = both("matmul", a, b, out_dtype=torch.int32)
-        assert torch.equal(got, want)
-        assert int(got[0, 0]) == (k * 2**14 + 2**31) % 2**32 - 2**31
+        exact = torch.tensor(float(k * 2**14), dtype=torch.float64).to(torch.float32)
+        got, want = both("matmul", a, b, out_dtype=torch.float32)
+        assert torch.equal(got, want) and torch.equal(got, exact.expand(1, 2))
+        wrapped = (k * 2**14 + 2**31) % 2**32 - 2**31
+        assert int(_cpu.int8_mm(a, b)[0, 0]) == wrapped
+        assert torch.equal(_cpu.int8_mm(a, b), reference.matmul(a, b, out_dtype=torch.int32))
 
 
 def test_int_mm_probe_holds_on_this_cpu():
