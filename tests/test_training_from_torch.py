@@ -44,6 +44,11 @@ class TextModel(nn.Module):
         return self.gru(h)[0]
 
 
+class _ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
 def _cnn(seed=0, batch_norm=True):
     torch.manual_seed(seed)
     net = CNN(batch_norm)
@@ -138,26 +143,33 @@ def test_text_model_with_example_inputs_and_unsupported_modules():
     assert "gru" in str(report)
 
 
-def test_layer_norm_without_example_inputs_is_built_for_rank_two():
+def test_layer_norm_without_example_inputs_accepts_every_rank_like_torch():
     net = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 2))
     model, report = from_torch(net)
-    assert "rank 2" in report.notes["0"]
-    x = torch.randn(3, 6)
-    assert torch.equal(model(x), net(x))
+    assert "0" not in report.notes
+    for shape in [(3, 6), (2, 3, 6), (2, 2, 3, 6)]:
+        x = torch.randn(shape)
+        assert torch.equal(model(x), net(x))
     with pytest.raises(ValueError, match="ndim"):
-        model(torch.randn(2, 3, 6))
+        model(torch.randn(6))  # rank 1: batch axis missing
+    two = from_torch(nn.LayerNorm((3, 6)))[0]
+    x = torch.randn(2, 4, 3, 6)
+    assert torch.equal(two(x), nn.functional.layer_norm(x, (3, 6), two.gamma, two.beta, 1e-5))
 
 
 @pytest.mark.parametrize(
     ("module", "reason"),
     [
-        (nn.Embedding(10, 4, padding_idx=0), "padding_idx=0"),
-        (nn.Embedding(10, 4, max_norm=1.0), "max_norm=1.0"),
+        (nn.Embedding(10, 4, max_norm=1.0), "max_norm=1.0: torch renormalizes"),
+        (nn.Embedding(10, 4, sparse=True), "sparse=True"),
         (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
         (nn.BatchNorm2d(4, track_running_stats=False), "track_running_stats=False"),
         (nn.BatchNorm2d(4, momentum=None), "momentum=None"),
-        (nn.modules.linear.NonDynamicallyQuantizableLinear(3, 3), "subclass of nn.Linear"),
+        (_ScaledLinear(3, 3), "_ScaledLinear: subclass of nn.Linear that overrides forward"),
         (nn.BatchNorm1d(4), "no mpq equivalent"),
+        (nn.Conv3d(2, 2, 3), "Conv3d: no mpq equivalent"),
+        (nn.MultiheadAttention(4, 2, add_bias_kv=True), "add_bias_kv=True"),
+        (nn.MultiheadAttention(4, 2, add_zero_attn=True), "add_zero_attn=True"),
     ],
 )
 def test_unsupported_options_are_left_and_reported(module, reason):
@@ -183,10 +195,14 @@ def test_policy_mixed_bfloat16_and_policy_map():
     net = _cnn()
     net.eval()
     x = torch.randn(4, 3, 16, 16)
-    model, _ = from_torch(net, "mixed_bfloat16")
+    model, _ = from_torch(net, "mixed_bfloat16", cast_outputs=False)
     model.eval()
     y = model(x)
     assert y.dtype == torch.bfloat16
+    # By default a converted module returns the dtype the torch module returned.
+    cast, _ = from_torch(net, "mixed_bfloat16")
+    cast.eval()
+    assert torch.equal(cast(x), y.float())
     assert model.head.kernel.dtype == torch.float32
     assert sqnr(net(x), y.float()) > 30
     pmap = mpq.policy.DTypePolicyMap(
