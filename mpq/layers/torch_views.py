@@ -5,8 +5,8 @@ Every view is a property without a setter: assigning raises AttributeError (chan
 variables instead). ``weight`` is in torch's layout (``nn.Linear``: ``[out, in]``; ``nn.Conv2d``:
 ``[out, in/groups, kh, kw]``) and, for a float layer, a view of the live variable (autograd
 flows to it). A quantized layer has no float weight: its ``weight`` is a tensor on the ``meta``
-device with the torch shape and the layer's variable dtype; it answers ``.shape`` / ``.dtype``
-and any arithmetic with it fails loudly instead of computing with a stand-in value.
+device with the torch shape and the layer's variable dtype (a ``NoFloatWeight``); it answers
+``.shape`` / ``.dtype`` and any arithmetic with it raises TypeError (never a stand-in value).
 Names that mean something else in Keras keep their Keras meaning (``Conv.padding``,
 ``Conv.kernel_size``, ``BatchNormalization.momentum``); see docs/models.md.
 """
@@ -17,18 +17,79 @@ from typing import Any
 
 import torch
 
-__all__ = ["BatchNormViews", "ConvViews", "DenseViews", "EmbeddingViews", "LayerNormViews"]
+__all__ = [
+    "BatchNormViews",
+    "ConvViews",
+    "DenseViews",
+    "EmbeddingViews",
+    "LayerNormViews",
+    "NoFloatWeight",
+    "no_float_weight",
+]
+
+
+class NoFloatWeight(torch.Tensor):
+    """What ``.weight`` of a quantized layer is: a tensor on the ``meta`` device that answers
+    ``shape``, ``dtype``, ``device``, ``size()``, ``dim()``, ``numel()`` and
+    ``is_floating_point()``; every other torch operation raises TypeError (a torch op given
+    a meta weight and CPU inputs may return an uninitialised CPU tensor: never a stand-in
+    number)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _DESCRIPTIVE:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", repr(func))
+        raise TypeError(
+            "Expected the float weight of a float layer. Received: the `weight` of a quantized "
+            f"layer in {name}: it has no float weight (read its quantized variables, or keep "
+            "this layer in float)"
+        )
+
+    def __repr__(self) -> str:
+        return f"NoFloatWeight(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+_DESCRIPTIVE = frozenset(
+    {
+        torch.Tensor.dtype.__get__,
+        torch.Tensor.shape.__get__,
+        torch.Tensor.device.__get__,
+        torch.Tensor.ndim.__get__,
+        torch.Tensor.requires_grad.__get__,
+        torch.Tensor.is_meta.__get__,
+        torch.Tensor.is_cuda.__get__,
+        torch.Tensor.size,
+        torch.Tensor.dim,
+        torch.Tensor.numel,
+        torch.Tensor.element_size,
+        torch.Tensor.is_floating_point,
+    }
+)
+
+
+def no_float_weight(shape: tuple[int, ...], dtype: torch.dtype) -> NoFloatWeight:
+    """A :class:`NoFloatWeight` of ``shape`` and ``dtype``."""
+    return torch.empty(shape, dtype=dtype, device="meta").as_subclass(NoFloatWeight)
 
 
 def _variable_view(layer: Any, name: str, to_torch: Any, torch_shape: Any) -> torch.Tensor:
-    """``to_torch(variable)`` for a float layer; a meta tensor of ``torch_shape`` once quantized."""
+    """``to_torch(variable)`` for a float layer; a :class:`NoFloatWeight` once quantized."""
     var = layer._parameters.get(name)
     if var is not None and layer.__dict__.get("_scheme") is None:
         return to_torch(var)
-    return torch.empty(torch_shape(), dtype=layer.dtype_policy.torch_variable_dtype, device="meta")
+    return no_float_weight(tuple(torch_shape()), layer.dtype_policy.torch_variable_dtype)
+
+
+def _view(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A view of a variable (not the variable: assigning it to an attribute cannot re-register
+    it under the torch name)."""
+    return None if t is None else t.view(t.shape)
 
 
 def _built(layer: Any, what: str) -> None:
+    # AttributeError, so that hasattr() is False (torch then reports "has no attribute").
     if not layer.built:
         raise AttributeError(
             f"Expected a built layer to read `{what}` from. Received: layer {layer.name!r} with "
@@ -105,9 +166,7 @@ class EmbeddingViews:
     @property
     def weight(self) -> torch.Tensor:
         _built(self, "weight")
-        return _variable_view(
-            self, "embeddings", lambda e: e, lambda: (self.input_dim, self.output_dim)
-        )
+        return _variable_view(self, "embeddings", _view, lambda: (self.input_dim, self.output_dim))
 
 
 class LayerNormViews:
@@ -129,11 +188,11 @@ class LayerNormViews:
 
     @property
     def weight(self) -> torch.Tensor | None:
-        return self._parameters.get("gamma")
+        return _view(self._parameters.get("gamma"))
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self._parameters.get("beta")
+        return _view(self._parameters.get("beta"))
 
     def _norm_shape(self) -> tuple[int, ...]:
         for name in ("gamma", "beta"):
@@ -163,16 +222,16 @@ class BatchNormViews:
 
     @property
     def weight(self) -> torch.Tensor | None:
-        return self._parameters.get("gamma")
+        return _view(self._parameters.get("gamma"))
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self._parameters.get("beta")
+        return _view(self._parameters.get("beta"))
 
     @property
     def running_mean(self) -> torch.Tensor:
-        return self._parameters["moving_mean"]
+        return _view(self._parameters["moving_mean"])
 
     @property
     def running_var(self) -> torch.Tensor:
-        return self._parameters["moving_variance"]
+        return _view(self._parameters["moving_variance"])

@@ -86,8 +86,12 @@ class QuantizationReport:
 
 def _layers(model: torch.nn.Module) -> list[Layer]:
     out: list[Layer] = []
+    seen: set[int] = set()
 
     def visit(layer: Layer) -> None:
+        if id(layer) in seen:  # one layer at several paths (e.g. tied embeddings): once
+            return
+        seen.add(id(layer))
         out.append(layer)
         for child in _tracking.direct_sublayers(layer):
             visit(child)

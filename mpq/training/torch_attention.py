@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpq.layers.torch_views import no_float_weight
+
 __all__ = ["MultiheadAttention"]
 
 
@@ -23,8 +25,8 @@ class MultiheadAttention(nn.Module):
 
     Attributes read by torch's own Transformer layers are kept: ``embed_dim``, ``num_heads``,
     ``batch_first``, ``dropout``, ``head_dim``, ``_qkv_same_embed_dim``, and
-    ``in_proj_weight`` / ``in_proj_bias`` as shape-only tensors on the ``meta`` device (the packed
-    float weight no longer exists; this also keeps ``TransformerEncoderLayer`` off its fused
+    ``in_proj_weight`` / ``in_proj_bias`` as shape-only ``NoFloatWeight`` tensors (the packed
+    float weight no longer exists; they also keep ``TransformerEncoderLayer`` off its fused
     fast path, which would read raw float weights and bypass the mpq layers).
     """
 
@@ -56,13 +58,13 @@ class MultiheadAttention(nn.Module):
 
     @property
     def in_proj_weight(self) -> torch.Tensor:
-        return torch.empty((3 * self.embed_dim, self.embed_dim), dtype=self._dtype, device="meta")
+        return no_float_weight((3 * self.embed_dim, self.embed_dim), self._dtype)
 
     @property
     def in_proj_bias(self) -> torch.Tensor | None:
         if not self._has_in_bias:
             return None
-        return torch.empty((3 * self.embed_dim,), dtype=self._dtype, device="meta")
+        return no_float_weight((3 * self.embed_dim,), self._dtype)
 
     def merge_masks(self, attn_mask, key_padding_mask, query):  # torch's API, not used here
         raise NotImplementedError(

@@ -758,11 +758,12 @@ def from_torch(
             report.unsupported[name] = f"{type(m).__name__}: {e}"
             skip_under.extend(paths[id(m)])  # its children are its own (an MHA's out_proj)
             continue
+        notes: list[str] = []
         for layer, quant in result.layers:
             if quant is None:
                 continue
             if id(m) in tied_embeddings:  # quantizing would untie it from its Linear users
-                report.notes[name] = (
+                notes.append(
                     f"not quantized ({quant.name}): its table is also the weight of a tied "
                     "Linear; from_torch(..., untie=True) quantizes them separately"
                 )
@@ -778,10 +779,11 @@ def from_torch(
             replacement.register_forward_hook(_CastOutput(fallback), with_kwargs=True)
         report.converted[name] = f"{type(m).__name__} -> {result.target or target}"
         if len(paths[id(m)]) > 1:
-            report.notes[name] = f"also at {paths[id(m)][1:]} (one module, converted once)"
+            notes.append(f"also at {paths[id(m)][1:]} (one module, converted once)")
         if result.note:
-            earlier = report.notes.get(name)
-            report.notes[name] = f"{earlier}; {result.note}" if earlier else result.note
+            notes.append(result.note)
+        if notes:
+            report.notes[name] = "; ".join(notes)
         if convert in _LINEAR_LIKE:
             covered.update(id(w) for w in _linear_weights(m))
         replacements.append((m, replacement))
