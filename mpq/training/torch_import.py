@@ -733,14 +733,14 @@ def from_torch(
             elif _has_state(m) or not any(True for _ in m.children()):
                 unchanged.append(name)
             continue
+        if id(m) in tied_to:
+            continue  # a torch module on its Embedding's variable, below (filter or not)
         if not keep(m, name):
             report.skipped[name] = "filtered"
             continue
         if id(m) in tied_left:
             report.unsupported[name] = tied_left[id(m)]
             continue
-        if id(m) in tied_to:
-            continue  # after its Embedding, below
         if id(m) in aliases:
             first_name, first = aliases[id(m)]
             if id(first) in new_of:
