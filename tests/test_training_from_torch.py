@@ -1,5 +1,7 @@
 """mpq.training.from_torch: standard torch layers -> mpq layers with the same weights."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -420,6 +422,9 @@ def test_embedding_padding_idx_row_gets_no_gradient_like_torch():
     layer(ids).sum().backward()
     assert torch.equal(layer.embeddings.grad, emb.weight.grad)
     assert not layer.embeddings.grad[1].any()
+    copied = copy.deepcopy(layer)  # copies keep the rule
+    copied(ids).sum().backward()
+    assert torch.equal(copied.embeddings.grad, emb.weight.grad)
 
 
 def test_tied_embedding_and_head_stay_one_tensor_or_are_untied_on_request():

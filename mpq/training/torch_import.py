@@ -288,11 +288,23 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
     return _Converted(wrapper, [(layer, quant)], note, target=f"ConstantPad + Conv{rank}D")
 
 
-def _zero_padding_grad(idx: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad.index_fill(0, torch.tensor([idx], device=grad.device), 0)
+class _PaddingRowNoGradient:
+    """Forward hook of a converted ``nn.Embedding(padding_idx=i)``: the looked-up rows of ``i``
+    are detached, so that row of the table gets no gradient, as in torch (the values are
+    unchanged). A module hook, so copies of the model keep it."""
 
-    return hook
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+
+    def __call__(self, module, args, output):
+        ids = args[0] if args else None
+        if not isinstance(ids, torch.Tensor) or not output.requires_grad:
+            return output
+        mask = (ids == self.idx).unsqueeze(-1)
+        return torch.where(mask, output.detach(), output)
+
+    def __repr__(self) -> str:
+        return f"_PaddingRowNoGradient(padding_idx={self.idx})"
 
 
 def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any) -> _Converted:
@@ -314,9 +326,8 @@ def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any) -> _Converte
     if m.padding_idx is not None:
         # The lookup is the same; torch also gives the padding row no gradient: so does this.
         layer.__dict__["_padding_idx"] = int(m.padding_idx)
-        if layer.embeddings.requires_grad:
-            layer.embeddings.register_hook(_zero_padding_grad(int(m.padding_idx)))
-        note = f"padding_idx={m.padding_idx}: that row gets no gradient (a hook on the variable)"
+        layer.register_forward_hook(_PaddingRowNoGradient(int(m.padding_idx)))
+        note = f"padding_idx={m.padding_idx}: that row gets no gradient (a forward hook)"
     return _Converted(layer, [(layer, quant)], note)
 
 
