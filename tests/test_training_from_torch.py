@@ -449,6 +449,11 @@ def test_tied_embedding_and_head_stay_one_tensor_or_are_untied_on_request():
     assert "weight tied to 'embed'" in report.tied["head"]
     assert report.coverage == 1.0
     assert torch.equal(model(ids), net(ids))
+    for policy in ("bfloat16", "mixed_float16"):  # the torch head gets and returns its dtypes
+        low, _ = from_torch(net, policy)
+        assert low.head.weight is low.embed.embeddings
+        y = low(ids)
+        assert y.dtype == torch.float32 and sqnr(net(ids), y) > 30
     q = mpq.quantize(model, "int8")
     assert q.skipped["embed"].startswith("tied: its variable is also the weight of 'head'")
     assert model.head.weight is model.embed.embeddings
@@ -517,3 +522,14 @@ def test_filter_and_option_errors():
     net = nn.Sequential(nn.Linear(2, 2), nn.Conv1d(2, 2, 1))
     _, report = from_torch(net, filter=(nn.Conv1d,))
     assert report.skipped == {"0": "filtered"} and list(report.converted) == ["1"]
+    assert report.linear_weights == 2 * 2 + 2 * 2 and report.coverage == 0.5
+
+
+def test_coverage_counts_what_stays_in_torch():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Conv3d(1, 2, 2), nn.ConvTranspose2d(2, 2, 3))
+    _, report = from_torch(net)
+    total = 12 + 2 * 1 * 8 + 2 * 2 * 9
+    assert report.linear_weights == total
+    assert report.converted_linear_weights == 12
+    assert report.coverage == 12 / total
+    assert f"(12 of {total} elements)" in str(report)

@@ -681,7 +681,8 @@ def from_torch(
     for _, m in order:
         entry, _why = _converter(m)
         fn = entry[1] if entry else None
-        if fn in _LINEAR_LIKE or isinstance(m, (nn.Linear, nn.MultiheadAttention, nn.Conv1d)):
+        linear_like = (nn.Linear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
+        if fn in _LINEAR_LIKE or isinstance(m, linear_like):  # Conv3d, ConvTranspose: counted
             for w in _linear_weights(m):
                 counted.setdefault(id(w), w.numel())
     report.linear_weights = sum(counted.values())
@@ -811,9 +812,11 @@ def from_torch(
         if layer is None:  # the Embedding was not converted: nothing to re-tie
             continue
         covered.add(id(m.weight))  # the shared tensor, now held by the mpq Embedding
+        returned = m.weight.dtype  # what the torch Linear returned (its inputs had to match)
         m.weight = layer.embeddings
-        if cast_outputs:
+        if cast_outputs:  # computes in the variable's dtype, returns what it returned
             m.register_forward_pre_hook(_CastInputs())
+            m.register_forward_hook(_ReturnAs(returned))
         report.tied[name] = (
             f"{type(m).__name__}: weight tied to {emb_name!r}; kept as a torch module whose "
             f"weight is that Embedding layer's variable (mpq.quantize skips the pair)"
@@ -833,8 +836,8 @@ def from_torch(
 
 
 class _CastInputs:
-    """Forward pre-hook of a torch module left on an mpq variable: floating inputs in the
-    variable's dtype (what the module computes in)."""
+    """Forward pre-hook of a torch Linear left on a tied mpq variable: floating inputs in the
+    variable's dtype (what it computes in)."""
 
     def __call__(self, module, args):
         dtype = module.weight.dtype
@@ -842,3 +845,15 @@ class _CastInputs:
             a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
             for a in args
         )
+
+
+class _ReturnAs:
+    """Forward hook: a floating output in ``dtype`` (what the torch module returned)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __call__(self, module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output.to(self.dtype)
+        return output
