@@ -743,3 +743,78 @@ def test_weight_attributes_after_the_class_level_fast_path_is_installed():
     layer(torch.ones(2, 3))
     assert layer.seen["k_dtype"] == torch.bfloat16 and layer.seen["same_cast"]
     assert layer.kernel.dtype == torch.float32
+
+
+# --- input dtype rule (issue #12) -------------------------------------------------------------
+
+_FLOAT_INPUT_LAYERS = [
+    ("Dense", lambda: mpq.layers.Dense(2), (2, 3)),
+    (
+        "EinsumDense",
+        lambda: mpq.layers.EinsumDense("ab,bc->ac", output_shape=2),
+        (2, 3),
+    ),
+    ("Conv1D", lambda: mpq.layers.Conv1D(2, 2), (1, 4, 3)),
+    ("Conv2D", lambda: mpq.layers.Conv2D(2, 1), (1, 2, 2, 3)),
+    (
+        "LayerNormalization",
+        lambda: mpq.layers.LayerNormalization(),
+        (2, 3),
+    ),
+    (
+        "BatchNormalization",
+        lambda: mpq.layers.BatchNormalization(),
+        (2, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool])
+@pytest.mark.parametrize(
+    "make, shape", [p[1:] for p in _FLOAT_INPUT_LAYERS], ids=[p[0] for p in _FLOAT_INPUT_LAYERS]
+)
+def test_float_layers_cast_integer_and_bool_inputs_to_the_compute_dtype(make, shape, dtype, policy):
+    """Keras 3's rule (its ops promote integer inputs to the float kernel's dtype): the result
+    equals the layer applied to the inputs cast to the compute dtype, exactly."""
+    from mpq.layers import BatchNormalization
+
+    layer = make()
+    layer.dtype_policy = policy
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2 if dtype == torch.bool else 5, shape, generator=gen).to(dtype)
+    y = layer(x, training=False) if isinstance(layer, BatchNormalization) else layer(x)
+    compute = layer.dtype_policy.torch_compute_dtype
+    x_float = x.to(compute)
+    want = (
+        layer(x_float, training=False) if isinstance(layer, BatchNormalization) else layer(x_float)
+    )
+    assert y.dtype == compute and torch.equal(y, want)
+
+
+@pytest.mark.parametrize(
+    "make, shape", [p[1:] for p in _FLOAT_INPUT_LAYERS], ids=[p[0] for p in _FLOAT_INPUT_LAYERS]
+)
+def test_float_layers_refuse_complex_inputs(make, shape):
+    layer = make()
+    with pytest.raises(
+        TypeError,
+        match=r"Expected a real \(floating, integer or bool\) input for layer '.*', which computes "
+        rf"in torch.float32\. Received: inputs of dtype torch.complex64 and shape {list(shape)}".replace(
+            "[", r"\["
+        ).replace("]", r"\]"),
+    ):
+        layer(torch.ones(shape, dtype=torch.complex64))
+
+
+def test_int8_dense_casts_integer_inputs_too():
+    import mpq.quantization  # noqa: F401  (registers the schemes)
+    from mpq.layers import Dense
+
+    layer = Dense(2)
+    layer.build((None, 3))
+    layer.quantize("int8")
+    x = torch.tensor([[1, -2, 3]])
+    assert torch.equal(layer(x), layer(x.to(torch.float32)))
+    with pytest.raises(TypeError, match=r"Expected a real \(floating, integer or bool\) input"):
+        layer(x.to(torch.complex64))

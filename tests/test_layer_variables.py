@@ -135,3 +135,142 @@ def test_scalar_and_read_only_numpy_weights_round_trip():
     frozen.setflags(write=False)
     layer.set_weights([frozen])
     assert layer.count.shape == () and float(layer.count) == 5.0
+
+
+# --- value checks on every write (issue #12) -------------------------------------------------
+
+
+def _int_var(dtype=torch.int8, shape=(3,)):
+    return Variable(torch.zeros(shape, dtype=dtype), name="codes", trainable=False)
+
+
+@pytest.mark.parametrize(
+    "dtype, value, shown",
+    [
+        (torch.int8, 1000, "1000"),  # torch's cast would give -24
+        (torch.int8, 128, "128"),  # -128
+        (torch.int8, -129, "-129"),
+        (torch.uint8, 256, "256"),  # 0
+        (torch.uint8, -1, "-1"),  # 255
+        (torch.int32, 2**31, "2147483648"),
+    ],
+)
+def test_integer_variables_refuse_values_their_dtype_cannot_hold(dtype, value, shown):
+    v = _int_var(dtype)
+    info = torch.iinfo(dtype)
+    pattern = (
+        rf"Expected values of {dtype} in \[{info.min}, {info.max}\] to assign variable 'codes' "
+        rf"of dtype {dtype}\. Received: 3 value\(s\) out of range, the first value={shown} at "
+        r"index \[0\]"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        v.assign(torch.full((3,), value, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"Expected values of"):
+        v.assign(np.full((3,), value, dtype=np.int64))
+    assert torch.equal(v, torch.zeros(3, dtype=dtype))  # nothing written
+
+
+def test_integer_variables_refuse_non_integral_and_non_finite_floats():
+    v = _int_var()
+    for bad, shown in ((1.5, "1.5"), (float("nan"), "nan"), (float("inf"), "inf")):
+        with pytest.raises(
+            ValueError,
+            match=rf"Expected integral, finite values to assign integer variable 'codes' of dtype "
+            rf"torch.int8\. Received: 1 value\(s\) not integral, the first value={shown} at index \[1\]",
+        ):
+            v.assign(torch.tensor([1.0, bad, 2.0]))
+    v.assign(torch.tensor([-3.0, 0.0, 127.0]))  # integral floats are exact: accepted
+    assert v.tolist() == [-3, 0, 127]
+
+
+def test_integer_assign_add_checks_the_exact_result():
+    v = _int_var()
+    v.assign(torch.tensor([100, 0, 0], dtype=torch.int8))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected values of torch.int8 in \[-128, 127\] to assign_add to variable 'codes'.*"
+        r"first value=200 at index \[0\]",
+    ):
+        v.assign_add(torch.tensor([100, 1, 1], dtype=torch.int8))
+    assert v.tolist() == [100, 0, 0]
+    v.assign_add(torch.tensor([27, -128, 1], dtype=torch.int8))
+    assert v.tolist() == [127, -128, 1]
+
+
+def test_complex_values_into_real_variables_raise_type_error():
+    v = Variable(torch.zeros(2), name="w")
+    with pytest.raises(
+        TypeError,
+        match=r"Expected a real value to assign variable 'w' of dtype torch.float32\. Received: a "
+        r"complex value of dtype torch.complex64; pass value.real explicitly",
+    ):
+        v.assign(torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"Expected a real value to assign_add to variable 'w'"):
+        v.assign_add(np.ones(2, dtype=np.complex128))
+    assert torch.equal(v, torch.zeros(2))
+
+
+def test_value_rules_bound_codes_and_scales():
+    from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
+
+    codes = _int_var()
+    set_value_rule(codes, ValueRule("int8 codes", -127, 127))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected int8 codes in \[-127, 127\] to assign variable 'codes' of dtype "
+        r"torch.int8\. Received: 1 value\(s\) out of range, the first value=-128 at index \[2\]",
+    ):
+        codes.assign(torch.tensor([0, 1, -128], dtype=torch.int8))
+    scale = Variable(torch.ones(4), name="scale", trainable=False)
+    set_value_rule(scale, POSITIVE_FINITE)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), -0.0):
+        with pytest.raises(
+            ValueError,
+            match=r"Expected scales that are finite and > 0 to assign variable 'scale' of dtype "
+            r"torch.float32\. Received: 1 value\(s\) out of range",
+        ):
+            scale.assign(torch.tensor([1.0, 2.0, bad, 3.0]))
+    scale.assign(torch.tensor([1e-7 / 127, 1.0, 3e38, 1e-45]))  # tiny and huge finite: fine
+    assert torch.equal(scale, torch.tensor([1e-7 / 127, 1.0, 3e38, 1e-45]))
+
+
+def test_set_weights_and_load_own_variables_check_values_before_any_write():
+    class Codes(Layer):
+        def build(self, input_shape=None):
+            self.w = self.add_weight((2,), initializer="ones", name="w")
+            self.q = self.add_weight((2,), dtype="int8", trainable=False, name="q")
+
+    layer = Codes()
+    layer.build()
+    with pytest.raises(
+        ValueError,
+        match=r"Expected values of torch.int8 in \[-128, 127\] to set_weights into variable",
+    ):
+        layer.set_weights([np.full(2, 5.0, np.float32), np.array([1, 300])])
+    with pytest.raises(
+        ValueError, match=r"Expected values of torch.int8 in \[-128, 127\] to load into variable"
+    ):
+        layer.load_own_variables({"w": torch.full((2,), 5.0), "q": torch.tensor([1, 300])})
+    assert torch.equal(layer.w, torch.ones(2)) and torch.equal(
+        layer.q, torch.zeros(2, dtype=torch.int8)
+    )
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    dtype=st.sampled_from([torch.int8, torch.uint8, torch.int16, torch.int32]),
+    values=st.lists(st.integers(-(2**40), 2**40) | st.integers(-300, 300), min_size=1, max_size=6),
+)
+def test_integer_assign_stores_exactly_or_raises(dtype, values):
+    """Property: assign into an integer variable either stores every value exactly or raises
+    ValueError (and writes nothing); it raises exactly when a value is outside the dtype."""
+    info = torch.iinfo(dtype)
+    v = Variable(torch.zeros(len(values), dtype=dtype), name="codes", trainable=False)
+    fits = all(info.min <= x <= info.max for x in values)
+    if fits:
+        v.assign(torch.tensor(values, dtype=torch.int64))
+        assert v.tolist() == values
+    else:
+        with pytest.raises(ValueError, match=r"Expected values of"):
+            v.assign(torch.tensor(values, dtype=torch.int64))
+        assert v.tolist() == [0] * len(values)

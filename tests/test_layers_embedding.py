@@ -107,3 +107,28 @@ def test_conformance(mask_zero):
         supports_masking=mask_zero,
         expected_num_trainable_weights=1,
     )
+
+
+def test_embedding_ids_rule():
+    """Integer ids as they are; float ids only when integral (cast to int64); complex refused."""
+    import re
+
+    layer = Embedding(5, 2)
+    ids = torch.tensor([[0, 4, 1]])
+    expected = layer(ids)
+    assert torch.equal(layer(ids.to(torch.int32)), expected)
+    assert torch.equal(layer(ids.to(torch.float32)), expected)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected integer ids \(or floats with integral values\) for layer 'embedding(_\d+)?'\. "
+        r"Received: inputs of dtype torch.float32 with non-integral or non-finite values",
+    ):
+        layer(torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match=re.escape("non-integral or non-finite values")):
+        layer(torch.tensor([[float("nan")]]))
+    with pytest.raises(
+        TypeError,
+        match=r"Expected integer ids for layer 'embedding(_\d+)?'\. Received: inputs of dtype "
+        r"torch.complex64 and shape \[1, 2\]",
+    ):
+        layer(torch.ones(1, 2, dtype=torch.complex64))

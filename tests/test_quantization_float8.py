@@ -256,3 +256,27 @@ def test_stateless_call_backward_equals_a_real_step_on_a_copy(make, shape):
         assert _bits(v) == _bits(s), v.path
     for v, gr in zip(twin.trainable_variables, grads, strict=True):
         assert torch.equal(v.grad, gr), v.path
+
+
+# --- scales are checked on every write (issue #12) -------------------------------------------
+
+BAD_SCALES = [0.0, -1.0, float("nan"), float("inf")]
+SCALE_NAMES = ["inputs_scale", "kernel_scale", "outputs_grad_scale"]
+
+
+@pytest.mark.parametrize("bad", BAD_SCALES)
+@pytest.mark.parametrize("name", SCALE_NAMES)
+def test_float8_scales_must_be_finite_and_positive_through_set_weights_and_assign(name, bad):
+    layer = Dense(3)
+    layer.build((None, 4))
+    layer.quantize("float8")
+    weights = layer.get_weights()
+    index = [w.name for w in layer.weights].index(name)
+    before = getattr(layer, name).detach().clone()  # 1, or the kernel's amax / 448
+    weights[index] = weights[index] * 0 + bad
+    pattern = rf"Expected scales that are finite and > 0 to (set_weights into|assign) variable '.*/{name}'"
+    with pytest.raises(ValueError, match=pattern):
+        layer.set_weights(weights)
+    with pytest.raises(ValueError, match=pattern):
+        getattr(layer, name).assign(torch.tensor(bad))
+    assert torch.equal(getattr(layer, name).detach(), before)

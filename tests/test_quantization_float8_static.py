@@ -148,3 +148,23 @@ def test_static_layers_save_load_and_gradients(tmp_path):
     model(xg).sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
     assert not model.layers[0].kernel.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("kernel_scale", 0.0),
+        ("kernel_scale", float("nan")),
+        ("inputs_amax", -1.0),
+        ("inputs_amax", float("inf")),
+        ("inputs_amax", float("nan")),
+    ],
+)
+def test_static_scales_and_ranges_are_checked_on_every_write(name, bad):
+    layer = _dense()
+    layer.quantize(STATIC)
+    before = getattr(layer, name).detach().clone()
+    with pytest.raises(ValueError, match=rf"Expected (scales|input ranges) .*variable '.*/{name}'"):
+        getattr(layer, name).assign(torch.tensor(bad))
+    assert torch.equal(getattr(layer, name).detach(), before)
+    layer.inputs_amax.assign(torch.tensor(0.0))  # 0 = not calibrated: allowed

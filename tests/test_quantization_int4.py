@@ -3,6 +3,7 @@ weight-only (matmul_int4) and int8-activation forwards against exact oracles, co
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,3 +170,37 @@ def test_run_layer_test_int4(cls, kwargs, shape, modes):
         cls, kwargs, shape, policies=("float32", "mixed_bfloat16"), quantize_modes=modes, **extra
     )
     assert not report.skipped and len(report.checks) == 2 * (1 + len(modes))
+
+
+# --- stored codes and scales are checked on every write (issue #12) --------------------------
+
+
+def test_int4_zero_points_and_packed_bytes_out_of_range_are_refused():
+    layer = Dense(3)
+    layer.build((None, 8))
+    layer.quantize("int4/4")
+    bias, packed, scale, zero = layer.get_weights()
+    for z in (9, -9, 8):
+        with pytest.raises(
+            ValueError,
+            match=r"Expected int4 zero points in \[-8, 7\] to set_weights into variable "
+            rf"'dense(_\d+)?/kernel_zero' of dtype torch.int8\. Received: 6 value\(s\) out of range, "
+            rf"the first value={z} at index \[0, 0\]",
+        ):
+            layer.set_weights([bias, packed, scale, np.full_like(zero, z)])
+    for byte in (256, -1):
+        with pytest.raises(
+            ValueError,
+            match=r"Expected values of torch.uint8 in \[0, 255\] to set_weights into variable "
+            rf"'dense(_\d+)?/kernel' of dtype torch.uint8\. Received: 12 value\(s\) out of range, "
+            rf"the first value={byte}",
+        ):
+            layer.set_weights([bias, np.full(packed.shape, byte), scale, zero])
+    with pytest.raises(ValueError, match=r"Expected scales that are finite and > 0 to load into"):
+        layer.load_own_variables(
+            {"bias": torch.tensor(bias), "kernel": torch.tensor(packed),
+             "kernel_scale": torch.zeros(scale.shape), "kernel_zero": torch.tensor(zero)}
+        )  # fmt: skip
+    layer.set_weights([bias, np.full(packed.shape, 255), scale, np.full_like(zero, -8)])
+    after = layer.get_weights()
+    assert (after[1] == 255).all() and (after[3] == -8).all()

@@ -3,6 +3,7 @@ weighted layer; stored layouts, exact dequantization, gradients, conformance."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,94 @@ def test_embedding_int8_dequantizes_only_the_looked_up_rows():
     assert torch.equal(layer.embeddings, q) and torch.equal(layer.embeddings_scale, scale[:, 0])
     assert torch.equal(layer(ids), dequantize(q, scale)[ids])
     assert layer.compute_mask(ids).tolist() == [[False, True, True, True]]
+
+
+# --- reductions past the int32 bound (issue #12) ---------------------------------------------
+
+K_PAST_INT32 = 140_000  # 127 * 127 * K > 2**31 - 1: a wrapped int32 accumulator goes negative
+
+
+@pytest.mark.parametrize(
+    "make, input_shape",
+    [
+        (lambda: Dense(2, use_bias=False), (1, K_PAST_INT32)),
+        (lambda: EinsumDense("ab,bc->ac", output_shape=2), (1, K_PAST_INT32)),
+        (lambda: Conv1D(2, 1, use_bias=False), (1, 1, K_PAST_INT32)),
+        (lambda: Conv2D(2, 1, use_bias=False), (1, 1, 1, K_PAST_INT32)),
+    ],
+    ids=["Dense", "EinsumDense", "Conv1D", "Conv2D"],
+)
+def test_w8a8_layers_past_the_int32_bound_are_exact(make, input_shape):
+    """All-127 kernel codes (unit scales) and all-one inputs (code 127, scale 1/127): each
+    output is fp32(127 * 127 * K) * fp32(1/127), the epilogue of the exact integer sum."""
+    layer = make()
+    x = torch.ones(input_shape)
+    layer(x)
+    layer.quantize("int8")
+    layer.kernel.assign(torch.full(tuple(layer.kernel.shape), 127, dtype=torch.int8))
+    layer.kernel_scale.assign(torch.ones(tuple(layer.kernel_scale.shape)))
+    _, x_scale = quantize_symmetric(torch.ones(()), "int8")
+    exact = torch.tensor(127 * 127 * K_PAST_INT32, dtype=torch.float64).to(torch.float32)
+    y = layer(x)
+    assert torch.equal(y, (exact * x_scale).expand(y.shape))
+    assert float(y.min()) > 0  # what a wrapped accumulator would have made negative
+
+
+# --- stored codes and scales are checked on every write (issue #12) --------------------------
+
+
+def _int8_dense():
+    layer = Dense(3, dtype="float32")
+    layer.build((None, 4))
+    layer.quantize("int8")
+    return layer
+
+
+@pytest.mark.parametrize("code", [1000, 128, -128, -1000])
+def test_int8_codes_out_of_the_symmetric_range_are_refused_on_every_write(code):
+    layer = _int8_dense()
+    before = [w.copy() for w in layer.get_weights()]  # bias, kernel, kernel_scale
+    bad = torch.full((3, 4), code)
+    pattern = r"Expected (values of torch.int8 in \[-128, 127\]|int8 codes in \[-127, 127\]) to "
+    with pytest.raises(ValueError, match=pattern + r"assign variable 'dense(_\d+)?/kernel'"):
+        layer.kernel.assign(bad)
+    weights = [before[0], bad.numpy(), before[2]]
+    with pytest.raises(ValueError, match=pattern + r"set_weights into variable"):
+        layer.set_weights(weights)
+    store = {"bias": torch.zeros(3), "kernel": bad, "kernel_scale": torch.ones(3)}
+    with pytest.raises(ValueError, match=pattern + r"load into variable"):
+        layer.load_own_variables(store)
+    for w, b in zip(layer.get_weights(), before, strict=True):
+        assert np.array_equal(w, b)
+
+
+def test_int8_non_integral_codes_and_bad_scales_are_refused():
+    layer = _int8_dense()
+    with pytest.raises(
+        ValueError, match=r"Expected integral, finite values to assign integer variable"
+    ):
+        layer.kernel.assign(torch.full((3, 4), 0.5))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError,
+            match=r"Expected scales that are finite and > 0 to assign variable '.*kernel_scale'",
+        ):
+            layer.kernel_scale.assign(torch.tensor([1.0, bad, 1.0]))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "int4/2"])
+def test_rtn_state_of_all_zero_channels_is_valid_and_round_trips(mode):
+    """RTN floors the statistic at 1e-7: all-zero channels get finite positive scales and
+    in-range codes/zero points, which every write path accepts."""
+    layer = Dense(3, use_bias=False)
+    layer.build((None, 4))
+    layer.kernel.assign(torch.zeros(4, 3))
+    layer.quantize(mode)
+    weights = layer.get_weights()
+    scale = layer.kernel_scale.detach()
+    assert bool((scale > 0).all()) and bool(torch.isfinite(scale).all())
+    layer.set_weights(weights)
+    store = {}
+    layer.save_own_variables(store)
+    layer.load_own_variables(store)
+    assert torch.equal(layer(torch.ones(2, 4)), torch.zeros(2, 3))

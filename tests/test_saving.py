@@ -207,3 +207,39 @@ def test_layer_built_without_a_shape_round_trips(tmp_path):
     mpq.saving.save(layer, path)
     loaded = mpq.saving.load(path)
     assert torch.equal(loaded.embeddings, layer.embeddings)
+
+
+# --- quantized state is validated before anything is written (issue #12) --------------------
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["inputs_scale", "kernel_scale", "outputs_grad_scale"])
+def test_load_and_load_weights_refuse_invalid_float8_scales(tmp_path, name, bad):
+    import mpq.quantization
+
+    model = Sequential([Dense(3), Dense(2)])
+    model.build((None, 4))
+    mpq.quantize(model, "float8")
+    with torch.no_grad():  # torch's own in-place write: not a checked mpq write path
+        getattr(model.layers[1], name).fill_(bad)
+    path = tmp_path / "bad.safetensors"
+    saving.save(model, path)
+    pattern = (
+        rf"Expected scales that are finite and > 0 to load '.*/{name}' from '.*bad.safetensors'"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        saving.load(path)
+    target = Sequential([Dense(3), Dense(2)])
+    target.build((None, 4))
+    mpq.quantize(target, "float8")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=pattern):
+        saving.load_weights(target, path)
+    after = target.state_dict()
+    assert all(
+        torch.equal(
+            before[k],
+            after[k],
+        )
+        for k in before
+    )  # nothing half-loaded

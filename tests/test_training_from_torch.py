@@ -65,7 +65,7 @@ def _cnn(seed=0, batch_norm=True):
     return net
 
 
-def test_cnn_nchw_outputs_are_identical_under_float32():
+def test_cnn_nchw_outputs_match_torch_under_float32():
     net = _cnn()
     model, report = from_torch(net)
     assert report.converted == {
@@ -89,11 +89,17 @@ def test_cnn_nchw_outputs_are_identical_under_float32():
     model.eval()
     # BatchNorm's CPU kernel fuses its affine map differently: equal to rounding only.
     assert_close(model(x), net(x), "float32", k=16 * 9)
-    # Without BatchNorm every layer runs torch's own op on torch's weight layout: same bits.
+    # Without BatchNorm the convolutions still differ from torch's in how they run: mpq adds the
+    # bias in its own epilogue (torch fuses it into the convolution, where oneDNN may start the
+    # accumulator from it), and a Conv1D input of height 1 has strides that are also channels_last,
+    # so oneDNN may pick another algorithm for it. Which algorithm runs depends on the CPU, the
+    # thread count and the layout, so the outputs are equal to rounding only (bit-equal on some
+    # machines, 1e-7 apart on an AMD EPYC in a full parallel run): a tolerance derived from the
+    # longest reduction (16 channels x 3x3 taps) and float32's epsilon.
     net = _cnn(batch_norm=False)
     model, report = from_torch(net)
     assert "features.1" in report.unchanged
-    assert torch.equal(model(x), net(x))
+    assert_close(model(x), net(x), "float32", k=16 * 9)
 
 
 def test_cnn_training_mode_outputs_and_gradients_match():

@@ -28,6 +28,36 @@ SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR = 0, 1, 2
 INT32_MAX = 2**31 - 1
 
 
+INT8_EXACT_K = (2**31 - 1) // (128 * 128)
+"""Longest int8 x int8 reduction whose int32 sum is exact for every operand (131071): past it
+``|sum| <= 128 * 128 * K`` can exceed 2**31 - 1 and an int32 accumulator wraps (or saturates)."""
+
+
+def split_k_for_int32(k: int, bound: int = INT8_EXACT_K) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` chunks of ``range(k)`` of at most ``bound`` each, so that each
+    chunk of an int8 reduction sums exactly in int32; the partial sums are added in int64.
+
+    >>> split_k_for_int32(300_000)
+    [(0, 131071), (131071, 262142), (262142, 300000)]
+    """
+    return [(start, min(start + bound, k)) for start in range(0, k, bound)]
+
+
+def exact_int32(acc: torch.Tensor, what: str) -> torch.Tensor:
+    """The exact int64 accumulator ``acc`` as int32 for ``out_dtype=int32``; raises when a value
+    does not fit (never a wrapped number)."""
+    if acc.numel() == 0:
+        return acc.to(torch.int32)
+    lo, hi = int(acc.min()), int(acc.max())
+    if lo < -(2**31) or hi > INT32_MAX:
+        raise OverflowError(
+            f"Expected the exact int8 accumulator of the {what} to fit in int32 for "
+            f"out_dtype=int32. Received: values in [{lo}, {hi}]; use a float out_dtype (the "
+            "epilogue applies to the exact sum)"
+        )
+    return acc.to(torch.int32)
+
+
 def max_offset(t: torch.Tensor) -> int:
     """Largest element offset a kernel computes into ``t``: sum((size - 1) * stride)."""
     if t.numel() == 0:

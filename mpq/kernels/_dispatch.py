@@ -199,8 +199,9 @@ def matmul(
     - float32 x float32 (IEEE fp32, no TF32), float16 x float16, bfloat16 x bfloat16: float32
       accumulation; any strides; differentiable on both backends.
     - float8_e4m3fn / float8_e5m2 in any pairing: float32 accumulation.
-    - int8 x int8: exact int32 accumulation up to 2**31 (K <= 131071 always fits); past it the
-      reference wraps and GPU tensor cores may saturate instead (unspecified).
+    - int8 x int8: exact integer accumulation for any K. Each chunk of at most 131071 along K
+      (``_checks.INT8_EXACT_K``) is summed exactly in int32 by the backend; longer reductions
+      add the chunks' partial sums in int64, then apply the float32 epilogue to that exact sum.
 
     8-bit operands are forward-only and must be stored K-major: ``a`` row-major [M, K] and ``b``
     the transpose of a contiguous [N, K] weight (``b = w.t()``, the layout of
@@ -211,7 +212,8 @@ def matmul(
     on the fp32 accumulator: ``* a_scale``, ``* b_scale``, ``+ bias`` ([N], any float dtype), then
     ``activation`` (None/"none", "relu", "gelu" (exact erf form), "silu"), then one cast.
     ``out_dtype`` defaults to bfloat16 for 8-bit inputs, else the input dtype; int8 inputs also
-    accept ``torch.int32`` to get the raw accumulator (no scales, bias or activation).
+    accept ``torch.int32`` to get the raw accumulator (no scales, bias or activation); an exact
+    sum that does not fit in int32 (only possible for K > 131071) raises OverflowError.
 
     Example::
 
@@ -219,6 +221,9 @@ def matmul(
         >>> matmul(a, w.t(), bias=torch.zeros(3), activation="gelu").shape
         torch.Size([4, 3])
     """
+    if isinstance(a, torch.Tensor) and a.dtype == torch.int8 and a.ndim >= 2:
+        if a.shape[-1] > _checks.INT8_EXACT_K:
+            return _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype)
     if _on_triton(a):
         if a.dtype in _checks.FLOAT_DTYPES and _needs_grad(a, b, bias):
             spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
@@ -241,6 +246,41 @@ def matmul(
         activation=activation,
         out_dtype=out_dtype,
     )
+
+
+def _exact_epilogue(acc: torch.Tensor, row_scale, col_scale, bias, activation, out_dtype, what):
+    """The kernels' store for an exact int64 accumulator ``acc`` [M, N]: int32 if it fits (for
+    ``out_dtype=int32``), else the float32 epilogue (the same ``reference.epilogue``)."""
+    if out_dtype == torch.int32:
+        return _checks.exact_int32(acc, what)
+    return reference.epilogue(
+        acc.to(torch.float32),
+        row_scale=row_scale,
+        col_scale=col_scale,
+        bias=bias,
+        activation=activation,
+        out_dtype=out_dtype,
+    )
+
+
+def _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype) -> torch.Tensor:
+    """int8 matmul with K > INT8_EXACT_K: int32-exact chunks along K on the selected backend,
+    their partial sums added in int64, then the epilogue (never a wrapped accumulator)."""
+    spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    a2 = a.reshape(spec.M, spec.K)
+    acc = None
+    for start, stop in _checks.split_k_for_int32(spec.K, _checks.INT8_EXACT_K):
+        # Each chunk in the layout the 8-bit kernels take: row-major a, K-major b.
+        part = matmul(
+            a2[:, start:stop].contiguous(),
+            b[start:stop].t().contiguous().t(),
+            out_dtype=torch.int32,
+        )
+        acc = part.to(torch.int64) if acc is None else acc.add_(part)
+    out = _exact_epilogue(
+        acc, spec.a_scale, spec.b_scale, bias, spec.activation, spec.out_dtype, "matmul"
+    )
+    return out.reshape(*spec.lead, spec.N)
 
 
 def matmul_int4(
@@ -356,6 +396,16 @@ def conv2d(
         >>> conv2d(x, w, padding=1, activation="relu").shape
         torch.Size([2, 8, 8, 16])
     """
+    if (
+        isinstance(x, torch.Tensor)
+        and x.dtype == torch.int8
+        and isinstance(w, torch.Tensor)
+        and w.ndim == 4
+        and w.shape[1] * w.shape[2] * w.shape[3] > _checks.INT8_EXACT_K
+    ):
+        return _conv2d_int8_split(
+            x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+        )
     if _on_triton(x):
         spec = _checks.check_conv2d(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
@@ -376,3 +426,47 @@ def conv2d(
         activation=activation,
         out_dtype=out_dtype,
     )
+
+
+def _conv2d_int8_split(
+    x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+) -> torch.Tensor:
+    """int8 conv2d whose reduction length KH*KW*C/groups exceeds INT8_EXACT_K: chunks of the
+    input channels of every group, each int32-exact on the selected backend, their partial sums
+    added in int64, then the epilogue (never a wrapped accumulator)."""
+    spec = _checks.check_conv2d(
+        x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+    )
+    taps = spec.KH * spec.KW
+    if taps > _checks.INT8_EXACT_K:
+        raise ValueError(
+            f"Expected an int8 conv2d kernel of at most {_checks.INT8_EXACT_K} taps (KH*KW), so "
+            "that one input channel sums exactly in int32. Received: "
+            f"w={_checks.describe(w)} with KH*KW={taps}"
+        )
+    cg = spec.C // spec.groups
+    top, bottom, left, right = spec.padding
+    first = torch.arange(spec.groups, device=x.device)[:, None] * cg
+    acc = None
+    for start, stop in _checks.split_k_for_int32(cg, _checks.INT8_EXACT_K // taps):
+        channels = (first + torch.arange(start, stop, device=x.device)[None, :]).reshape(-1)
+        part = conv2d(
+            x.index_select(3, channels),
+            w[..., start:stop].contiguous(),
+            stride=spec.stride,
+            padding=((top, bottom), (left, right)),
+            dilation=spec.dilation,
+            groups=spec.groups,
+            out_dtype=torch.int32,
+        )
+        acc = part.to(torch.int64) if acc is None else acc.add_(part)
+    out = _exact_epilogue(
+        acc.reshape(-1, spec.OC),
+        spec.x_scale,
+        spec.w_scale,
+        bias,
+        spec.activation,
+        spec.out_dtype,
+        "conv2d",
+    )
+    return out.reshape(spec.batch, spec.OH, spec.OW, spec.OC)

@@ -146,3 +146,34 @@ def convert_structure(args: tuple, kwargs: dict, dtype: torch.dtype | None) -> t
     if kwargs:
         kwargs = {k: _convert(v, dtype) for k, v in kwargs.items()}
     return args, kwargs
+
+
+def float_input(x: torch.Tensor, dtype: torch.dtype, layer: str) -> torch.Tensor:
+    """The input of a layer that computes in floating point (Dense, EinsumDense, Conv,
+    normalization): integer and bool tensors are cast to the compute ``dtype`` (the promotion
+    Keras 3's ops apply to them); complex tensors raise TypeError (no imaginary part dropped)."""
+    if x.is_complex():
+        raise TypeError(
+            f"Expected a real (floating, integer or bool) input for layer {layer!r}, which "
+            f"computes in {dtype}. Received: inputs of dtype {x.dtype} and shape "
+            f"{list(x.shape)}; pass inputs.real or inputs.abs() explicitly"
+        )
+    return x if x.is_floating_point() else x.to(dtype)
+
+
+def index_input(x: torch.Tensor, layer: str) -> torch.Tensor:
+    """The integer ids of an Embedding: integer/bool tensors as they are, floating tensors only
+    when every value is integral (cast to int64); complex tensors raise TypeError."""
+    if x.is_complex():
+        raise TypeError(
+            f"Expected integer ids for layer {layer!r}. Received: inputs of dtype {x.dtype} "
+            f"and shape {list(x.shape)}"
+        )
+    if x.is_floating_point():
+        if x.device.type != "meta" and x.numel() and not bool((x == torch.round(x)).all()):
+            raise ValueError(
+                f"Expected integer ids (or floats with integral values) for layer {layer!r}. "
+                f"Received: inputs of dtype {x.dtype} with non-integral or non-finite values"
+            )
+        return x.to(torch.int64)
+    return x

@@ -52,10 +52,13 @@ from typing import Any
 
 import torch
 
+from mpq import _registry
 from mpq import constraints as _constraints
 from mpq import initializers as _initializers
 from mpq import policy as _policy
 from mpq import regularizers as _regularizers
+from mpq._errors import check_config_depth
+from mpq._errors import describe as _describe
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
 from mpq.layers import masking as _masking
@@ -63,7 +66,7 @@ from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
 from mpq.layers.input_spec import InputSpec, assert_input_compatibility
-from mpq.layers.variables import Variable, to_numpy, to_tensor, to_torch_dtype
+from mpq.layers.variables import Variable, check_write, to_numpy, to_tensor, to_torch_dtype
 
 __all__ = ["Layer"]
 
@@ -150,6 +153,9 @@ class Layer(torch.nn.Module):
     _call_has_mask = False
     _call_signature: inspect.Signature | None = None
     _computes_mask = False  # True when a subclass overrides compute_mask (Embedding, merges)
+    # What the first input must be: "float" (integer/bool cast to the compute dtype, complex
+    # refused: Dense, EinsumDense, Conv, normalization), "index" (Embedding ids), None (any).
+    _input_kind: str | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
@@ -515,7 +521,9 @@ class Layer(torch.nn.Module):
         return [to_numpy(w) for w in self.weights]
 
     def set_weights(self, weights: list) -> None:
-        """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write."""
+        """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write
+        (shapes, and values as ``Variable.assign`` checks them: no complex into real, no value
+        an integer dtype cannot hold, quantization codes and scales in their ranges)."""
         params = self.weights
         if not isinstance(weights, (list, tuple)) or len(weights) != len(params):
             got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
@@ -533,6 +541,7 @@ class Layer(torch.nn.Module):
                     f"{tuple(p.shape)}, which is not compatible with the provided weight shape "
                     f"{tuple(t.shape)}."
                 )
+            check_write(p, t, "set_weights into")
             values.append(t)
         with torch.no_grad():
             for p, t in zip(params, values, strict=True):
@@ -634,6 +643,14 @@ class Layer(torch.nn.Module):
                 args = (x.to(dtype),)
         else:
             args, kwargs = _autocast.convert_structure(args, kwargs, dtype)
+        kind = self._input_kind
+        if kind is not None and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            if kind == "index":
+                args = (_autocast.index_input(x, d["_name"]), *args[1:])
+            elif not x.is_floating_point():
+                compute = d["_dtype_policy"].torch_compute_dtype
+                args = (_autocast.float_input(x, compute, d["_name"]), *args[1:])
         spec = d["input_spec"]
         if spec is not None:
             first = args[0] if args else next(iter(kwargs.values()), None)
@@ -771,10 +788,20 @@ class Layer(torch.nn.Module):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Layer:
-        """``cls(**config)`` (the dtype entry may be a policy config dict)."""
+    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Layer:
+        """``cls(**config)`` (the dtype entry may be a policy config dict). Names in the config
+        resolve from mpq's catalogs, registered objects and ``custom_objects`` only."""
+        check_config_depth(config)
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise TypeError(
+                f"Expected a config dict with string keys for {cls.__name__}. "
+                f"Received: config={_describe(config)}"
+            )
         try:
-            return cls(**config)
+            with _registry.custom_object_scope(custom_objects):
+                return cls(**config)
+        except (MemoryError, RecursionError):
+            raise  # never disguised as a config error
         except Exception as e:
             raise TypeError(
                 f"Error when deserializing class {cls.__name__!r} using config={config}.\n\n"
@@ -793,20 +820,36 @@ class Layer(torch.nn.Module):
         return {"shapes_dict": dict(shapes)}
 
     def build_from_config(self, config: dict[str, Any] | None) -> None:
-        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples)."""
+        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples).
+
+        A config the layer cannot build with raises ValueError or TypeError (whatever ``build``
+        raised is chained), never a bare IndexError or KeyError."""
         if not config:
             return
+        args: tuple = ()
+        kwargs: dict[str, Any] = {}
+        if not isinstance(config, dict):
+            raise TypeError(f"Expected a build config dict. Received: config={_describe(config)}")
         if config == {"input_shape": None}:
-            self.build()
+            pass
         elif "input_shape" in config:
-            self.build(_building.as_shape(config["input_shape"]))
-        elif "shapes_dict" in config:
-            self.build(**{k: _building.as_shape(v) for k, v in config["shapes_dict"].items()})
+            args = (_building.as_shape(config["input_shape"]),)
+        elif "shapes_dict" in config and isinstance(config["shapes_dict"], dict):
+            kwargs = {k: _building.as_shape(v) for k, v in config["shapes_dict"].items()}
         else:
             raise ValueError(
                 "Expected a build config with 'input_shape' or 'shapes_dict'. "
                 f"Received: config={config!r}"
             )
+        try:
+            self.build(*args, **kwargs)
+        except (MemoryError, RecursionError, ValueError, TypeError):
+            raise
+        except Exception as e:
+            raise ValueError(
+                f"Expected a build config that {type(self).__name__} {self.name!r} can build "
+                f"from. Received: config={config!r}, which failed with {type(e).__name__}: {e}"
+            ) from e
 
     # ------------------------------------------------------------------ saving
     def _own_variables(self) -> dict[str, torch.nn.Parameter]:
@@ -839,6 +882,7 @@ class Layer(torch.nn.Module):
                     f"Layer {self.name!r} variable {name!r} has shape {tuple(p.shape)}, but the "
                     f"store holds shape {tuple(t.shape)}."
                 )
+            check_write(p, t, "load into")
             values[name] = t
         with torch.no_grad():
             for name, p in own.items():

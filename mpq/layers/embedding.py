@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import constraints, initializers, regularizers
+from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import EmbeddingViews
@@ -20,9 +21,13 @@ Shape = tuple[int | None, ...]
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or not 0 < value <= MAX_SIZE
+    ):
         raise ValueError(
-            f"Expected `{name}` to be a positive int. "
+            f"Expected `{name}` to be a positive int <= {MAX_SIZE}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     return int(value)
@@ -49,6 +54,8 @@ class Embedding(EmbeddingViews, Layer):
     >>> layer(ids).shape, layer.compute_mask(ids).tolist()
     (torch.Size([1, 3, 4]), [[True, True, False]])
     """
+
+    _input_kind = "index"  # see Layer._input_kind
 
     def __init__(
         self,

@@ -88,6 +88,8 @@ class LayerNormalization(LayerNormViews, Layer):
     torch.Size([2, 5, 8])
     """
 
+    _input_kind = "float"  # see Layer._input_kind
+
     def __init__(
         self,
         axis: int | Sequence[int] = -1,
@@ -239,6 +241,8 @@ class BatchNormalization(BatchNormViews, Layer):
     >>> bn(torch.randn(4, 3), training=True).shape
     torch.Size([4, 3])
     """
+
+    _input_kind = "float"  # see Layer._input_kind
 
     def __init__(
         self,

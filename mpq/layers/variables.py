@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,15 @@ import torch
 from mpq import dtypes as _dtypes
 from mpq.layers import autocast as _autocast
 
-__all__ = ["Variable", "to_numpy", "to_tensor", "to_torch_dtype"]
+__all__ = [
+    "POSITIVE_FINITE",
+    "ValueRule",
+    "Variable",
+    "check_write",
+    "to_numpy",
+    "to_tensor",
+    "to_torch_dtype",
+]
 
 
 def to_torch_dtype(dtype: Any) -> torch.dtype:
@@ -32,13 +41,21 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
     if name in ("bool", "bool_"):
         return torch.bool
-    candidate = getattr(torch, name, None) if isinstance(name, str) else None
-    if isinstance(candidate, torch.dtype):
+    candidate = _TORCH_DTYPES.get(name) if isinstance(name, str) else None
+    if candidate is not None:
         return candidate
     raise ValueError(
         "Expected a dtype with a torch equivalent such as 'float32' or 'bfloat16'. "
         f"Received: dtype={dtype!r} (of type {type(dtype).__name__})"
     )
+
+
+# torch's dtypes by attribute name ("int64", "long", "bool", ...), read from the module's
+# namespace: a name from a config is never passed to getattr(torch, ...), which would import
+# torch's lazily loaded submodules (torch._inductor, torch.onnx, ...) for their names.
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
+}
 
 
 def _np_dtype_name(dtype: Any) -> str | None:
@@ -95,6 +112,130 @@ def _from_numpy(a: np.ndarray) -> torch.Tensor:
     if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
         return _dtypes.from_numpy(a)
     raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """Values a variable may hold beyond what its dtype holds, checked on every write
+    (``assign``, ``assign_add``, ``Layer.set_weights``, ``Layer.load_own_variables``, and so
+    ``mpq.saving.load`` / ``load_weights``). Quantization schemes attach one to the variables
+    they create (``set_value_rule``): int8 codes in [-127, 127], scales finite and > 0.
+
+    ``low`` / ``high``: inclusive bounds; ``positive_finite``: every value finite and > 0.
+    """
+
+    what: str
+    low: float | None = None
+    high: float | None = None
+    positive_finite: bool = False
+
+    def expected(self) -> str:
+        if self.positive_finite:
+            return f"{self.what} that are finite and > 0"
+        return f"{self.what} in [{self.low}, {self.high}]"
+
+    def holds(self, t: torch.Tensor) -> bool:
+        """True when every value of ``t`` (see ``_checkable``) follows the rule; reductions
+        only (no mask of the tensor's size), in ``t``'s own dtype. NaN never holds."""
+        if self.positive_finite:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return False
+            if not t.amin().item() > 0:
+                return False
+        if self.low is not None or self.high is not None:
+            low, high = torch.aminmax(t)
+            if self.low is not None and not low.item() >= self.low:
+                return False
+            if self.high is not None and not high.item() <= self.high:
+                return False
+        return True
+
+    def bad_mask(self, t: torch.Tensor) -> torch.Tensor:
+        """True where ``t`` (float64 or int64) breaks the rule (for the error message)."""
+        bad = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+        if self.positive_finite:
+            bad |= ~torch.isfinite(t) | (t <= 0) if t.is_floating_point() else t <= 0
+        if self.low is not None:
+            bad |= ~(t >= self.low)  # NaN counts as out of range
+        if self.high is not None:
+            bad |= ~(t <= self.high)
+        return bad
+
+
+POSITIVE_FINITE = ValueRule("scales", positive_finite=True)
+"""The rule of quantization scales (dequantization scales ``x ~= q * scale``)."""
+
+
+def set_value_rule(var: torch.Tensor, rule: ValueRule | None) -> None:
+    """Attach ``rule`` to ``var`` (a ``Variable``); ``None`` removes it."""
+    var.__dict__["_value_rule"] = rule
+
+
+_NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _checkable(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in a dtype the checks reduce over without a copy where possible: its own
+    (integer, or float16/bfloat16/float32/float64), float8 -> float32 (exact), bool -> uint8."""
+    t = value.detach()
+    if t.is_floating_point():
+        return t if t.dtype in _NATIVE_FLOATS else t.to(torch.float32)
+    return t.to(torch.uint8) if t.dtype == torch.bool else t
+
+
+def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> str:
+    count = int(bad.sum())
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = t[index].item()
+    return f"{count} value(s) out of range, the first value={value!r} at index {list(index)}"
+
+
+def check_write(var: torch.Tensor, value: torch.Tensor, where: str = "assign") -> None:
+    """Raise unless every element of ``value`` can be written to ``var`` unchanged in meaning.
+
+    - a complex value into a real variable: TypeError (the imaginary part would be dropped);
+    - into an integer variable: ValueError for a non-integral or non-finite float, or a value
+      outside the dtype's range (torch's cast would wrap: 1000 -> -24 in int8, 256 -> 0 in uint8);
+    - the variable's ``ValueRule`` (quantization codes, scales), if it has one: ValueError.
+
+    Float values into float variables are cast as usual (rounding, as any cast does).
+    """
+    path = getattr(var, "path", None) or getattr(var, "name", "variable")
+    if value.is_complex() and not var.is_complex():
+        raise TypeError(
+            f"Expected a real value to {where} variable {path!r} of dtype {var.dtype}. Received: "
+            f"a complex value of dtype {value.dtype}; pass value.real explicitly if dropping the "
+            "imaginary part is intended"
+        )
+    rule = var.__dict__.get("_value_rule") if isinstance(var, Variable) else None
+    integer = not (var.is_floating_point() or var.is_complex() or var.dtype == torch.bool)
+    if (not integer and rule is None) or value.numel() == 0 or value.is_complex():
+        return
+    if value.device.type == "meta":  # shape inference (compute_output_spec): no values
+        return
+    t = _checkable(value)
+    if integer and t.is_floating_point():
+        exact = torch.isfinite(t) & (t == torch.round(t))
+        if not bool(exact.all()):
+            wide = t.to(torch.float64)
+            raise ValueError(
+                f"Expected integral, finite values to {where} integer variable {path!r} of "
+                f"dtype {var.dtype}. Received: "
+                + _first_bad(wide, ~exact).replace("out of range", "not integral")
+            )
+    checks = []
+    if integer:
+        info = torch.iinfo(var.dtype)
+        checks.append(ValueRule(f"values of {var.dtype}", info.min, info.max))
+    if rule is not None:
+        checks.append(rule)
+    for check in checks:
+        if not check.holds(t):
+            wide = t.to(torch.float64 if t.is_floating_point() else torch.int64)
+            raise ValueError(
+                f"Expected {check.expected()} to {where} variable {path!r} of dtype {var.dtype}. "
+                f"Received: {_first_bad(wide, check.bad_mask(wide))}"
+            )
 
 
 class Variable(torch.nn.Parameter):
@@ -203,9 +344,24 @@ class Variable(torch.nn.Parameter):
             )
         return t
 
+    def _checks_values(self) -> bool:
+        """True when writes are checked element by element (``check_write``)."""
+        if self.__dict__.get("_value_rule") is not None:
+            return True
+        return not (self.is_floating_point() or self.is_complex() or self.dtype == torch.bool)
+
     def assign(self, value: Any) -> Variable:
-        """Write ``value`` (cast to this variable's dtype); no gradient flows through it."""
+        """Write ``value`` (cast to this variable's dtype); no gradient flows through it.
+
+        Raises TypeError for a complex value into a real variable, ValueError for a value an
+        integer dtype cannot hold exactly or that breaks the variable's ``ValueRule``."""
         t = self._check_value(value, "assign")
+        if self._checks_values() or t.is_complex():
+            check_write(self, t)
+        return self._write(t)
+
+    def _write(self, t: torch.Tensor) -> Variable:
+        """The write of ``assign`` once ``t`` is checked (stateless calls record it)."""
         stateless = _autocast.STATE.stateless
         if stateless is not None:
             stateless.record(self, t.detach().to(device=self.device, dtype=self.dtype))
@@ -217,6 +373,18 @@ class Variable(torch.nn.Parameter):
     def assign_add(self, delta: Any) -> Variable:
         """``self += delta`` in this variable's dtype."""
         t = self._check_value(delta, "assign_add")
+        if t.is_complex():
+            check_write(self, t, "assign_add to")
+        if self._checks_values():
+            # Checked on the exact result (int64 / float64), before the in-place write.
+            current = _autocast.STATE.stateless
+            base = (self if current is None else current.get(self)).detach()
+            wide = (
+                torch.float64
+                if (base.is_floating_point() or t.is_floating_point())
+                else torch.int64
+            )
+            check_write(self, base.to(wide) + t.to(device=base.device, dtype=wide), "assign_add to")
         stateless = _autocast.STATE.stateless
         if stateless is not None:
             current = stateless.get(self)

@@ -15,6 +15,7 @@ from mpq import activations, kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
+from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
 from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
 
@@ -62,10 +63,21 @@ def resolve_config(layer: Any, config: Any, mode: str) -> QuantizationConfig:
 
 
 # ------------------------------------------------------------------------------ variables
+# int8 codes: the symmetric range mpq's int8 quantizer produces (-128 is never a code).
+INT8_CODES = ValueRule("int8 codes", -127, 127)
+INT4_ZERO_POINTS = ValueRule("int4 zero points", -8, 7)
+
+
 def add_state(
-    layer: Any, name: str, shape: tuple[int, ...], dtype: torch.dtype, initializer: str = "zeros"
+    layer: Any,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    initializer: str = "zeros",
+    rule: ValueRule | None = None,
 ) -> Any:
-    """A non-trainable, never-autocast variable (quantized values, scales, amax histories)."""
+    """A non-trainable, never-autocast variable (quantized values, scales, amax histories);
+    ``rule``: the values it may hold, checked on every write (``mpq.layers.variables``)."""
     var = layer.add_weight(
         shape=shape,
         initializer=initializer,
@@ -75,7 +87,17 @@ def add_state(
         name=name,
     )
     var.requires_grad_(False)
+    set_value_rule(var, rule)
     return var
+
+
+def assign_valid(var: torch.Tensor, value: torch.Tensor) -> None:
+    """``var.assign(value)`` for a value valid by construction (mpq's own delayed-scaling
+    updates keep the old scale wherever a new one would not be finite and > 0): the shape is
+    checked, the values are not, so a training step does not wait on the device for the check.
+    ``var``: a variable or its ``read`` value."""
+    variable = var.__dict__.get("_variable", var)
+    variable._write(variable._check_value(value, "assign"))
 
 
 def read(layer: Any, name: str) -> torch.Tensor:
@@ -96,12 +118,13 @@ def late_targets(layer: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
 
 def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
     """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
-    initializer)`` in creation order (value None: the initializer's placeholder, e.g. while
-    building). The caller computes every value before calling: nothing here can fail midway."""
+    initializer, rule)`` in creation order (value None: the initializer's placeholder, e.g.
+    while building; rule: a ``ValueRule`` or None). The caller computes every value before
+    calling: nothing here can fail midway."""
     name = kernel_name(layer)
     del layer._parameters[name]
-    for var_name, (shape, dtype, value, init) in new.items():
-        var = add_state(layer, var_name, shape, dtype, init)
+    for var_name, (shape, dtype, value, init, rule) in new.items():
+        var = add_state(layer, var_name, shape, dtype, init, rule)
         if value is not None:
             with torch.no_grad():
                 var.copy_(value.to(var.device))
@@ -346,4 +369,12 @@ def conv_output(layer: Any, y: torch.Tensor) -> torch.Tensor:
     return finish(layer, layer._from_channels_last(y))
 
 
-__all__ = ["LAYER_CLASSES", "Run", "Scheme", "resolve_config"]
+__all__ = [
+    "INT4_ZERO_POINTS",
+    "INT8_CODES",
+    "LAYER_CLASSES",
+    "POSITIVE_FINITE",
+    "Run",
+    "Scheme",
+    "resolve_config",
+]

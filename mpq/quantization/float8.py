@@ -54,8 +54,8 @@ class _Float8Run(C.Run):
         history = C.read(self.layer, f"{prefix}_amax_history")
         scale = C.read(self.layer, f"{prefix}_scale")
         new_history, new_scale = delayed_scaling_update(t.detach(), history, scale, fmt)
-        history.assign(new_history)
-        scale.assign(new_scale)
+        C.assign_valid(history, new_history)
+        C.assign_valid(scale, new_scale)  # valid by construction: no device sync per step
 
     def forward(self, x, w, bias):
         # Delayed scaling: quantize with the scales of the past steps, then record this step.
@@ -164,7 +164,7 @@ class Float8Scheme(C.Scheme):
     def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
         length = cfg.amax_history_length
         for prefix in STATE_NAMES:
-            C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones")
+            C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones", C.POSITIVE_FINITE)
             C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
         if values:
             # The kernel's scale starts from the kernel (as if one step had recorded it), not

@@ -76,8 +76,8 @@ class Float8EmbeddingScheme(C.Scheme):
         C.replace_kernel(
             layer,
             {
-                "embeddings": (shape, torch.float8_e4m3fn, q, "zeros"),
-                "embeddings_scale": (shape[:1], torch.float32, scale, "ones"),
+                "embeddings": (shape, torch.float8_e4m3fn, q, "zeros", None),
+                "embeddings_scale": (shape[:1], torch.float32, scale, "ones", C.POSITIVE_FINITE),
             },
         )
 

@@ -24,6 +24,7 @@ import torch
 
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
+from mpq.layers.variables import ValueRule
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
 from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _LinearRun
@@ -37,6 +38,8 @@ from mpq.quantizers import (
 __all__ = ["Float8Schemes", "dequantized_kernel", "is_static", "observing", "quantize_kernel"]
 
 _STATE = threading.local()
+# inputs_amax: a finite range >= 0 (0: not calibrated; NaN and inf are refused on every write).
+INPUTS_AMAX_RULE = ValueRule("input ranges", low=0.0, high=float(torch.finfo(torch.float32).max))
 
 
 def is_static(layer: Any) -> bool:
@@ -129,9 +132,9 @@ def convert(layer: Any, cfg: Any, form: Any, values: bool) -> None:
     C.replace_kernel(
         layer,
         {
-            "kernel": (tuple(kernel.shape), torch.float8_e4m3fn, codes, "zeros"),
-            "kernel_scale": ((), torch.float32, scale, "ones"),
-            "inputs_amax": ((), torch.float32, None, "zeros"),
+            "kernel": (tuple(kernel.shape), torch.float8_e4m3fn, codes, "zeros", None),
+            "kernel_scale": ((), torch.float32, scale, "ones", C.POSITIVE_FINITE),
+            "inputs_amax": ((), torch.float32, None, "zeros", INPUTS_AMAX_RULE),
         },
     )
 

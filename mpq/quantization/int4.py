@@ -192,16 +192,17 @@ class Int4Scheme(C.Scheme):
                     scale = scale.transpose(-1, -2).contiguous()
                     zero = zero.transpose(-1, -2).contiguous()
             packed = pack_int4(q, axis=-1)
-        new = {name: (packed_shape, torch.uint8, packed, "zeros")}
+        # Packed bytes: any uint8 holds two int4 codes (the dtype's [0, 255] is checked on write).
+        new = {name: (packed_shape, torch.uint8, packed, "zeros", None)}
         if g == -1:
-            new[f"{name}_scale"] = (lead, torch.float32, scale, "ones")
+            new[f"{name}_scale"] = (lead, torch.float32, scale, "ones", C.POSITIVE_FINITE)
         else:
             groups = -(-k // g)
             ng = (*lead, groups)
             gn = (*lead[:-1], groups, lead[-1])
             param_shape = gn if _grouped_scale_layout(form) == "GN" else ng
-            new[f"{name}_scale"] = (param_shape, torch.float32, scale, "ones")
-            new[f"{name}_zero"] = (param_shape, torch.int8, zero, "zeros")
+            new[f"{name}_scale"] = (param_shape, torch.float32, scale, "ones", C.POSITIVE_FINITE)
+            new[f"{name}_zero"] = (param_shape, torch.int8, zero, "zeros", C.INT4_ZERO_POINTS)
         C.replace_kernel(layer, new)
 
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -96,8 +96,8 @@ class Int8Scheme(C.Scheme):
         C.replace_kernel(
             layer,
             {
-                name: (shape, torch.int8, q, "zeros"),
-                f"{name}_scale": (channels, torch.float32, scale, "ones"),
+                name: (shape, torch.int8, q, "zeros", C.INT8_CODES),
+                f"{name}_scale": (channels, torch.float32, scale, "ones", C.POSITIVE_FINITE),
             },
         )
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from _kernel_helpers import k_major, pack_int4
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import _dispatch, reference
@@ -335,3 +337,162 @@ def test_reference_float_matmul_is_differentiable(activation):
 def test_int4_packing_helper_layout():
     # The test-side packer puts element 2i in the low nibble: [1, -1] -> 0xF1.
     assert pack_int4(torch.tensor([[1], [-1]])).view(torch.uint8).item() == 0xF1
+
+
+# --- int8 reductions longer than int32 holds (issue #12) ------------------------------------
+
+BOUND = 131071  # 127 * 127 * K and 128 * 128 * K fit in int32 for every K <= BOUND
+
+
+def test_int8_exact_k_bound_is_the_int32_limit():
+    from mpq.kernels import _checks
+
+    assert _checks.INT8_EXACT_K == BOUND
+    assert 128 * 128 * BOUND <= 2**31 - 1 < 128 * 128 * (BOUND + 1)
+    assert _checks.split_k_for_int32(2 * BOUND + 5) == [
+        (0, BOUND),
+        (BOUND, 2 * BOUND),
+        (2 * BOUND, 2 * BOUND + 5),
+    ]
+    assert _checks.split_k_for_int32(BOUND) == [(0, BOUND)]
+
+
+def test_int8_matmul_past_the_int32_bound_is_exact():
+    """All-127 codes with K = 140000: the exact sum 127*127*K exceeds 2**31 (a wrapped int32
+    accumulator gives a negative number); the result is the fp32 epilogue of the exact sum."""
+    k = 140_000
+    a = torch.full((2, k), 127, dtype=torch.int8)
+    w = torch.full((3, k), 127, dtype=torch.int8)
+    exact = 127 * 127 * k
+    assert exact > 2**31 - 1
+    a_scale, b_scale = torch.tensor(0.25), torch.tensor([1.0, 0.5, 2.0])
+    y = K.matmul(a, w.t(), a_scale=a_scale, b_scale=b_scale, out_dtype=torch.float32)
+    expected = (
+        torch.tensor(float(exact), dtype=torch.float64).to(torch.float32) * a_scale
+    ) * b_scale
+    assert torch.equal(y, expected.expand(2, 3))
+    # -128 x -128 at K = BOUND + 1: exactly 2**31, one past int32.
+    a = torch.full((1, BOUND + 1), -128, dtype=torch.int8)
+    w = torch.full((2, BOUND + 1), -128, dtype=torch.int8)
+    y = K.matmul(a, w.t(), out_dtype=torch.float32)
+    assert torch.equal(y, torch.full((1, 2), 2.0**31))
+
+
+def test_int8_matmul_int32_output_past_the_bound_is_exact_or_refused():
+    k = 140_000
+    a = torch.full((1, k), 127, dtype=torch.int8)
+    w = torch.stack(
+        [torch.full((k,), 127, dtype=torch.int8), torch.full((k,), -1, dtype=torch.int8)]
+    )
+    with pytest.raises(
+        OverflowError,
+        match=r"Expected the exact int8 accumulator of the matmul to fit in int32.*Received: values in \[-\d+, 2\d+\]",
+    ):
+        K.matmul(a, w.t(), out_dtype=torch.int32)
+    # Alternating signs: the exact sum fits in int32 and comes back exactly.
+    w = torch.ones(2, k, dtype=torch.int8)
+    w[:, 1::2] = -1
+    y = K.matmul(a, w.t(), out_dtype=torch.int32)
+    assert y.dtype == torch.int32 and torch.equal(y, torch.zeros(1, 2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_split_matmul_matches_the_unsplit_kernel(backend, monkeypatch):
+    """The split itself (chunk layout, int64 sum, epilogue) on both backends, with the bound
+    lowered to 7 so that K = 20 runs as chunks 7 + 7 + 6: bit-equal to the unsplit int32 kernel
+    (exact sums, the same fp32 epilogue)."""
+    from mpq.kernels import _checks
+
+    gen = torch.Generator().manual_seed(12)
+    a = torch.randint(-128, 128, (2, 3, 20), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (5, 20), generator=gen, dtype=torch.int8)
+    a_scale, b_scale = torch.rand(2, 3, generator=gen), torch.rand(5, generator=gen)
+    bias = torch.randn(5, generator=gen)
+    kwargs = dict(a_scale=a_scale, b_scale=b_scale, bias=bias, activation="relu")
+    with K.use_backend("reference"):
+        raw = K.matmul(a, w.t(), out_dtype=torch.int32)
+        want = K.matmul(a, w.t(), out_dtype=torch.float32, **kwargs)
+    monkeypatch.setattr(_checks, "INT8_EXACT_K", 7)
+    with K.use_backend(backend):
+        assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.int32), raw)
+        assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.float32, **kwargs), want)
+
+
+def test_int8_conv2d_past_the_int32_bound_is_exact():
+    """groups=2, 2x2 taps, C/groups = 34000: reduction length 136000 > BOUND."""
+    cg = 34_000
+    x = torch.full((1, 2, 2, 2 * cg), 127, dtype=torch.int8)
+    w = torch.full((4, 2, 2, cg), -128, dtype=torch.int8)
+    w[2:] = 127
+    exact = torch.tensor([-127 * 128 * 4 * cg] * 2 + [127 * 127 * 4 * cg] * 2, dtype=torch.float64)
+    assert exact.abs().max() > 2**31 - 1
+    y = K.conv2d(x, w, groups=2, w_scale=torch.full((4,), 0.5), out_dtype=torch.float32)
+    assert torch.equal(y.reshape(4), exact.to(torch.float32) * 0.5)
+    with pytest.raises(OverflowError, match=r"accumulator of the conv2d to fit in int32"):
+        K.conv2d(x, w, groups=2, out_dtype=torch.int32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_split_conv2d_matches_the_unsplit_kernel(backend, monkeypatch):
+    """Channel chunks of every group (bound lowered to 13: 3x3 taps -> one channel per chunk
+    of the 5 per group), with stride, asymmetric padding and dilation: bit-equal to unsplit."""
+    from mpq.kernels import _checks
+
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randint(-128, 128, (2, 6, 7, 10), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (4, 3, 3, 5), generator=gen, dtype=torch.int8)
+    conv = dict(stride=(1, 2), padding=((1, 0), (2, 1)), dilation=(2, 1), groups=2)
+    kwargs = dict(
+        x_scale=torch.tensor(0.5),
+        w_scale=torch.rand(4, generator=gen),
+        bias=torch.randn(4, generator=gen),
+    )
+    with K.use_backend("reference"):
+        raw = K.conv2d(x, w, out_dtype=torch.int32, **conv)
+        want = K.conv2d(x, w, out_dtype=torch.float32, **conv, **kwargs)
+    monkeypatch.setattr(_checks, "INT8_EXACT_K", 13)
+    with K.use_backend(backend):
+        assert torch.equal(K.conv2d(x, w, out_dtype=torch.int32, **conv), raw)
+        assert torch.equal(K.conv2d(x, w, out_dtype=torch.float32, **conv, **kwargs), want)
+
+
+def test_int8_conv2d_with_more_taps_than_the_bound_raises(monkeypatch):
+    from mpq.kernels import _checks
+
+    monkeypatch.setattr(_checks, "INT8_EXACT_K", 3)
+    x = torch.zeros(1, 3, 3, 1, dtype=torch.int8)
+    w = torch.zeros(1, 2, 2, 1, dtype=torch.int8)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected an int8 conv2d kernel of at most 3 taps.*Received: w=.*KH\*KW=4",
+    ):
+        K.conv2d(x, w)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    m=st.integers(1, 3),
+    n=st.integers(1, 4),
+    k=st.integers(1, 40),
+    bound=st.integers(1, 40),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_int8_split_matmul_property(m, n, k, bound, seed):
+    """For any bound (chunk length), the split matmul equals the unsplit exact int32 sum and its
+    fp32 epilogue, bit for bit (reference backend)."""
+    from unittest import mock
+
+    from mpq.kernels import _checks
+
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scales = dict(a_scale=torch.rand(m, generator=gen), b_scale=torch.rand(n, generator=gen))
+    with K.use_backend("reference"):
+        raw = K.matmul(a, w.t(), out_dtype=torch.int32)
+        want = K.matmul(a, w.t(), out_dtype=torch.float32, **scales)
+        with mock.patch.object(_checks, "INT8_EXACT_K", bound):
+            assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.int32), raw)
+            assert torch.equal(K.matmul(a, w.t(), out_dtype=torch.float32, **scales), want)
+    exact = a.to(torch.int64) @ w.t().to(torch.int64)
+    assert torch.equal(raw.to(torch.int64), exact)
