@@ -84,3 +84,27 @@ def tiny_mpq_factory(dtype=None):
         [Dense(8, activation="relu", name="fc1"), Dense(3, name="fc2")], dtype=dtype, name="tiny"
     )
     return model, blobs()
+
+
+def slow_factory(dtype=None):
+    """`tiny_factory` that takes 0.3 s to build: a sweep long enough to interrupt."""
+    import time
+
+    time.sleep(0.3)
+    return tiny_factory(dtype)
+
+
+def worker_report() -> dict:
+    """What a sweep worker process has imported and how it is set up (run inside a worker)."""
+    import signal
+    import sys
+
+    from mpq.sweep.data import digits
+
+    digits()  # the digits the default sweep loads in its workers
+    return {
+        "extras": sorted(m for m in ("sklearn", "scipy", "matplotlib") if m in sys.modules),
+        "threads": torch.get_num_threads(),
+        "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+        "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
+    }
