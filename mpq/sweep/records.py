@@ -82,7 +82,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     never half of one.
 
     Example:
-        >>> write_atomic("out/summary.csv", "model,accuracy\n")
+        >>> write_atomic("summary.csv", "model,accuracy")
     """
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
