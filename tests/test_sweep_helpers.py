@@ -86,11 +86,21 @@ def tiny_mpq_factory(dtype=None):
     return model, blobs()
 
 
-def slow_factory(dtype=None):
-    """`tiny_factory` that takes 0.3 s to build: a sweep long enough to interrupt."""
+def held_factory(dtype=None):
+    """`tiny_factory`, except that once the file named by $SWEEP_TEST_HOLD (a results.jsonl)
+    holds a record, every later build waits (up to 10 minutes): a sweep that cannot finish
+    before the test interrupts it, however loaded the machine."""
+    import os
     import time
+    from pathlib import Path
 
-    time.sleep(0.3)
+    hold = os.environ.get("SWEEP_TEST_HOLD")
+    deadline = time.monotonic() + 600
+    while hold and time.monotonic() < deadline:
+        path = Path(hold)
+        if not (path.exists() and b"\n" in path.read_bytes()):
+            break
+        time.sleep(0.05)
     return tiny_factory(dtype)
 
 

@@ -238,13 +238,15 @@ def _alive_in_group(pgid: int) -> list[str]:
 def test_ctrl_c_stops_with_one_line_and_a_resume_finishes(tmp_path):
     out = tmp_path / "out"
     path = out / "results.jsonl"
-    options = ["--models", "test_sweep_helpers:slow_factory", "--seeds", "0-3", "--quick"]
+    options = ["--models", "test_sweep_helpers:held_factory", "--seeds", "0-3", "--quick"]
     options += ["--policies", "float32,float16,bfloat16,mixed_bfloat16", "--workers", "2"]
     options += ["--no-plot", "--out", str(out)]
     argv = [sys.executable, "-m", "mpq.sweep", *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+    env.pop("SWEEP_TEST_HOLD", None)
+    held = {**env, "SWEEP_TEST_HOLD": str(path)}  # builds wait once a record is written
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, text=True, start_new_session=True,
+        argv, cwd=tmp_path, env=held, text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
