@@ -29,14 +29,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 import torch.nn.functional as F
 
+import mpq
 from mpq.layers import Conv2D, Dense
 from mpq.quantization import QuantizationConfig
 from mpq.testing import sqnr
 
 LINEAR_SHAPES = [(1, 1024, 1024), (64, 1024, 1024), (512, 1024, 4096), (1, 4096, 4096)]
 CONV_SHAPES = [(8, 64, 56, 56, 3, 64)]  # batch, C, H, W, kernel, filters
-LINEAR_POLICIES = ["float32", "int8", "int8_weight_only", "int4/-1", "int4/128", "float8"]
-CONV_POLICIES = ["float32", "int8", "int8_weight_only", "float8"]
+LINEAR_POLICIES = [
+    "float32",
+    "int8",
+    "int8_weight_only",
+    "int4/-1",
+    "int4/128",
+    "float8",
+    "float8_static",
+]
+CONV_POLICIES = ["float32", "int8", "int8_weight_only", "float8", "float8_static"]
 OVERHEAD_SHAPE = (1, 64, 64)
 OVERHEAD_POLICIES = ["float32", "int8"]
 # SQNR floors (dB) of each policy's output against the float32 layer's on N(0, 1) data.
@@ -47,6 +56,7 @@ SQNR_FLOOR = {
     "int4/-1": 10.0,
     "int4/128": 12.0,
     "float8": 20.0,
+    "float8_static": 20.0,
 }
 
 
@@ -68,13 +78,18 @@ def config(policy: str) -> QuantizationConfig | None:
         return None
     if policy == "int8_weight_only":
         return QuantizationConfig("int8", weight_only=True)
+    if policy == "float8_static":  # inference float8: e4m3 kernel, calibrated input scale
+        return QuantizationConfig("float8", scaling="static")
     return QuantizationConfig.get(policy) if "/" in policy else QuantizationConfig(policy)
 
 
-def quantized(layer, policy: str):
+def quantized(layer, policy: str, sample: torch.Tensor):
+    """``layer`` in ``policy``, in eval mode; a static float8 layer is calibrated on ``sample``."""
     cfg = config(policy)
     if cfg is not None:
         layer.quantize(cfg)
+        if cfg.mode == "float8" and cfg.scaling == "static":
+            mpq.calibrate(layer, [sample])
     return layer.eval()
 
 
@@ -120,7 +135,7 @@ def linear_rows(shape, policies, threads, repeats, target_s, seed=0) -> list[Row
         with torch.no_grad():
             layer.kernel.copy_(ref.weight.t())
             layer.bias.copy_(ref.bias)
-        layers[policy] = quantized(layer, policy)
+        layers[policy] = quantized(layer, policy, x)
     with torch.no_grad():
         want = ref(x)
         quality = {p: sqnr(want, layer(x, training=False)) for p, layer in layers.items()}
@@ -145,7 +160,7 @@ def conv_rows(shape, policies, threads, repeats, target_s, seed=0) -> list[Row]:
         with torch.no_grad():
             layer.kernel.copy_(w.permute(2, 3, 1, 0))
             layer.bias.copy_(b)
-        layers[policy] = quantized(layer, policy)
+        layers[policy] = quantized(layer, policy, x_cl)
     pad = k // 2
     with torch.no_grad():
         want = F.conv2d(x_nchw, w, b, padding=pad).permute(0, 2, 3, 1)
