@@ -532,6 +532,6 @@ def test_out_of_range_codes_and_scales_are_refused_on_write(mode, variable, bad)
     var = layer._parameters[variable]
     before = var.detach().clone()
     value = torch.full_like(var, bad)
-    with pytest.raises(ValueError, match="Expected .*Received: "):
+    with pytest.raises(ValueError, match=r"Expected .*Received: "):
         var.assign(value)
     assert torch.equal(var.detach(), before)
