@@ -266,6 +266,9 @@ class ModelSpec:
     lr: float = 3e-3
     batch_size: int = 64
     finetune_lr: float = 1e-3
+    task: Any = None
+    checkpoint: str | None = None
+    train: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.factory, str) or callable(self.factory)):
@@ -294,6 +297,22 @@ class ModelSpec:
 
             if self.factory in BUILTIN_MODELS:  # spelled out, so equal specs hash equally
                 object.__setattr__(self, "data", BUILTIN_MODELS[self.factory][1])
+        from mpq.sweep.tasks import resolve_task
+
+        task = resolve_task(self.task, self.data)  # raises on unknown names
+        if self.data is None and task.data is not None:  # a task name brings its data
+            object.__setattr__(self, "data", task.data)
+        if self.checkpoint is not None:
+            if not isinstance(self.checkpoint, (str, os.PathLike)):
+                raise TypeError(
+                    "Expected `checkpoint` to be a file path. "
+                    f"Received: checkpoint={_describe(self.checkpoint)}"
+                )
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        if not isinstance(self.train, bool):
+            raise TypeError(
+                f"Expected `train` to be a bool. Received: train={_describe(self.train)}"
+            )
         for key in ("kwargs", "data_kwargs"):
             if not isinstance(getattr(self, key), Mapping):
                 raise TypeError(
@@ -321,7 +340,17 @@ class ModelSpec:
             "lr": self.lr,
             "batch_size": self.batch_size,
             "finetune_lr": self.finetune_lr,
+            "task": _callable_ref(self.task) if callable(self.task) else self.task_obj.name,
+            "checkpoint": self.checkpoint,
+            "train": self.train,
         }
+
+    @property
+    def task_obj(self):
+        """The resolved `mpq.sweep.tasks.Task`."""
+        from mpq.sweep.tasks import resolve_task
+
+        return resolve_task(self.task, self.data)
 
 
 def _callable_ref(obj: Any) -> str:

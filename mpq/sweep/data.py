@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Data", "as_data", "digits", "digits_flat", "resolve_data", "synthetic"]
+__all__ = [
+    "Data",
+    "as_data",
+    "digits",
+    "digits_flat",
+    "resolve_data",
+    "stdlib_bytes",
+    "synthetic",
+    "synthetic_regression",
+]
 
 
 @dataclass
@@ -169,10 +178,38 @@ def synthetic(
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic")
 
 
+def synthetic_regression(
+    n_features: int = 16, n_train: int = 1024, n_test: int = 256, noise: float = 0.1, seed: int = 0
+) -> Data:
+    """A regression set: `y = tanh(x @ w) + noise`, `x ~ N(0, 1)` `[N, n_features]`, targets
+    `[N, 1]` float32 (the `regression` task, scored by MSE).
+
+    Example:
+        >>> d = synthetic_regression(n_train=8, n_test=4)
+        >>> d.x_train.shape, d.y_test.shape
+        ((8, 16), (4, 1))
+    """
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    w = rng.standard_normal((n_features, 1)).astype(np.float32) / np.sqrt(n_features)
+    x = rng.standard_normal((n, n_features)).astype(np.float32)
+    y = (np.tanh(x @ w) + noise * rng.standard_normal((n, 1))).astype(np.float32)
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic_regression")
+
+
+def stdlib_bytes(**kwargs: Any) -> Data:
+    """The language-model task's byte windows (`mpq.sweep.tasks.lm.stdlib_bytes`)."""
+    from mpq.sweep.tasks.lm import stdlib_bytes as load
+
+    return load(**kwargs)
+
+
 BUILTIN_DATA: dict[str, Callable[..., Data]] = {
     "digits": digits,
     "digits_flat": digits_flat,
     "synthetic": synthetic,
+    "synthetic_regression": synthetic_regression,
+    "stdlib_bytes": stdlib_bytes,
 }
 
 
@@ -195,7 +232,17 @@ def resolve_data(ref: str | Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _import_ref(ref: str, what: str) -> Callable[..., Any]:
+    """Resolve `"package.module:attr"` like an entry point, with the current directory
+    importable (as `python -m` does). Only for names the user gives on the command line, in a
+    sweep file or in Python; never for names read from results or saved models."""
+    import os
+    import sys
+
     module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Expected {what} as 'package.module:function'. Received: {ref!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
