@@ -269,6 +269,7 @@ class ModelSpec:
     task: Any = None
     checkpoint: str | None = None
     train: bool = True
+    finetune_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.factory, str) or callable(self.factory)):
@@ -309,6 +310,15 @@ class ModelSpec:
                     f"Received: checkpoint={_describe(self.checkpoint)}"
                 )
             object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        if self.finetune_epochs is not None and (
+            not isinstance(self.finetune_epochs, int)
+            or isinstance(self.finetune_epochs, bool)
+            or self.finetune_epochs < 0
+        ):
+            raise ValueError(
+                "Expected `finetune_epochs` to be an int >= 0 or None (the sweep's). "
+                f"Received: finetune_epochs={_describe(self.finetune_epochs)}"
+            )
         if not isinstance(self.train, bool):
             raise TypeError(
                 f"Expected `train` to be a bool. Received: train={_describe(self.train)}"
@@ -343,6 +353,7 @@ class ModelSpec:
             "task": _callable_ref(self.task) if callable(self.task) else self.task_obj.name,
             "checkpoint": self.checkpoint,
             "train": self.train,
+            "finetune_epochs": self.finetune_epochs,
         }
 
     @property
@@ -465,6 +476,15 @@ DEFAULT_MODELS: tuple[dict[str, Any], ...] = (
         "lr": 0.003,
         "batch_size": 64,
     },
+    {
+        "name": "tiny_lm",
+        "factory": "tiny_lm",
+        "task": "lm",
+        "epochs": 4,
+        "lr": 0.01,
+        "batch_size": 32,
+        "finetune_epochs": 1,
+    },
 )
 
 
@@ -489,6 +509,8 @@ class SweepConfig:
         ray_address: passed to `ray.init(address=...)` when Ray is not initialised yet.
         plot: write the PNGs.
         resume: skip runs whose config hash is already recorded as ok in `out/results.jsonl`.
+        cache_dir: where trained float32 weights are cached by (model config, seed), so a later
+            sweep only evaluates; None: `out/cache`.
 
     Example:
         >>> cfg = SweepConfig(models=["digits_mlp"], policies=["float32", "int8"], quick=True)
@@ -512,6 +534,7 @@ class SweepConfig:
     ray_address: str | None = None
     plot: bool = True
     resume: bool = True
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         models = self.models
@@ -584,6 +607,18 @@ class SweepConfig:
                 f"{{'num_cpus': 1, 'num_gpus': 0.5}}. Received: resources={_describe(self.resources)}"
             )
         object.__setattr__(self, "resources", dict(self.resources))
+        if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, (str, os.PathLike)):
+                raise TypeError(
+                    "Expected `cache_dir` to be a directory path or None. "
+                    f"Received: cache_dir={_describe(self.cache_dir)}"
+                )
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+
+    @property
+    def baseline_cache(self) -> str:
+        """The directory of cached float32 weights (`cache_dir`, default `out/cache`)."""
+        return self.cache_dir if self.cache_dir is not None else os.path.join(self.out, "cache")
 
     @property
     def variants(self) -> tuple[Variant, ...]:
@@ -607,7 +642,8 @@ class SweepConfig:
         return runs
 
     def run_config(self, model: ModelSpec, variant: Variant, seed: int, **kw: Any) -> RunConfig:
-        kw.setdefault("finetune_epochs", self.finetune_epochs if variant.finetune else 0)
+        epochs = self.finetune_epochs if model.finetune_epochs is None else model.finetune_epochs
+        kw.setdefault("finetune_epochs", epochs if variant.finetune else 0)
         return RunConfig(
             model=model, variant=variant, seed=seed, device=self.device, quick=self.quick, **kw
         )

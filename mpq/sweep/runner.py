@@ -157,8 +157,10 @@ class Progress:
             if record.get("layer"):
                 what += f" @{record['layer']}"
             status = "resumed" if resumed else record.get("status", "?")
+            left = self.total - self.done
+            eta = f" eta {elapsed / self.done * left:4.0f}s" if left and not resumed else ""
             line = (
-                f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s  {what} seed {record.get('seed')}: "
+                f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s{eta}  {what} seed {record.get('seed')}: "
                 f"{status}" + (f" ({self.failed} failed)" if self.failed else "")
             )
             if self.tty:
@@ -263,6 +265,7 @@ class _Scheduler:
                 seed,
                 self.config.device,
                 self.config.quick,
+                self.config.baseline_cache,
             )
 
     def _submit(self, tag: tuple[str, Any], fn: Callable[..., Any], *args: Any) -> None:

@@ -180,7 +180,7 @@ TASKS: dict[str, Task] = {
         _mse,
         _regression_metrics,
         data="synthetic_regression",
-        description="synthetic linear+noise targets, mean squared error",
+        description="synthetic tanh(x @ w) + noise targets, mean squared error",
     ),
 }
 
