@@ -277,3 +277,35 @@ def test_pareto_heatmap_and_report_are_written(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<td class=t>int4</td>" in html
+
+
+# --------------------------------------------------------------------------------------------
+# docs/sweeps.md: the "sweep your own model" walkthrough runs as written
+# --------------------------------------------------------------------------------------------
+def test_docs_walkthrough_runs(user_dir, capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    walk = doc[doc.index("<!-- walkthrough:start -->") : doc.index("<!-- walkthrough:end -->")]
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", walk, flags=re.S)
+    assert [lang for lang, _ in blocks] == ["python", "bash", "python", "bash", "python"]
+    namespace: dict = {}
+    for lang, code in blocks:
+        if code.startswith("# mymodels.py"):
+            (user_dir / "mymodels.py").write_text(code)
+            sys.path.insert(0, str(user_dir))
+        elif lang == "python":
+            exec(compile(code, "docs/sweeps.md", "exec"), namespace)
+        else:
+            (line,) = [ln for ln in code.splitlines() if ln.strip()]
+            assert line.startswith("mpq sweep ")
+            assert cli.main(shlex.split(line)[2:]) == 0, line
+    trained = read_jsonl(user_dir / "results" / "results.jsonl")
+    evaluated = read_jsonl(user_dir / "results-eval" / "results.jsonl")
+    assert [r["status"] for r in trained + evaluated] == ["ok"] * 6
+    assert trained[0]["train_epochs"] == 10 and evaluated[0]["train_epochs"] == 0
+    assert (user_dir / "results" / "pareto.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "('float32', " in printed and "('int4', " in printed

@@ -457,9 +457,19 @@ class RunConfig:
 
 EXECUTORS = ("local", "ray", "serial")
 
-#: The default sweep's models (same as experiments/digits.toml). The CNN reaches 98-99%
-#: held-out accuracy in float32 (seeds 0-2), the MLP about 98.5%.
+#: The default sweep's models (same as experiments/digits.toml). The tiny LM comes first: its
+#: training is the longest, so it starts first. The CNN reaches 98-99% held-out accuracy in
+#: float32 (seeds 0-2), the MLP about 98.5%; the LM a validation perplexity of about 11.5.
 DEFAULT_MODELS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "tiny_lm",
+        "factory": "tiny_lm",
+        "task": "lm",
+        "epochs": 4,
+        "lr": 0.01,
+        "batch_size": 32,
+        "finetune_epochs": 1,
+    },
     {
         "name": "digits_cnn",
         "factory": "digits_cnn",
@@ -475,15 +485,6 @@ DEFAULT_MODELS: tuple[dict[str, Any], ...] = (
         "epochs": 10,
         "lr": 0.003,
         "batch_size": 64,
-    },
-    {
-        "name": "tiny_lm",
-        "factory": "tiny_lm",
-        "task": "lm",
-        "epochs": 4,
-        "lr": 0.01,
-        "batch_size": 32,
-        "finetune_epochs": 1,
     },
 )
 

@@ -41,29 +41,47 @@ def pareto_front(
 
 def _place_labels(ax: Any, renderer: Any, items: list[tuple[float, float, str, str]]) -> None:
     """Annotate each (x, y, text, colour) at the first offset whose box overlaps no earlier
-    label (checked in display space with the renderer); the last offset otherwise."""
-    placed: list[Any] = []
+    label nor the legend and stays inside the axes; else at the first that overlaps nothing."""
+    legend = ax.get_legend()
+    placed: list[Any] = [legend.get_window_extent(renderer)] if legend is not None else []
+    frame = ax.get_window_extent(renderer)
+
+    def inside(b: Any) -> bool:
+        return frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+
     for x, y, text, color in items:
-        ann = None
+        fallback = None
+        chosen = None
         for dx, dy in _OFFSETS:
-            if ann is not None:
-                ann.remove()
-            ann = ax.annotate(
-                text,
-                (x, y),
-                textcoords="offset points",
-                xytext=(dx, dy),
-                fontsize=7,
-                color=color,
-                ha="left" if dx > 0 else "right",
-                arrowprops={"arrowstyle": "-", "color": color, "alpha": 0.4, "lw": 0.5}
-                if abs(dy) > 16
-                else None,
-            )
-            box = ann.get_window_extent(renderer)
-            if not any(box.overlaps(b) for b in placed):
+            box = _label(ax, x, y, text, color, dx, dy, renderer, remove=True)
+            if any(box.overlaps(b) for b in placed):
+                continue
+            if inside(box):
+                chosen = (dx, dy)
                 break
-        placed.append(ann.get_window_extent(renderer))
+            fallback = fallback or (dx, dy)
+        dx, dy = chosen or fallback or _OFFSETS[-1]
+        placed.append(_label(ax, x, y, text, color, dx, dy, renderer, remove=False))
+
+
+def _label(ax, x, y, text, color, dx, dy, renderer, remove):
+    """Draw one label at offset (dx, dy) points; its box, padded by 3 px (a visible gap)."""
+    ann = ax.annotate(
+        text,
+        (x, y),
+        textcoords="offset points",
+        xytext=(dx, dy),
+        fontsize=7,
+        color=color,
+        ha="left" if dx > 0 else "right",
+        arrowprops={"arrowstyle": "-", "color": color, "alpha": 0.4, "lw": 0.5}
+        if abs(dy) > 16
+        else None,
+    )
+    box = ann.get_window_extent(renderer).padded(3)
+    if remove:
+        ann.remove()
+    return box
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> list[str]:
@@ -112,6 +130,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> list
             if key == "weight_bytes":
                 ax.xaxis.set_major_locator(LogLocator(base=2))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: _human_bytes(v)))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            else:
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
                 ax.xaxis.set_minor_formatter(NullFormatter())
             ax.tick_params(axis="x", labelsize=7, labelrotation=30)
             ax.margins(x=0.3, y=0.25)
