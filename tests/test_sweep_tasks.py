@@ -16,12 +16,12 @@ import mpq
 import mpq.sweep as sweep
 from mpq.sweep import cli
 from mpq.sweep.config import ModelSpec, SweepConfig
-from mpq.sweep.data import digits_flat
+from mpq.sweep.data import digits_flat, stdlib_bytes
 from mpq.sweep.experiment import _load_checkpoint, evaluate, train_baseline
 from mpq.sweep.records import read_jsonl
 from mpq.sweep.report import pareto_front
 from mpq.sweep.tasks import TASKS, Task, resolve_task
-from mpq.sweep.tasks import lm as lm_task
+from mpq.sweep.tasks import corpus as lm_corpus
 
 LM_SMALL = {"dim": 16, "depth": 1, "heads": 2, "context": 32}
 
@@ -84,16 +84,27 @@ def test_task_must_score_its_metric():
 
 
 def test_lm_corpus_split_by_file_and_missing_files(tmp_path):
-    d = lm_task.stdlib_bytes(context=16)
+    d = stdlib_bytes(context=16)
     assert d.x_train.dtype == np.int64 and d.x_train.shape[1] == 16
     np.testing.assert_array_equal(d.x_train[:, 1:], d.y_train[:, :-1])  # next-byte targets
-    train, val, _ = lm_task.corpus()
+    train, val, _ = lm_corpus.corpus()
     assert len(val) < len(train) and bytes(val[:200]) not in bytes(train)
     with pytest.raises(
         FileNotFoundError,
         match=r"Expected the Python standard-library sources .* Received: missing \['textwrap.py'",
     ):
-        lm_task.corpus(stdlib=str(tmp_path))
+        lm_corpus.corpus(stdlib=str(tmp_path))
+
+
+def test_lm_windows_are_checked():
+    with pytest.raises(
+        ValueError, match=r"Expected a corpus longer than context=8 bytes. Received: 5 bytes"
+    ):
+        lm_corpus.windows(np.zeros(5, np.uint8), 8, 8)
+    with pytest.raises(
+        ValueError, match=r"Expected `stride` to be an int >= 1. Received: stride=0"
+    ):
+        stdlib_bytes(stride=0)
 
 
 def test_lm_task_quick_sweep(tmp_path):

@@ -197,11 +197,26 @@ def synthetic_regression(
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic_regression")
 
 
-def stdlib_bytes(**kwargs: Any) -> Data:
-    """The language-model task's byte windows (`mpq.sweep.tasks.lm.stdlib_bytes`)."""
-    from mpq.sweep.tasks.lm import stdlib_bytes as load
+def stdlib_bytes(context: int = 32, stride: int | None = None, stdlib: str | None = None) -> Data:
+    """The language-model task's data: `context`-byte windows `[N, context]` (int64 byte ids)
+    and next-byte targets of a fixed list of Python standard-library sources
+    (`mpq.sweep.tasks.corpus`), training and validation split by file. Training windows overlap
+    when `stride` < context; validation windows never do.
 
-    return load(**kwargs)
+    Example:
+        >>> d = stdlib_bytes(context=32)
+        >>> d.x_train.shape[1], d.y_test.dtype
+        (32, dtype('int64'))
+    """
+    from mpq.sweep.tasks.corpus import corpus, windows
+
+    for key, val in (("context", context), ("stride", 1 if stride is None else stride)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"Expected `{key}` to be an int >= 1. Received: {key}={val!r}")
+    train, val, _ = corpus(stdlib)
+    xtr, ytr = windows(train, context, stride or context)
+    xte, yte = windows(val, context, context)
+    return Data(xtr, ytr, xte, yte, name="stdlib_bytes")
 
 
 BUILTIN_DATA: dict[str, Callable[..., Data]] = {

@@ -1,6 +1,6 @@
-"""The language-model task: a byte-level corpus made of a fixed list of Python standard-library
-source files (present offline on every machine), split by file, and a small decoder-only
-transformer built from mpq layers (Embedding, Dense attention and MLP, LayerNormalization).
+"""The language-model task's model: a small decoder-only transformer built from mpq layers
+(Embedding, Dense attention and MLP, LayerNormalization) over a byte-level vocabulary. Its data
+is `mpq.sweep.data.stdlib_bytes` (the corpus: `mpq.sweep.tasks.corpus`).
 
     >>> from mpq.sweep.tasks.lm import tiny_lm
     >>> model = tiny_lm(dtype="float32", dim=32, depth=1, heads=2, context=16)
@@ -8,90 +8,13 @@ transformer built from mpq layers (Embedding, Dense attention and MLP, LayerNorm
 
 from __future__ import annotations
 
-import hashlib
-import os
-import sysconfig
 from typing import Any
-
-import numpy as np
 
 from mpq.layers import Dense, Embedding, Layer, LayerNormalization, register_layer
 
-__all__ = [
-    "TRAIN_FILES",
-    "VAL_FILES",
-    "CausalSelfAttention",
-    "TinyLM",
-    "TransformerBlock",
-    "corpus",
-    "stdlib_bytes",
-    "tiny_lm",
-]
-
-#: Training files (about 40 KB), relative to the stdlib directory; present in CPython 3.10-3.13.
-TRAIN_FILES: tuple[str, ...] = ("textwrap.py", "string.py", "fnmatch.py", "bisect.py")
-#: Validation files: held out by file, not by position.
-VAL_FILES: tuple[str, ...] = ("csv.py",)
+__all__ = ["VOCAB", "CausalSelfAttention", "TinyLM", "TransformerBlock", "tiny_lm"]
 
 VOCAB = 256  # one token per byte
-
-
-def _read_files(names: tuple[str, ...], root: str) -> bytes:
-    missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
-    if missing:
-        raise FileNotFoundError(
-            "Expected the Python standard-library sources of the language-model task under "
-            f"{root!r} (sysconfig.get_paths()['stdlib']). Received: missing {missing}; "
-            "install the Python sources (e.g. Debian's libpython3-stdlib ships them) or pass "
-            "stdlib=PATH"
-        )
-    parts = []
-    for n in names:
-        with open(os.path.join(root, n), "rb") as f:
-            parts.append(f.read())
-    return b"\n".join(parts)
-
-
-def corpus(stdlib: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """`(train_bytes, val_bytes, sha256)`: uint8 arrays of the concatenated train and validation
-    files, and a digest of both (the files differ between Python versions; caches key on it)."""
-    root = stdlib if stdlib is not None else sysconfig.get_paths()["stdlib"]
-    train = _read_files(TRAIN_FILES, root)
-    val = _read_files(VAL_FILES, root)
-    digest = hashlib.sha256(train + b"\0" + val).hexdigest()[:16]
-    return np.frombuffer(train, np.uint8), np.frombuffer(val, np.uint8), digest
-
-
-def _windows(stream: np.ndarray, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs `[N, context]` and next-byte targets `[N, context]` (int64) from one byte stream."""
-    n = (len(stream) - 1 - context) // stride + 1
-    if n < 1:
-        raise ValueError(
-            f"Expected a corpus longer than context={context} bytes. Received: {len(stream)} bytes"
-        )
-    starts = np.arange(n) * stride
-    idx = starts[:, None] + np.arange(context + 1)[None, :]
-    win = stream[idx].astype(np.int64)
-    return win[:, :-1], win[:, 1:]
-
-
-def stdlib_bytes(context: int = 32, stride: int | None = None, stdlib: str | None = None):
-    """The task's data (`mpq.sweep.data.Data`): non-overlapping `context`-byte windows (training
-    windows may overlap with `stride` < context) of the train files, and of the validation files.
-
-    Example:
-        >>> d = stdlib_bytes(context=32)
-        >>> d.x_train.shape[1], d.y_test.dtype
-        (32, dtype('int64'))
-    """
-    from mpq.sweep.data import Data
-
-    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
-        raise ValueError(f"Expected `context` to be an int >= 1. Received: context={context!r}")
-    train, val, _ = corpus(stdlib)
-    xtr, ytr = _windows(train, context, stride or context)
-    xte, yte = _windows(val, context, context)
-    return Data(xtr, ytr, xte, yte, name="stdlib_bytes")
 
 
 # --------------------------------------------------------------------------------------------
