@@ -320,3 +320,9 @@ def test_docs_walkthrough_runs(user_dir, capsys):
     assert (user_dir / "results" / "pareto.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "('float32', " in printed and "('int4', " in printed
+
+
+def test_process_pools_need_a_picklable_metric():
+    cfg = SweepConfig(models=[{"factory": "digits_mlp", "task": lambda o, y: 0.0}], executor="local")
+    with pytest.raises(ValueError, match=r"Expected a picklable model factory for executor='local'"):
+        cfg.check_picklable()

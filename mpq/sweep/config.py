@@ -652,7 +652,7 @@ class SweepConfig:
     def check_picklable(self) -> None:
         """Process pools and Ray pickle the model factories: say so before any work if not."""
         for model in self.models:
-            for obj in (model.factory, model.data):
+            for obj in (model.factory, model.data, model.task):
                 if obj is None or isinstance(obj, str):
                     continue
                 try:
