@@ -84,3 +84,37 @@ def tiny_mpq_factory(dtype=None):
         [Dense(8, activation="relu", name="fc1"), Dense(3, name="fc2")], dtype=dtype, name="tiny"
     )
     return model, blobs()
+
+
+def held_factory(dtype=None):
+    """`tiny_factory`, except that once the file named by $SWEEP_TEST_HOLD (a results.jsonl)
+    holds a record, every later build waits (up to 10 minutes): a sweep that cannot finish
+    before the test interrupts it, however loaded the machine."""
+    import os
+    import time
+    from pathlib import Path
+
+    hold = os.environ.get("SWEEP_TEST_HOLD")
+    deadline = time.monotonic() + 600
+    while hold and time.monotonic() < deadline:
+        path = Path(hold)
+        if not (path.exists() and b"\n" in path.read_bytes()):
+            break
+        time.sleep(0.05)
+    return tiny_factory(dtype)
+
+
+def worker_report() -> dict:
+    """What a sweep worker process has imported and how it is set up (run inside a worker)."""
+    import signal
+    import sys
+
+    from mpq.sweep.data import digits
+
+    digits()  # the digits the default sweep loads in its workers
+    return {
+        "extras": sorted(m for m in ("sklearn", "scipy", "matplotlib") if m in sys.modules),
+        "threads": torch.get_num_threads(),
+        "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+        "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
+    }

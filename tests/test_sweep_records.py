@@ -39,7 +39,7 @@ def test_read_jsonl_skips_a_torn_last_line_only(tmp_path):
     path.write_text('{"a": 1}\n{"a": 2')
     assert read_jsonl(path) == [{"a": 1}]
     path.write_text('{"a": 1\n{"a": 2}\n')
-    with pytest.raises(ValueError, match="bad line 1"):
+    with pytest.raises(ValueError, match="line 1 is not valid JSON"):
         read_jsonl(path)
     assert read_jsonl(tmp_path / "absent.jsonl") == []
 

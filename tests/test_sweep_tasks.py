@@ -323,6 +323,10 @@ def test_docs_walkthrough_runs(user_dir, capsys):
 
 
 def test_process_pools_need_a_picklable_metric():
-    cfg = SweepConfig(models=[{"factory": "digits_mlp", "task": lambda o, y: 0.0}], executor="local")
-    with pytest.raises(ValueError, match=r"Expected a picklable model factory for executor='local'"):
+    cfg = SweepConfig(
+        models=[{"factory": "digits_mlp", "task": lambda o, y: 0.0}], executor="local"
+    )
+    with pytest.raises(
+        ValueError, match=r"Expected a picklable model factory for executor='local'"
+    ):
         cfg.check_picklable()

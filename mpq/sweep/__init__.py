@@ -213,7 +213,11 @@ def run(
 
     Runs already recorded as ok in `out/results.jsonl` with the same config hash are reused,
     not recomputed (`config.resume`). A failed run is a record with `status="error"`; the
-    sweep goes on.
+    sweep goes on. Records are appended as complete lines only; a line cut short by a crash is
+    set aside at the next run (`runner.prepare_results`), and any other bad line raises
+    `mpq.sweep.records.ResultsFileError` before any work (`config.skip_bad_lines` skips them,
+    `config.overwrite` starts a new file). On Ctrl-C (KeyboardInterrupt) the workers are
+    stopped at once and the exception propagates; the file keeps every finished run.
     """
     if model is not None:
         if config is not None:
@@ -243,17 +247,17 @@ def run(
     config = _as_config(config)
     out = prepare_output(config.out)
     check_environment(config, executor)
-    from mpq.sweep.runner import Progress, execute, make_executor
+    from mpq.sweep.runner import Progress, execute, make_executor, prepare_results, stop_now
 
-    own = executor is None
-
-    if executor is None:
-        executor = make_executor(config)
     progress = Progress(
         len(config.run_configs()),
         stream=stream if stream is not None else sys.stderr,
         enabled=verbose,
     )
+    previous = prepare_results(config, out, progress.stream)  # a bad file: raise before work
+    own = executor is None
+    if executor is None:
+        executor = make_executor(config)
     if verbose:
         n_runs = len(config.run_configs())
         how = config.executor if own else type(executor).__name__
@@ -266,11 +270,15 @@ def run(
             flush=True,
         )
     try:
-        records, suggestions, errors = execute(config, executor, out, progress, on_record)
-    finally:
+        records, suggestions, errors = execute(config, executor, out, progress, on_record, previous)
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) above all: stop the workers now
         progress.close()
         if own:
-            executor.shutdown(wait=True)
+            stop_now(executor)
+        raise
+    progress.close()
+    if own:
+        executor.shutdown(wait=True)
     _report(config, records, suggestions, errors, out, verbose, stream)
     if errors:
         records.append({"kind": "error", "status": "error", "error": "; ".join(errors)})
@@ -472,6 +480,9 @@ def _report_suggestions(
         }
         say(f"  -> {pmap!r}")
     if chosen:
-        (out / "suggested_policy_map.json").write_text(
-            json.dumps(chosen, indent=2, allow_nan=False, default=str)
+        from mpq.sweep.records import write_atomic
+
+        write_atomic(
+            out / "suggested_policy_map.json",
+            json.dumps(chosen, indent=2, allow_nan=False, default=str),
         )

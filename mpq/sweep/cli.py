@@ -1,12 +1,16 @@
 """Command line of the sweep: `mpq sweep [CONFIG] [options]` and `python -m mpq.sweep`.
 
-Exit status: 0 when every run succeeded, 1 when any run failed, 2 for bad options (checked
-before any work).
+Exit status: 0 when every run succeeded, 1 when any run failed, 2 for bad options or a bad
+line in the results file (checked before any work), 130 when stopped by Ctrl-C (the finished
+runs are kept; the same command resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         "synthetic_mlp) or 'package.module:factory'",
     )
     p.add_argument(
-        "--seeds", help="training seeds: '0,1,2' or an inclusive range '0-4' (default 0)"
+        "--seeds",
+        help="training seeds in [0, 2**32): '0,1,2' or an inclusive range '0-4', at most 1000 "
+        "(default 0)",
     )
     p.add_argument("--out", help="output directory (default sweep-results); re-running resumes")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
@@ -46,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "serial", "ray"],
         help="local: a process pool (default); serial: this process; ray: Ray tasks",
     )
-    p.add_argument("--workers", type=int, help="process-pool size (default: min(CPUs, 2))")
+    p.add_argument(
+        "--workers", type=int, help="process-pool size, 1 to 256 (default: min(CPUs, 2))"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finetune-epochs",
         type=int,
-        help="fine-tuning epochs for mixed and float8 policies (default 2; 0: none)",
+        help="fine-tuning epochs for mixed and float8 policies, 0 to 10000 (default 2; 0: none)",
     )
     p.add_argument(
         "--per-layer",
@@ -70,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="propose a DTypePolicyMap meeting --target-sqnr at the fewest bytes and verify it (implies --per-layer)",
     )
-    p.add_argument("--target-sqnr", type=float, help="SQNR target in dB for --suggest (default 30)")
+    p.add_argument(
+        "--target-sqnr",
+        type=float,
+        help="SQNR target in dB for --suggest, finite and > 0 (default 30)",
+    )
     p.add_argument(
         "--no-plot", dest="plot", action="store_false", default=None, help="skip the PNGs"
     )
@@ -80,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="recompute runs already recorded in --out",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="start --out/results.jsonl afresh; the old file is renamed to "
+        "results.jsonl.old-<time>, not deleted",
+    )
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        default=None,
+        help="skip lines of --out/results.jsonl that are not records (with a warning; their "
+        "runs are computed again) instead of stopping",
     )
     p.add_argument(
         "--ray-address", help="Ray cluster address for --executor ray (default: start a local Ray)"
@@ -161,22 +187,45 @@ def _model_override(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | No
     return ({"factory": args.model.strip(), **extra},)
 
 
+_SEED_PART = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
 def _parse_seeds(text: str) -> tuple[int, ...]:
+    """`'0,1,2'` or inclusive ranges `'0-4'` (mixed: `'0-2,7'`); bounds are checked before a
+    range is expanded (seeds in [0, 2**32), at most `MAX_SEEDS`)."""
+    from mpq.sweep.config import MAX_SEEDS, SEED_LIMIT
+
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                seeds.extend(range(int(lo), int(hi) + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        m = _SEED_PART.fullmatch(part.strip())
+        if m is None:
+            raise ValueError(
+                "Expected --seeds like '0,1,2' or an inclusive range '0-4'. "
+                f"Received: --seeds {text[:80]!r}"
+            )
+        lo = int(m.group(1))
+        hi = lo if m.group(2) is None else int(m.group(2))
+        if hi >= SEED_LIMIT or lo >= SEED_LIMIT:
+            raise ValueError(
+                f"Expected seeds in [0, 2**32). Received: --seeds {text[:80]!r} "
+                f"(seed {max(lo, hi)})"
+            )
+        if hi < lo:
+            raise ValueError(
+                f"Expected a seed range 'low-high' with low <= high. Received: --seeds {m.group(0)!r}"
+            )
+        if len(seeds) + (hi - lo + 1) > MAX_SEEDS:
+            raise ValueError(
+                f"Expected at most {MAX_SEEDS} seeds. Received: --seeds {text[:80]!r} "
+                f"({len(seeds) + (hi - lo + 1)} or more seeds)"
+            )
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
         raise ValueError(
-            f"Expected --seeds like '0,1,2' or '0-4'. Received: --seeds {text!r}"
-        ) from None
+            f"Expected --seeds like '0,1,2' or an inclusive range '0-4'. Received: --seeds {text!r}"
+        )
     return tuple(seeds)
 
 
@@ -198,6 +247,8 @@ def config_from_args(args: argparse.Namespace):
         "target_sqnr",
         "plot",
         "resume",
+        "overwrite",
+        "skip_bad_lines",
         "ray_address",
     ):
         val = getattr(args, key)
@@ -229,16 +280,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mpq.sweep import check_environment, prepare_output, run
+    out = None
+    try:
+        from mpq.sweep import check_environment, prepare_output, run
+        from mpq.sweep.records import ResultsFileError
+
+        try:
+            config = config_from_args(args)
+            out = config.out
+            prepare_output(config.out)
+            check_environment(config)
+        except (ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as e:
+            parser.exit(2, f"mpq sweep: error: {e}\n")
+        try:
+            records = run(config, verbose=not args.quiet)
+        except ResultsFileError as e:  # raised before any work
+            parser.exit(2, f"mpq sweep: error: {e}\n")
+    except KeyboardInterrupt:
+        return _interrupted(out)
+    return 0 if all(r.get("status") == "ok" for r in records) else 1
+
+
+def _interrupted(out: str | None) -> int:
+    """Ctrl-C: one line saying what was kept and how to resume; exit status 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    if out is None:
+        sys.stderr.write("mpq sweep: interrupted before any run; nothing was written\n")
+        return 130
+    path = os.path.join(out, "results.jsonl")
+    from mpq.sweep.records import scan_results
 
     try:
-        config = config_from_args(args)
-        prepare_output(config.out)
-        check_environment(config)
-    except (ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as e:
-        parser.exit(2, f"mpq sweep: error: {e}\n")
-    records = run(config, verbose=not args.quiet)
-    return 0 if all(r.get("status") == "ok" for r in records) else 1
+        n = len(scan_results(path, skip_bad_lines=True).records)
+    except OSError as e:
+        n_text = f"? (cannot read it: {e.strerror or e})"
+    else:
+        n_text = str(n)
+    sys.stderr.write(
+        f"mpq sweep: interrupted; kept {n_text} complete records in {path}; run the same "
+        "command again to resume (recorded runs are not computed again)\n"
+    )
+    return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

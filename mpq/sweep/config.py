@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,6 +459,16 @@ class RunConfig:
 
 EXECUTORS = ("local", "ray", "serial")
 
+#: Limits of a sweep's options, checked before any work (docs/sweeps.md, "Limits").
+#: Seeds seed numpy's and torch's generators: 32-bit unsigned values.
+SEED_LIMIT = 2**32
+#: Seeds in one sweep (each trains a model per model spec).
+MAX_SEEDS = 1000
+#: Process-pool workers.
+MAX_WORKERS = 256
+#: Fine-tuning epochs per run.
+MAX_FINETUNE_EPOCHS = 10_000
+
 #: The default sweep's models (same as experiments/digits.toml). The tiny LM comes first: its
 #: training is the longest, so it starts first. The CNN reaches 98-99% held-out accuracy in
 #: float32 (seeds 0-2), the MLP about 98.5%; the LM a validation perplexity of about 11.5.
@@ -505,13 +517,19 @@ class SweepConfig:
         finetune_epochs: epochs of fine-tuning under variants marked `finetune` (0: none).
         per_layer: also quantize one layer at a time (sensitivity table and heatmap).
         suggest: propose and verify a DTypePolicyMap reaching `target_sqnr` at the fewest bytes.
-        target_sqnr: the SQNR target in dB for `suggest`.
+        target_sqnr: the SQNR target in dB for `suggest`: finite and > 0.
         resources: per-run Ray resource request, e.g. `{"num_cpus": 1, "num_gpus": 0.25}`.
         ray_address: passed to `ray.init(address=...)` when Ray is not initialised yet.
         plot: write the PNGs.
         resume: skip runs whose config hash is already recorded as ok in `out/results.jsonl`.
+        overwrite: start `out/results.jsonl` afresh (the old file is renamed aside, not deleted).
+        skip_bad_lines: skip (with a warning) lines of `out/results.jsonl` that are not records,
+            instead of stopping before any work; their runs are computed again.
+
         cache_dir: where trained float32 weights are cached by (model config, seed), so a later
             sweep only evaluates; None: `out/cache`.
+    Limits (checked here, before any work): seeds in [0, 2**32), at most 1000 of them; workers
+    in [1, 256]; finetune_epochs in [0, 10000]; resources finite and >= 0.
 
     Example:
         >>> cfg = SweepConfig(models=["digits_mlp"], policies=["float32", "int8"], quick=True)
@@ -535,9 +553,24 @@ class SweepConfig:
     ray_address: str | None = None
     plot: bool = True
     resume: bool = True
+    overwrite: bool = False
+    skip_bad_lines: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        for key in (
+            "quick",
+            "per_layer",
+            "suggest",
+            "plot",
+            "resume",
+            "overwrite",
+            "skip_bad_lines",
+        ):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(
+                    f"Expected `{key}` to be true or false. Received: {key}={_describe(getattr(self, key))}"
+                )
         models = self.models
         if isinstance(models, str):  # "digits_cnn,digits_mlp", as `policies` accepts
             models = [m.strip() for m in models.split(",") if m.strip()]
@@ -559,12 +592,18 @@ class SweepConfig:
             seeds = (seeds,)
         if (
             not isinstance(seeds, Sequence)
+            or isinstance(seeds, str)
             or not seeds
-            or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+            or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
         ):
             raise ValueError(
-                f"Expected seeds as a non-empty list of non-negative ints. Received: seeds={_describe(self.seeds)}"
+                f"Expected seeds as a non-empty list of ints in [0, 2**32). Received: seeds={_describe(self.seeds)}"
             )
+        if len(seeds) > MAX_SEEDS:
+            raise ValueError(f"Expected at most {MAX_SEEDS} seeds. Received: {len(seeds)} seeds")
+        bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+        if bad:
+            raise ValueError(f"Expected seeds in [0, 2**32). Received: seed={_describe(bad[0])}")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"Expected each seed once. Received: seeds={list(seeds)}")
         object.__setattr__(self, "seeds", tuple(seeds))
@@ -573,34 +612,57 @@ class SweepConfig:
                 f"Expected `out` to be a directory path. Received: out={_describe(self.out)}"
             )
         object.__setattr__(self, "out", os.fspath(self.out))
-        if not isinstance(self.device, str) or not (
-            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")
+        if not os.fspath(self.out).strip():
+            raise ValueError(
+                f"Expected `out` to be a directory path. Received: out={_describe(self.out)}"
+            )
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"cpu|cuda(:[0-9]{1,3})?", self.device
         ):
             raise ValueError(
-                f"Expected device 'cpu' or 'cuda'. Received: device={_describe(self.device)}"
+                f"Expected device 'cpu', 'cuda' or 'cuda:N'. Received: device={_describe(self.device)}"
             )
         if self.executor not in EXECUTORS:
             raise ValueError(
                 f"Expected executor to be one of {list(EXECUTORS)}. Received: executor={_describe(self.executor)}"
             )
         if self.workers is not None and (
-            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
+            not isinstance(self.workers, int)
+            or isinstance(self.workers, bool)
+            or not 1 <= self.workers <= MAX_WORKERS
         ):
             raise ValueError(
-                f"Expected `workers` to be an int >= 1 or None. Received: workers={_describe(self.workers)}"
+                f"Expected `workers` to be an int in [1, {MAX_WORKERS}] or None. Received: workers={_describe(self.workers)}"
             )
-        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
+        if (
+            not isinstance(self.finetune_epochs, int)
+            or isinstance(self.finetune_epochs, bool)
+            or not 0 <= self.finetune_epochs <= MAX_FINETUNE_EPOCHS
+        ):
             raise ValueError(
-                f"Expected `finetune_epochs` to be an int >= 0. Received: finetune_epochs={_describe(self.finetune_epochs)}"
+                f"Expected `finetune_epochs` to be an int in [0, {MAX_FINETUNE_EPOCHS}]. Received: finetune_epochs={_describe(self.finetune_epochs)}"
             )
         if not isinstance(self.target_sqnr, (int, float)) or isinstance(self.target_sqnr, bool):
             raise TypeError(
                 f"Expected `target_sqnr` in dB as a number. Received: target_sqnr={_describe(self.target_sqnr)}"
             )
+        if not (math.isfinite(self.target_sqnr) and self.target_sqnr > 0):
+            raise ValueError(
+                "Expected `target_sqnr` in dB, finite and > 0 (at 0 dB the noise is as large "
+                f"as the signal). Received: target_sqnr={_describe(self.target_sqnr)}"
+            )
+        if self.ray_address is not None and (
+            not isinstance(self.ray_address, str) or not self.ray_address.strip()
+        ):
+            raise ValueError(
+                f"Expected `ray_address` to be a Ray address such as 'ray://head:10001' or None. Received: ray_address={_describe(self.ray_address)}"
+            )
         if self.suggest and not self.per_layer:
             object.__setattr__(self, "per_layer", True)  # suggest needs the per-layer table
         if not isinstance(self.resources, Mapping) or any(
-            not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
+            not isinstance(v, (int, float))
+            or isinstance(v, bool)
+            or not (math.isfinite(v) and v >= 0)
             for v in self.resources.values()
         ):
             raise ValueError(

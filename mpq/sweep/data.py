@@ -1,5 +1,6 @@
-"""Data for sweeps: a small `Data` container (arrays or loaders), scikit-learn's bundled digits
-with a fixed split, and a synthetic classification set sized for GPU timing.
+"""Data for sweeps: a small `Data` container (arrays or loaders), the 8x8 digits (bundled with
+mpq, as scikit-learn ships them) with a fixed split, and a synthetic classification set sized
+for GPU timing.
 """
 
 from __future__ import annotations
@@ -117,19 +118,43 @@ def as_data(obj: Any) -> Data:
 _DIGITS_CACHE: dict[str, tuple[np.ndarray, ...]] = {}
 
 
+#: The digits as bundled: `images` uint8 [1797, 64] (0..16), `labels` uint8 [1797] (0..9).
+DIGITS_SHAPES = {"images": (1797, 64), "labels": (1797,)}
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits, `(images, labels)` as uint8 arrays: exactly the values of
+    scikit-learn's `load_digits(return_X_y=True)` (a copy of the UCI optdigits test set;
+    provenance in tools/make_digits_npz.py), read without pickle and checked."""
+    from importlib import resources
+
+    ref = resources.files("mpq.sweep") / "_data" / "digits.npz"
+    with ref.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in DIGITS_SHAPES if k in f.files}
+    for key, shape in DIGITS_SHAPES.items():
+        a = arrays.get(key)
+        if a is None or a.shape != shape or a.dtype != np.uint8:
+            got = "missing" if a is None else f"shape {a.shape}, dtype {a.dtype}"
+            raise ValueError(
+                f"Expected {key!r} of shape {shape} and dtype uint8 in the bundled digits.npz "
+                f"(a broken install?). Received: {got}"
+            )
+    images, labels = arrays["images"], arrays["labels"]
+    if images.max() > 16 or labels.max() > 9:
+        raise ValueError(
+            "Expected pixels in 0..16 and labels in 0..9 in the bundled digits.npz. "
+            f"Received: pixels up to {images.max()}, labels up to {labels.max()}"
+        )
+    return images, labels
+
+
 def _digits_arrays(test_fraction: float) -> tuple[np.ndarray, ...]:
     key = f"{test_fraction}"
     if key not in _DIGITS_CACHE:
-        try:
-            from sklearn.datasets import load_digits
-        except ModuleNotFoundError:
-            raise ModuleNotFoundError(
-                "Expected scikit-learn for the digits data (`pip install mpq[sweep]`). "
-                "Received: no module named 'sklearn'"
-            ) from None
-        x, y = load_digits(return_X_y=True)
-        x = (x / 16.0).astype(np.float32)
-        y = y.astype(np.int64)
+        images, labels = load_digits_arrays()
+        # As scikit-learn's float64 pixels were divided: the same float32 values, bit for bit.
+        x = (images.astype(np.float64) / 16.0).astype(np.float32)
+        y = labels.astype(np.int64)
         # Fixed, stratified-by-shuffle split that does not depend on the run's seed, so every
         # seed and policy is scored on the same held-out samples.
         order = np.random.default_rng(12345).permutation(len(x))
@@ -140,8 +165,9 @@ def _digits_arrays(test_fraction: float) -> tuple[np.ndarray, ...]:
 
 
 def digits(test_fraction: float = 0.2) -> Data:
-    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes) as NHWC `[N, 8, 8, 1]` images
-    in [0, 1]; fixed split (20% held out: 359 test, 1438 train)."""
+    """The 8x8 digits (1797 images, 10 classes; the UCI optdigits test set that scikit-learn
+    ships, bundled with mpq) as NHWC `[N, 8, 8, 1]` images in [0, 1]; fixed split (20% held
+    out: 359 test, 1438 train)."""
     xtr, ytr, xte, yte = _digits_arrays(test_fraction)
     return Data(xtr.reshape(-1, 8, 8, 1), ytr, xte.reshape(-1, 8, 8, 1), yte, name="digits")
 

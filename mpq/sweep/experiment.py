@@ -36,8 +36,9 @@ __all__ = [
     "weight_bytes",
 ]
 
-#: `--quick` sizes: samples per split, epoch cap, latency repeats.
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_REPEATS = 256, 128, 1, 1
+#: `--quick` sizes: samples per split, epoch cap. Latency is timed over as many repeats as in
+#: a full run (`RunConfig.latency_repeats`): one repeat is noise, and the repeats cost little.
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 256, 128, 1
 EVAL_BATCH = 256
 
 
@@ -249,7 +250,14 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
 
 
 def _state(model: Any) -> dict[str, Any]:
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    import torch
+
+    # contiguous copies: from_torch kernels are transposed views, and the runner ships the state
+    # between processes as safetensors (which takes contiguous tensors only); values unchanged
+    return {
+        k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
 
 
 def _load_state(model: Any, state: dict[str, Any]) -> None:
@@ -775,8 +783,9 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
             else ev["accuracy"] - base["accuracy"],
             sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
         )
-        repeats = QUICK_REPEATS if config.quick else config.latency_repeats
-        rec["latency_ms"], rec["latency_batch"] = _latency_ms(model, data, config.device, repeats)
+        rec["latency_ms"], rec["latency_batch"] = _latency_ms(
+            model, data, config.device, config.latency_repeats
+        )
         if config.finetune_epochs and v.finetune:
             epochs = (
                 min(config.finetune_epochs, QUICK_EPOCHS)

@@ -97,7 +97,7 @@ def plot_sweep(
     if ok:
         ax_s.legend(loc="best", fontsize=8)
     fig.suptitle(title)
-    fig.savefig(os.fspath(path), dpi=130)
+    _save(fig, path)
 
 
 def plot_per_layer(
@@ -140,4 +140,15 @@ def plot_per_layer(
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, label="SQNR dB")
     fig.suptitle("Per-layer sensitivity: one layer under the policy, the rest float32")
-    fig.savefig(os.fspath(path), dpi=130)
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Save as PNG all at once (`write_atomic`): a crash leaves the old picture or the new one."""
+    import io
+
+    from mpq.sweep.records import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    write_atomic(path, buf.getvalue())

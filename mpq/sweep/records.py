@@ -5,21 +5,30 @@ aligned terminal table, and `summary.csv`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import statistics
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 __all__ = [
+    "RECORD_KEYS",
     "SUMMARY_COLUMNS",
     "JsonlWriter",
+    "ResultsFileError",
+    "ResultsScan",
     "format_table",
     "latest_by_hash",
     "read_jsonl",
+    "scan_results",
+    "set_aside_torn_tail",
     "summarize",
+    "write_atomic",
     "write_csv",
 ]
 
@@ -32,7 +41,9 @@ def _clean(value: Any) -> Any:
 
 
 class JsonlWriter:
-    """Appends one record per line and flushes, so a crash loses at most the run in flight.
+    """Appends one record per line, each as a single write of the whole line followed by a
+    flush and an fsync, so that the file holds only complete lines (a crash loses at most the
+    runs in flight, never a written record).
 
     Example:
         >>> with JsonlWriter("out/results.jsonl") as w:
@@ -41,47 +52,175 @@ class JsonlWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._file: TextIO | None = None
+        self._fd: int | None = None
 
     def __enter__(self) -> JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
+        if self._fd is None:
             raise RuntimeError(
                 "Expected JsonlWriter to be used inside `with`. Received: a closed writer"
             )
         line = json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False, default=str)
-        self._file.write(line + "\n")
-        self._file.flush()
+        data = memoryview((line + "\n").encode("utf-8"))
+        while data:  # one write on local disks; the loop only guards against short writes
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace `path` with `data` all at once: written to a temporary file in the same
+    directory, fsynced, then renamed over `path`, so a crash leaves the old or the new file,
+    never half of one.
+
+    Example:
+        >>> write_atomic("summary.csv", "model,accuracy")
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+#: Keys that every line of results.jsonl has (runs and failures alike); resume needs them.
+RECORD_KEYS: tuple[str, ...] = ("config_hash", "model", "variant", "seed", "status")
+
+
+class ResultsFileError(ValueError):
+    """A line of a JSON Lines results file that is not a record, other than a torn last line:
+    the message names the file and the line, and the file is left as it is."""
+
+
+@dataclass
+class ResultsScan:
+    """What `scan_results` found in a results file.
+
+    Attributes:
+        records: the complete, valid records, in file order.
+        bad_lines: `(line number, reason)` of the lines skipped (with `skip_bad_lines`).
+        torn_tail: the bytes after the last newline when they are not a valid record (a write
+            cut short by a crash); empty when the file ends with a complete line.
+        complete_bytes: the length of the file up to and including its last complete line.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    torn_tail: bytes = b""
+    complete_bytes: int = 0
+
+
+def _parse_record(raw: bytes, required: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
+    """`(record, "")` for a valid line, `(None, reason)` otherwise."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"is not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return None, f"is not a JSON object (a {type(obj).__name__})"
+    missing = [k for k in required if k not in obj]
+    if missing:
+        return None, f"lacks the key(s) {missing}"
+    return obj, ""
+
+
+def scan_results(
+    path: str | os.PathLike,
+    *,
+    skip_bad_lines: bool = False,
+    required: Sequence[str] = RECORD_KEYS,
+) -> ResultsScan:
+    """Read a results file without changing it. A last line without its newline that is not a
+    valid record is a torn tail (returned, not raised: `set_aside_torn_tail` deals with it).
+    Any other bad line (torn JSON, not an object, a missing key) raises `ResultsFileError`
+    naming the file and the line, or, with `skip_bad_lines`, is skipped and listed.
+
+    Example:
+        >>> scan_results("sweep-results/results.jsonl").records  # doctest: +SKIP
+    """
+    path = Path(path)
+    scan = ResultsScan()
+    if not path.exists():
+        return scan
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    offset = 0
+    for i, raw in enumerate(lines, start=1):
+        offset += len(raw) + 1
+        if not raw.strip():
+            continue
+        rec, reason = _parse_record(raw, required)
+        if rec is not None:
+            scan.records.append(rec)
+            continue
+        if not skip_bad_lines:
+            keys = f" with keys {', '.join(required)}" if required else ""
+            raise ResultsFileError(
+                f"Expected one JSON record per line{keys} in {str(path)!r}. "
+                f"Received: line {i} {reason}: {raw[:80].decode('utf-8', 'replace')!r}"
+                ". The file is left as it is: rerun with --skip-bad-lines to skip such lines "
+                "(their runs are computed again) or --overwrite to start a new file (the old one "
+                "is kept aside)"
+            )
+        scan.bad_lines.append((i, reason))
+    scan.complete_bytes = offset
+    if tail.strip():
+        rec, _ = _parse_record(tail, required)
+        if rec is not None:  # complete but for its newline: keep it
+            scan.records.append(rec)
+        else:
+            scan.torn_tail = tail
+    return scan
+
+
+def set_aside_torn_tail(path: str | os.PathLike, scan: ResultsScan) -> Path | None:
+    """Make the file end with a complete line before anything is appended to it: a torn tail
+    is copied to `<path>.torn-<UTC time>` (fsynced) and cut from the file, which keeps every
+    complete record; a valid last record without its newline gets the newline. Returns where
+    the tail went (None when there was none)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    size = path.stat().st_size
+    if not scan.torn_tail:
+        if size > scan.complete_bytes:  # a complete last record without its newline
+            with path.open("ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.torn-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.torn-{stamp}-{n}")
+    write_atomic(aside, scan.torn_tail)
+    os.truncate(path, scan.complete_bytes)
+    return aside
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSON Lines file ([] if absent); a torn last line (crash) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise ValueError(
-                f"Expected one JSON record per line in {str(path)!r}. Received a bad line {i + 1}: {line[:120]!r}"
-            ) from None
-    return out
+    """All records of a JSON Lines file ([] if absent); a torn last line (crash) is skipped, any
+    other bad line raises `ResultsFileError` with the file and line number."""
+    return scan_results(path, required=()).records
 
 
 def latest_by_hash(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -240,13 +379,15 @@ def format_table(
 def write_csv(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike, columns: Sequence[str] | None = None
 ) -> None:
-    """Write rows as CSV (raw values, not formatted; infinite SQNR written as `inf`)."""
+    """Write rows as CSV (raw values, not formatted; infinite SQNR written as `inf`), replacing
+    the file at once (`write_atomic`)."""
     if columns is None:
         columns = []
         for r in rows:
             columns.extend(k for k in r if k not in columns)
-    with Path(path).open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    write_atomic(path, buf.getvalue())

@@ -9,6 +9,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,9 +20,27 @@ from typing import Any, TextIO
 
 from mpq.sweep import experiment
 from mpq.sweep.config import BUILTIN_VARIANTS, RunConfig, SweepConfig, Variant
-from mpq.sweep.records import JsonlWriter, latest_by_hash, read_jsonl
+from mpq.sweep.records import (
+    JsonlWriter,
+    latest_by_hash,
+    scan_results,
+    set_aside_torn_tail,
+    write_atomic,
+)
 
-__all__ = ["InlineExecutor", "Progress", "RayExecutor", "execute", "make_executor"]
+__all__ = [
+    "InlineExecutor",
+    "Progress",
+    "RayExecutor",
+    "WorkerPool",
+    "execute",
+    "make_executor",
+    "prepare_results",
+    "stop_now",
+]
+
+#: How often the wait loop looks for a Ctrl-C (seconds).
+_POLL_S = 0.2
 
 #: The variant of a suggested-map verification run (the map itself is the run's `assignment`).
 SUGGESTED = Variant("suggested", "float32")
@@ -48,9 +67,69 @@ class InlineExecutor(cf.Executor):
 
 
 def _init_worker(threads: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone answers it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(threads)
+
+
+class WorkerPool(cf.ProcessPoolExecutor):
+    """The local process pool: `spawn`ed workers that live for the whole sweep (each imports
+    torch and mpq once, not once per task; no scikit-learn or matplotlib), `initializer` sets
+    their torch threads. No fork of this process: it may already run torch's thread pools,
+    and forking those can deadlock.
+
+    Workers never see Ctrl-C: they are started (inside `submit`) while SIGINT is blocked in
+    this thread, and inherit the blocked signal; the parent answers Ctrl-C and `stop_now`
+    terminates them.
+    """
+
+    def __init__(self, workers: int, threads: int):
+        super().__init__(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(threads,),
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+            return super().submit(fn, *args, **kwargs)
+        # A Ctrl-C that arrives meanwhile stays pending and is delivered on unblocking.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def stop_now(self) -> None:
+        """Cancel the tasks that have not started and terminate the workers (their runs are
+        lost; nothing is half-written, since only the parent writes results)."""
+        procs = list((getattr(self, "_processes", None) or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+        self.shutdown(wait=True)
+
+
+def stop_now(executor: cf.Executor) -> None:
+    """Stop an executor at once (Ctrl-C): `WorkerPool.stop_now`, or a shutdown that cancels
+    the tasks not started yet (Ray tasks go with the Ray it started). A further Ctrl-C is
+    ignored meanwhile (in the main thread), so that the stop is not cut short."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        if isinstance(executor, WorkerPool):
+            executor.stop_now()
+        else:
+            executor.shutdown(wait=False, cancel_futures=True)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
 
 
 class RayExecutor(cf.Executor):
@@ -113,14 +192,46 @@ def make_executor(config: SweepConfig) -> cf.Executor:
     if config.executor == "ray":
         return RayExecutor(config.resources, config.ray_address)
     workers = config.workers or max(1, min(os.cpu_count() or 1, 2))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # spawn: forking a process that may already run torch's thread pools can deadlock.
-    return cf.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    )
+    # One torch thread per worker when several run (the runs are small: threads would only
+    # contend for the cores); a lone worker gets them all. No fork of this process: it may
+    # already run torch's thread pools, and forking those can deadlock.
+    threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
+    return WorkerPool(workers, threads)
+
+
+class _CtrlC:
+    """Ctrl-C while the tasks run in other processes: the first one only sets `requested`, and
+    the wait loop raises KeyboardInterrupt at a point where it holds none of the executor's
+    locks (an interrupt inside `concurrent.futures.wait` can leave a future's lock taken, and
+    the pool's shutdown then waits forever); a second Ctrl-C raises at once. Installed only in
+    the main thread and over Python's default handler."""
+
+    def __init__(self, executor: cf.Executor):
+        self.requested = False
+        self._old: Any = None
+        self._active = (
+            not isinstance(executor, InlineExecutor)
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _CtrlC:
+        if self._active:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._active:
+            signal.signal(signal.SIGINT, self._old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +297,47 @@ class Progress:
 
 
 # --------------------------------------------------------------------------------------------
+# Tasks: tensors cross process boundaries as bytes
+# --------------------------------------------------------------------------------------------
+# A tensor pickled through a process pool travels as a shared-memory file descriptor, fetched
+# from the sender's `multiprocessing.resource_sharer` thread; a worker terminated by Ctrl-C
+# in the middle of such a fetch makes that thread print a traceback. As safetensors bytes
+# (exact, every dtype) the baseline's weights and logits are plain data.
+
+
+def _pack(baseline: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import save
+
+    out = dict(baseline)
+    out["state"] = (list(baseline["state"]), save(baseline["state"]))  # keys in model order
+    out["logits"] = save({"logits": baseline["logits"]})
+    return out
+
+
+def _unpack(baseline: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    out = dict(baseline)
+    keys, blob = baseline["state"]
+    state = load(blob)
+    out["state"] = {k: state[k] for k in keys}
+    out["logits"] = load(baseline["logits"])["logits"]
+    return out
+
+
+def _train_task(
+    model: Any, seed: int, device: str, quick: bool, cache_dir: str | None = None
+) -> dict[str, Any]:
+    """`experiment.train_baseline`, its tensors packed as bytes."""
+    return _pack(experiment.train_baseline(model, seed, device, quick, cache_dir))
+
+
+def _run_task(rc: RunConfig, packed_baseline: dict[str, Any]) -> dict[str, Any]:
+    """`experiment.run_one` on a packed baseline."""
+    return experiment.run_one(rc, _unpack(packed_baseline))
+
+
+# --------------------------------------------------------------------------------------------
 # The task graph: baselines -> runs -> (per-layer -> suggestions)
 # --------------------------------------------------------------------------------------------
 def _baseline_key(config: SweepConfig, model_name: str, seed: int) -> str:
@@ -217,13 +369,13 @@ class _Scheduler:
         out: Path,
         progress: Progress,
         on_record: Callable[[dict[str, Any]], None] | None,
+        previous: dict[str, dict[str, Any]],
     ):
         self.config = config
         self.executor = executor
         self.out = out
         self.progress = progress
         self.on_record = on_record
-        previous = latest_by_hash(read_jsonl(out / "results.jsonl")) if config.resume else {}
         self.previous_ok = {h: r for h, r in previous.items() if r.get("status") == "ok"}
         self.layers_file = out / "layers.json"
         self.layers: dict[str, list[dict[str, Any]]] = {}
@@ -260,7 +412,7 @@ class _Scheduler:
             self.progress.note(f"training {model_name} (seed {seed}) in float32")
             self._submit(
                 ("baseline", key),
-                experiment.train_baseline,
+                _train_task,
                 model,
                 seed,
                 self.config.device,
@@ -281,7 +433,7 @@ class _Scheduler:
 
     def _dispatch(self, item: Any, key: str) -> None:
         if isinstance(item, RunConfig):
-            self._submit(("run", item), experiment.run_one, item, self.baselines[key])
+            self._submit(("run", item), _run_task, item, self.baselines[key])
         else:
             item(self.baselines[key]["layers"])
 
@@ -389,7 +541,7 @@ class _Scheduler:
                     f"{result['train_seconds']:.1f} s)"
                 )
                 self.layers[key] = result["layers"]
-                self.layers_file.write_text(json.dumps(self.layers, indent=1))
+                write_atomic(self.layers_file, json.dumps(self.layers, indent=1))
                 for item in waiting:
                     self._dispatch(item, key)
             else:
@@ -401,7 +553,7 @@ class _Scheduler:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
-        with JsonlWriter(self.out / "results.jsonl") as writer:
+        with JsonlWriter(self.out / "results.jsonl") as writer, _CtrlC(self.executor) as ctrl_c:
             self.writer = writer
             for rc in self.config.run_configs():
                 self.submit_run(rc)
@@ -410,12 +562,60 @@ class _Scheduler:
                     for seed in self.config.seeds:
                         self._expand_per_layer(model, seed)
             while self.futures:
-                done, _ = cf.wait(list(self.futures), return_when=cf.FIRST_COMPLETED)
+                ctrl_c.check()
+                done, _ = cf.wait(
+                    list(self.futures), timeout=_POLL_S, return_when=cf.FIRST_COMPLETED
+                )
                 for fut in done:
+                    ctrl_c.check()
                     what, payload = self.futures.pop(fut)
                     self._on_done(fut, what, payload)
+            ctrl_c.check()
             self.writer = None
         return [self.records[h] for h in dict.fromkeys(self.order) if h in self.records]
+
+
+def prepare_results(
+    config: SweepConfig, out: Path, stream: TextIO | None = None
+) -> dict[str, dict[str, Any]]:
+    """Get `out/results.jsonl` ready for appending, before any work, and return the records to
+    resume from (the last one per config hash; {} without `config.resume`).
+
+    - `config.overwrite`: an existing file is renamed to `results.jsonl.old-<UTC time>`.
+    - A torn last line (a crash mid-write) is moved to `results.jsonl.torn-<UTC time>`; every
+      complete record is kept. Said on `stream` (default stderr).
+    - Any other bad line raises `ResultsFileError` (file and line; the file is not changed),
+      unless `config.skip_bad_lines`: then the bad lines are skipped (their runs are computed
+      again) with a warning on `stream`, and left in the file.
+    """
+    stream = stream if stream is not None else sys.stderr
+    path = out / "results.jsonl"
+    if config.overwrite and path.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        old = path.with_name(f"{path.name}.old-{stamp}")
+        n = 1
+        while old.exists():
+            n += 1
+            old = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        os.replace(path, old)
+        print(f"mpq sweep: --overwrite: moved the previous results to {old}", file=stream)
+    scan = scan_results(path, skip_bad_lines=config.skip_bad_lines)
+    aside = set_aside_torn_tail(path, scan)
+    if aside is not None:
+        print(
+            f"mpq sweep: {path} ended in a line cut short by a crash ({len(scan.torn_tail)} "
+            f"bytes); moved it to {aside} and kept the {len(scan.records)} complete records",
+            file=stream,
+        )
+    if scan.bad_lines:
+        shown = ", ".join(str(i) for i, _ in scan.bad_lines[:10])
+        more = f" and {len(scan.bad_lines) - 10} more" if len(scan.bad_lines) > 10 else ""
+        print(
+            f"mpq sweep: warning: skipped {len(scan.bad_lines)} bad line(s) of {path} (line "
+            f"{shown}{more}: {scan.bad_lines[0][1]}); their runs are computed again",
+            file=stream,
+        )
+    return latest_by_hash(scan.records) if config.resume else {}
 
 
 def execute(
@@ -424,9 +624,13 @@ def execute(
     out: Path,
     progress: Progress,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Any]], list[str]]:
     """Run every task of `config` on `executor`; returns `(records, suggestions, errors)` where
-    errors are failures outside any run (a per-layer expansion whose baseline failed)."""
-    sched = _Scheduler(config, executor, out, progress, on_record)
+    errors are failures outside any run (a per-layer expansion whose baseline failed).
+    `previous`: the records to resume from (`prepare_results`, which runs here when None)."""
+    if previous is None:
+        previous = prepare_results(config, out, progress.stream)
+    sched = _Scheduler(config, executor, out, progress, on_record, previous)
     records = sched.run()
     return records, sched.suggestions, sched.failed_expansions
