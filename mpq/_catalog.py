@@ -1,11 +1,16 @@
 """One resolver for the small families of objects that layers take by name, config dict,
 instance or plain callable (initializers, regularizers, constraints): `get`, `serialize` and
-`deserialize` with the same rules and the same errors for each family."""
+`deserialize` with the same rules and the same errors for each family. Names resolve from the
+family's classes and from objects the user registered (`mpq.saving.register_serializable`) or
+passed in `custom_objects`; nothing is imported by name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from mpq import _registry
+from mpq._errors import describe as _describe
 
 __all__ = ["Catalog"]
 
@@ -41,20 +46,46 @@ class Catalog:
                 f"Expected an mpq {self.base.__name__} to serialize. "
                 f"Received: {self.kind}={obj!r} (of type {type(obj).__name__})"
             )
-        return {"class_name": type(obj).__name__, "config": obj.get_config()}
+        config = {"class_name": type(obj).__name__, "config": obj.get_config()}
+        registered = _registry.registered_name(type(obj))
+        if registered is not None:
+            config["registered_name"] = registered
+        return config
 
     def deserialize(self, config: Any) -> Any:
         """Inverse of `serialize`."""
         name = config.get("class_name") if isinstance(config, dict) else None
-        cls = self.classes.get(name)
+        cls = self.classes.get(name) if isinstance(name, str) else None
         if cls is None and isinstance(self.aliases.get(name), type):
             cls = self.aliases[name]  # an alias that is a class ("glorot_uniform") is accepted
+        if cls is None and isinstance(config, dict):
+            cls = self._custom_class(config.get("registered_name"), name)
         if cls is None:
             raise ValueError(
-                f"Expected a {self.kind} config with class_name one of {sorted(self.classes)}. "
-                f"Received: config={config!r}"
+                f"Expected a {self.kind} config with class_name one of {sorted(self.classes)}, "
+                "or naming a class registered with @mpq.saving.register_serializable() or "
+                f"passed in custom_objects. Received: config={config!r}"
             )
-        return cls.from_config(config.get("config") or {})
+        inner = config.get("config")
+        if inner is None:
+            inner = {}
+        if not isinstance(inner, dict):
+            raise TypeError(
+                f"Expected the 'config' of a {self.kind} config to be a dict. "
+                f"Received: config={_describe(inner)}"
+            )
+        return cls.from_config(inner)
+
+    def _custom_class(self, *names: Any) -> type | None:
+        found = _registry.lookup(*names)
+        if found is None:
+            return None
+        if not (isinstance(found, type) and issubclass(found, self.base)):
+            raise TypeError(
+                f"Expected {next(n for n in names if isinstance(n, str))!r} to name a subclass "
+                f"of {self.base.__name__}. Received: {_describe(found)}"
+            )
+        return found
 
     def get(self, identifier: Any) -> Any:
         """Resolve a name (alias or class name), a config dict, an instance or a callable;
@@ -62,7 +93,11 @@ class Catalog:
         if identifier is None or isinstance(identifier, self.base):
             return identifier
         if isinstance(identifier, str):
-            factory = self.aliases.get(identifier) or self.classes.get(identifier)
+            factory = (
+                self.aliases.get(identifier)
+                or self.classes.get(identifier)
+                or self._custom_class(identifier)
+            )
             if factory is None:
                 raise ValueError(
                     f"Expected a {self.kind} name, one of {sorted(self.aliases)}. "

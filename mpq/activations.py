@@ -1,17 +1,19 @@
 """Activation functions by name, with Keras 3 names, defaults and (de)serialization.
 
 `get(identifier)` resolves a name, a config or a callable; `serialize(fn)` gives it back.
+A config resolves to a built-in or to a function the user registered
+(`mpq.saving.register_serializable`) or passed in `custom_objects`; nothing is imported.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mpq import _registry
 from mpq._errors import describe as _describe
 from mpq.policy import autocast
 
@@ -193,8 +195,9 @@ _NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name != "swi
 
 
 def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any]:
-    """Resolve an activation: None -> `linear`, a name (e.g. "gelu"), a callable (returned
-    as is), or a dict produced by `serialize` for a module-level function.
+    """Resolve an activation: None -> `linear`, a name (e.g. "gelu", or the name of a function
+    registered with `mpq.saving.register_serializable` or in a `custom_objects` scope), a
+    callable (returned as is), or a dict produced by `serialize`.
 
     >>> get("relu") is relu
     True
@@ -204,11 +207,12 @@ def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any
     if identifier is None:
         return linear
     if isinstance(identifier, str):
-        fn = ALL_ACTIVATIONS.get(identifier)
+        fn = ALL_ACTIVATIONS.get(identifier) or _callable(_registry.lookup(identifier))
         if fn is None:
             raise ValueError(
-                f"Expected an activation name among {sorted(ALL_ACTIVATIONS)}, a callable or "
-                f"None. Received: activation={_describe(identifier)}"
+                f"Expected an activation name among {sorted(ALL_ACTIVATIONS)}, the name of a "
+                "registered or custom object, a callable or None. "
+                f"Received: activation={_describe(identifier)}"
             )
         return fn
     if isinstance(identifier, dict):
@@ -221,10 +225,17 @@ def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any
     )
 
 
+def _callable(obj: Any) -> Callable[..., Any] | None:
+    return obj if callable(obj) else None
+
+
 def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
     """The config form of an activation: its name for built-ins, else a dict
-    `{"module": ..., "function_name": ...}` naming a module-level function, which
-    `get` imports back. Lambdas and nested functions cannot be serialized.
+    `{"module": ..., "function_name": ...}` naming a module-level function, plus
+    `"registered_name"` when it was registered with `mpq.saving.register_serializable`.
+    `get` resolves the dict from the registered name or from `custom_objects`
+    (`function_name` as the key), never by importing `module`. Lambdas and nested functions
+    cannot be serialized.
 
     >>> serialize(gelu)
     'gelu'
@@ -238,6 +249,13 @@ def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
         return name
     qualname = getattr(activation, "__qualname__", None)
     module = getattr(activation, "__module__", None)
+    registered = _registry.registered_name(activation)
+    if registered is not None:  # resolved by this name, so any function (nested too) will do
+        return {
+            "module": str(module),
+            "function_name": activation.__name__,
+            "registered_name": registered,
+        }
     if not callable(activation) or qualname is None or module is None:
         raise TypeError(
             "Expected a built-in activation or a module-level function to serialize. "
@@ -252,17 +270,22 @@ def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
     return {"module": module, "function_name": qualname}
 
 
+_CONFIG_KEYS = ("module", "function_name", "registered_name")
+
+
 def _from_config(config: dict) -> Callable[..., Any]:
-    if set(config) != {"module", "function_name"}:
+    if not {"module", "function_name"} <= set(config) <= set(_CONFIG_KEYS) or not all(
+        isinstance(config[k], str) for k in config
+    ):
         raise ValueError(
-            "Expected a serialized activation with exactly the keys 'module' and "
-            f"'function_name'. Received: activation={config!r}"
+            "Expected a serialized activation: a dict with the string keys 'module' and "
+            f"'function_name' (and optionally 'registered_name'). Received: activation={config!r}"
         )
-    module = importlib.import_module(config["module"])
-    fn = getattr(module, config["function_name"], None)
-    if fn is None or not callable(fn):
+    fn = _callable(_registry.lookup(config.get("registered_name"), config["function_name"]))
+    if fn is None:
         raise ValueError(
-            f"Expected module {config['module']!r} to define a function "
-            f"{config['function_name']!r}. Received: activation={config!r}"
+            "Expected an activation registered with @mpq.saving.register_serializable() or "
+            "passed in custom_objects (nothing is imported by name from a config). "
+            f"Received: activation={config!r}"
         )
     return fn

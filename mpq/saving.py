@@ -2,6 +2,9 @@
 
 ``save(model, path)`` / ``load(path)`` rebuild the model from its config; ``load_weights`` fills
 an existing model. Damaged or mismatching files raise ValueError before anything is written.
+Loading runs no code from the file: names resolve from mpq's catalogs and from objects
+registered with ``register_serializable`` or passed in ``custom_objects``; nothing is imported
+or unpickled, and sizes and nesting are checked before anything is allocated.
 """
 
 from __future__ import annotations
@@ -9,12 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
 import torch
 
-__all__ = ["load", "load_weights", "save"]
+from mpq._errors import LOAD_ERRORS, MAX_CONFIG_DEPTH
+from mpq._registry import custom_object_scope, register_serializable
+
+__all__ = [
+    "LOAD_ERRORS",
+    "MAX_CONFIG_DEPTH",
+    "custom_object_scope",
+    "load",
+    "load_weights",
+    "register_serializable",
+    "save",
+]
 
 FORMAT = "mpq.saving/1"
 
@@ -121,17 +136,39 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tens
         raise ValueError(
             f"The weights in {path!r} do not match their checksum: the file is corrupted."
         )
+    text = metadata.get("config")
+    if not isinstance(text, str):
+        raise ValueError(f"The config stored in {path!r} is missing or not valid JSON.")
+    _check_json_depth(text, path)
     try:
-        config = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError) as e:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
         raise ValueError(f"The config stored in {path!r} is missing or not valid JSON.") from e
     return config, tensors
 
 
-def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
-    """Validate every tensor against the model, then write them all (nothing half-loaded)."""
-    from mpq.layers.base import Layer
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
+
+def _check_json_depth(text: str, path: str) -> None:
+    """Raise ValueError if arrays and objects nest deeper than ``MAX_CONFIG_DEPTH`` in the JSON
+    ``text``. Python's JSON parser recurses, so this runs on the text, before parsing."""
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket[0] in "[{" else -1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(
+                f"Expected a config nested at most {MAX_CONFIG_DEPTH} levels deep. Received: "
+                f"a config nested more than {MAX_CONFIG_DEPTH} levels deep in {path!r}"
+            )
+
+
+def _check_match(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str
+) -> dict[str, tuple[torch.nn.Module, str, torch.Tensor]]:
+    """Raise ValueError unless the file's tensors are exactly the model's variables (names,
+    shapes, dtypes). The model may live on the meta device."""
     expected = _collect(model)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -148,8 +185,15 @@ def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     ]
     if problems:
         raise ValueError(f"The weights in {path!r} do not match the model: {problems}")
+    return expected
+
+
+def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Validate every tensor against the model, then write them all (nothing half-loaded)."""
+    from mpq.layers.base import Layer
     from mpq.layers.variables import check_write
 
+    expected = _check_match(model, tensors, path)
     for key, (_, _, t) in expected.items():  # value rules (codes, scales) before any write
         check_write(t, tensors[key], f"load {key!r} from {path!r} into")
     by_module: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
@@ -168,17 +212,46 @@ def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
                     module._buffers[k.removeprefix("buffer:")].copy_(v)
 
 
-def load(path: str | os.PathLike, custom_objects: dict[str, type] | None = None) -> Any:
+def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) -> Any:
     """Rebuild the model saved at ``path`` (config -> layers -> build -> weights).
 
-    Raises FileNotFoundError, or ValueError for a truncated/corrupted file or weights that do
-    not match the config; the model is only returned once every weight is in place.
+    Names in the config resolve from mpq's catalogs, from objects registered with
+    ``register_serializable`` (or ``mpq.layers.register_layer``) and from ``custom_objects``
+    (name -> class or function); nothing is imported or unpickled. The model is first built on
+    the meta device and its variables compared with the file's tensors, so a config that does
+    not match them fails before anything is allocated.
+
+    Raises FileNotFoundError, or one of ``LOAD_ERRORS`` (ValueError, TypeError) for a
+    truncated/corrupted file, an unknown name, a size out of range, a config nested deeper than
+    ``MAX_CONFIG_DEPTH`` or weights that do not match the config; the model is only returned
+    once every weight is in place.
     """
     from mpq.layers import serialization
 
+    path = os.fspath(path)
     config, tensors = _read(path)
+    try:
+        with torch.device("meta"):
+            skeleton = serialization.deserialize(config, custom_objects=custom_objects)
+    except LOAD_ERRORS as e:
+        if not isinstance(e.__cause__, (NotImplementedError, RuntimeError)):
+            raise
+        error: BaseException = e
+    except (NotImplementedError, RuntimeError, ArithmeticError) as e:
+        error = e
+    else:
+        error = None
+    if error is not None:
+        raise ValueError(
+            f"Expected a config in {path!r} that builds on the meta device: load builds the "
+            "model there first (shapes only) to check it against the stored tensors before "
+            "allocating, so every layer's build must not read values (docs/security.md). "
+            f"Received: a build that failed with {type(error).__name__}: {str(error)[:500]}"
+        ) from error
+    _check_match(skeleton, tensors, path)
+    del skeleton
     model = serialization.deserialize(config, custom_objects=custom_objects)
-    _check_and_assign(model, tensors, os.fspath(path))
+    _check_and_assign(model, tensors, path)
     return model
 
 

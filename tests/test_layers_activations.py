@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import mpq
 from mpq import activations
 
 
@@ -105,9 +106,31 @@ def module_level_activation(x):
 
 
 def test_serialize_round_trip_module_function():
+    """An unregistered function is written by name but only read back from custom objects:
+    the config's module is never imported (docs/security.md)."""
     config = activations.serialize(module_level_activation)
     assert config == {"module": __name__, "function_name": "module_level_activation"}
-    assert activations.get(config) is module_level_activation
+    with pytest.raises(ValueError, match="nothing is imported by name from a config"):
+        activations.get(config)
+    with mpq.saving.custom_object_scope({"module_level_activation": module_level_activation}):
+        assert activations.get(config) is module_level_activation
+        assert activations.get("module_level_activation") is module_level_activation
+
+
+@mpq.saving.register_serializable("tests_activations")
+def registered_activation(x):
+    return x * 3
+
+
+def test_serialize_round_trip_registered_function():
+    config = activations.serialize(registered_activation)
+    assert config == {
+        "module": __name__,
+        "function_name": "registered_activation",
+        "registered_name": "tests_activations>registered_activation",
+    }
+    assert activations.get(config) is registered_activation
+    assert activations.get("tests_activations>registered_activation") is registered_activation
 
 
 def test_serialize_rejects_lambdas():
@@ -130,3 +153,7 @@ def test_get_bad_dict_raises():
         activations.get({"module": "math"})
     with pytest.raises(ValueError, match="nope"):
         activations.get({"module": "math", "function_name": "nope"})
+    with pytest.raises(ValueError, match=r"string keys .*Received: activation=\{'module': 1"):
+        activations.get({"module": 1, "function_name": "sin"})
+    with pytest.raises(ValueError, match="'extra'"):
+        activations.get({"module": "math", "function_name": "sin", "extra": "x"})

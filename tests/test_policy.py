@@ -465,3 +465,12 @@ def test_docs_show_the_autocast_table():
 
     doc = (Path(__file__).parent.parent / "docs" / "policies.md").read_text()
     assert autocast.rules_table() in doc
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gptq/4/1_0_from_float32", "gptq/4/ 8_from_float32", "awq/4/" + "9" * 40 + "_from_float32"],
+)
+def test_algorithm_policy_sizes_are_digits_within_limits(name):
+    with pytest.raises(ValueError, match="Expected a calibrated-algorithm mode"):
+        mpq.policy.get(name)

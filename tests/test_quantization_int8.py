@@ -142,6 +142,33 @@ def test_embedding_int8_dequantizes_only_the_looked_up_rows():
     assert layer.compute_mask(ids).tolist() == [[False, True, True, True]]
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 14])  # weight elements per N-chunk (K = 7)
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "shape"),
+    [
+        (Dense, {"units": 5}, (3, 7)),
+        (EinsumDense, {"equation": "abc,bcd->abd", "output_shape": (2, 5)}, (3, 2, 7)),
+    ],
+    ids=["dense", "einsum_shared"],
+)
+def test_weight_only_inference_in_n_chunks_matches_the_whole_kernel(
+    chunk, cls, kwargs, shape, monkeypatch
+):
+    from mpq.quantization import int8
+    from mpq.testing import assert_close
+
+    layer = cls(**kwargs)
+    x = torch.randn(*shape)
+    layer(x)
+    layer.quantize(W8A16)
+    with torch.no_grad():
+        whole = layer(x)
+        monkeypatch.setattr(int8, "WEIGHT_CHUNK", chunk)
+        chunked = layer(x)
+    assert chunked.shape == whole.shape and chunked.dtype == whole.dtype
+    assert_close(chunked, whole, torch.float32, k=7)
+
+
 # --- reductions past the int32 bound (issue #12) ---------------------------------------------
 
 K_PAST_INT32 = 140_000  # 127 * 127 * K > 2**31 - 1: a wrapped int32 accumulator goes negative

@@ -1,4 +1,4 @@
-"""Public ops of mpq.kernels and the rules that pick their backend (Triton or reference).
+"""Public ops of mpq.kernels and the rules that pick their backend (Triton, CPU or reference).
 
 Triton is imported only when a call is routed to it, so ``import mpq.kernels`` stays lean.
 """
@@ -14,11 +14,11 @@ from contextvars import ContextVar
 
 import torch
 
-from . import _checks, reference
+from . import _checks, _cpu, reference
 
 __all__ = ["BACKENDS", "conv2d", "matmul", "matmul_int4", "selected_backend", "use_backend"]
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 """Backend names accepted by ``MPQ_KERNEL_BACKEND`` and ``use_backend``."""
 
 ENV_VAR = "MPQ_KERNEL_BACKEND"
@@ -51,11 +51,13 @@ def _require_triton(why: str) -> None:
 
 
 def selected_backend(device: torch.device | str) -> str:
-    """The backend ("triton" or "reference") an op on tensors of ``device`` would run on now.
+    """The backend ("triton", "cpu" or "reference") an op on tensors of ``device`` would run on.
 
     Order: the innermost ``use_backend(...)``, else ``MPQ_KERNEL_BACKEND`` (read at every call),
-    else "auto": CUDA tensors -> "triton", other tensors -> "reference". A forced "triton" that
-    cannot run (no triton package, or CPU tensors without ``TRITON_INTERPRET=1``) raises.
+    else "auto": CUDA tensors -> "triton", CPU tensors -> "cpu" (torch's native CPU kernels,
+    ``mpq.kernels._cpu``), other tensors -> "reference". A forced backend that cannot run
+    raises: "triton" without the triton package or on CPU tensors without
+    ``TRITON_INTERPRET=1``, "cpu" on tensors that are not on the CPU.
 
     Example::
 
@@ -79,9 +81,16 @@ def _backend(device_type: str) -> str:
         if device_type == "cuda":
             _require_triton("selected automatically for CUDA tensors")
             return "triton"
-        return "reference"
+        return "cpu" if device_type == "cpu" else "reference"
     if forced == "reference":
         return "reference"
+    if forced == "cpu":
+        if device_type != "cpu":
+            raise RuntimeError(
+                f"Expected CPU tensors for the cpu backend requested by {source}. Received: "
+                f"tensors on {device_type} (use the triton or reference backend for them)"
+            )
+        return "cpu"
     _require_triton(f"requested by {source}")
     if device_type != "cuda" and not interpreter_enabled():
         raise RuntimeError(
@@ -95,7 +104,8 @@ def _backend(device_type: str) -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force the backend of mpq.kernels ops inside the block ("triton", "reference" or "auto").
+    """Force the backend of mpq.kernels ops inside the block ("triton", "cpu", "reference" or
+    "auto").
 
     Takes precedence over ``MPQ_KERNEL_BACKEND``; nests; is local to the thread / async task.
 
@@ -111,17 +121,20 @@ def use_backend(name: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-def _on_triton(t: object) -> bool:
-    """True when an op whose first operand is ``t`` runs on the Triton backend.
+def _route(t: object) -> str:
+    """The backend of an op whose first operand is ``t``.
 
-    Cheap for the common CPU call (no forced backend, no env var): two attribute reads and a
-    dict lookup, no ``_backend`` call. A non-tensor ``t`` goes to the reference, whose checks
-    raise the error that names it."""
-    return (
-        isinstance(t, torch.Tensor)
-        and (t.is_cuda or _FORCED.get() is not None or bool(os.environ.get(ENV_VAR)))
-        and _backend(t.device.type) == "triton"
-    )
+    Cheap for the common CPU call (no forced backend, no env var): attribute reads only, no
+    ``_backend`` call. A non-tensor ``t`` goes to the reference, whose checks raise the error
+    that names it."""
+    if not isinstance(t, torch.Tensor):
+        return "reference"
+    if not t.is_cuda and _FORCED.get() is None and not os.environ.get(ENV_VAR):
+        return "cpu" if t.is_cpu else "reference"
+    return _backend(t.device.type)
+
+
+_BACKEND_MODULES = {"cpu": _cpu, "reference": reference}
 
 
 def _triton_matmul():
@@ -224,7 +237,8 @@ def matmul(
     if isinstance(a, torch.Tensor) and a.dtype == torch.int8 and a.ndim >= 2:
         if a.shape[-1] > _checks.INT8_EXACT_K:
             return _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype)
-    if _on_triton(a):
+    backend = _route(a)
+    if backend == "triton":
         if a.dtype in _checks.FLOAT_DTYPES and _needs_grad(a, b, bias):
             spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
             return _TritonMatmul.apply(a, b, bias, spec)
@@ -237,7 +251,7 @@ def matmul(
             activation=activation,
             out_dtype=out_dtype,
         )
-    return reference.matmul(
+    return _BACKEND_MODULES[backend].matmul(
         a,
         b,
         a_scale=a_scale,
@@ -312,7 +326,11 @@ def matmul_int4(
         >>> matmul_int4(a, b_packed, torch.ones(3)).shape
         torch.Size([2, 3])
     """
-    fn = _triton_matmul().matmul_int4 if _on_triton(a) else reference.matmul_int4
+    backend = _route(a)
+    if backend == "triton":
+        fn = _triton_matmul().matmul_int4
+    else:
+        fn = _BACKEND_MODULES[backend].matmul_int4
     return fn(
         a,
         b_packed,
@@ -406,14 +424,15 @@ def conv2d(
         return _conv2d_int8_split(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
         )
-    if _on_triton(x):
+    backend = _route(x)
+    if backend == "triton":
         spec = _checks.check_conv2d(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
         )
         if spec.kind == "float" and _needs_grad(x, w, bias):
             return _TritonConv2d.apply(x, w, bias, spec)
         return _triton_conv().conv2d_checked(x, w, bias, spec)
-    return reference.conv2d(
+    return _BACKEND_MODULES[backend].conv2d(
         x,
         w,
         stride=stride,

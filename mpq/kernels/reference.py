@@ -49,12 +49,18 @@ def epilogue(
     ``acc * row_scale[:, None]``, then ``* col_scale[None, :]`` (each a 1-D float32 tensor of
     length 1, M or N), then ``+ bias``, then the activation, all in float32, then one cast.
     """
+    # The first step makes a new tensor; later steps update it in place (same values, fewer
+    # allocations).
+    owned = False
     if row_scale is not None:
         acc = acc * (row_scale if row_scale.numel() == 1 else row_scale[:, None])
+        owned = True
     if col_scale is not None:
-        acc = acc * col_scale
+        acc = acc.mul_(col_scale) if owned else acc * col_scale
+        owned = True
     if bias is not None:
-        acc = acc + bias.to(torch.float32)
+        b = bias.to(torch.float32)
+        acc = acc.add_(b) if owned else acc + b
     fn = _ACTIVATIONS[activation or "none"]
     if fn is not None:
         acc = fn(acc)
@@ -198,7 +204,10 @@ def matmul_int4(
         a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
     )
     w = dequantize_int4(spec, b_packed, a.dtype)
-    acc = torch.matmul(a.reshape(spec.M, spec.K).to(torch.float32), w.to(torch.float32))
+    # The GEMM of the CPU fast path (same op, same layouts: an [N, K] weight), so the two agree
+    # bit for bit on one machine.
+    w_nk = w.to(torch.float32).t().contiguous()
+    acc = F.linear(a.reshape(spec.M, spec.K).to(torch.float32), w_nk)
     out = epilogue(acc, bias=bias, activation=spec.activation, out_dtype=spec.out_dtype)
     return out.reshape(*spec.lead, spec.N)
 

@@ -52,10 +52,13 @@ from typing import Any
 
 import torch
 
+from mpq import _registry
 from mpq import constraints as _constraints
 from mpq import initializers as _initializers
 from mpq import policy as _policy
 from mpq import regularizers as _regularizers
+from mpq._errors import check_config_depth
+from mpq._errors import describe as _describe
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
 from mpq.layers import masking as _masking
@@ -785,10 +788,20 @@ class Layer(torch.nn.Module):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Layer:
-        """``cls(**config)`` (the dtype entry may be a policy config dict)."""
+    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Layer:
+        """``cls(**config)`` (the dtype entry may be a policy config dict). Names in the config
+        resolve from mpq's catalogs, registered objects and ``custom_objects`` only."""
+        check_config_depth(config)
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise TypeError(
+                f"Expected a config dict with string keys for {cls.__name__}. "
+                f"Received: config={_describe(config)}"
+            )
         try:
-            return cls(**config)
+            with _registry.custom_object_scope(custom_objects):
+                return cls(**config)
+        except (MemoryError, RecursionError):
+            raise  # never disguised as a config error
         except Exception as e:
             raise TypeError(
                 f"Error when deserializing class {cls.__name__!r} using config={config}.\n\n"
@@ -807,20 +820,36 @@ class Layer(torch.nn.Module):
         return {"shapes_dict": dict(shapes)}
 
     def build_from_config(self, config: dict[str, Any] | None) -> None:
-        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples)."""
+        """Build from :meth:`get_build_config` output (JSON lists are turned back into tuples).
+
+        A config the layer cannot build with raises ValueError or TypeError (whatever ``build``
+        raised is chained), never a bare IndexError or KeyError."""
         if not config:
             return
+        args: tuple = ()
+        kwargs: dict[str, Any] = {}
+        if not isinstance(config, dict):
+            raise TypeError(f"Expected a build config dict. Received: config={_describe(config)}")
         if config == {"input_shape": None}:
-            self.build()
+            pass
         elif "input_shape" in config:
-            self.build(_building.as_shape(config["input_shape"]))
-        elif "shapes_dict" in config:
-            self.build(**{k: _building.as_shape(v) for k, v in config["shapes_dict"].items()})
+            args = (_building.as_shape(config["input_shape"]),)
+        elif "shapes_dict" in config and isinstance(config["shapes_dict"], dict):
+            kwargs = {k: _building.as_shape(v) for k, v in config["shapes_dict"].items()}
         else:
             raise ValueError(
                 "Expected a build config with 'input_shape' or 'shapes_dict'. "
                 f"Received: config={config!r}"
             )
+        try:
+            self.build(*args, **kwargs)
+        except (MemoryError, RecursionError, ValueError, TypeError):
+            raise
+        except Exception as e:
+            raise ValueError(
+                f"Expected a build config that {type(self).__name__} {self.name!r} can build "
+                f"from. Received: config={config!r}, which failed with {type(e).__name__}: {e}"
+            ) from e
 
     # ------------------------------------------------------------------ saving
     def _own_variables(self) -> dict[str, torch.nn.Parameter]:

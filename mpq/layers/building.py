@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mpq._errors import MAX_SIZE
 from mpq.layers import quantization as _quantization
 from mpq.layers import tracking as _tracking
 
@@ -65,6 +66,13 @@ def as_shape(value: Any) -> Any:
     """JSON lists back to tuples: ``[None, 4]`` -> ``(None, 4)``; lists of shapes stay lists."""
     if isinstance(value, (list, tuple)):
         if all(v is None or isinstance(v, int) for v in value):
+            if any(
+                v is not None and (isinstance(v, bool) or not 0 <= v <= MAX_SIZE) for v in value
+            ):
+                raise ValueError(
+                    f"Expected a shape of None or sizes in [0, {MAX_SIZE}]. "
+                    f"Received: shape={tuple(value)}"
+                )
             return tuple(value)
         return [as_shape(v) for v in value]
     if isinstance(value, dict):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import activations, constraints, initializers, kernels, regularizers
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
@@ -129,9 +130,10 @@ def _int_tuple(value: Any, n: int, name: str, *, allow_zero: bool = False) -> tu
             f"Received: {name}={_describe(value)}"
         )
     low = 0 if allow_zero else 1
-    if any(v < low for v in values):
+    if any(not low <= v <= MAX_SIZE for v in values):
         raise ValueError(
-            f"Expected `{name}` to hold {'non-negative' if allow_zero else 'positive'} ints. "
+            f"Expected `{name}` to hold {'non-negative' if allow_zero else 'positive'} ints "
+            f"<= {MAX_SIZE}. "
             f"Received: {name}={value!r}"
         )
     return values
@@ -191,9 +193,10 @@ class _Conv(LoRAMixin, Layer):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self._init_lora(lora_rank, lora_alpha)
         rank = self.rank
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
+        if not isinstance(filters, int) or isinstance(filters, bool) or not 0 < filters <= MAX_SIZE:
             raise ValueError(
-                f"Expected `filters` to be a positive int. Received: filters={_describe(filters)}"
+                f"Expected `filters` to be a positive int <= {MAX_SIZE}. "
+                f"Received: filters={_describe(filters)}"
             )
         if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
             raise ValueError(

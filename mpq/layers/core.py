@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import activations
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
@@ -195,10 +196,11 @@ class Reshape(Layer):
     def __init__(self, target_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(target_shape, (tuple, list)) or not all(
-            _is_int(d) and (d > 0 or d == -1) for d in target_shape
+            _is_int(d) and (0 < d <= MAX_SIZE or d == -1) for d in target_shape
         ):
             raise ValueError(
-                "Expected `target_shape` to be a tuple of positive ints with at most one -1. "
+                f"Expected `target_shape` to be a tuple of positive ints (<= {MAX_SIZE}) with at "
+                "most one -1. "
                 f"Received: target_shape={_describe(target_shape)}"
             )
         if list(target_shape).count(-1) > 1:

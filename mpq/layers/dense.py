@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mpq import activations, constraints, initializers, kernels, regularizers
+from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
@@ -67,9 +68,9 @@ class Dense(LoRAMixin, Layer):
         **kwargs: Any,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+        if isinstance(units, bool) or not isinstance(units, int) or not 0 < units <= MAX_SIZE:
             raise ValueError(
-                "Received an invalid value for `units`, expected a positive integer. "
+                f"Received an invalid value for `units`, expected a positive integer <= {MAX_SIZE}. "
                 f"Received: units={units!r}"
             )
         self._init_lora(lora_rank, lora_alpha)

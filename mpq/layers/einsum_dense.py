@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mpq import activations, constraints, initializers, regularizers
+from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
@@ -219,18 +220,18 @@ class EinsumDense(LoRAMixin, Layer):
         if (
             isinstance(output_shape, int)
             and not isinstance(output_shape, bool)
-            and output_shape > 0
+            and 0 < output_shape <= MAX_SIZE
         ):
             partial: tuple[int | None, ...] = (output_shape,)
         elif isinstance(output_shape, (tuple, list)) and all(
-            d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIZE)
             for d in output_shape
         ):
             partial = tuple(output_shape)
         else:
             raise ValueError(
-                "Expected `output_shape` to be a positive int or a tuple of positive ints / "
-                f"None. Received: output_shape={output_shape!r} "
+                f"Expected `output_shape` to be a positive int or a tuple of positive ints / "
+                f"None (each <= {MAX_SIZE}). Received: output_shape={output_shape!r} "
                 f"(of type {type(output_shape).__name__})"
             )
         if bias_axes is not None and not isinstance(bias_axes, str):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq import constraints, initializers, regularizers
+from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
 
@@ -19,9 +20,13 @@ Shape = tuple[int | None, ...]
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or not 0 < value <= MAX_SIZE
+    ):
         raise ValueError(
-            f"Expected `{name}` to be a positive int. "
+            f"Expected `{name}` to be a positive int <= {MAX_SIZE}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     return int(value)

@@ -18,15 +18,17 @@ from typing import Any
 import torch
 
 from mpq import initializers
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 
 __all__ = ["LoRAMixin"]
 
 
 def check_rank(rank: Any, name: str = "rank") -> int:
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank <= MAX_SIZE:
         raise ValueError(
-            f"Expected `{name}` to be a positive int. Received: {name}={_describe(rank)}"
+            f"Expected `{name}` to be a positive int <= {MAX_SIZE}. "
+            f"Received: {name}={_describe(rank)}"
         )
     return rank
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mpq._errors import check_config_depth
+from mpq._errors import describe as _describe
 from mpq.layers import serialization
 from mpq.layers.base import Layer
 from mpq.layers.building import as_shape as _as_shape
@@ -156,6 +158,11 @@ class Sequential(Layer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Sequential:
+        check_config_depth(config)
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"Expected a config dict for Sequential. Received: config={_describe(config)}"
+            )
         config = dict(config)
         layer_configs = config.pop("layers", [])
         build_shape = config.pop("build_input_shape", None)

@@ -1,7 +1,8 @@
 """Layer registry and (de)serialization by class name: ``serialize``/``deserialize``/``register_layer``.
 
 Built-in layers register under ``"mpq>ClassName"``; user layers with ``@register_layer()``
-(``"Custom>ClassName"``) or by passing ``custom_objects`` to :func:`deserialize`.
+(``"Custom>ClassName"``), ``@mpq.saving.register_serializable()``, or by passing
+``custom_objects`` to :func:`deserialize`. Nothing is imported by name from a config.
 """
 
 from __future__ import annotations
@@ -9,21 +10,24 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from mpq import _registry
+from mpq._errors import check_config_depth
+from mpq._errors import describe as _describe
+
 __all__ = ["deserialize", "get_registered_layer", "register_layer", "serialize"]
 
-_REGISTRY: dict[str, type] = {}
 
-
-class _CustomObjects(threading.local):
+class _Depth(threading.local):
     def __init__(self) -> None:
-        self.stack: list[dict[str, type]] = []
+        self.level = 0
 
 
-_CUSTOM_OBJECTS = _CustomObjects()
+_DEPTH = _Depth()  # > 0 inside a deserialize call (the outermost one checks the nesting depth)
 
 
 def register_layer(package: str = "Custom", name: str | None = None):
-    """Class decorator: make a Layer subclass loadable by :func:`deserialize` / ``mpq.saving.load``.
+    """Class decorator: make a Layer subclass loadable by :func:`deserialize` / ``mpq.saving.load``
+    (``mpq.saving.register_serializable`` restricted to layers).
 
     >>> from mpq.layers import Layer
     >>> @register_layer("my_pkg")
@@ -37,6 +41,7 @@ def register_layer(package: str = "Custom", name: str | None = None):
         raise ValueError(
             f"Expected `package` to be a string without '>'. Received: package={package!r}"
         )
+    register = _registry.register_serializable(package, name)
 
     def decorator(cls: type) -> type:
         from mpq.layers.base import Layer
@@ -46,33 +51,22 @@ def register_layer(package: str = "Custom", name: str | None = None):
                 f"Expected a subclass of mpq.layers.Layer. Received: {cls!r} "
                 f"(of type {type(cls).__name__})"
             )
-        key = f"{package}>{name or cls.__name__}"
-        existing = _REGISTRY.get(key)
-        if (
-            existing is not None
-            and existing is not cls
-            and (
-                existing.__module__,
-                existing.__qualname__,
-            )
-            != (cls.__module__, cls.__qualname__)
-        ):
-            raise ValueError(
-                f"{key!r} is already registered to {existing.__module__}.{existing.__qualname__}. "
-                f"Received: {cls.__module__}.{cls.__qualname__}"
-            )
-        _REGISTRY[key] = cls
-        cls._registered_name = key
-        return cls
+        return register(cls)
 
     return decorator
 
 
+def _layer_class(obj: Any) -> type | None:
+    from mpq.layers.base import Layer
+
+    return obj if isinstance(obj, type) and issubclass(obj, Layer) else None
+
+
 def get_registered_layer(name: str) -> type | None:
-    """The class registered as ``name`` (``"pkg>Class"``), or a built-in by bare class name."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    return _REGISTRY.get(f"mpq>{name}")
+    """The layer class registered as ``name`` (``"pkg>Class"``), or a built-in by bare class name."""
+    return _layer_class(_registry.lookup(name) if ">" in str(name) else None) or _layer_class(
+        _registry.lookup(f"mpq>{name}")
+    )
 
 
 def serialize(layer: Any) -> dict[str, Any]:
@@ -85,46 +79,64 @@ def serialize(layer: Any) -> dict[str, Any]:
             f"(of type {type(layer).__name__})"
         )
     cls = type(layer)
-    registered = cls.__dict__.get("_registered_name")
     return {
-        "module": cls.__module__,
+        "module": cls.__module__,  # informative only: never imported on load
         "class_name": cls.__name__,
-        "registered_name": registered,
+        "registered_name": _registry.registered_name(cls),
         "config": layer.get_config(),
         "build_config": layer.get_build_config(),
     }
 
 
 def deserialize(config: dict[str, Any], custom_objects: dict[str, type] | None = None) -> Any:
-    """Rebuild a layer (and build it, when ``build_config`` is present) from :func:`serialize`."""
+    """Rebuild a layer (and build it, when ``build_config`` is present) from :func:`serialize`.
+
+    Layer classes (and the activations, initializers, regularizers and constraints their
+    configs name) resolve from mpq's catalogs, registered objects and ``custom_objects`` only.
+    Raises ValueError or TypeError for anything else, for a config nested deeper than
+    ``mpq.saving.MAX_CONFIG_DEPTH`` levels, or for sizes out of range.
+    """
+    if _DEPTH.level == 0:
+        check_config_depth(config)
     if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
         raise ValueError(
             "Expected a layer config dict with 'class_name' and 'config' keys. "
-            f"Received: config={config!r}"
+            f"Received: config={_describe(config)}"
         )
-    # Nested deserialize calls (a Sequential's layers) see the outer custom_objects too.
-    outer = _CUSTOM_OBJECTS.stack[-1] if _CUSTOM_OBJECTS.stack else {}
-    custom_objects = {**outer, **(custom_objects or {})}
+    _DEPTH.level += 1
+    try:
+        with _registry.custom_object_scope(custom_objects):
+            return _deserialize(config)
+    finally:
+        _DEPTH.level -= 1
+
+
+def _deserialize(config: dict[str, Any]) -> Any:
     registered = config.get("registered_name")
     class_name = config["class_name"]
-    cls = (
-        custom_objects.get(registered or "")
-        or custom_objects.get(class_name)
-        or (get_registered_layer(registered) if registered else None)
-        or get_registered_layer(class_name)
-    )
-    if cls is None:
+    for key, value in (("class_name", class_name), ("registered_name", registered)):
+        if not (isinstance(value, str) or (value is None and key == "registered_name")):
+            raise TypeError(
+                f"Expected `{key}` in a layer config to be a string. "
+                f"Received: {key}={_describe(value)}"
+            )
+    found = _registry.lookup(registered, class_name) or get_registered_layer(class_name)
+    if found is None:
         raise ValueError(
-            f"Unknown layer class {class_name!r} (registered name {registered!r}). Register it with "
-            "@mpq.layers.register_layer() or pass custom_objects={name: cls}. "
-            f"Known layers: {sorted(_REGISTRY)}"
+            f"Unknown layer class {class_name!r}. "
+            "Expected a built-in layer, one registered with @mpq.layers.register_layer() or "
+            "@mpq.saving.register_serializable(), or one passed in custom_objects={name: cls} "
+            "(nothing is imported by name from a config). "
+            f"Received: class_name={class_name!r}, registered_name={registered!r}"
         )
-    _CUSTOM_OBJECTS.stack.append(custom_objects)
-    try:
-        layer = cls.from_config(config["config"])
-        build_config = config.get("build_config")
-        if build_config:
-            layer.build_from_config(build_config)
-    finally:
-        _CUSTOM_OBJECTS.stack.pop()
+    cls = _layer_class(found)
+    if cls is None:
+        raise TypeError(
+            f"Expected {registered or class_name!r} to name a subclass of mpq.layers.Layer. "
+            f"Received: {_describe(found)}"
+        )
+    layer = cls.from_config(config["config"])
+    build_config = config.get("build_config")
+    if build_config:
+        layer.build_from_config(build_config)
     return layer

@@ -41,13 +41,21 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
     name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
     if name in ("bool", "bool_"):
         return torch.bool
-    candidate = getattr(torch, name, None) if isinstance(name, str) else None
-    if isinstance(candidate, torch.dtype):
+    candidate = _TORCH_DTYPES.get(name) if isinstance(name, str) else None
+    if candidate is not None:
         return candidate
     raise ValueError(
         "Expected a dtype with a torch equivalent such as 'float32' or 'bfloat16'. "
         f"Received: dtype={dtype!r} (of type {type(dtype).__name__})"
     )
+
+
+# torch's dtypes by attribute name ("int64", "long", "bool", ...), read from the module's
+# namespace: a name from a config is never passed to getattr(torch, ...), which would import
+# torch's lazily loaded submodules (torch._inductor, torch.onnx, ...) for their names.
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
+}
 
 
 def _np_dtype_name(dtype: Any) -> str | None:

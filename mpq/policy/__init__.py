@@ -13,9 +13,12 @@ from typing import Any
 from mpq.policy import autocast
 from mpq.policy.global_state import dtype_policy, policy_scope, set_dtype_policy
 from mpq.policy.policies import (
+    ALGORITHM_BITS,
     FLOAT_POLICY_NAMES,
+    MX_MODES,
     QUANTIZATION_MODES,
     DTypePolicy,
+    QuantizedAlgorithmDTypePolicy,
     QuantizedDTypePolicy,
     QuantizedFloat8DTypePolicy,
 )
@@ -23,9 +26,11 @@ from mpq.policy.policy_map import DTypePolicyMap
 
 __all__ = [
     "FLOAT_POLICY_NAMES",
+    "MX_MODES",
     "QUANTIZATION_MODES",
     "DTypePolicy",
     "DTypePolicyMap",
+    "QuantizedAlgorithmDTypePolicy",
     "QuantizedDTypePolicy",
     "QuantizedFloat8DTypePolicy",
     "autocast",
@@ -39,7 +44,13 @@ __all__ = [
 
 _CLASSES = {
     cls.__name__: cls
-    for cls in (DTypePolicy, QuantizedDTypePolicy, QuantizedFloat8DTypePolicy, DTypePolicyMap)
+    for cls in (
+        DTypePolicy,
+        QuantizedDTypePolicy,
+        QuantizedFloat8DTypePolicy,
+        QuantizedAlgorithmDTypePolicy,
+        DTypePolicyMap,
+    )
 }
 
 
@@ -55,6 +66,8 @@ def _parse_name(name: str) -> DTypePolicy:
     mode, source = parts
     if mode.split("/")[0] == "float8":
         return QuantizedFloat8DTypePolicy(mode, source)
+    if mode.split("/")[0] in ALGORITHM_BITS:  # Keras 3.15: "gptq/4/128", "awq/4/128"
+        return QuantizedAlgorithmDTypePolicy(mode, source)
     return QuantizedDTypePolicy(mode, source)
 
 

@@ -13,12 +13,15 @@ from typing import Any, ClassVar
 import torch
 
 from mpq import dtypes
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 
 __all__ = [
     "FLOAT_POLICY_NAMES",
+    "MX_MODES",
     "QUANTIZATION_MODES",
     "DTypePolicy",
+    "QuantizedAlgorithmDTypePolicy",
     "QuantizedDTypePolicy",
     "QuantizedFloat8DTypePolicy",
 ]
@@ -40,11 +43,25 @@ _TORCH_FLOAT: dict[str, torch.dtype] = {
     name: dtypes.get(name).torch_dtype for name in ("float16", "bfloat16", "float32", "float64")
 }
 
-QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8")
+# Microscaling modes (mpq.quantization.mx): OCP MX v1.0 formats (e8m0 scale per 32) and NVFP4.
+MX_MODES: tuple[str, ...] = (
+    "mxfp8",
+    "mxfp8_e5m2",
+    "mxfp6",
+    "mxfp6_e3m2",
+    "mxfp4",
+    "mxint8",
+    "nvfp4",
+)
+QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8", *MX_MODES)
 DEFAULT_INT4_BLOCK_SIZE = 128
 DEFAULT_AMAX_HISTORY_LENGTH = 1024
+# Each float8 layer keeps histories of this length: a config must not make them huge.
+MAX_AMAX_HISTORY_LENGTH = 2**20
 
-_MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+)(?:/(?P<block>[^/]*))?$")
+_MODE_RE = re.compile(r"^(?P<mode>[a-z0-9]+(?:_[a-z0-9]+)?)(?:/(?P<block>[^/]*))?$")
+# Digits only, at most as many as MAX_SIZE has: no int() of "1_000", " 8" or of 5000 digits.
+_BLOCK_RE = re.compile(rf"-?[0-9]{{1,{len(str(MAX_SIZE))}}}")
 
 
 class _Frozen:
@@ -194,7 +211,9 @@ class QuantizedDTypePolicy(DTypePolicy):
     scales, activations).
 
     Args:
-        mode: `"int8"` or `"int4"`; for int4 a block size may follow a slash: `"int4/128"` groups
+        mode: `"int8"`, `"int4"` or a microscaling mode (`MX_MODES`: `"mxfp8"`, `"mxfp8_e5m2"`,
+            `"mxfp6"`, `"mxfp6_e3m2"`, `"mxfp4"`, `"mxint8"`, `"nvfp4"`; their block sizes are
+            fixed by the formats); for int4 a block size may follow a slash: `"int4/128"` groups
             of 128 along the input dimension, `"int4/-1"` one scale per output channel. Plain
             `"int4"` means the default block size (128). (float8 has its own class,
             `QuantizedFloat8DTypePolicy`.)
@@ -209,7 +228,7 @@ class QuantizedDTypePolicy(DTypePolicy):
     """
 
     __slots__ = ("_block_size", "_mode")
-    _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4")
+    _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4", *MX_MODES)
 
     def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
         mode, block_size = _resolve_mode(mode, block_size, self._allowed_modes, type(self).__name__)
@@ -298,9 +317,9 @@ class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
                 "Expected `amax_history_length` to be an int. "
                 f"Received: amax_history_length={_describe(amax_history_length)}"
             )
-        if amax_history_length < 1:
+        if not 1 <= amax_history_length <= MAX_AMAX_HISTORY_LENGTH:
             raise ValueError(
-                "Expected `amax_history_length` >= 1. "
+                f"Expected `amax_history_length` in [1, {MAX_AMAX_HISTORY_LENGTH}]. "
                 f"Received: amax_history_length={amax_history_length}"
             )
         super().__init__(mode, source_name)
@@ -312,6 +331,98 @@ class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "amax_history_length": self._amax_history_length}
+
+
+# Keras 3.15's calibrated-algorithm policy names: "gptq/<bits>/<group>", "awq/4/<group>".
+ALGORITHM_BITS: dict[str, tuple[int, ...]] = {"gptq": (2, 3, 4, 8), "awq": (4,)}
+
+
+class QuantizedAlgorithmDTypePolicy(QuantizedDTypePolicy):
+    """A layer quantized by a calibration algorithm, named as Keras 3.15 names it:
+    ``"gptq/<bits>/<group>_from_<source>"`` (bits 2, 3, 4, 8) or ``"awq/4/<group>_from_<source>"``
+    (group: a positive group size or -1 for per output channel).
+
+    mpq stores such layers in its int4 / int8 layouts, so the policy's ``quantization_mode`` is
+    the layout's mode: ``"int4"`` with ``block_size = group`` for 4 bits, ``"int8"`` for 8 bits
+    with group -1 (int8 is per output channel). The other combinations (2 or 3 bits, 8 bits
+    grouped) parse, but mpq has no layout for them: building or quantizing a layer with one
+    raises NotImplementedError (`layout_supported` is False).
+
+    Example:
+        >>> p = QuantizedAlgorithmDTypePolicy("gptq/4/128", "bfloat16")
+        >>> p.name, p.algorithm, p.bits, p.quantization_mode, p.block_size
+        ('gptq/4/128_from_bfloat16', 'gptq', 4, 'int4', 128)
+    """
+
+    __slots__ = ("_algorithm", "_bits", "_group_size")
+
+    def __init__(self, mode: str, source_name: str | None = None):
+        algorithm, bits, group = _parse_algorithm_mode(mode)
+        if bits == 4:
+            super().__init__("int4", source_name, block_size=group)
+        else:  # int8, or a bit width without a layout (its mode names it: "int2", "int3")
+            super().__init__("int8", source_name)
+            object.__setattr__(self, "_mode", f"int{bits}")
+        object.__setattr__(self, "_algorithm", algorithm)
+        object.__setattr__(self, "_bits", bits)
+        object.__setattr__(self, "_group_size", group)
+
+    @property
+    def name(self) -> str:
+        return f"{self.algorithm_spec}_from_{self._name}"
+
+    @property
+    def algorithm(self) -> str:
+        """``"gptq"`` or ``"awq"``."""
+        return self._algorithm
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def group_size(self) -> int:
+        return self._group_size
+
+    @property
+    def algorithm_spec(self) -> str:
+        """The mode as Keras spells it: ``"gptq/4/128"``."""
+        return f"{self._algorithm}/{self._bits}/{self._group_size}"
+
+    @property
+    def layout_supported(self) -> bool:
+        """True when mpq has a layout for it: 4 bits, or 8 bits per output channel."""
+        return self._bits == 4 or (self._bits == 8 and self._group_size == -1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mode": self.algorithm_spec, "source_name": self._name}
+
+    def short_str(self) -> str:
+        group = "pc" if self._group_size == -1 else f"g{self._group_size}"
+        return f"{self._algorithm}{self._bits}{group}<-{_short(self._name)}"
+
+
+def _parse_algorithm_mode(mode: Any) -> tuple[str, int, int]:
+    expected = (
+        "Expected a calibrated-algorithm mode 'gptq/<bits>/<group>' (bits 2, 3, 4 or 8) or "
+        "'awq/4/<group>', with group a positive even size or -1"
+    )
+    if not isinstance(mode, str):
+        raise TypeError(f"{expected}. Received: mode={_describe(mode)}")
+    parts = mode.split("/")
+    if len(parts) != 3 or parts[0] not in ALGORITHM_BITS:
+        raise ValueError(f"{expected}. Received: mode={mode!r}")
+    # The same digits-only rule as int4 block sizes: no int() of "1_000", " 8" or 5000 digits.
+    if _BLOCK_RE.fullmatch(parts[1]) is None or _BLOCK_RE.fullmatch(parts[2]) is None:
+        raise ValueError(f"{expected}. Received: mode={mode!r}")
+    bits, group = int(parts[1]), int(parts[2])
+    if (
+        group > MAX_SIZE
+        or bits not in ALGORITHM_BITS[parts[0]]
+        or not (group == -1 or (group >= 2 and group % 2 == 0))
+    ):
+        raise ValueError(f"{expected}. Received: mode={mode!r}")
+    return parts[0], bits, group
 
 
 def _resolve_mode(
@@ -357,13 +468,12 @@ def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str
         raise ValueError(
             f"Expected a block size only with mode 'int4' (e.g. 'int4/128'). Received: mode={mode!r}"
         )
-    try:
-        return "int4", int(block)
-    except ValueError:
+    if _BLOCK_RE.fullmatch(block) is None:
         raise ValueError(
-            "Expected an integer int4 block size (a positive group size, or -1 for per output "
-            f"channel), as in 'int4/128'. Received: mode={mode!r}"
-        ) from None
+            "Expected an integer int4 block size (a positive group size up to "
+            f"{MAX_SIZE}, or -1 for per output channel), as in 'int4/128'. Received: mode={mode!r}"
+        )
+    return "int4", int(block)
 
 
 def _check_block_size(mode: str, block_size: Any) -> int | None:
@@ -380,9 +490,9 @@ def _check_block_size(mode: str, block_size: Any) -> int | None:
         raise TypeError(
             f"Expected an int block size for int4. Received: block_size={_describe(block_size)}"
         )
-    if block_size != -1 and (block_size < 2 or block_size % 2):
+    if block_size != -1 and (block_size < 2 or block_size % 2 or block_size > MAX_SIZE):
         raise ValueError(
             "Expected the int4 block size to be -1 (per output channel) or an even group size "
-            f">= 2 (int4 values pack two per byte). Received: block_size={block_size}"
+            f"in [2, {MAX_SIZE}] (int4 values pack two per byte). Received: block_size={block_size}"
         )
     return block_size

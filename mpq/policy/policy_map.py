@@ -89,10 +89,11 @@ class DTypePolicyMap(MutableMapping):
             )
         try:
             pattern = re.compile(key)
-        except re.error as err:
+        except (re.error, RecursionError) as err:  # a pattern nested too deeply recurses
             raise ValueError(
                 f"Expected each key to be a layer path or a valid regular expression. "
-                f"Received: key={key!r} ({err})"
+                f"Received: key={key[:200]!r}{'...' if len(key) > 200 else ''} "
+                f"({type(err).__name__}: {err})"
             ) from None
         resolved = get(policy)
         if not isinstance(resolved, DTypePolicy):

@@ -262,6 +262,12 @@ class Run:
         return grad, gx, gw
 
     def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
+        if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (x, w, bias)
+        ):
+            # Nothing to differentiate: the forward pass without the autograd.Function's cost
+            # (the same tensors, no graph either way).
+            return self.forward(x, w, bias)
         return _QuantizedOp.apply(self, x, w, bias)
 
 
@@ -295,13 +301,19 @@ def as3(layer: Any, t: torch.Tensor | None) -> torch.Tensor | None:
     return t if form(layer).S else t.unsqueeze(0)
 
 
+def per_slice(fn, n: int) -> torch.Tensor:
+    """``torch.stack([fn(s) for s in range(n)])``; one slice (Dense) is just unsqueezed."""
+    if n == 1:
+        return fn(0).unsqueeze(0)
+    return torch.stack([fn(s) for s in range(n)])
+
+
 def float_linear(x_rows: torch.Tensor, w_mat: torch.Tensor, bias=None, out_dtype=None):
     """Differentiable ``x_rows [S, M, K] @ w_mat[s].T`` per slice -> ``[S, M, N]``."""
-    outs = [
-        kernels.matmul(x_rows[s], w_mat[s].t(), bias=bias, out_dtype=out_dtype)
-        for s in range(x_rows.shape[0])
-    ]
-    return torch.stack(outs)
+    return per_slice(
+        lambda s: kernels.matmul(x_rows[s], w_mat[s].t(), bias=bias, out_dtype=out_dtype),
+        x_rows.shape[0],
+    )
 
 
 def quantize_rows_int8(x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

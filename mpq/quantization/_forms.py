@@ -6,6 +6,7 @@ last, contiguous: the K-major layout of ``mpq.kernels``) and every input as rows
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -104,9 +105,26 @@ class EinsumForm:
         m = m.reshape([self._size(c) for c in order])
         return m.permute([order.index(c) for c in self.w_spec])
 
+    @functools.cached_property
+    def _plain(self) -> tuple[int, tuple[int, ...]] | None:
+        """``(K, sizes of the contracted letters)`` when input rows and output rows need no
+        permutation (Dense: the batch letters, then the contracted ones in the input, then the
+        kernel's in the output; no S, no X); None otherwise. Computed once per form."""
+        if self.S or self.X or self.in_spec != self.B + self.C or self.out_spec != self.B + self.N:
+            return None
+        return self.matrix_shape[-1], tuple(self._size(c) for c in self.C)
+
     def to_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """Input -> ``[S, M, K]`` rows (S = 1 without shared letters) and what ``from_rows``
         needs to restore the output shape."""
+        plain = self._plain
+        if (
+            plain is not None
+            and (x.dim() == len(self.in_spec) or ("." in self.in_spec and x.dim() > len(self.B)))
+            and tuple(x.shape[x.dim() - len(self.C) :]) == plain[1]
+        ):
+            # Same rows as the general path below: only reshapes, no permutation.
+            return x.reshape(1, -1, plain[0]), (None, x.shape[: x.dim() - len(self.C)])
         spec = self.in_spec
         ell: tuple[int, ...] = ()
         if "." in spec:
@@ -129,6 +147,8 @@ class EinsumForm:
     def from_rows(self, y: torch.Tensor, meta: tuple) -> torch.Tensor:
         """``[S, M, N]`` -> output in the equation's output order."""
         b_sizes, ell = meta
+        if b_sizes is None:  # the plain path of to_rows: ``ell`` holds the leading shape
+            return y.reshape(*ell, *(self._size(c) for c in self.N))
         order = self.S + self.B + self.N
         y = y.reshape(
             [self._size(c) for c in self.S] + list(b_sizes) + [self._size(c) for c in self.N]

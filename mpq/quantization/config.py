@@ -12,6 +12,8 @@ from mpq import policy as _policy
 from mpq._errors import describe as _describe
 from mpq.policy.policies import (
     DEFAULT_AMAX_HISTORY_LENGTH,
+    MAX_AMAX_HISTORY_LENGTH,
+    MX_MODES,
     QUANTIZATION_MODES,
     _resolve_mode,
 )
@@ -26,13 +28,17 @@ class QuantizationConfig:
     """How a layer is quantized. Frozen and hashable; equal by fields.
 
     Args:
-        mode: ``"int8"``, ``"int4"`` or ``"float8"``. A string ``"int4/32"`` sets the block size.
+        mode: ``"int8"``, ``"int4"``, ``"float8"`` or a microscaling mode (``"mxfp8"``,
+            ``"mxfp8_e5m2"``, ``"mxfp6"``, ``"mxfp6_e3m2"``, ``"mxfp4"``, ``"mxint8"``,
+            ``"nvfp4"``). A string ``"int4/32"`` sets the block size.
         block_size: int4 only: ``-1`` for one symmetric scale per output channel, or an even
             group size ``g`` for asymmetric groups of ``g`` along the reduction axis (scale and
             int4 zero point per group and output channel). Default 128.
         weight_only: int8 and int4 only. int8 default False: W8A8, inputs quantized per row
             (per token) at call time and an int8 x int8 matmul; True: W8A16, activations stay
             in the compute dtype. int4 default True; False: int8 dynamic activations.
+            Microscaling modes default True; False: the inputs are quantized to the same
+            format along K at call time too.
             (Embedding tables are weight-only whatever this says.)
         amax_history_length: float8 only: length of the amax histories (default 1024).
 
@@ -60,7 +66,7 @@ class QuantizationConfig:
                 )
             weight_only = False
         elif weight_only is None:
-            weight_only = mode == "int4"
+            weight_only = mode == "int4" or mode in MX_MODES
         elif not isinstance(weight_only, bool):
             raise TypeError(
                 f"Expected `weight_only` to be a bool or None. "
@@ -69,9 +75,13 @@ class QuantizationConfig:
         history = self.amax_history_length
         if mode == "float8":
             history = DEFAULT_AMAX_HISTORY_LENGTH if history is None else history
-            if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+            if (
+                not isinstance(history, int)
+                or isinstance(history, bool)
+                or not 1 <= history <= MAX_AMAX_HISTORY_LENGTH
+            ):
                 raise ValueError(
-                    "Expected `amax_history_length` to be an int >= 1. "
+                    f"Expected `amax_history_length` to be an int in [1, {MAX_AMAX_HISTORY_LENGTH}]. "
                     f"Received: amax_history_length={_describe(history)}"
                 )
         elif history is not None:
@@ -99,13 +109,17 @@ class QuantizationConfig:
             name += "_weight_only"
         elif self.mode == "int4" and not self.weight_only:
             name += "_int8_activations"
+        elif self.mode in MX_MODES and not self.weight_only:
+            name += "_quantized_activations"
         elif self.mode == "float8" and self.amax_history_length != DEFAULT_AMAX_HISTORY_LENGTH:
             name += f"_h{self.amax_history_length}"
         return name
 
     def short_str(self) -> str:
         """A compact tag for run names and plot series: ``w8a8``, ``w8a16``, ``w4a16g128``,
-        ``w4a8pc``, ``fp8``."""
+        ``w4a8pc``, ``fp8``, ``mxfp4-w`` (weight-only), ``mxfp4-wa`` (weights and inputs)."""
+        if self.mode in MX_MODES:
+            return f"{self.mode}-{'w' if self.weight_only else 'wa'}"
         if self.mode == "float8":
             return (
                 "fp8"
@@ -138,6 +152,11 @@ class QuantizationConfig:
         'int4/-1'
         """
         policy = _policy.get(policy)
+        if not getattr(policy, "layout_supported", True):
+            raise NotImplementedError(
+                "Expected a gptq/awq policy with an mpq layout (4 bits, or 8 bits per output "
+                f"channel: group -1). Received: policy={policy.name!r}"
+            )
         mode = policy.quantization_mode
         if mode is None:
             raise ValueError(

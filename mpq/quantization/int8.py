@@ -35,18 +35,17 @@ class _LinearW8A8(C.Run):
 
     def forward(self, x, w, bias):
         q, xs = C.quantize_rows_int8(x)
-        outs = [
-            kernels.matmul(
+        return C.per_slice(
+            lambda s: kernels.matmul(
                 q[s].contiguous(),
                 self.wq[s].t(),
                 a_scale=xs[s],
                 b_scale=self.ws[s],
                 bias=bias,
                 out_dtype=x.dtype,
-            )
-            for s in range(x.shape[0])
-        ]
-        return torch.stack(outs)
+            ),
+            x.shape[0],
+        )
 
     def backward_operands(self, x, w):
         return x, dequantize_int8(self.wq, self.ws, x.dtype)
@@ -120,10 +119,32 @@ class Int8Scheme(C.Scheme):
         ws = C.as3(layer, C.read(layer, "kernel_scale"))
         bias = C.fusable_bias(layer)
         if cfg.weight_only:
-            y = C.float_linear(x, dequantize_int8(wq, ws, x.dtype), bias=bias)
+            y = _weight_only_linear(x, wq, ws, bias)
         else:
             y = _LinearW8A8(wq, ws).apply(x, None, bias)
         return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+
+
+WEIGHT_CHUNK = 1 << 20
+"""Weight elements dequantized at a time by the weight-only forward pass without gradients:
+larger kernels are multiplied in N-chunks, so no float copy of the whole kernel is made."""
+
+
+def _weight_only_linear(x, wq, ws, bias):
+    """``x [S, M, K] @ (wq * ws)[s].T`` per slice (+ ``bias``) -> ``[S, M, N]``; in N-chunks of
+    ``WEIGHT_CHUNK`` elements when nothing needs a gradient (same values per chunk)."""
+    S, N, K = wq.shape
+    rows = max(1, WEIGHT_CHUNK // max(K, 1))
+    if rows >= N or (torch.is_grad_enabled() and x.requires_grad):
+        return C.float_linear(x, dequantize_int8(wq, ws, x.dtype), bias=bias)
+    out = torch.empty(S, x.shape[1], N, dtype=x.dtype)
+    for s in range(S):
+        for n0 in range(0, N, rows):
+            n1 = min(n0 + rows, N)
+            w = dequantize_int8(wq[s, n0:n1], ws[s, n0:n1], x.dtype)
+            b = None if bias is None else bias[n0:n1]
+            out[s, :, n0:n1] = kernels.matmul(x[s], w.t(), bias=b)
+    return out
 
 
 def _embedding_call(layer: Any, inputs: torch.Tensor) -> torch.Tensor:

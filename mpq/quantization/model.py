@@ -16,6 +16,7 @@ from mpq.layers import quantization as _registry
 from mpq.layers import tracking as _tracking
 from mpq.quantization import _common as C
 from mpq.quantization._forms import form_of
+from mpq.quantization.algorithms import AlgorithmContext, check_calibration, get_algorithm
 from mpq.quantization.config import QuantizationConfig
 
 __all__ = ["QuantizationReport", "quantize", "weight_bytes"]
@@ -72,15 +73,21 @@ class QuantizationReport:
     skipped: dict[str, str] = field(default_factory=dict)
     bytes_before: int = 0
     bytes_after: int = 0
+    algorithm: str = "rtn"
+    notes: dict[str, str] = field(default_factory=dict)
+    """Per layer path, what an algorithm did differently from its defaults (e.g. GPTQ damping
+    escalated, AWQ scales that had no layer to fold into)."""
 
     def __str__(self) -> str:
+        algo = "" if self.algorithm == "rtn" else f", {self.algorithm}"
         lines = [
-            f"quantize({self.config.name}): {len(self.quantized)} quantized, "
+            f"quantize({self.config.name}{algo}): {len(self.quantized)} quantized, "
             f"{len(self.skipped)} skipped; weight bytes {self.bytes_before} -> "
             f"{self.bytes_after}"
         ]
         lines += [f"  quantized  {path}" for path in self.quantized]
         lines += [f"  skipped    {path}: {why}" for path, why in self.skipped.items()]
+        lines += [f"  note       {path}: {text}" for path, text in self.notes.items()]
         return "\n".join(lines)
 
 
@@ -174,6 +181,8 @@ def quantize(
     filter: Any = None,
     *,
     config: Any = None,
+    algorithm: Any = "rtn",
+    calibration: Any = None,
 ) -> QuantizationReport:
     """Quantize every supported layer of ``model`` in place; returns a `QuantizationReport`.
 
@@ -187,6 +196,12 @@ def quantize(
             callable ``(layer) -> bool``.
         config: with a mode string, the other options as a dict (``{"weight_only": True}``) or
             a matching ``QuantizationConfig``.
+        algorithm: how the codes are chosen: ``"rtn"`` (round-to-nearest, the default),
+            ``"gptq"``, ``"awq"``, ``"smoothquant"``, or an options object such as
+            ``mpq.quantization.GPTQConfig(act_order=True)``. Layers an algorithm does not handle
+            are skipped with the reason.
+        calibration: for the calibration-based algorithms, an iterable of model inputs
+            (floating tensors or arrays), e.g. a list of batches.
 
     Every candidate is validated before the first layer changes: an unbuilt candidate raises
     ValueError; one whose kind cannot run the config (an einsum equation or an option it does
@@ -209,8 +224,19 @@ def quantize(
             f"mpq.from_torch), to quantize. Received: {model!r} (of type {type(model).__name__})"
         )
     cfg = _resolve(mode_or_config, config)
+    algo = get_algorithm(algorithm)
+    algo.check_mode(cfg)
+    if algo.needs_calibration:
+        batches = check_calibration(calibration, algo.name)
+    elif calibration is not None:
+        raise ValueError(
+            f"Expected no `calibration` for algorithm {algo.name!r} (it reads only the weights). "
+            f"Received: calibration of type {type(calibration).__name__}"
+        )
+    else:
+        batches = []
     keep = _make_filter(filter)
-    report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model))
+    report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model), algorithm=algo.name)
     todo: list[Layer] = []
     for layer in _layers(model):
         path = layer.path
@@ -238,29 +264,46 @@ def quantize(
     for layer in todo:
         try:
             _validate(layer, cfg)
+            algo.check_layer(layer, cfg)
         except NotImplementedError as e:  # this option on this layer kind: skipped, not fatal
             report.skipped[layer.path] = f"unsupported: {e}"
             continue
         checked.append(layer)
     todo = checked
-    snapshots = []
+    snapshots: list[tuple[Layer, dict, dict]] = []
+    values: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def quantize_layer(layer: Layer) -> None:
+        snapshots.append(
+            (layer, dict(layer._parameters), {k: layer.__dict__.get(k) for k in _STATE_KEYS})
+        )
+        layer.quantize(cfg)
+        report.quantized.append(layer.path)
+
+    def will_modify(layer: Layer) -> None:
+        values.extend((p, p.detach().clone()) for p in layer._parameters.values() if p is not None)
+
+    ctx = AlgorithmContext(
+        model=model,
+        layers=todo,
+        config=cfg,
+        batches=batches,
+        quantize_layer=quantize_layer,
+        will_modify=will_modify,
+        note=report.notes.__setitem__,
+    )
     try:
-        for layer in todo:
-            snapshots.append(
-                (
-                    layer,
-                    dict(layer._parameters),
-                    {k: layer.__dict__.get(k) for k in _STATE_KEYS},
-                )
-            )
-            layer.quantize(cfg)
-            report.quantized.append(layer.path)
+        algo.apply(ctx)
     except BaseException:
         for layer, params, state in reversed(snapshots):
             layer._parameters.clear()
             layer._parameters.update(params)
             layer.__dict__.update(state)
             layer._update_cast_dtypes()
+        with torch.no_grad():
+            for param, saved in reversed(values):
+                param.copy_(saved)
+        report.quantized.clear()
         raise
     report.bytes_after = weight_bytes(model)
     return report

@@ -1,4 +1,5 @@
-"""Quantizers: pure functions that quantize, dequantize and pack tensors (int8, int4, float8).
+"""Quantizers: pure functions that quantize, dequantize and pack tensors (int8, int4, float8,
+the OCP microscaling formats and NVFP4).
 
 One convention everywhere: scales are dequantization scales, `x ~= q * scale` (and
 `x ~= (q - zero) * scale` with zero points). See docs/quantization.md for the formulas.
@@ -21,6 +22,12 @@ from mpq.quantizers.integer import (
     quantize_symmetric,
     quantize_with_scale,
 )
+from mpq.quantizers.mx import (
+    dequantize_mx,
+    dequantize_nvfp4,
+    quantize_mx,
+    quantize_nvfp4,
+)
 from mpq.quantizers.packing import pack_int4, unpack_int4
 
 __all__ = [
@@ -29,6 +36,8 @@ __all__ = [
     "delayed_scaling_update",
     "dequantize",
     "dequantize_float8",
+    "dequantize_mx",
+    "dequantize_nvfp4",
     "fake_quantize",
     "fake_quantize_dynamic",
     "float8_max",
@@ -36,6 +45,8 @@ __all__ = [
     "quantize_asymmetric",
     "quantize_dequantize",
     "quantize_float8",
+    "quantize_mx",
+    "quantize_nvfp4",
     "quantize_symmetric",
     "quantize_with_scale",
     "unpack_int4",

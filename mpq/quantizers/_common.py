@@ -230,6 +230,7 @@ def grouped(x: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
     """
     moved = x.movedim(axis, -1)
     n = moved.shape[-1]
+    group_size = min(group_size, max(n, 1))  # one group of n, not n padded up to a huge size
     n_groups = -(-n // group_size)
     pad = n_groups * group_size - n
     if pad:
@@ -244,6 +245,7 @@ def ungroup_stat(stat: torch.Tensor, axis: int) -> torch.Tensor:
 
 def expand_groups(t: torch.Tensor, axis: int, group_size: int, size: int) -> torch.Tensor:
     """Repeat each group's parameter `group_size` times along `axis` and trim to `size`."""
+    group_size = min(group_size, max(size, 1))  # never materialise more than `size` entries
     return t.repeat_interleave(group_size, dim=axis).narrow(axis, 0, size)
 
 

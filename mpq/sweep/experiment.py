@@ -305,7 +305,23 @@ def _path_filter(paths: tuple[str, ...]) -> str:
     return "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
 
 
-def _quantize(model: Any, variant: Variant, paths: tuple[str, ...] | None) -> int:
+# Calibration for policies named after an algorithm ("gptq/4/128_from_float32"): this many
+# training batches of the sweep's batch size 64.
+_CALIBRATION_BATCHES = 4
+
+
+def _calibration(data: Data) -> list[Any]:
+    batches = []
+    for x, _ in data.train_batches(64, seed=0, epoch=0):
+        batches.append(_to_tensor(x, "cpu"))
+        if len(batches) == _CALIBRATION_BATCHES:
+            break
+    return batches
+
+
+def _quantize(
+    model: Any, variant: Variant, paths: tuple[str, ...] | None, data: Data | None = None
+) -> int:
     fn = _quantize_fn()
     pol = variant.dtype_policy
     kwargs: dict[str, Any] = {}
@@ -313,6 +329,14 @@ def _quantize(model: Any, variant: Variant, paths: tuple[str, ...] | None) -> in
         kwargs["config"] = dict(variant.quantize_config)
     if paths is not None:
         kwargs["filter"] = _path_filter(paths)
+    algorithm = getattr(pol, "algorithm", None)  # gptq / awq policy names run that algorithm
+    if algorithm is not None:
+        if data is None:
+            raise ValueError(
+                f"Expected calibration data for policy {pol.name!r}. Received: data=None"
+            )
+        kwargs["algorithm"] = algorithm
+        kwargs["calibration"] = _calibration(data)
     before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     fn(model, pol.mode_spec, **kwargs)
     after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
@@ -384,7 +408,7 @@ def apply_policy(
     for (pol_name, cfg), paths in groups.items():
         v = Variant(pol_name, pol_name, dict(cfg) or None)
         targets = None if whole else tuple(new_path[module_of[p]] for p in paths)
-        n_quantized += _quantize(model, v, targets)
+        n_quantized += _quantize(model, v, targets, data)
     model.eval()
     return model, data, n_quantized
 

@@ -17,16 +17,27 @@ from mpq.testing.device import requires_triton
 pytestmark = pytest.mark.kernels
 
 ROOT = Path(__file__).resolve().parents[2]
-BACKENDS = ["reference", pytest.param("triton", marks=requires_triton)]
+BACKENDS = ["reference", "cpu", pytest.param("triton", marks=requires_triton)]
 
 
 # --- backend selection ---------------------------------------------------------------------
 
 
-def test_cpu_tensors_default_to_reference(monkeypatch):
+def test_cpu_tensors_default_to_the_cpu_fast_path(monkeypatch):
     monkeypatch.delenv("MPQ_KERNEL_BACKEND", raising=False)
-    assert K.selected_backend("cpu") == "reference"
-    assert K.selected_backend(torch.device("cpu")) == "reference"
+    assert K.selected_backend("cpu") == "cpu"
+    assert K.selected_backend(torch.device("cpu")) == "cpu"
+    assert K.selected_backend("meta") == "reference"
+    with K.use_backend("reference"):
+        assert K.selected_backend("cpu") == "reference"
+
+
+def test_forced_cpu_backend_refuses_other_devices():
+    with (
+        K.use_backend("cpu"),
+        pytest.raises(RuntimeError, match=r"Expected CPU tensors.*Received: tensors on meta"),
+    ):
+        K.matmul(torch.ones(2, 2, device="meta"), torch.ones(2, 2, device="meta"))
 
 
 @requires_triton
@@ -43,7 +54,7 @@ def test_env_var_is_read_at_call_time(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert K.selected_backend("cpu") == "triton"
     monkeypatch.setenv("MPQ_KERNEL_BACKEND", "auto")
-    assert K.selected_backend("cpu") == "reference"
+    assert K.selected_backend("cpu") == "cpu"
 
 
 def test_env_var_is_validated(monkeypatch):
@@ -61,14 +72,16 @@ def test_use_backend_overrides_env_and_nests(monkeypatch):
         with K.use_backend("triton"):
             assert K.selected_backend("cpu") == "triton"
         with K.use_backend("auto"):
-            assert K.selected_backend("cpu") == "reference"
+            assert K.selected_backend("cpu") == "cpu"
             assert K.selected_backend("cuda") == "triton"
         assert K.selected_backend("cpu") == "reference"
     assert K.selected_backend("cpu") == "triton"
 
 
 def test_use_backend_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"one of \('auto', 'triton', 'reference'\).*'cuda'"):
+    with pytest.raises(
+        ValueError, match=r"one of \('auto', 'triton', 'cpu', 'reference'\).*'cuda'"
+    ):
         K.use_backend("cuda").__enter__()
 
 

@@ -1,0 +1,274 @@
+"""CPU fast path of mpq.kernels: the ops on torch's native CPU kernels, with the reference's numbers.
+
+- int8 x int8: ``torch._int_mm`` (oneDNN, exact int32 accumulation, wraps like the reference),
+  or, where that kernel is not exact on this CPU, exact chunked float32 GEMMs (K-chunks of at most
+  1024: every partial sum of int8 products stays below 2**24); the int32 accumulator is then
+  bit-identical to the reference's and the epilogue is the reference's own code.
+- float8: an exact upcast through a 256-entry table (``index_select``, ~5x faster than torch's
+  float8 -> float32 cast on CPU), then the reference's float32 GEMM / convolution.
+- weight-only int4: the weight dequantized with broadcast group scales (no gathers, no stack)
+  in the packed [N, K] orientation (the reference's values), then the reference's float32 GEMM.
+- int8 conv2d: one exact float32 convolution (oneDNN, direct algorithm) when KH*KW*C/groups
+  <= 1024, else float64 (exact, slower).
+- float operands: the reference (it already calls torch's kernels directly).
+
+Every exact float32 path needs IEEE float32 GEMMs/convolutions: when torch is set to reduced
+float32 precision (``torch.set_float32_matmul_precision("medium")``, oneDNN bf16/tf32) these
+paths run in float64 instead (exact too, slower), never with fewer bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks, reference
+
+__all__ = ["conv2d", "int8_mm", "matmul", "matmul_int4", "upcast_float8"]
+
+EXACT_FLOAT32_K = 1024
+"""Longest reduction whose int8 products sum exactly in float32: 1024 * 128 * 128 = 2**24."""
+
+_UPCAST_CHUNK = 1 << 18  # elements per table look-up: keeps the int32 indices in cache
+
+
+# Memos filled on first use (plain containers, not functools caches, which torch.compile
+# refuses to trace through).
+_LUTS: dict[torch.dtype, torch.Tensor] = {}
+_INT_MM_EXACT: list[bool] = []
+
+
+def _lut(dtype: torch.dtype) -> torch.Tensor:
+    """float32 value of each of the 256 bit patterns of a float8 ``dtype`` (exact)."""
+    lut = _LUTS.get(dtype)
+    if lut is None:
+        codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+        lut = _LUTS[dtype] = codes.view(dtype).to(torch.float32)
+    return lut
+
+
+def upcast_float8(t: torch.Tensor) -> torch.Tensor:
+    """Exact float32 copy of a contiguous float8 tensor, same shape (bit-identical to
+    ``t.to(torch.float32)``)."""
+    lut = _lut(t.dtype)
+    codes = t.reshape(-1).view(torch.uint8)
+    out = torch.empty(codes.shape, dtype=torch.float32)
+    for start in range(0, codes.numel(), _UPCAST_CHUNK):
+        stop = min(start + _UPCAST_CHUNK, codes.numel())
+        torch.index_select(lut, 0, codes[start:stop].to(torch.int32), out=out[start:stop])
+    return out.view(t.shape)
+
+
+def _upcast_k_major(b: torch.Tensor) -> torch.Tensor:
+    """Upcast a K-major float8 ``b`` [K, N] (``b.t()`` contiguous); same strides as ``b``."""
+    return upcast_float8(b.t()).t()
+
+
+def _ieee_float32() -> bool:
+    """True when torch's float32 GEMMs and convolutions on CPU run in full IEEE float32."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = torch.backends.mkldnn
+    for op in ("matmul", "conv"):
+        backend = getattr(mkldnn, op, None)
+        if getattr(backend, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return True
+
+
+def _int_mm_exact() -> bool:
+    """True when ``torch._int_mm`` accumulates exactly on this CPU.
+
+    oneDNN computes s8 x s8 with u8 x s8 instructions; CPUs without VNNI pair the products in
+    saturating int16 (``vpmaddubsw``), which is not exact for large codes. Probed once with the
+    worst case (127 * -128 in every product, and -128 * -128)."""
+    if not _INT_MM_EXACT:
+        _INT_MM_EXACT.append(_probe_int_mm())
+    return _INT_MM_EXACT[0]
+
+
+def _probe_int_mm() -> bool:
+    k = 64
+    a = torch.full((2, k), 127, dtype=torch.int8)
+    a[1] = -128
+    b = torch.full((3, k), -128, dtype=torch.int8)
+    b[1] = 127
+    got = torch._int_mm(a, b.t())
+    want = a.to(torch.int64) @ b.to(torch.int64).t()
+    return torch.equal(got.to(torch.int64), want)
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int32 accumulator of ``a`` [M, K] int8 (row-major) @ ``b`` [K, N] int8 (K-major).
+
+    Wraps past 2**31 like the reference (two's complement): callers that need more split K
+    (K <= 131071 always fits)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if K >= 2 and _int_mm_exact():
+        # torch._int_mm on CPU returns uninitialised memory for K == 1 (torch 2.13): K >= 2 only.
+        return torch._int_mm(a if a.is_contiguous() else a.contiguous(), b)
+    if K == 0 or M == 0 or N == 0:
+        return torch.zeros(M, N, dtype=torch.int32, device=a.device)
+    if not _ieee_float32():
+        return reference._int32_accumulator(a.to(torch.float64) @ b.to(torch.float64))
+    acc = None
+    for start in range(0, K, EXACT_FLOAT32_K):
+        stop = min(start + EXACT_FLOAT32_K, K)
+        part = (a[:, start:stop].to(torch.float32) @ b[start:stop].to(torch.float32)).to(
+            torch.int64
+        )
+        acc = part if acc is None else acc + part
+    return acc.to(torch.int32)
+
+
+def matmul(a, b, *, a_scale=None, b_scale=None, bias=None, activation=None, out_dtype=None):
+    """CPU fast path of ``mpq.kernels.matmul`` (same contract)."""
+    if isinstance(a, torch.Tensor) and a.dtype in _checks.FLOAT_DTYPES:
+        return reference.matmul(
+            a,
+            b,
+            a_scale=a_scale,
+            b_scale=b_scale,
+            bias=bias,
+            activation=activation,
+            out_dtype=out_dtype,
+        )
+    spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    a2 = a.reshape(spec.M, spec.K)
+    if spec.kind == "int8":
+        acc = int8_mm(a2, b)
+    else:
+        # float8 -> float32 is exact; the same float32 GEMM as the reference on the same layouts.
+        acc = torch.matmul(upcast_float8(a2.contiguous()), _upcast_k_major(b))
+    out = reference._store(acc, spec.a_scale, spec.b_scale, bias, spec.activation, spec.out_dtype)
+    return out.reshape(*spec.lead, spec.N)
+
+
+def _dequantize_int4_nk(
+    spec: _checks.Int4Spec, packed_nk: torch.Tensor, n0: int, n1: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Rows ``n0:n1`` of the weight of ``matmul_int4`` as [n, K] float32 (``w.t()`` of the
+    reference's [K, N], the same values): ``((q - zero) * scale)`` in float32, rounded to
+    ``dtype``. ``packed_nk`` is [N, ceil(K/2)] (``b_packed.t()``)."""
+    K, gsize = spec.K, spec.group_size
+    p = packed_nk[n0:n1]
+    p = p.view(torch.int8) if p.dtype == torch.uint8 else p  # arithmetic shifts sign-extend
+    n = p.shape[0]
+    groups = spec.scale.shape[0]
+    kpad = groups * gsize if groups > 1 else 2 * p.shape[1]
+    q = torch.empty(n, max(kpad, 2 * p.shape[1]), dtype=torch.float32)
+    pairs = q[:, : 2 * p.shape[1]].view(n, p.shape[1], 2)
+    pairs[..., 0] = (p << 4) >> 4  # low nibble: element 2i
+    pairs[..., 1] = p >> 4  # high nibble: element 2i + 1
+    g = q[:, :kpad].view(n, groups, -1)
+    if spec.zero is not None:
+        g.sub_(spec.zero[:, n0:n1].t().unsqueeze(-1))
+    g.mul_(spec.scale[:, n0:n1].t().unsqueeze(-1))
+    w = q[:, :K]
+    if dtype != torch.float32:
+        w = w.to(dtype).to(torch.float32)
+    return w if w.is_contiguous() else w.contiguous()
+
+
+_INT4_CHUNK = 1 << 20
+"""Weight elements dequantized at a time: larger weights are multiplied in N-chunks, so the
+float32 copy of the weight never exists whole (4 MiB at a time, cache-resident)."""
+
+
+def matmul_int4(
+    a,
+    b_packed,
+    b_scale,
+    *,
+    b_zero=None,
+    group_size=None,
+    bias=None,
+    activation=None,
+    out_dtype=None,
+):
+    """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract; up to ``_INT4_CHUNK``
+    weight elements the reference's GEMM on the same layouts, larger weights in N-chunks)."""
+    spec = _checks.check_matmul_int4(
+        a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
+    )
+    a2 = a.reshape(spec.M, spec.K).to(torch.float32)
+    packed_nk = b_packed.t()
+    rows = max(1, _INT4_CHUNK // max(spec.K, 1))
+    if rows >= spec.N:
+        acc = F.linear(a2, _dequantize_int4_nk(spec, packed_nk, 0, spec.N, a.dtype))
+    else:
+        acc = torch.empty(spec.M, spec.N, dtype=torch.float32)
+        for n0 in range(0, spec.N, rows):
+            n1 = min(n0 + rows, spec.N)
+            acc[:, n0:n1] = F.linear(a2, _dequantize_int4_nk(spec, packed_nk, n0, n1, a.dtype))
+    out = reference.epilogue(acc, bias=bias, activation=spec.activation, out_dtype=spec.out_dtype)
+    return out.reshape(*spec.lead, spec.N)
+
+
+def conv2d(
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    x_scale=None,
+    w_scale=None,
+    bias=None,
+    activation=None,
+    out_dtype=None,
+):
+    """CPU fast path of ``mpq.kernels.conv2d`` (same contract)."""
+    kwargs = dict(
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        x_scale=x_scale,
+        w_scale=w_scale,
+        bias=bias,
+        activation=activation,
+        out_dtype=out_dtype,
+    )
+    if not isinstance(x, torch.Tensor) or x.dtype in _checks.FLOAT_DTYPES:
+        return reference.conv2d(x, w, **kwargs)
+    spec = _checks.check_conv2d(
+        x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+    )
+    if spec.kind == "int8":
+        exact32 = spec.KH * spec.KW * (spec.C // spec.groups) <= EXACT_FLOAT32_K
+        compute = torch.float32 if exact32 and _ieee_float32() else torch.float64
+        xc, wc = x.to(compute), w.to(compute)
+    else:
+        compute = torch.float32
+        xc = upcast_float8(x.contiguous())
+        wc = upcast_float8(w)
+    acc = _conv_acc(spec, xc, wc)
+    if spec.kind == "int8" and compute == torch.float64:
+        acc = reference._int32_accumulator(acc)
+    elif spec.kind == "int8" and spec.out_dtype == torch.int32:
+        acc = acc.to(torch.int32)
+    # else: the exact float32 accumulator holds the integers that the epilogue would read back
+    # from int32 (below 2**24), so it goes to the epilogue as it is.
+    out = reference._store(acc, spec.x_scale, spec.w_scale, bias, spec.activation, spec.out_dtype)
+    return out.reshape(spec.batch, spec.OH, spec.OW, spec.OC)
+
+
+def _conv_acc(spec: _checks.Conv2dSpec, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d`` on channels-last views, as the reference runs it: [N*OH*OW, OC]."""
+    x_nchw = x.permute(0, 3, 1, 2)
+    layout = (
+        torch.channels_last
+        if x_nchw.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    w_oihw = w.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+    top, bottom, left, right = spec.padding
+    pad: tuple[int, int] | int = (top, left)
+    if top != bottom or left != right:
+        x_nchw = F.pad(x_nchw, (left, right, top, bottom))
+        pad = 0
+    acc = F.conv2d(x_nchw, w_oihw, None, spec.stride, pad, spec.dilation, spec.groups)
+    return acc.permute(0, 2, 3, 1).reshape(-1, spec.OC)
