@@ -233,6 +233,13 @@ def _alive_in_group(pgid: int) -> list[str]:
     return alive
 
 
+def _as_in_a_terminal() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it (a test runner's worker may
+    ignore or block SIGINT, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_ctrl_c_stops_with_one_line_and_a_resume_finishes(tmp_path):
@@ -247,6 +254,7 @@ def test_ctrl_c_stops_with_one_line_and_a_resume_finishes(tmp_path):
     held = {**env, "SWEEP_TEST_HOLD": str(path)}  # builds wait once a record is written
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=held, text=True, start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
