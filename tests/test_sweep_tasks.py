@@ -330,3 +330,16 @@ def test_process_pools_need_a_picklable_metric():
         ValueError, match=r"Expected a picklable model factory for executor='local'"
     ):
         cfg.check_picklable()
+
+
+def test_per_layer_skips_layers_without_a_scheme_for_the_mode(tmp_path):
+    cfg = SweepConfig(models=[{"name": "lm", "factory": "tiny_lm", "task": "lm", "kwargs": LM_SMALL,
+                               "epochs": 1}], policies=["float32", "bfloat16", "int8"], quick=True,
+                      per_layer=True, executor="serial", out=str(tmp_path / "out"))  # fmt: skip
+    recs = sweep.run(cfg, verbose=False)
+    assert all(r["status"] == "ok" for r in recs), [r["error"] for r in recs]
+    ran = {(r["layer"], r["variant"]) for r in recs if r["kind"] == "per_layer"}
+    assert ("tiny_lm/block_0/ln_1", "bfloat16") in ran  # a float policy applies to any layer
+    assert ("tiny_lm/block_0/ln_1", "int8") not in ran  # LayerNormalization has no int8 scheme
+    assert ("tiny_lm/block_0/attn/qkv", "int8") in ran and ("tiny_lm/tok", "int8") in ran
+    assert (tmp_path / "out" / "per_layer.png").stat().st_size > 0

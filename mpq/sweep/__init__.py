@@ -388,13 +388,16 @@ def _report_per_layer(
     from mpq.sweep.sensitivity import per_layer_matrix, per_layer_rows
 
     panels, csv_rows = [], []
+    failed: set[tuple[str, str, str]] = set()
     for model in config.models:
         seed = config.seeds[0]
         rows = per_layer_rows(records, model.resolved_name, seed, ok_only=False)
         if not rows:
             continue
         layers, variants, matrix = per_layer_matrix(rows)
-        panels.append((f"{model.resolved_name} (seed {seed})", layers, variants, matrix))
+        title = f"{model.resolved_name} (seed {seed})"
+        panels.append((title, layers, variants, matrix))
+        failed |= {(title, r["layer"], r["variant"]) for r in rows if r.get("status") != "ok"}
         table_rows = []
         for layer, vals in zip(layers, matrix, strict=True):
             row = {"model": model.resolved_name, "layer": layer}
@@ -417,7 +420,7 @@ def _report_per_layer(
         if config.plot:
             from mpq.sweep.plots import plot_per_layer
 
-            plot_per_layer(panels, out / "per_layer.png")
+            plot_per_layer(panels, out / "per_layer.png", failed)
 
 
 def _report_suggestions(

@@ -236,7 +236,12 @@ def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
 
 
 def layer_table(model: Any) -> list[dict[str, Any]]:
-    """One row per variable-holding layer: path, module name, class, parameter count, bytes."""
+    """One row per variable-holding layer: path, module name, class, parameter count, bytes,
+    and the quantization modes with a scheme for its class (`modes`)."""
+    import mpq.quantization  # noqa: F401  (registers the schemes)
+    from mpq.layers.quantization import registered_schemes
+
+    schemes = registered_schemes()
     return [
         {
             "path": path,
@@ -244,6 +249,7 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
             "class": type(m).__name__,
             "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
             "bytes": weight_bytes(m),
+            "modes": sorted({mode for cls, mode in schemes if cls in type(m).__mro__}),
         }
         for path, name, m in _leaf_layers(model)
     ]

@@ -325,6 +325,14 @@ def _unpack(baseline: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _known_modes() -> set[str]:
+    """The quantization modes some layer class has a scheme for."""
+    import mpq.quantization  # noqa: F401  (registers the schemes)
+    from mpq.layers.quantization import registered_schemes
+
+    return {mode for _, mode in registered_schemes()}
+
+
 def _train_task(
     model: Any, seed: int, device: str, quick: bool, cache_dir: str | None = None
 ) -> dict[str, Any]:
@@ -460,6 +468,15 @@ class _Scheduler:
         key = _baseline_key(self.config, model.resolved_name, seed)
         variants = [v for v in self.config.variants if v.label != "float32"]
 
+        known = _known_modes()
+
+        def applies(v: Variant, row: dict[str, Any]) -> bool:
+            # A quantized variant is not run on a layer that has no scheme for its mode (a
+            # LayerNormalization under int8): there is nothing to measure. Rows without `modes`
+            # (a layers.json of an older sweep) and modes no scheme names run as before.
+            mode = v.dtype_policy.quantization_mode
+            return mode is None or "modes" not in row or mode not in known or mode in row["modes"]
+
         def expand(layers: list[dict[str, Any]]) -> None:
             # Sensitivity is about the weights as trained: no fine-tuning.
             runs = [
@@ -468,6 +485,7 @@ class _Scheduler:
                 )
                 for row in layers
                 for v in variants
+                if applies(v, row)
             ]
             self.per_layer_left[key] = len(runs)
             self.progress.add(len(runs))
