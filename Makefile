@@ -7,9 +7,10 @@ PYTEST_ARGS ?=
 
 .PHONY: sweep test lint setup
 
-# The sweep's extras and Ray ride along so that the sweep and its Ray executor are tested too.
+# The sweep's extras, Ray and the real-model extra (transformers) ride along so that the
+# sweep, its Ray executor and tests/test_real_models.py are tested too.
 setup:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray,models
 
 # The default policy sweep (experiments/digits.toml): table, results.jsonl, summary.csv, sweep.png.
 SWEEP_ARGS ?= --out sweep-results
@@ -22,6 +23,6 @@ test: setup
 	$(PY) -m pytest -n 2 -p no:cacheprovider $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray,models
 	$(PY) -m ruff check mpq tests experiments benchmarks tools
 	$(PY) -m ruff format --check mpq tests experiments benchmarks tools

@@ -18,7 +18,7 @@ from mpq import (
     saving,
 )
 from mpq.policy import dtype_policy, policy_scope, set_dtype_policy
-from mpq.quantization import QuantizationConfig, quantize
+from mpq.quantization import QuantizationConfig, calibrate, quantize
 from mpq.training import LossScaler, from_torch, qat
 
 __version__ = "0.1.0.dev0"
@@ -28,6 +28,7 @@ __all__ = [
     "QuantizationConfig",
     "__version__",
     "activations",
+    "calibrate",
     "constraints",
     "dtype_policy",
     "dtypes",

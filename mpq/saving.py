@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 FORMAT = "mpq.saving/1"
+# The config of a file saved from a torch module holding mpq layers (weights only).
+TORCH_MODULE = "torch.nn.Module"
 
 
 def _collect(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, torch.Tensor]]:
@@ -66,6 +68,9 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Write ``model`` (an ``mpq.layers.Layer``, e.g. a Sequential) to ``path``.
 
+    A torch module holding mpq layers (``mpq.from_torch``) is saved too, weights only: fill a
+    freshly converted (and equally quantized) copy with :func:`load_weights`.
+
     The file is a safetensors file whose metadata holds the serialized config (with build
     config), a format tag and a SHA-256 of all tensors. The write is atomic (temp + rename).
 
@@ -83,12 +88,17 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
     from mpq.layers import serialization
     from mpq.layers.base import Layer
 
-    if not isinstance(model, Layer):
+    if isinstance(model, Layer):
+        config = serialization.serialize(model)
+    elif isinstance(model, torch.nn.Module) and any(isinstance(m, Layer) for m in model.modules()):
+        # A torch model holding mpq layers (mpq.from_torch): weights only; its code is the
+        # user's, so `load` cannot rebuild it (load_weights fills a freshly converted copy).
+        config = {"class_name": TORCH_MODULE, "module": type(model).__name__}
+    else:
         raise TypeError(
-            f"Expected an mpq.layers.Layer to save. Received: {model!r} "
-            f"(of type {type(model).__name__})"
+            "Expected an mpq.layers.Layer, or a torch.nn.Module holding mpq layers (see "
+            f"mpq.from_torch), to save. Received: {model!r} (of type {type(model).__name__})"
         )
-    config = serialization.serialize(model)
     tensors = {
         key: t.detach().to("cpu", copy=True).contiguous()
         for key, (_, _, t) in _collect(model).items()
@@ -230,6 +240,13 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
 
     path = os.fspath(path)
     config, tensors = _read(path)
+    if isinstance(config, dict) and config.get("class_name") == TORCH_MODULE:
+        raise ValueError(
+            f"Expected a file saved from an mpq layer or model. Received: {path!r} "
+            f"holds the weights of a torch module ({config.get('module')!r}) converted with "
+            "mpq.from_torch: build it again (from_torch, then the same quantize calls) and call "
+            "mpq.saving.load_weights(model, path)"
+        )
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)

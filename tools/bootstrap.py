@@ -6,7 +6,8 @@
 torch: a torch that is already importable from this Python is reused (the venv then sees the
 system site-packages); otherwise a torch from local wheel directories (pip's --find-links, e.g.
 a CPU build) is tried first; `MPQ_TORCH_INDEX_URL` (e.g. PyTorch's CPU index) is honoured;
-only then the default index, which on Linux serves the large CUDA build.
+only then the default index, which on Linux serves the large CUDA build. The extras are then
+installed with that torch pinned (a constraints file), so no extra can swap it for another build.
 Re-running is cheap: a stamp records what was installed and nothing is redone if it matches.
 """
 
@@ -83,7 +84,18 @@ def main() -> int:
                 print("Could not install torch; see the messages above.", file=sys.stderr)
                 return 1
     target = f".[{extras}]" if extras else "."
-    if _run([*pip, "install", "-e", target], cwd=ROOT).returncode != 0:
+    # Pin the torch now installed: an extra that asks for a newer torch (transformers' deps,
+    # say) fails clearly instead of replacing the CPU build with the index's CUDA one.
+    version = subprocess.run(
+        [python, "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    constraints = env / "mpq-constraints.txt"
+    constraints.write_text(f"torch=={version}\n")
+    cmd = [*pip, "install", "-e", target, "-c", str(constraints)]
+    if _run(cmd, cwd=ROOT).returncode != 0:
         print(f"Could not install mpq{target[1:]}; see the messages above.", file=sys.stderr)
         return 1
     stamp.write_text(stamp_text)

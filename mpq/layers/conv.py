@@ -19,6 +19,7 @@ from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
+from mpq.layers.torch_views import ConvViews
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
 
@@ -161,7 +162,7 @@ def _standardize_data_format(data_format: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- the layers
-class _Conv(LoRAMixin, Layer):
+class _Conv(ConvViews, LoRAMixin, Layer):
     """Shared implementation of Conv1D / Conv2D (rank 1 or 2)."""
 
     _input_kind = "float"  # see Layer._input_kind

@@ -16,6 +16,7 @@ from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
+from mpq.layers.torch_views import DenseViews
 
 __all__ = ["Dense"]
 
@@ -27,7 +28,7 @@ _FUSED_ACTIVATIONS = {activations.relu: "relu", activations.gelu: "gelu", activa
 
 
 @register_layer("mpq")
-class Dense(LoRAMixin, Layer):
+class Dense(DenseViews, LoRAMixin, Layer):
     """Densely connected layer: ``outputs = activation(inputs @ kernel + bias)``.
 
     Shapes: inputs ``[..., input_dim]`` -> outputs ``[..., units]``; ``kernel`` is

@@ -13,6 +13,7 @@ from mpq import constraints, initializers, regularizers
 from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
+from mpq.layers.torch_views import EmbeddingViews
 
 __all__ = ["Embedding"]
 
@@ -33,7 +34,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 @register_layer("mpq")
-class Embedding(Layer):
+class Embedding(EmbeddingViews, Layer):
     """Looks up rows of an `[input_dim, output_dim]` table: `[...]` ints -> `[..., output_dim]`.
 
     Args (Keras 3 names and defaults): input_dim (vocabulary size), output_dim,

@@ -18,6 +18,7 @@ from mpq._errors import describe as _describe
 from mpq.layers.base import Layer
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
+from mpq.layers.torch_views import BatchNormViews, LayerNormViews
 
 __all__ = ["BatchNormalization", "LayerNormalization"]
 
@@ -70,7 +71,7 @@ def _add_gamma_beta(layer: Layer, shape: Shape, scale: bool, center: bool) -> No
 
 
 @register_layer("mpq")
-class LayerNormalization(Layer):
+class LayerNormalization(LayerNormViews, Layer):
     """Normalizes each example over `axis`: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
 
     Args (Keras 3 names and defaults): axis=-1 (int or list of ints), epsilon=1e-3,
@@ -154,32 +155,42 @@ class LayerNormalization(Layer):
             scale=self.scale or self.rms_scaling,
             center=self.center and not self.rms_scaling,
         )
-        self.input_spec = InputSpec(
-            ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
-        )
+        if all(a < 0 for a in self._axis_list()):
+            # Trailing axes given from the end (torch's LayerNorm): any rank that has them.
+            n = len(input_shape)
+            self.input_spec = InputSpec(
+                min_ndim=len(self._axes) + 1, axes={a - n: input_shape[a] for a in self._axes}
+            )
+        else:
+            self.input_spec = InputSpec(
+                ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
+            )
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
         out_dtype = inputs.dtype
         stats = _stats_dtype(self, inputs)
         x = inputs.to(stats)
         ndim = x.ndim
+        axes = self._axes
+        if all(a < 0 for a in self._axis_list()):  # counted from the end: this call's rank
+            axes = _resolve_axes(self._axis_list(), ndim, x.shape)
         gamma = None if self.gamma is None else self.gamma.to(stats)
         beta = None if self.beta is None else self.beta.to(stats)
-        trailing = self._axes == tuple(range(ndim - len(self._axes), ndim))
+        trailing = axes == tuple(range(ndim - len(axes), ndim))
         if trailing:
-            normalized_shape = x.shape[ndim - len(self._axes) :]
+            normalized_shape = x.shape[ndim - len(axes) :]
             if self.rms_scaling:
                 y = F.rms_norm(x, normalized_shape, gamma, self.epsilon)
             else:
                 y = F.layer_norm(x, normalized_shape, gamma, beta, self.epsilon)
             return y.to(out_dtype)
         bshape = [1] * ndim
-        for a in self._axes:
+        for a in axes:
             bshape[a] = x.shape[a]
         if self.rms_scaling:
-            y = x * torch.rsqrt(x.square().mean(self._axes, keepdim=True) + self.epsilon)
+            y = x * torch.rsqrt(x.square().mean(axes, keepdim=True) + self.epsilon)
         else:
-            var, mean = torch.var_mean(x, self._axes, correction=0, keepdim=True)
+            var, mean = torch.var_mean(x, axes, correction=0, keepdim=True)
             y = (x - mean) * torch.rsqrt(var + self.epsilon)
         if gamma is not None:
             y = y * gamma.reshape(bshape)
@@ -208,7 +219,7 @@ class LayerNormalization(Layer):
 
 
 @register_layer("mpq")
-class BatchNormalization(Layer):
+class BatchNormalization(BatchNormViews, Layer):
     """Normalizes over the batch (and every axis but `axis`), tracking moving statistics.
 
     Training (`training=True` and `layer.trainable`): normalizes with the batch mean and
@@ -356,6 +367,13 @@ class BatchNormalization(Layer):
         else:
             mean = self.moving_mean.to(stats)
             var = self.moving_variance.to(stats)
+            if self._channel_axis == 1:
+                # torch's layout: torch's own inference op, so that a model converted from
+                # torch (mpq.from_torch) computes what it did, bit for bit.
+                gamma = None if self.gamma is None else self.gamma.to(stats)
+                beta = None if self.beta is None else self.beta.to(stats)
+                y = F.batch_norm(x, mean, var, gamma, beta, False, 0.0, self.epsilon)
+                return y.to(out_dtype)
         bshape = [1] * x.ndim
         bshape[self._channel_axis] = x.shape[self._channel_axis]
         inv = torch.rsqrt(var + self.epsilon)

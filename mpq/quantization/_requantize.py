@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from mpq.quantization import _common as C
+from mpq.quantization import float8_static
 from mpq.quantization._forms import ConvForm
 from mpq.quantization.float8 import FORWARD_FORMAT
 from mpq.quantization.int4 import _grouped_scale_layout, dequantize_int4
@@ -23,6 +24,8 @@ def dequantized_kernel(layer: Any) -> torch.Tensor:
     layer's layout (float8 keeps its float kernel: returned as is)."""
     cfg = C.config_of(layer)
     form = C.form(layer)
+    if float8_static.is_static(layer):
+        return float8_static.dequantized_kernel(layer)
     if cfg.mode == "float8":
         return layer._parameters["kernel"].detach().float()
     q = layer._parameters["kernel"].detach()
@@ -42,6 +45,11 @@ def requantize_with_delta(layer: Any, delta: torch.Tensor) -> None:
     ``dequantized_kernel(layer) + delta`` (float8: the float kernel gets ``+ delta``)."""
     cfg = C.config_of(layer)
     merged = dequantized_kernel(layer) + delta.float()
+    if float8_static.is_static(layer):
+        codes, scale = float8_static.quantize_kernel(merged)
+        layer._parameters["kernel"].copy_(codes)
+        layer._parameters["kernel_scale"].copy_(scale)
+        return
     if cfg.mode == "float8":
         kernel = layer._parameters["kernel"]
         kernel.copy_(merged.to(kernel.dtype))

@@ -18,9 +18,10 @@ from mpq.policy.policies import (
     _resolve_mode,
 )
 
-__all__ = ["MODES", "QuantizationConfig"]
+__all__ = ["MODES", "SCALINGS", "QuantizationConfig"]
 
 MODES: tuple[str, ...] = QUANTIZATION_MODES
+SCALINGS: tuple[str, ...] = ("delayed", "static")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,13 @@ class QuantizationConfig:
             Microscaling modes default True; False: the inputs are quantized to the same
             format along K at call time too.
             (Embedding tables are weight-only whatever this says.)
-        amax_history_length: float8 only: length of the amax histories (default 1024).
+        amax_history_length: float8 with ``scaling="delayed"`` only: length of the amax
+            histories (default 1024).
+        scaling: float8 only. ``"delayed"`` (default): training-time delayed scaling, the float
+            kernel kept, scales from amax histories. ``"static"``: for inference: the kernel
+            stored as float8_e4m3fn codes with a scale set from the weights at quantize time,
+            the input scale set by ``mpq.calibrate`` (dynamic per call until calibrated), no
+            histories. See docs/quantization.md, "float8 for inference".
 
     Example:
         >>> c = QuantizationConfig("int4/32")
@@ -54,6 +61,7 @@ class QuantizationConfig:
     block_size: int | None = None
     weight_only: bool | None = None
     amax_history_length: int | None = None
+    scaling: str | None = None
 
     def __post_init__(self) -> None:
         mode, block = _resolve_mode(self.mode, self.block_size, MODES, "QuantizationConfig")
@@ -72,8 +80,27 @@ class QuantizationConfig:
                 f"Expected `weight_only` to be a bool or None. "
                 f"Received: weight_only={_describe(weight_only)}"
             )
-        history = self.amax_history_length
+        scaling = self.scaling
         if mode == "float8":
+            scaling = "delayed" if scaling is None else scaling
+            if scaling not in SCALINGS:
+                raise ValueError(
+                    f"Expected `scaling` to be one of {list(SCALINGS)} for mode 'float8'. "
+                    f"Received: scaling={_describe(scaling)}"
+                )
+        elif scaling is not None:
+            raise ValueError(
+                f"Expected no `scaling` for mode {mode!r} (float8 only). "
+                f"Received: scaling={scaling!r}"
+            )
+        history = self.amax_history_length
+        if scaling == "static":
+            if history is not None:
+                raise ValueError(
+                    "Expected no amax_history_length with scaling='static' (static float8 keeps "
+                    f"no amax histories). Received: amax_history_length={history!r}"
+                )
+        elif mode == "float8":
             history = DEFAULT_AMAX_HISTORY_LENGTH if history is None else history
             if (
                 not isinstance(history, int)
@@ -93,6 +120,7 @@ class QuantizationConfig:
         object.__setattr__(self, "block_size", block)
         object.__setattr__(self, "weight_only", weight_only)
         object.__setattr__(self, "amax_history_length", history)
+        object.__setattr__(self, "scaling", scaling)
 
     # -- derived names ---------------------------------------------------------------------
     @property
@@ -103,8 +131,10 @@ class QuantizationConfig:
     @property
     def name(self) -> str:
         """``mode_spec`` plus what differs from the mode's default, e.g. ``"int8_weight_only"``,
-        ``"int4/128_int8_activations"``, ``"float8_h16"``."""
+        ``"int4/128_int8_activations"``, ``"float8_h16"``, ``"float8_static"``."""
         name = self.mode_spec
+        if self.scaling == "static":
+            return name + "_static"
         if self.mode == "int8" and self.weight_only:
             name += "_weight_only"
         elif self.mode == "int4" and not self.weight_only:
@@ -117,7 +147,10 @@ class QuantizationConfig:
 
     def short_str(self) -> str:
         """A compact tag for run names and plot series: ``w8a8``, ``w8a16``, ``w4a16g128``,
-        ``w4a8pc``, ``fp8``, ``mxfp4-w`` (weight-only), ``mxfp4-wa`` (weights and inputs)."""
+        ``w4a8pc``, ``fp8``, ``fp8s`` (static), ``mxfp4-w`` (weight-only), ``mxfp4-wa``
+        (weights and inputs)."""
+        if self.scaling == "static":
+            return "fp8s"
         if self.mode in MX_MODES:
             return f"{self.mode}-{'w' if self.weight_only else 'wa'}"
         if self.mode == "float8":
@@ -172,6 +205,8 @@ class QuantizationConfig:
 
     def to_policy(self, source_name: str) -> Any:
         """The quantized policy ``"{mode}_from_{source_name}"`` for this config."""
+        if self.scaling == "static":  # the policy's history length plays no part
+            return _policy.QuantizedFloat8DTypePolicy("float8", source_name)
         if self.mode == "float8":
             return _policy.QuantizedFloat8DTypePolicy(
                 "float8", source_name, amax_history_length=self.amax_history_length
@@ -179,11 +214,15 @@ class QuantizationConfig:
         return _policy.QuantizedDTypePolicy(self.mode_spec, source_name)
 
     def matches_policy(self, policy: Any) -> bool:
-        """True when ``policy`` has this config's mode, block size and history length."""
+        """True when ``policy`` has this config's mode, block size and history length (static
+        float8 has none: any float8 policy)."""
         return (
             policy.quantization_mode == self.mode
             and getattr(policy, "block_size", None) == self.block_size
-            and getattr(policy, "amax_history_length", None) == self.amax_history_length
+            and (
+                self.scaling == "static"
+                or getattr(policy, "amax_history_length", None) == self.amax_history_length
+            )
         )
 
     @classmethod

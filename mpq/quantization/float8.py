@@ -166,6 +166,20 @@ class Float8Scheme(C.Scheme):
         for prefix in STATE_NAMES:
             C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones", C.POSITIVE_FINITE)
             C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
+        if values:
+            # The kernel's scale starts from the kernel (as if one step had recorded it), not
+            # at 1: a layer used before any training step does not saturate its weights.
+            # Input and gradient scales start at 1 until training passes record them; for
+            # inference use scaling="static" and mpq.calibrate (docs/quantization.md).
+            kernel = C.float_kernel(layer).detach()
+            history = layer._parameters["kernel_amax_history"]
+            scale = layer._parameters["kernel_scale"]
+            new_history, new_scale = delayed_scaling_update(
+                kernel, history.detach(), scale.detach(), FORWARD_FORMAT
+            )
+            with torch.no_grad():
+                history.copy_(new_history)
+                scale.copy_(new_scale)
         layer._update_cast_dtypes()
 
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

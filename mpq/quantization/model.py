@@ -93,8 +93,12 @@ class QuantizationReport:
 
 def _layers(model: torch.nn.Module) -> list[Layer]:
     out: list[Layer] = []
+    seen: set[int] = set()
 
     def visit(layer: Layer) -> None:
+        if id(layer) in seen:  # one layer at several paths (e.g. tied embeddings): once
+            return
+        seen.add(id(layer))
         out.append(layer)
         for child in _tracking.direct_sublayers(layer):
             visit(child)
@@ -105,6 +109,22 @@ def _layers(model: torch.nn.Module) -> list[Layer]:
         for child in _tracking.direct_sublayers(model):
             visit(child)
     return out
+
+
+def _shared_variables(model: torch.nn.Module) -> dict[int, str]:
+    """id of an mpq variable that a torch module (not an mpq layer) also holds as a parameter
+    -> that module's qualified name (e.g. a Linear head tied to an Embedding by from_torch)."""
+    out: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Layer):
+            continue
+        for p in module._parameters.values():
+            if p is not None:
+                out.setdefault(id(p), repr(name or "<root>"))
+    if not out:
+        return out
+    variables = {id(v) for layer in _layers(model) for v in layer._parameters.values()}
+    return {k: v for k, v in out.items() if k in variables}
 
 
 def _make_filter(spec: Any) -> Callable[[Layer], bool]:
@@ -238,8 +258,16 @@ def quantize(
     keep = _make_filter(filter)
     report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model), algorithm=algo.name)
     todo: list[Layer] = []
+    shared = _shared_variables(model)
     for layer in _layers(model):
         path = layer.path
+        tied = next((shared[id(v)] for v in layer._parameters.values() if id(v) in shared), None)
+        if tied is not None:
+            report.skipped[path] = (
+                f"tied: its variable is also the weight of {tied}; quantizing would untie them "
+                "(mpq.from_torch(..., untie=True) gives each its own copy)"
+            )
+            continue
         if layer.__dict__["_scheme"] is not None:
             report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
             continue

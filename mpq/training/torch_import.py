@@ -1,13 +1,16 @@
 """`from_torch`: copy a PyTorch module tree with its standard layers replaced by mpq layers.
 
-nn.Linear, nn.Conv1d/2d, nn.Embedding, nn.LayerNorm and nn.BatchNorm2d become Dense, Conv1D/2D
+nn.Linear (and subclasses that keep its forward), Hugging Face ``Conv1D``, nn.MultiheadAttention,
+nn.Conv1d/2d, nn.Embedding, nn.LayerNorm and nn.BatchNorm2d become Dense, Conv1D/2D
 (channels_first), Embedding, LayerNormalization and BatchNormalization with the same weights,
-so mpq policies, ``mpq.quantize``, QAT and LoRA apply to any PyTorch model.
+so mpq policies, ``mpq.quantize``, calibration, QAT and LoRA apply to any PyTorch model.
+The rules (selection, tied weights, dtypes at the boundary with torch code): docs/models.md.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from mpq import policy as _policy
+from mpq._errors import describe as _describe
 from mpq.layers import (
     BatchNormalization,
     Conv1D,
@@ -25,6 +29,7 @@ from mpq.layers import (
     Layer,
     LayerNormalization,
 )
+from mpq.training.torch_attention import MultiheadAttention
 
 __all__ = ["FromTorchReport", "from_torch"]
 
@@ -36,28 +41,64 @@ class FromTorchReport:
     Attributes:
         converted: name -> ``"Linear -> Dense"`` etc.
         unsupported: modules with parameters or buffers that were left as they are -> why.
+        skipped: modules that ``filter`` excluded -> ``"filtered"``.
+        tied: name -> how a weight shared with another module was kept shared.
         unchanged: parameter-free modules left as they are (ReLU, pooling, Flatten, ...).
         notes: name -> a behaviour difference to know about (e.g. BatchNorm statistics).
+        linear_weights: elements of the linear/conv weights of the model (``nn.Linear`` and its
+            subclasses, Hugging Face ``Conv1D``, ``nn.Conv*d``, ``nn.MultiheadAttention``'s
+            projections), each shared tensor counted once.
+        converted_linear_weights: how many of them mpq layers now hold.
     """
 
     converted: dict[str, str] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
     unchanged: tuple[str, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
+    linear_weights: int = 0
+    converted_linear_weights: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the linear/conv weight elements held by mpq layers (1.0 when none)."""
+        if self.linear_weights == 0:
+            return 1.0
+        return self.converted_linear_weights / self.linear_weights
 
     def __str__(self) -> str:
-        lines = [f"converted ({len(self.converted)}):"]
+        lines = [
+            f"coverage: {100 * self.coverage:.1f}% of linear/conv weights "
+            f"({self.converted_linear_weights} of {self.linear_weights} elements)",
+            f"converted ({len(self.converted)}):",
+        ]
         lines += [f"  {k or '<root>'}: {v}" for k, v in self.converted.items()]
-        lines.append(f"unsupported, left as torch modules ({len(self.unsupported)}):")
-        lines += [f"  {k or '<root>'}: {v}" for k, v in self.unsupported.items()]
-        if self.notes:
-            lines.append("notes:")
-            lines += [f"  {k or '<root>'}: {v}" for k, v in self.notes.items()]
+        for title, entries in (
+            ("tied", self.tied),
+            ("skipped by the filter", self.skipped),
+            ("unsupported, left as torch modules", self.unsupported),
+            ("notes", self.notes),
+        ):
+            if entries or title.startswith("unsupported"):
+                lines.append(f"{title} ({len(entries)}):")
+                lines += [f"  {k or '<root>'}: {v}" for k, v in entries.items()]
         return "\n".join(lines)
 
 
 class _Unsupported(Exception):
     """A supported module type with options mpq's layer cannot reproduce."""
+
+
+@dataclass
+class _Converted:
+    """A converter's result: the module that replaces the torch module, the mpq layers in it
+    (each with the quantized policy to apply after the weights are copied, or None), a note."""
+
+    module: nn.Module
+    layers: list[tuple[Layer, Any]]
+    note: str | None = None
+    target: str | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -93,18 +134,28 @@ def _assign(var: torch.nn.Parameter, value: torch.Tensor) -> None:
         var.trainable = False
 
 
-def _to_device_of(layer: Layer, m: nn.Module) -> None:
-    """Move the freshly built ``layer`` to the device of ``m``'s weights (before the copy)."""
-    device = next((t.device for t in m.parameters()), None)
-    if device is None:
-        device = next((t.device for t in m.buffers()), None)
+def _to_device_of(layer: Layer, *tensors: torch.Tensor) -> None:
+    """Move the freshly built ``layer`` to the device of ``tensors`` (before the copy)."""
+    device = next((t.device for t in tensors if t is not None), None)
     if device is not None and device.type != "cpu":
         layer.to(device)
+
+
+def _module_device(m: nn.Module) -> torch.device | None:
+    t = next(iter(m.parameters()), None)
+    if t is None:
+        t = next(iter(m.buffers()), None)
+    return None if t is None else t.device
 
 
 def _transposed_view(w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``w.permute(dims)`` backed by a fresh copy of ``w`` in its own layout."""
     return w.detach().clone().permute(dims)
+
+
+def _copy_grad_flag(var: torch.nn.Parameter, weight: torch.Tensor) -> None:
+    if not weight.requires_grad:
+        var.trainable = False
 
 
 def _conv_padding(m: nn.Module) -> tuple[str, tuple[int, ...] | None]:
@@ -127,19 +178,79 @@ def _conv_padding(m: nn.Module) -> tuple[str, tuple[int, ...] | None]:
 
 
 # ----------------------------------------------------------------------------- converters
-def _linear(m: nn.Linear, name: str, policy: Any, shape: Any) -> tuple[Layer, Any, str | None]:
-    p = _layer_policy(policy, name, m.weight)
-    layer, quant = _make(Dense, p, name, units=m.out_features, use_bias=m.bias is not None)
-    layer.build((None, m.in_features))
-    _to_device_of(layer, m)
-    _assign(layer.kernel, m.weight.detach().t())
-    if m.bias is not None:
-        _assign(layer.bias, m.bias)
-    _copy_grad_flag(layer.kernel, m.weight)
-    return layer, quant, None
+def _dense(
+    name: str,
+    policy: Any,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None,
+    grad_ref: torch.Tensor,
+) -> tuple[Layer, Any]:
+    """A Dense layer with ``kernel [in, out]`` (any strides: kept) and ``bias [out]``."""
+    p = _layer_policy(policy, name, grad_ref)
+    layer, quant = _make(Dense, p, name, units=kernel.shape[1], use_bias=bias is not None)
+    layer.build((None, kernel.shape[0]))
+    _to_device_of(layer, kernel)
+    _assign(layer.kernel, kernel)
+    if bias is not None:
+        _assign(layer.bias, bias)
+    _copy_grad_flag(layer.kernel, grad_ref)
+    return layer, quant
 
 
-def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> tuple[Layer, Any, str | None]:
+def _linear(m: nn.Linear, name: str, policy: Any, shape: Any) -> _Converted:
+    layer, quant = _dense(name, policy, m.weight.detach().t(), m.bias, m.weight)
+    return _Converted(layer, [(layer, quant)])
+
+
+def _hf_conv1d(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
+    # Hugging Face's Conv1D (GPT-2) is a linear layer with the weight stored [in, out]:
+    # Dense's own layout.
+    layer, quant = _dense(name, policy, m.weight.detach(), m.bias, m.weight)
+    return _Converted(layer, [(layer, quant)])
+
+
+def _multihead_attention(
+    m: nn.MultiheadAttention, name: str, policy: Any, shape: Any
+) -> _Converted:
+    if m.bias_k is not None or m.bias_v is not None:
+        raise _Unsupported("add_bias_kv=True (learned key/value biases)")
+    if m.add_zero_attn:
+        raise _Unsupported("add_zero_attn=True")
+    e = m.embed_dim
+    if m._qkv_same_embed_dim:
+        ws = m.in_proj_weight.detach().chunk(3)
+        refs = (m.in_proj_weight,) * 3
+    else:
+        ws = (m.q_proj_weight.detach(), m.k_proj_weight.detach(), m.v_proj_weight.detach())
+        refs = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+    bs = m.in_proj_bias.detach().chunk(3) if m.in_proj_bias is not None else (None,) * 3
+    layers = []
+    for proj, w, b, ref in zip(("q_proj", "k_proj", "v_proj"), ws, bs, refs, strict=True):
+        layers.append(_dense(f"{name}.{proj}" if name else proj, policy, w.t(), b, ref))
+    out_name = f"{name}.out_proj" if name else "out_proj"
+    out = _dense(
+        out_name, policy, m.out_proj.weight.detach().t(), m.out_proj.bias, m.out_proj.weight
+    )
+    layers.append(out)
+    module = MultiheadAttention(
+        *(layer for layer, _ in layers),
+        embed_dim=e,
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        batch_first=m.batch_first,
+        qkv_same_embed_dim=m._qkv_same_embed_dim,
+        has_in_bias=m.in_proj_bias is not None,
+        dtype=m.out_proj.weight.dtype,
+    )
+    note = (
+        "packed in_proj split into q_proj/k_proj/v_proj Dense layers"
+        if m._qkv_same_embed_dim
+        else None
+    )
+    return _Converted(module, layers, note, target="MultiheadAttention (4 Dense)")
+
+
+def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
     padding, explicit = _conv_padding(m)
     rank = 1 if isinstance(m, nn.Conv1d) else 2
     cls = Conv1D if rank == 1 else Conv2D
@@ -158,7 +269,7 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> tuple[Layer, Any,
         use_bias=m.bias is not None,
     )
     layer.build((None, m.in_channels, *([None] * rank)))
-    _to_device_of(layer, m)
+    _to_device_of(layer, m.weight)
     # torch [out, in/g, *k] -> Keras [*k, in/g, out], as a view of torch's layout
     dims = (2, 1, 0) if rank == 1 else (2, 3, 1, 0)
     _assign(layer.kernel, _transposed_view(m.weight, dims))
@@ -166,7 +277,7 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> tuple[Layer, Any,
         _assign(layer.bias, m.bias)
     _copy_grad_flag(layer.kernel, m.weight)
     if explicit is None:
-        return layer, quant, None
+        return _Converted(layer, [(layer, quant)])
     # F.pad order: last axis first, (before, after) per axis.
     pads = tuple(p for p in reversed(explicit) for _ in (0, 1))
     pad_cls = nn.ConstantPad1d if rank == 1 else nn.ConstantPad2d
@@ -174,63 +285,105 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> tuple[Layer, Any,
     wrapper.add_module("pad", pad_cls(pads, 0.0))
     wrapper.add_module("conv", layer)
     note = f"padding={explicit} (not a Keras 'same'): a zero pad module, then Conv{rank}D 'valid'"
-    return _Padded(wrapper, layer), quant, note
+    return _Converted(wrapper, [(layer, quant)], note, target=f"ConstantPad + Conv{rank}D")
 
 
-class _Padded:
-    """A converted module made of a torch pad and an mpq layer (``module`` replaces the torch
-    module; ``layer`` is the mpq layer to quantize/train)."""
+class _PaddingRowNoGradient:
+    """Forward hook of a converted ``nn.Embedding(padding_idx=i)``: the looked-up rows of ``i``
+    are detached, so that row of the table gets no gradient, as in torch (the values are
+    unchanged). A module hook, so copies of the model keep it."""
 
-    def __init__(self, module: nn.Module, layer: Layer) -> None:
-        self.module = module
-        self.layer = layer
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+
+    def __call__(self, module, args, output):
+        ids = args[0] if args else None
+        if not isinstance(ids, torch.Tensor) or not output.requires_grad:
+            return output
+        mask = (ids == self.idx).unsqueeze(-1)
+        return torch.where(mask, output.detach(), output)
+
+    def __repr__(self) -> str:
+        return f"_PaddingRowNoGradient(padding_idx={self.idx})"
 
 
-def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any):
-    for attr, default in (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
-        if getattr(m, attr) != default:
-            raise _Unsupported(f"{attr}={getattr(m, attr)!r} (mpq's Embedding has no such option)")
-    if m.padding_idx is not None:
+def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any) -> _Converted:
+    if m.max_norm is not None:
         raise _Unsupported(
-            f"padding_idx={m.padding_idx}: torch gives that row no gradient, mpq's Embedding "
-            "does not mask it"
+            f"max_norm={m.max_norm!r}: torch renormalizes the looked-up rows of the table in "
+            "place at every call; mpq's Embedding does not"
         )
+    for attr in ("scale_grad_by_freq", "sparse"):
+        if getattr(m, attr):
+            raise _Unsupported(f"{attr}=True (mpq's Embedding has no such option)")
     p = _layer_policy(policy, name, m.weight)
     layer, quant = _make(Embedding, p, name, input_dim=m.num_embeddings, output_dim=m.embedding_dim)
     layer.build()
-    _to_device_of(layer, m)
+    _to_device_of(layer, m.weight)
     _assign(layer.embeddings, m.weight)
-    return layer, quant, None
+    _copy_grad_flag(layer.embeddings, m.weight)
+    note = None
+    if m.padding_idx is not None:
+        # The lookup is the same; torch also gives the padding row no gradient: so does this.
+        layer.__dict__["_padding_idx"] = int(m.padding_idx)
+        layer.register_forward_hook(_PaddingRowNoGradient(int(m.padding_idx)))
+        note = f"padding_idx={m.padding_idx}: that row gets no gradient (a forward hook)"
+    return _Converted(layer, [(layer, quant)], note)
 
 
-def _layer_norm(m: nn.LayerNorm, name: str, policy: Any, shape: Any):
+def _layer_norm(m: nn.LayerNorm, name: str, policy: Any, shape: Any) -> _Converted:
     k = len(m.normalized_shape)
-    if shape is None:
-        shape = (None, *m.normalized_shape)
-        note = (
-            f"built for inputs of rank {len(shape)} (batch + normalized_shape); pass "
-            "example_inputs to build it for the rank it is really called with"
-        )
-    else:
-        note = None
+    shape = (None, *m.normalized_shape) if shape is None else shape
     ref = m.weight if m.weight is not None else torch.empty(0)
     p = _layer_policy(policy, name, ref)
     affine = m.elementwise_affine
     has_bias = affine and getattr(m, "bias", None) is not None
+    # Axes counted from the end: the layer accepts inputs of any rank, as torch's.
     axis = -1 if k == 1 else list(range(-k, 0))
     layer, quant = _make(
         LayerNormalization, p, name, axis=axis, epsilon=m.eps, center=has_bias, scale=affine
     )
     layer.build(tuple(shape))
-    _to_device_of(layer, m)
+    _to_device_of(layer, m.weight)
     if affine:
         _assign(layer.gamma, m.weight)
     if has_bias:
         _assign(layer.beta, m.bias)
-    return layer, quant, note
+    return _Converted(layer, [(layer, quant)])
 
 
-def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any):
+def _rms_norm(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
+    """``nn.RMSNorm`` and Hugging Face's RMS norms (``LlamaRMSNorm``, ``T5LayerNorm``):
+    ``weight * x * rsqrt(mean(x**2, -1) + eps)``, statistics in float32."""
+    if isinstance(m, nn.RMSNorm):
+        dims = tuple(m.normalized_shape)
+        eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
+        weight = m.weight
+    else:
+        weight = m.weight
+        dims = tuple(weight.shape)
+        eps = m.variance_epsilon
+    if weight is None:
+        raise _Unsupported("elementwise_affine=False")
+    p = _layer_policy(policy, name, weight)
+    axis = -1 if len(dims) == 1 else list(range(-len(dims), 0))
+    layer, quant = _make(
+        LayerNormalization,
+        p,
+        name,
+        axis=axis,
+        epsilon=float(eps),
+        center=False,
+        scale=True,
+        rms_scaling=True,
+    )
+    layer.build((None, *dims))
+    _to_device_of(layer, weight)
+    _assign(layer.gamma, weight)
+    return _Converted(layer, [(layer, quant)])
+
+
+def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any) -> _Converted:
     if not m.track_running_stats or m.running_mean is None:
         raise _Unsupported(
             "track_running_stats=False (mpq normalizes with moving statistics in eval)"
@@ -250,7 +403,7 @@ def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any):
         scale=m.affine,
     )
     layer.build((None, m.num_features, None, None))
-    _to_device_of(layer, m)
+    _to_device_of(layer, m.running_mean)
     if m.affine:
         _assign(layer.gamma, m.weight)
         _assign(layer.beta, m.bias)
@@ -261,22 +414,71 @@ def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any):
         "torch uses the unbiased one; momentum is 1 - torch's momentum; float32 outputs agree "
         "to rounding (not bit for bit: different rsqrt/fused order)"
     )
-    return layer, quant, note
+    return _Converted(layer, [(layer, quant)], note)
 
 
-def _copy_grad_flag(var: torch.nn.Parameter, weight: torch.Tensor) -> None:
-    if not weight.requires_grad:
-        var.trainable = False
+_Converter = Callable[[Any, str, Any, Any], _Converted]
 
-
-_CONVERTERS: dict[type, tuple[str, Callable[..., tuple[Layer, Any, str | None]]]] = {
+_CONVERTERS: dict[type, tuple[str, _Converter]] = {
     nn.Linear: ("Dense", _linear),
     nn.Conv1d: ("Conv1D", _conv),
     nn.Conv2d: ("Conv2D", _conv),
     nn.Embedding: ("Embedding", _embedding),
     nn.LayerNorm: ("LayerNormalization", _layer_norm),
     nn.BatchNorm2d: ("BatchNormalization", _batch_norm),
+    nn.RMSNorm: ("LayerNormalization(rms_scaling=True)", _rms_norm),
+    nn.MultiheadAttention: ("MultiheadAttention", _multihead_attention),
 }
+# Classes of optional libraries, by qualified name (nothing is imported to recognise them).
+_NAMED_CONVERTERS: dict[str, tuple[str, _Converter]] = {
+    "transformers.pytorch_utils.Conv1D": ("Dense", _hf_conv1d),
+    "transformers.models.llama.modeling_llama.LlamaRMSNorm": (
+        "LayerNormalization(rms_scaling=True)",
+        _rms_norm,
+    ),
+    "transformers.models.t5.modeling_t5.T5LayerNorm": (
+        "LayerNormalization(rms_scaling=True)",
+        _rms_norm,
+    ),
+}
+# Converters whose modules hold linear/conv weights (what `coverage` counts).
+_LINEAR_LIKE = (_linear, _hf_conv1d, _multihead_attention, _conv)
+
+
+def _converter(m: nn.Module) -> tuple[tuple[str, _Converter] | None, str | None]:
+    """``(entry, None)`` for a module to convert; ``(None, why)`` for a subclass that overrides
+    ``forward``; ``(None, None)`` otherwise."""
+    t = type(m)
+    entry = _CONVERTERS.get(t) or _NAMED_CONVERTERS.get(f"{t.__module__}.{t.__qualname__}")
+    if entry is not None:
+        return entry, None
+    for base, base_entry in _CONVERTERS.items():
+        if isinstance(m, base):
+            if t.forward is base.forward:  # e.g. NonDynamicallyQuantizableLinear
+                return base_entry, None
+            return None, f"subclass of nn.{base.__name__} that overrides forward"
+    return None, None
+
+
+def _linear_weights(m: nn.Module) -> list[torch.Tensor]:
+    """The linear/conv weights of ``m`` that ``coverage`` counts."""
+    if isinstance(m, nn.MultiheadAttention):
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        ws = [getattr(m, n) for n in names]
+        return [w for w in ws if w is not None] + [m.out_proj.weight]
+    return [m.weight]
+
+
+def _lookup_options(m: nn.Embedding) -> tuple:
+    return (
+        m.num_embeddings,
+        m.embedding_dim,
+        m.padding_idx,
+        m.max_norm,
+        m.norm_type,
+        m.scale_grad_by_freq,
+        m.sparse,
+    )
 
 
 def _has_state(m: nn.Module) -> bool:
@@ -298,7 +500,7 @@ def _record_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tup
     shapes: dict[str, tuple] = {}
     handles = []
     for name, m in model.named_modules():
-        if type(m) in _CONVERTERS:
+        if _converter(m)[0] is not None:
 
             def hook(mod, args, _name=name):
                 if args and isinstance(args[0], torch.Tensor):
@@ -318,21 +520,110 @@ def _record_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tup
     return shapes
 
 
+def _make_filter(spec: Any) -> Callable[[nn.Module, str], bool]:
+    """``filter=`` as a predicate ``(module, qualified_name) -> bool``."""
+    if spec is None:
+        return lambda m, name: True
+    if isinstance(spec, type) or (
+        isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec)
+    ):
+        return lambda m, name: isinstance(m, spec)
+    if isinstance(spec, str):
+        try:
+            pattern = re.compile(spec)
+        except re.error as e:
+            raise ValueError(
+                "Expected `filter` to be a valid regular expression on qualified names. "
+                f"Received: filter={spec!r} ({e})"
+            ) from None
+        return lambda m, name: pattern.search(name) is not None
+    if callable(spec):
+        return lambda m, name: bool(spec(m, name))
+    raise TypeError(
+        "Expected `filter` to be None, a module type or tuple of types, a regular expression "
+        "(str) searched in qualified names, or a callable (module, qualified_name) -> bool. "
+        f"Received: filter={_describe(spec)}"
+    )
+
+
+class _CastOutput:
+    """Forward hook: the converted module returns what the torch module it replaces returned:
+    floating outputs in the dtype of its first floating input (an Embedding: its table's
+    original dtype), whatever the policy computed in."""
+
+    def __init__(self, fallback: torch.dtype) -> None:
+        self.fallback = fallback
+
+    def __call__(self, module, args, kwargs, output):
+        dtype = next(
+            (
+                t.dtype
+                for t in (*args, *kwargs.values())
+                if isinstance(t, torch.Tensor) and t.is_floating_point()
+            ),
+            self.fallback,
+        )
+
+        def cast(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+                return t.to(dtype)
+            return t
+
+        if isinstance(output, tuple):
+            return tuple(cast(t) for t in output)
+        return cast(output)
+
+    def __repr__(self) -> str:
+        return f"_CastOutput(fallback={self.fallback})"
+
+
+def _tied_groups(
+    candidates: list[tuple[str, nn.Module]],
+) -> dict[int, list[tuple[str, nn.Module]]]:
+    """Convertible modules whose ``weight`` is one tensor shared with another: id -> users."""
+    users: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, m in candidates:
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            users.setdefault(id(w), []).append((name, m))
+    return {k: v for k, v in users.items() if len(v) > 1}
+
+
 # ----------------------------------------------------------------------------- public
 def from_torch(
-    module: nn.Module, policy: Any = None, *, example_inputs: Any = None
+    module: nn.Module,
+    policy: Any = None,
+    *,
+    example_inputs: Any = None,
+    filter: Any = None,
+    untie: bool = False,
+    cast_outputs: bool = True,
 ) -> tuple[nn.Module, FromTorchReport]:
     """A copy of ``module`` with its standard layers replaced by mpq layers, and a report.
 
-    Replaced (exact type match; subclasses may override ``forward`` and are left alone):
-    ``nn.Linear`` -> ``Dense``, ``nn.Conv1d``/``nn.Conv2d`` -> ``Conv1D``/``Conv2D`` with
-    ``data_format="channels_first"`` (NCL / NCHW inputs, as torch), ``nn.Embedding`` ->
-    ``Embedding``, ``nn.LayerNorm`` -> ``LayerNormalization``, ``nn.BatchNorm2d`` ->
-    ``BatchNormalization(axis=1)``. Each mpq layer is named after the torch qualified name
-    (``"features.0"``), so a ``DTypePolicyMap`` can address it, and carries the same weights
-    (kernels as views of torch's memory layout: float32 outputs are bit-identical for
-    Linear, Conv, Embedding and LayerNorm; BatchNorm agrees to rounding). ``requires_grad``
-    flags are kept. The original module is not modified.
+    Replaced: ``nn.Linear`` and subclasses that keep its ``forward`` (e.g.
+    ``NonDynamicallyQuantizableLinear``) and Hugging Face's ``Conv1D`` -> ``Dense``;
+    ``nn.MultiheadAttention`` -> :class:`~mpq.training.torch_attention.MultiheadAttention` with
+    ``Dense`` projections; ``nn.Conv1d``/``nn.Conv2d`` -> ``Conv1D``/``Conv2D`` with
+    ``data_format="channels_first"``; ``nn.Embedding`` -> ``Embedding``; ``nn.LayerNorm`` ->
+    ``LayerNormalization``; ``nn.BatchNorm2d`` -> ``BatchNormalization(axis=1)``. Each mpq layer
+    is named after the torch qualified name (``"features.0"``), so a ``DTypePolicyMap`` can
+    address it, carries the same weights (float32 outputs are bit-identical for Linear, Conv,
+    Embedding and LayerNorm; BatchNorm agrees to rounding), keeps ``requires_grad`` flags and
+    answers the torch attributes model code reads (``.weight``, ``.in_features``, ``.eps``...,
+    read-only). A module object used at several paths is converted once. The original module is
+    not modified.
+
+    Tied weights: an ``nn.Embedding`` whose weight is also the weight of ``nn.Linear`` modules
+    (an output head) is converted; the Linear stays a torch module whose ``weight`` is the
+    Embedding layer's variable (one tensor, as before). ``mpq.quantize`` skips such a layer
+    rather than untie it. ``untie=True`` gives each user its own copy instead (all converted).
+
+    Boundary dtypes (``cast_outputs=True``): a converted module inside a torch model returns its
+    floating outputs in the dtype of its floating input (an Embedding: in its table's original
+    dtype), so the torch code around it sees the dtypes it was written for under every policy;
+    the policy decides how the layer computes. ``cast_outputs=False`` returns the layers'
+    compute dtype (for models made only of converted layers). A converted root is not cast.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -340,8 +631,15 @@ def from_torch(
             (``"mixed_bfloat16"``, ``"int8_from_float32"``: quantized policies quantize after
             the weights are copied) or a ``DTypePolicyMap`` keyed by qualified names.
         example_inputs: optional tensor or tuple of tensors to run ``module`` once with, to
-            build each layer for the input rank it sees (needed for ``nn.LayerNorm`` used on
-            inputs of rank other than ``len(normalized_shape) + 1``).
+            record the input shape of each convertible module (not needed by any converter
+            today; kept for layers that are built for their input shape).
+        filter: which modules to convert: None (all), a module type or tuple of types, a
+            regular expression searched in the qualified name, or a callable
+            ``(module, qualified_name) -> bool``. E.g. all linear layers except the output
+            head: ``filter=lambda m, name: name != "lm_head"``. Excluded modules are listed in
+            ``report.skipped``.
+        untie: give each user of a shared weight its own copy (see above).
+        cast_outputs: cast converted modules' outputs back to the torch dtypes (see above).
 
     Returns:
         ``(model, report)``: the converted copy and a :class:`FromTorchReport`.
@@ -358,59 +656,204 @@ def from_torch(
         raise TypeError(
             f"Expected a torch.nn.Module. Received: module of type {type(module).__name__}"
         )
+    for flag, value in (("untie", untie), ("cast_outputs", cast_outputs)):
+        if not isinstance(value, bool):
+            raise TypeError(f"Expected `{flag}` to be a bool. Received: {flag}={_describe(value)}")
     if policy is not None and not isinstance(policy, _policy.DTypePolicyMap):
         policy = _policy.get(policy)
+    keep = _make_filter(filter)
     model = copy.deepcopy(module)
     shapes = _record_input_shapes(model, example_inputs) if example_inputs is not None else {}
     report = FromTorchReport()
+
+    # Every path of every module (a module object may sit at several paths, e.g. T5's
+    # `shared` is also `encoder.embed_tokens`): converted once, replaced at each path.
+    paths: dict[int, list[str]] = {}
+    order: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) not in paths:
+            paths[id(m)] = []
+            order.append((name, m))
+        paths[id(m)].append(name)
+
+    # Linear/conv weights for the coverage figure, each tensor once.
+    counted: dict[int, int] = {}
+    for _, m in order:
+        entry, _why = _converter(m)
+        fn = entry[1] if entry else None
+        linear_like = (nn.Linear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
+        if fn in _LINEAR_LIKE or isinstance(m, linear_like):  # Conv3d, ConvTranspose: counted
+            for w in _linear_weights(m):
+                counted.setdefault(id(w), w.numel())
+    report.linear_weights = sum(counted.values())
+    covered: set[int] = set()
+
+    # Tied weights among the modules that would be converted.
+    candidates = [
+        (n, m) for n, m in order if _converter(m)[0] is not None and not isinstance(m, Layer)
+    ]
+    groups = _tied_groups(candidates)
+    tied_to: dict[int, tuple[str, nn.Module]] = {}  # Linear module id -> its Embedding
+    tied_left: dict[int, str] = {}  # module id -> why it stays a torch module
+    tied_embeddings: set[int] = set()
+    aliases: dict[int, tuple[str, nn.Module]] = {}  # Embedding id -> the tied one converted
+    for users in groups.values():
+        if untie:
+            for n, m in users[1:]:
+                m.weight = nn.Parameter(
+                    m.weight.detach().clone(), requires_grad=m.weight.requires_grad
+                )
+                others = ", ".join(repr(u) for u, _ in users if u != n)
+                report.notes[n] = f"untied: its weight was shared with {others}; now a copy"
+            continue
+        embeddings = [(n, m) for n, m in users if isinstance(m, nn.Embedding)]
+        linears = [(n, m) for n, m in users if type(m) is nn.Linear and m.bias is None]
+        same_lookup = (
+            all(_lookup_options(m) == _lookup_options(embeddings[0][1]) for _, m in embeddings)
+            if embeddings
+            else False
+        )
+        if same_lookup and len(embeddings) + len(linears) == len(users):
+            first = embeddings[0]
+            tied_embeddings.add(id(first[1]))
+            for _n, m in embeddings[1:]:  # the same lookup: one mpq Embedding serves all
+                aliases[id(m)] = first
+            for _n, m in linears:
+                tied_to[id(m)] = first
+        else:
+            for n, m in users:
+                others = ", ".join(repr(u) for u, _ in users if u != n)
+                tied_left[id(m)] = (
+                    f"{type(m).__name__}: its weight is tied to {others}; left as torch modules "
+                    "(from_torch(..., untie=True) converts each with its own copy)"
+                )
+
     unchanged: list[str] = []
-    replacements: list[tuple[str, nn.Module]] = []
+    replacements: list[tuple[nn.Module, nn.Module]] = []  # (torch module, replacement)
+    new_of: dict[int, nn.Module] = {}
     skip_under: list[str] = []
-    for name, m in model.named_modules():
+    for name, m in order:
         if any(name == s or name.startswith(s + ".") for s in skip_under):
             continue
         if isinstance(m, Layer):
             skip_under.append(name)
             continue
-        entry = _CONVERTERS.get(type(m))
+        entry, why = _converter(m)
         if entry is None:
-            if _has_state(m):
-                base = next((t.__name__ for t in _CONVERTERS if isinstance(m, t)), None)
-                why = (
-                    f"subclass of nn.{base} (it may override forward)"
-                    if base
-                    else "no mpq equivalent"
-                )
-                report.unsupported[name] = f"{type(m).__name__}: {why}"
-            elif not any(True for _ in m.children()):
+            if any(True for _ in m.parameters(recurse=False)):
+                report.unsupported[name] = f"{type(m).__name__}: {why or 'no mpq equivalent'}"
+            elif _has_state(m) or not any(True for _ in m.children()):
                 unchanged.append(name)
             continue
+        if id(m) in tied_to:
+            continue  # a torch module on its Embedding's variable, below (filter or not)
+        if not keep(m, name):
+            report.skipped[name] = "filtered"
+            continue
+        if id(m) in tied_left:
+            report.unsupported[name] = tied_left[id(m)]
+            continue
+        if id(m) in aliases:
+            first_name, first = aliases[id(m)]
+            if id(first) in new_of:
+                replacements.append((m, new_of[id(first)]))
+                report.tied[name] = (
+                    f"Embedding: weight tied to {first_name!r} with the same options; "
+                    "replaced by that mpq Embedding layer (one layer, one variable)"
+                )
+                skip_under.extend(paths[id(m)])
+                continue
         target, convert = entry
         try:
-            layer, quant, note = convert(m, name, policy, shapes.get(name))
+            result = convert(m, name, policy, shapes.get(name))
         except _Unsupported as e:
             report.unsupported[name] = f"{type(m).__name__}: {e}"
+            skip_under.extend(paths[id(m)])  # its children are its own (an MHA's out_proj)
             continue
-        replacement = layer
-        if isinstance(layer, _Padded):
-            replacement, layer = layer.module, layer.layer
-            target = f"ConstantPad + {target}"
-        if quant is not None:
+        notes: list[str] = []
+        for layer, quant in result.layers:
+            if quant is None:
+                continue
+            if id(m) in tied_embeddings:  # quantizing would untie it from its Linear users
+                notes.append(
+                    f"not quantized ({quant.name}): its table is also the weight of a tied "
+                    "Linear; from_torch(..., untie=True) quantizes them separately"
+                )
+                continue
             layer.dtype_policy = quant
+        replacement = result.module
         replacement.train(m.training)
-        device = next((t.device for t in m.parameters()), None)
+        device = _module_device(m)
         if device is not None and device.type != "cpu":
             replacement.to(device)
-        report.converted[name] = f"{type(m).__name__} -> {target}"
-        if note:
-            report.notes[name] = note
-        replacements.append((name, replacement))
-    for name, layer in replacements:
-        if name == "":
-            model = layer
+        if cast_outputs and name != "":
+            fallback = m.weight.dtype if isinstance(m, nn.Embedding) else torch.float32
+            replacement.register_forward_hook(_CastOutput(fallback), with_kwargs=True)
+        report.converted[name] = f"{type(m).__name__} -> {result.target or target}"
+        if len(paths[id(m)]) > 1:
+            notes.append(f"also at {paths[id(m)][1:]} (one module, converted once)")
+        if result.note:
+            notes.append(result.note)
+        if notes:
+            report.notes[name] = "; ".join(notes)
+        if convert in _LINEAR_LIKE:
+            covered.update(id(w) for w in _linear_weights(m))
+        replacements.append((m, replacement))
+        new_of[id(m)] = replacement
+        skip_under.extend(paths[id(m)])
+
+    # Linear heads tied to a converted Embedding: the torch module keeps running, on the
+    # Embedding layer's variable (one tensor for both).
+    for name, m in order:
+        if id(m) not in tied_to:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
+        emb_name, emb = tied_to[id(m)]
+        layer = new_of.get(id(emb))
+        if layer is None:  # the Embedding was not converted: nothing to re-tie
+            continue
+        covered.add(id(m.weight))  # the shared tensor, now held by the mpq Embedding
+        returned = m.weight.dtype  # what the torch Linear returned (its inputs had to match)
+        m.weight = layer.embeddings
+        if cast_outputs:  # computes in the variable's dtype, returns what it returned
+            m.register_forward_pre_hook(_CastInputs())
+            m.register_forward_hook(_ReturnAs(returned))
+        report.tied[name] = (
+            f"{type(m).__name__}: weight tied to {emb_name!r}; kept as a torch module whose "
+            f"weight is that Embedding layer's variable (mpq.quantize skips the pair)"
+        )
+
+    report.converted_linear_weights = sum(n for k, n in counted.items() if k in covered)
+    for m, replacement in replacements:
+        for name in paths[id(m)]:
+            if name == "":
+                model = replacement
+                continue
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, replacement)
     report.unchanged = tuple(unchanged)
     return model, report
+
+
+class _CastInputs:
+    """Forward pre-hook of a torch Linear left on a tied mpq variable: floating inputs in the
+    variable's dtype (what it computes in)."""
+
+    def __call__(self, module, args):
+        dtype = module.weight.dtype
+        return tuple(
+            a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args
+        )
+
+
+class _ReturnAs:
+    """Forward hook: a floating output in ``dtype`` (what the torch module returned)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __call__(self, module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output.to(self.dtype)
+        return output
