@@ -177,7 +177,7 @@ def test_default_file_is_the_default_config():
     assert [r.config_hash for r in from_file.run_configs()] == [
         r.config_hash for r in default.run_configs()
     ]
-    assert len(default.run_configs()) == 20
+    assert len(default.run_configs()) == 30  # digits CNN, digits MLP, tiny LM x 10 policies
 
 
 @pytest.mark.parametrize(

@@ -117,13 +117,71 @@ def _as_config(config: Any) -> SweepConfig:
     )
 
 
+class _Given:
+    """A factory that returns a copy of a given model (or the given data) on every call, so a
+    notebook can sweep an object it already holds (executor='serial')."""
+
+    def __init__(self, obj: Any, name: str):
+        self.obj = obj
+        self.__name__ = self.__qualname__ = name
+
+    def __call__(self) -> Any:  # no `dtype`: the sweep applies each policy (from_torch)
+        import copy
+
+        from mpq.sweep.data import Data
+
+        return self.obj if isinstance(self.obj, Data) else copy.deepcopy(self.obj)
+
+
+def _api_config(
+    model: Any,
+    data: Any,
+    policies: Any,
+    metric: Any,
+    options: dict[str, Any],
+) -> SweepConfig:
+    """The SweepConfig of `run(model=..., data=..., policies=..., metric=...)`."""
+    import torch
+
+    from mpq.sweep.data import Data, as_data
+
+    spec: dict[str, Any] = {
+        k: options.pop(k)
+        for k in ("checkpoint", "train", "epochs", "lr", "batch_size", "name", "kwargs")
+        if k in options
+    }
+    given = isinstance(model, torch.nn.Module)
+    if given:  # a model instance: swept as it is unless train=True
+        spec.setdefault("name", type(model).__name__)
+        spec["factory"] = _Given(model, spec["name"])
+        spec.setdefault("train", False)
+    else:
+        spec["factory"] = model
+    if data is not None:
+        if isinstance(data, (Data, tuple, list)):
+            spec["data"] = _Given(as_data(data), "data")
+        else:
+            spec["data"] = data
+    if metric is not None:
+        spec["task"] = metric
+    options.setdefault("executor", "serial")
+    if policies is not None:
+        options["policies"] = policies
+    return SweepConfig(models=[ModelSpec(**spec)], **options)
+
+
 def run(
     config: SweepConfig | str | os.PathLike | dict | None = None,
     executor: cf.Executor | None = None,
     *,
+    model: Any = None,
+    data: Any = None,
+    policies: Any = None,
+    metric: Any = None,
     verbose: bool = True,
     stream: TextIO | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Run a sweep and return its flat records (one per model x variant x seed, plus per-layer
     and suggestion runs); write `results.jsonl` (streamed), `summary.csv`, `sweep.png` (and
@@ -137,6 +195,21 @@ def run(
         verbose: print the progress bar and the tables.
         stream: where tables and progress go (default: tables to stdout, progress to stderr).
         on_record: called with each record as it is written.
+        model, data, policies, metric: sweep one model without a config (instead of `config`):
+            `model` is a factory (`"package.module:factory"`, a built-in name, a callable) or a
+            model instance (an mpq model or a torch module, swept as given: `train=False`);
+            `data` a data name, callable, `Data` or arrays; `metric` a task name (`"lm"`,
+            `"classification"`, `"regression"`, ...), an `mpq.sweep.tasks.Task`, or a
+            `metric(outputs, targets) -> float`. `options` are ModelSpec fields (`checkpoint`,
+            `train`, `epochs`, `lr`, `batch_size`, `name`, `kwargs`) and SweepConfig fields;
+            without `out` the files go to a temporary directory that is removed afterwards.
+
+    Example (a notebook):
+        >>> from mpq.sweep.data import digits_flat
+        >>> records = run(model="digits_mlp", data=digits_flat(), policies=["float32", "int8"],
+        ...               metric="classification", quick=True, verbose=False)
+        >>> [r["metric"] for r in records]
+        ['accuracy', 'accuracy']
 
     Runs already recorded as ok in `out/results.jsonl` with the same config hash are reused,
     not recomputed (`config.resume`). A failed run is a record with `status="error"`; the
@@ -146,6 +219,31 @@ def run(
     `config.overwrite` starts a new file). On Ctrl-C (KeyboardInterrupt) the workers are
     stopped at once and the exception propagates; the file keeps every finished run.
     """
+    if model is not None:
+        if config is not None:
+            raise TypeError(
+                "Expected either a sweep `config` or `model=...`, not both. "
+                f"Received: config={config!r:.80} and model={model!r:.80}"
+            )
+        if "out" not in options:
+            with tempfile.TemporaryDirectory(prefix="mpq-sweep-") as tmp:
+                options.setdefault("plot", False)
+                cfg = _api_config(model, data, policies, metric, {**options, "out": tmp})
+                return run(cfg, executor, verbose=verbose, stream=stream, on_record=on_record)
+        config = _api_config(model, data, policies, metric, options)
+    elif data is not None or policies is not None or metric is not None or options:
+        given = sorted(
+            [
+                k
+                for k, v in (("data", data), ("policies", policies), ("metric", metric))
+                if v is not None
+            ]
+            + list(options)
+        )
+        raise TypeError(
+            f"Expected `model=...` with the options {given}. Received: model=None "
+            "(put them in the SweepConfig instead)"
+        )
     config = _as_config(config)
     out = prepare_output(config.out)
     check_environment(config, executor)
@@ -217,25 +315,57 @@ def _report(
         "latency_ms",
         "finetune_accuracy",
         "float32_accuracy",
+        "task",
+        "metric",
+        "metric_value",
+        "metric_delta",
+        "metric_delta_pct",
+        "float32_metric",
+        "perplexity",
+        "bits_per_byte",
+        "mse",
         "status",
         "error",
     ]
     write_csv(rows, out / "summary.csv", columns)
     say()
     say(format_table(rows))
+    images = []
     if config.plot and rows:
         from mpq.sweep.plots import plot_sweep
+        from mpq.sweep.report import plot_pareto
 
         plot_sweep(rows, out / "sweep.png")
+        if any(r.get("n") and r.get("metric_value") is not None for r in rows):
+            plot_pareto(rows, out / "pareto.png")
+            images.append(out / "pareto.png")
+        images.append(out / "sweep.png")
     if config.per_layer:
         _report_per_layer(config, records, out, say)
+        images.append(out / "per_layer.png")
+    if config.plot:
+        from mpq.sweep.records import SUMMARY_COLUMNS
+        from mpq.sweep.report import write_report
+
+        n_ok = sum(r.get("status") == "ok" for r in records)
+        write_report(
+            out,
+            rows,
+            SUMMARY_COLUMNS,
+            images,
+            notes=[
+                f"{len(records)} runs ({n_ok} ok) of {len(config.models)} model(s) on "
+                f"{config.device}. Value: each model's task metric; vs f32 %: its change "
+                "against the float32 run; SQNR: the outputs against float32's."
+            ],
+        )
     if config.suggest:
         _report_suggestions(config, records, suggestions, out, say)
     n_failed = sum(r.get("status") != "ok" for r in records) + len(errors)
     say()
     say(
         f"{len(records)} runs, {n_failed} failed. Results in {out}/: results.jsonl, summary.csv"
-        + (", sweep.png" if config.plot else "")
+        + (", pareto.png, sweep.png, report.html" if config.plot else "")
     )
     by_error: dict[str, list[str]] = {}
     for r in records:
@@ -258,13 +388,16 @@ def _report_per_layer(
     from mpq.sweep.sensitivity import per_layer_matrix, per_layer_rows
 
     panels, csv_rows = [], []
+    failed: set[tuple[str, str, str]] = set()
     for model in config.models:
         seed = config.seeds[0]
         rows = per_layer_rows(records, model.resolved_name, seed, ok_only=False)
         if not rows:
             continue
         layers, variants, matrix = per_layer_matrix(rows)
-        panels.append((f"{model.resolved_name} (seed {seed})", layers, variants, matrix))
+        title = f"{model.resolved_name} (seed {seed})"
+        panels.append((title, layers, variants, matrix))
+        failed |= {(title, r["layer"], r["variant"]) for r in rows if r.get("status") != "ok"}
         table_rows = []
         for layer, vals in zip(layers, matrix, strict=True):
             row = {"model": model.resolved_name, "layer": layer}
@@ -287,7 +420,7 @@ def _report_per_layer(
         if config.plot:
             from mpq.sweep.plots import plot_per_layer
 
-            plot_per_layer(panels, out / "per_layer.png")
+            plot_per_layer(panels, out / "per_layer.png", failed)
 
 
 def _report_suggestions(

@@ -116,7 +116,75 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Ray: GPUs requested per run, fractions allowed (default 0)",
     )
+    _add_model_options(p)
     return p
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Bring your own model: --model, --task, --checkpoint, --eval-only; and --quiet, --cache-dir."""
+    from mpq.sweep.models import BUILTIN_MODELS
+    from mpq.sweep.tasks import TASKS
+
+    g = p.add_argument_group("your own model")
+    g.add_argument(
+        "--model",
+        help="one model to sweep: 'package.module:factory' (resolved like an entry point, the "
+        "current directory importable; the factory returns an mpq model or a torch.nn.Module, "
+        f"converted with mpq.from_torch) or a built-in: {', '.join(BUILTIN_MODELS)}",
+    )
+    tasks = "; ".join(f"{n}: {t.description}" for n, t in TASKS.items())
+    g.add_argument("--task", help=f"how --model is scored (and its data). Built-in tasks: {tasks}")
+    g.add_argument(
+        "--checkpoint",
+        help="trained weights for --model: an mpq.saving file or a safetensors state dict "
+        "(pickle-based .pt files are refused)",
+    )
+    g.add_argument(
+        "--eval-only",
+        action="store_true",
+        default=None,
+        help="do not train --model: sweep the weights of --checkpoint (or of the factory) as they are",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress and no tables (files are still written)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="where trained float32 weights are cached by (model config, seed) (default OUT/cache)",
+    )
+
+
+def _model_override(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
+    """The `models` of --model (with --task, --checkpoint, --eval-only), or None."""
+    extra = {
+        k: v
+        for k, v in (
+            ("task", args.task),
+            ("checkpoint", args.checkpoint),
+            ("train", False if args.eval_only else None),
+        )
+        if v is not None
+    }
+    if args.model is None:
+        if extra:
+            flags = [f"--{k.replace('_', '-')}" for k in ("task", "checkpoint", "eval_only")]
+            given = [
+                f
+                for f, k in zip(flags, ("task", "checkpoint", "eval_only"), strict=True)
+                if getattr(args, k)
+            ]
+            raise ValueError(f"Expected --model with {', '.join(given)}. Received: no --model")
+        return None
+    if args.models is not None:
+        raise ValueError(
+            "Expected either --model (one model, with --task/--checkpoint/--eval-only) or "
+            f"--models. Received: --model {args.model!r} and --models {args.models!r}"
+        )
+    if args.task is not None:
+        from mpq.sweep.tasks import resolve_task
+
+        resolve_task(args.task)  # unknown names fail here, before any work
+    return ({"factory": args.model.strip(), **extra},)
 
 
 _SEED_PART = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
@@ -188,6 +256,11 @@ def config_from_args(args: argparse.Namespace):
             overrides[key] = val
     if args.models is not None:
         overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    model = _model_override(args)
+    if model is not None:
+        overrides["models"] = model
+    if args.cache_dir is not None:
+        overrides["cache_dir"] = args.cache_dir
     if args.seeds is not None:
         overrides["seeds"] = _parse_seeds(args.seeds)
     if args.cpus_per_run is not None or args.gpus_per_run is not None:
@@ -220,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as e:
             parser.exit(2, f"mpq sweep: error: {e}\n")
         try:
-            records = run(config)
+            records = run(config, verbose=not args.quiet)
         except ResultsFileError as e:  # raised before any work
             parser.exit(2, f"mpq sweep: error: {e}\n")
     except KeyboardInterrupt:

@@ -12,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Data", "as_data", "digits", "digits_flat", "resolve_data", "synthetic"]
+__all__ = [
+    "Data",
+    "as_data",
+    "digits",
+    "digits_flat",
+    "resolve_data",
+    "stdlib_bytes",
+    "synthetic",
+    "synthetic_regression",
+]
 
 
 @dataclass
@@ -195,10 +204,53 @@ def synthetic(
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic")
 
 
+def synthetic_regression(
+    n_features: int = 16, n_train: int = 1024, n_test: int = 256, noise: float = 0.1, seed: int = 0
+) -> Data:
+    """A regression set: `y = tanh(x @ w) + noise`, `x ~ N(0, 1)` `[N, n_features]`, targets
+    `[N, 1]` float32 (the `regression` task, scored by MSE).
+
+    Example:
+        >>> d = synthetic_regression(n_train=8, n_test=4)
+        >>> d.x_train.shape, d.y_test.shape
+        ((8, 16), (4, 1))
+    """
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    w = rng.standard_normal((n_features, 1)).astype(np.float32) / np.sqrt(n_features)
+    x = rng.standard_normal((n, n_features)).astype(np.float32)
+    y = (np.tanh(x @ w) + noise * rng.standard_normal((n, 1))).astype(np.float32)
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name="synthetic_regression")
+
+
+def stdlib_bytes(context: int = 32, stride: int | None = None, stdlib: str | None = None) -> Data:
+    """The language-model task's data: `context`-byte windows `[N, context]` (int64 byte ids)
+    and next-byte targets of a fixed list of Python standard-library sources
+    (`mpq.sweep.tasks.corpus`), training and validation split by file. Training windows overlap
+    when `stride` < context; validation windows never do.
+
+    Example:
+        >>> d = stdlib_bytes(context=32)
+        >>> d.x_train.shape[1], d.y_test.dtype
+        (32, dtype('int64'))
+    """
+    from mpq.sweep.tasks.corpus import corpus, windows
+
+    for key, val in (("context", context), ("stride", 1 if stride is None else stride)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"Expected `{key}` to be an int >= 1. Received: {key}={val!r}")
+    train, val, _ = corpus(stdlib)
+    xtr, ytr = windows(train, context, stride or context)
+    xte, yte = windows(val, context, context)
+    return Data(xtr, ytr, xte, yte, name="stdlib_bytes")
+
+
 BUILTIN_DATA: dict[str, Callable[..., Data]] = {
     "digits": digits,
     "digits_flat": digits_flat,
     "synthetic": synthetic,
+    "synthetic_regression": synthetic_regression,
+    "stdlib_bytes": stdlib_bytes,
 }
 
 
@@ -221,7 +273,17 @@ def resolve_data(ref: str | Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _import_ref(ref: str, what: str) -> Callable[..., Any]:
+    """Resolve `"package.module:attr"` like an entry point, with the current directory
+    importable (as `python -m` does). Only for names the user gives on the command line, in a
+    sweep file or in Python; never for names read from results or saved models."""
+    import os
+    import sys
+
     module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Expected {what} as 'package.module:function'. Received: {ref!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:

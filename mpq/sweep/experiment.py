@@ -5,6 +5,7 @@ per-layer or mapped), evaluate, time, optionally fine-tune, and return one flat 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mpq._errors import describe as _describe
 from mpq.sweep.config import ModelSpec, RunConfig, Variant
 from mpq.sweep.data import Data, as_data, resolve_data
 from mpq.sweep.models import resolve_factory
@@ -47,11 +49,35 @@ class QuantizationUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Building models and data
 # --------------------------------------------------------------------------------------------
-def _build(spec: ModelSpec, dtype: Any) -> tuple[Any, Data]:
+def _call_factory(factory: Callable[..., Any], dtype: Any, spec: ModelSpec) -> tuple[Any, bool]:
+    """`(factory(dtype=dtype, **kwargs), True)`, or `(factory(**kwargs), False)` for a factory
+    without a `dtype` parameter (the sweep then applies the policy to what it returns)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+        takes_dtype = any(
+            p.name == "dtype" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params
+        )
+    except (TypeError, ValueError):  # no signature (a builtin): try the keyword
+        takes_dtype = True
+    if takes_dtype:
+        return factory(dtype=dtype, **spec.kwargs), True
+    return factory(**spec.kwargs), False
+
+
+def _build(spec: ModelSpec, dtype: Any, checkpoint: bool = False) -> tuple[Any, Data]:
     """`(model, data)` from a spec: `factory(dtype=..., **kwargs)`, data from the spec, the
-    built-in default, or the factory's second return value."""
+    built-in default, or the factory's second return value. A factory with a `dtype` parameter
+    applies the policy itself; otherwise a plain `torch.nn.Module` is converted with
+    `mpq.from_torch(module, dtype)` (after its checkpoint is loaded, when `checkpoint`) and an
+    mpq model gets `dtype_policy = dtype`. With `checkpoint`, `spec.checkpoint` is loaded."""
+    import torch
+
+    from mpq.layers import Layer
+
     factory, default_data = resolve_factory(spec.factory)
-    out = factory(dtype=dtype, **spec.kwargs)
+    out, took_dtype = _call_factory(factory, dtype, spec)
     data_ref = spec.data if spec.data is not None else default_data
     if isinstance(out, tuple) and len(out) == 2 and data_ref is None:
         model, data = out[0], as_data(out[1])
@@ -62,14 +88,77 @@ def _build(spec: ModelSpec, dtype: Any) -> tuple[Any, Data]:
                 f"model spec to name its data. Received: a {type(out).__name__} and data=None"
             )
         model, data = out, _load_data(data_ref, json.dumps(spec.data_kwargs, sort_keys=True))
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         raise TypeError(
-            f"Expected model factory {spec.resolved_name!r} to return an mpq layer/model (a "
-            f"torch.nn.Module). Received: {type(model).__name__}"
+            f"Expected model factory {spec.resolved_name!r} to return an mpq model or a "
+            f"torch.nn.Module. Received: {_describe(model)}"
         )
+    load = checkpoint and spec.checkpoint is not None
+    if not isinstance(model, Layer):
+        if load:
+            _load_checkpoint(model, spec.checkpoint)
+            load = False
+        if not took_dtype:
+            from mpq.training import from_torch
+
+            sample = _to_tensor(_first_batch(data)[:2], "cpu")
+            model, _ = from_torch(model, dtype, example_inputs=sample)
+    elif not took_dtype and dtype is not None and model.dtype_policy.name != _policy_name(dtype):
+        model.dtype_policy = dtype
+    if load:
+        _materialize(model, _first_batch(data))
+        _load_checkpoint(model, spec.checkpoint)
     return model, data
+
+
+def _policy_name(dtype: Any) -> str:
+    from mpq import policy
+
+    return policy.get(dtype).name
+
+
+def _load_checkpoint(model: Any, path: str) -> None:
+    """Load trained weights: an `mpq.saving` file (`mpq.saving.load_weights`: names, shapes and
+    dtypes checked), or a safetensors state dict (`load_state_dict(strict=True)`). Pickle-based
+    torch files are refused: loading never unpickles."""
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Expected a checkpoint file. Received: checkpoint={path!r}, which does not exist"
+        )
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # safetensors starts with a little-endian u64 header length, then '{'; a zip/pickle does not
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ValueError(
+            "Expected a safetensors checkpoint (mpq.saving.save(model, path), or "
+            "safetensors.torch.save_file(module.state_dict(), path)). Received: "
+            f"checkpoint={path!r}, a pickle-based torch file; mpq does not unpickle files"
+        )
+    from safetensors import safe_open
+
+    from mpq import saving
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise ValueError(
+            f"Expected a safetensors checkpoint. Received: checkpoint={path!r} ({type(e).__name__}: {e})"
+        ) from None
+    if meta.get("format") == saving.FORMAT:
+        saving.load_weights(model, path)
+        return
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"Expected checkpoint {path!r} to match the model's variables. Received: {e}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -147,7 +236,12 @@ def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
 
 
 def layer_table(model: Any) -> list[dict[str, Any]]:
-    """One row per variable-holding layer: path, module name, class, parameter count, bytes."""
+    """One row per variable-holding layer: path, module name, class, parameter count, bytes,
+    and the quantization modes with a scheme for its class (`modes`)."""
+    import mpq.quantization  # noqa: F401  (registers the schemes)
+    from mpq.layers.quantization import registered_schemes
+
+    schemes = registered_schemes()
     return [
         {
             "path": path,
@@ -155,13 +249,21 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
             "class": type(m).__name__,
             "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
             "bytes": weight_bytes(m),
+            "modes": sorted({mode for cls, mode in schemes if cls in type(m).__mro__}),
         }
         for path, name, m in _leaf_layers(model)
     ]
 
 
 def _state(model: Any) -> dict[str, Any]:
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    import torch
+
+    # contiguous copies: from_torch kernels are transposed views, and the runner ships the state
+    # between processes as safetensors (which takes contiguous tensors only); values unchanged
+    return {
+        k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
 
 
 def _load_state(model: Any, state: dict[str, Any]) -> None:
@@ -331,10 +433,10 @@ def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
-def _loss_fn(logits: Any, y: Any):
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.float(), y)
+def _targets(y: Any, device: str):
+    """Targets as a tensor: class ids as int64, regression targets as they are."""
+    t = _to_tensor(y, device)
+    return t if t.is_floating_point() else t.long()
 
 
 def _fit(
@@ -346,14 +448,17 @@ def _fit(
     seed: int,
     device: str,
     loss_scaling: bool = False,
+    task: Any = None,
 ) -> float:
     """Adam on the trainable variables. With `loss_scaling` (float16 compute) the steps go
     through `mpq.LossScaler`: a step with non-finite gradients is skipped and the scale halved.
     Returns the last epoch's mean loss."""
     import torch
 
+    from mpq.sweep.tasks import resolve_task
     from mpq.training import LossScaler
 
+    loss_fn = resolve_task(task).loss
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("Expected trainable variables to train. Received: none")
@@ -364,9 +469,9 @@ def _fit(
     for epoch in range(epochs):
         total, n = 0.0, 0
         for x, y in data.train_batches(batch_size, seed, epoch):
-            x, y = _to_tensor(x, device), _to_tensor(y, device, integer=True)
+            x, y = _to_tensor(x, device), _targets(y, device)
             opt.zero_grad(set_to_none=True)
-            loss = _loss_fn(model(x), y)
+            loss = loss_fn(model(x), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"Expected a finite training loss. Received: loss={loss.item()} at epoch {epoch}"
@@ -385,26 +490,36 @@ def _fit(
     return last
 
 
-def evaluate(model: Any, data: Data, device: str) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy, and float32 logits `[N, classes]` on the test split."""
+def evaluate(model: Any, data: Data, device: str, task: Any = None) -> dict[str, Any]:
+    """The task's metrics on the test split (classification: accuracy and mean cross-entropy;
+    `lm`: perplexity, bits per byte, next-byte accuracy; `regression`: MSE), `"loss"`, and the
+    float32 outputs `"logits"` (concatenated over batches). Non-finite outputs or metrics raise.
+    """
     import torch
 
+    from mpq.sweep.tasks import resolve_task
+
+    task = resolve_task(task)
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
         for x, y in data.test_batches(EVAL_BATCH):
             out = model(_to_tensor(x, device))
             logits.append(out.float().cpu())
-            labels.append(_to_tensor(y, "cpu", integer=True))
+            labels.append(_targets(y, "cpu"))
     logits_t, labels_t = torch.cat(logits), torch.cat(labels)
     if not torch.isfinite(logits_t).all():
         bad = int((~torch.isfinite(logits_t)).sum())
         raise FloatingPointError(
             f"Expected finite logits. Received: {bad} non-finite of {logits_t.numel()}"
         )
+    metrics = task.evaluate(logits_t, labels_t)
     return {
-        "accuracy": float((logits_t.argmax(1) == labels_t).float().mean()),
-        "loss": float(_loss_fn(logits_t, labels_t)),
+        **metrics,
+        "accuracy": metrics.get("accuracy"),
+        "loss": metrics.get("loss"),
+        "metric": task.metric,
+        "metric_value": metrics[task.metric],
         "logits": logits_t,
     }
 
@@ -437,38 +552,115 @@ def _latency_ms(model: Any, data: Data, device: str, repeats: int) -> tuple[floa
     return 1e3 * statistics.median(times), int(x.shape[0])
 
 
+def _data_digest(data: Data) -> str | None:
+    """sha256 of the arrays (None for loaders: their content cannot be fingerprinted cheaply)."""
+    if data.uses_loaders:
+        return None
+    h = hashlib.sha256()
+    for a in (data.x_train, data.y_train, data.x_test, data.y_test):
+        arr = np.ascontiguousarray(a)
+        h.update(f"{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_paths(spec: ModelSpec, seed: int, device: str, quick: bool, data: Data, cache_dir: Any):
+    """`(weights.mpq, info.json)` of this (model config, seed) in `cache_dir`, or None when the
+    baseline is not cacheable (data from loaders)."""
+    from pathlib import Path
+
+    import torch
+
+    import mpq
+
+    digest = _data_digest(data)
+    if cache_dir is None or digest is None:
+        return None
+    key = json.dumps(
+        [spec.to_dict(), seed, device, quick, digest, torch.__version__, mpq.__version__],
+        sort_keys=True,
+    )
+    h = hashlib.sha256(key.encode()).hexdigest()[:16]
+    base = Path(cache_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.resolved_name)}-s{seed}-{h}"
+    return base.with_suffix(".mpq"), base.with_suffix(".json")
+
+
 def train_baseline(
-    spec: ModelSpec, seed: int, device: str = "cpu", quick: bool = False
+    spec: ModelSpec,
+    seed: int,
+    device: str = "cpu",
+    quick: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train `spec`'s model in float32 from `seed`; return its weights (CPU tensors), test
-    logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick)."""
+    logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick).
+
+    `spec.checkpoint` is loaded first (`mpq.saving` file or safetensors state dict);
+    `spec.train=False` skips training (eval-only: the given weights are swept). With
+    `cache_dir`, trained weights are saved there with `mpq.saving` keyed by (model config, seed,
+    device, quick, data digest, versions), and a later sweep loads them instead of training.
+    """
     import torch
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model, data = _build(spec, "float32")
+    model, data = _build(spec, "float32", checkpoint=True)
     data = _sized(data, quick)
     _materialize(model, _first_batch(data))
+    task = spec.task_obj
+    epochs = 0 if not spec.train else (min(spec.epochs, QUICK_EPOCHS) if quick else spec.epochs)
+    cache = _cache_paths(spec, seed, device, quick, data, cache_dir) if epochs else None
+    cached = False
+    train_loss = float("nan")
+    if cache is not None and cache[0].is_file() and cache[1].is_file():
+        from mpq import saving
+
+        try:
+            info = json.loads(cache[1].read_text())
+            saving.load_weights(model, cache[0])
+            train_loss, cached = float(info["train_loss"]), True
+        except (ValueError, KeyError, TypeError, OSError):  # a broken cache entry: train again
+            cached = False
     model.to(device)
-    epochs = min(spec.epochs, QUICK_EPOCHS) if quick else spec.epochs
-    train_loss = (
-        _fit(model, data, epochs, spec.lr, spec.batch_size, seed, device)
-        if epochs
-        else float("nan")
-    )
-    ev = evaluate(model, data, device)
+    if epochs and not cached:
+        train_loss = _fit(model, data, epochs, spec.lr, spec.batch_size, seed, device, task=task)
+        if cache is not None:
+            model.to("cpu")
+            _write_cache(model, cache, train_loss)
+            model.to(device)
+    ev = evaluate(model, data, device, task)
     model.to("cpu")
     return {
         "state": _state(model),
         "logits": ev["logits"],
         "accuracy": ev["accuracy"],
         "loss": ev["loss"],
+        "metric": ev["metric"],
+        "metric_value": ev["metric_value"],
+        "metrics": {k: v for k, v in ev.items() if isinstance(v, float)},
         "train_loss": train_loss,
         "epochs": epochs,
+        "cached": cached,
         "layers": layer_table(model),
         "weight_bytes": weight_bytes(model),
         "train_seconds": time.perf_counter() - t0,
     }
+
+
+def _write_cache(model: Any, cache: tuple[Any, Any], train_loss: float) -> None:
+    """Save the trained weights (`mpq.saving`, atomic) and then the info file; a model that
+    `mpq.saving` cannot write is simply not cached."""
+    from mpq import saving
+
+    weights, info = cache
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        saving.save(model, weights)
+    except (TypeError, ValueError, NotImplementedError, OSError):
+        return
+    tmp = info.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"train_loss": train_loss}))
+    os.replace(tmp, info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,6 +756,17 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
         "finetune_epochs": 0,
         "finetune_accuracy": None,
         "finetune_loss": None,
+        "task": None,
+        "metric": None,
+        "higher_is_better": None,
+        "metric_value": None,
+        "float32_metric": None,
+        "metric_delta": None,
+        "perplexity": None,
+        "bits_per_byte": None,
+        "mse": None,
+        "finetune_metric": None,
+        "baseline_cached": None,
         "train_epochs": None,
         "assignment": None
         if config.assignment is None
@@ -572,7 +775,11 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
     try:
         rec.update(environment(config.device))
         base = baseline if baseline is not None else _baseline_for(config)
+        task = config.model.task_obj
+        rec.update(task=task.name, metric=task.metric, higher_is_better=task.higher_is_better)
         rec["float32_accuracy"] = base["accuracy"]
+        rec["float32_metric"] = base["metric_value"]
+        rec["baseline_cached"] = base.get("cached")
         rec["float32_weight_bytes"] = base["weight_bytes"]
         rec["train_epochs"] = base["epochs"]
         if config.layers is not None:
@@ -593,12 +800,17 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
             module_of = {row["path"]: row["module"] for row in base["layers"]}
             rec["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
         model.to(config.device)
-        ev = evaluate(model, data, config.device)
+        ev = evaluate(model, data, config.device, task)
         sq = _sqnr_db(base["logits"], ev["logits"])
+        rec.update({k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev})
         rec.update(
             accuracy=ev["accuracy"],
             loss=ev["loss"],
-            accuracy_delta=ev["accuracy"] - base["accuracy"],
+            metric_value=ev["metric_value"],
+            metric_delta=ev["metric_value"] - base["metric_value"],
+            accuracy_delta=None
+            if ev["accuracy"] is None or base["accuracy"] is None
+            else ev["accuracy"] - base["accuracy"],
             sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
         )
         rec["latency_ms"], rec["latency_batch"] = _latency_ms(
@@ -619,10 +831,14 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[s
                 config.seed + 1000,
                 config.device,
                 loss_scaling=v.dtype_policy.compute_dtype == "float16",
+                task=task,
             )
-            ft = evaluate(model, data, config.device)
+            ft = evaluate(model, data, config.device, task)
             rec.update(
-                finetune_epochs=epochs, finetune_accuracy=ft["accuracy"], finetune_loss=ft["loss"]
+                finetune_epochs=epochs,
+                finetune_accuracy=ft["accuracy"],
+                finetune_loss=ft["loss"],
+                finetune_metric=ft["metric_value"],
             )
     except Exception as e:  # a failed run is a record, not a crash of the sweep
         rec["status"] = "error"

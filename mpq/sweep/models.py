@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "digits_cnn", "digits_mlp", "resolve_factory", "synthetic_mlp"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "digits_cnn",
+    "digits_mlp",
+    "regression_mlp",
+    "resolve_factory",
+    "synthetic_mlp",
+    "tiny_lm",
+]
 
 
 def digits_cnn(dtype: Any = None, filters: Sequence[int] = (16, 32), num_classes: int = 10):
@@ -52,11 +60,30 @@ def synthetic_mlp(dtype: Any = None, hidden: Sequence[int] = (1024, 1024), num_c
     return Sequential([*layers, out], dtype=dtype, name="synthetic_mlp")
 
 
+def regression_mlp(dtype: Any = None, hidden: Sequence[int] = (64, 64)):
+    """Dense(64, relu) -> Dense(64, relu) -> Dense(1) for the `regression` task."""
+    from mpq.layers import Dense, Sequential
+
+    layers = [Dense(h, activation="relu", name=f"dense_{i}") for i, h in enumerate(hidden)]
+    return Sequential(
+        [*layers, Dense(1, name=f"dense_{len(hidden)}")], dtype=dtype, name="regression_mlp"
+    )
+
+
+def tiny_lm(dtype: Any = None, **kwargs: Any):
+    """The language-model task's decoder-only transformer (`mpq.sweep.tasks.lm.tiny_lm`)."""
+    from mpq.sweep.tasks.lm import tiny_lm as make
+
+    return make(dtype=dtype, **kwargs)
+
+
 #: name -> (factory, default data name)
 BUILTIN_MODELS: dict[str, tuple[Callable[..., Any], str]] = {
     "digits_cnn": (digits_cnn, "digits"),
     "digits_mlp": (digits_mlp, "digits_flat"),
     "synthetic_mlp": (synthetic_mlp, "synthetic"),
+    "regression_mlp": (regression_mlp, "synthetic_regression"),
+    "tiny_lm": (tiny_lm, "stdlib_bytes"),
 }
 
 

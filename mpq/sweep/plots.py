@@ -103,10 +103,13 @@ def plot_sweep(
 def plot_per_layer(
     panels: Sequence[tuple[str, list[str], list[str], list[list[float | None]]]],
     path: str | os.PathLike,
+    failed: set[tuple[str, str, str]] | None = None,
 ) -> None:
     """Heatmaps of per-layer SQNR (dB): rows are layers, columns are variants, one panel per
     (model, seed) title; each cell annotated. Low (dark) cells are the layers to keep in higher
-    precision. `panels` are `(title, layers, variants, matrix)` from `per_layer_matrix`."""
+    precision. `panels` are `(title, layers, variants, matrix)` from `per_layer_matrix`; an empty
+    cell reads "fail" when `(title, layer, variant)` is in `failed` (None: every empty cell), else
+    "n/a" (not run: the layer has no scheme for the variant's mode)."""
     import numpy as np
 
     Figure = _pyplot()
@@ -127,7 +130,11 @@ def plot_per_layer(
         ax.set_yticks(range(len(layers)), layers, fontsize=8)
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
-                text = "fail" if v is None else ("inf" if math.isinf(v) else f"{v:.0f}")
+                if v is None:
+                    bad = failed is None or (title, layers[i], variants[j]) in failed
+                    text = "fail" if bad else "n/a"
+                else:
+                    text = "inf" if math.isinf(v) else f"{v:.0f}"
                 ax.text(
                     j,
                     i,

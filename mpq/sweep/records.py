@@ -233,10 +233,11 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "model", "s"),
     ("variant", "policy", "s"),
     ("n", "seeds", "d"),
-    ("accuracy", "acc %", "pct"),
-    ("accuracy_delta", "d acc", "dpct"),
-    ("loss", "loss", ".3f"),
+    ("metric", "metric", "s"),
+    ("metric_value", "value", ".4g"),
+    ("metric_delta_pct", "vs f32 %", "+.2f"),
     ("sqnr_db", "SQNR dB", "db"),
+    ("accuracy", "acc %", "pct"),
     ("weight_bytes", "weights", "bytes"),
     ("bytes_ratio", "x f32", ".3f"),
     ("latency_ms", "ms/batch", ".2f"),
@@ -286,8 +287,25 @@ def summarize(records: Iterable[dict[str, Any]], kind: str = "policy") -> list[d
             "latency_ms",
             "finetune_accuracy",
             "float32_accuracy",
+            "metric_value",
+            "metric_delta",
+            "float32_metric",
+            "perplexity",
+            "bits_per_byte",
+            "mse",
+            "finetune_metric",
         ):
             row[k] = _mean([r.get(k) for r in ok])
+        first = ok[0] if ok else rs[0]
+        row["task"] = first.get("task")
+        row["metric"] = first.get("metric")
+        row["higher_is_better"] = first.get("higher_is_better")
+        f32 = row["float32_metric"]
+        row["metric_delta_pct"] = (
+            None
+            if row["metric_delta"] is None or not f32
+            else 100.0 * row["metric_delta"] / abs(f32)
+        )
         sq = [r.get("sqnr_db") for r in ok]
         # null SQNR on an ok run means identical logits (infinite SQNR)
         row["sqnr_db"] = None if not ok else (math.inf if all(s is None for s in sq) else _mean(sq))

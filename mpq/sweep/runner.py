@@ -268,8 +268,10 @@ class Progress:
             if record.get("layer"):
                 what += f" @{record['layer']}"
             status = "resumed" if resumed else record.get("status", "?")
+            left = self.total - self.done
+            eta = f" eta {elapsed / self.done * left:4.0f}s" if left and not resumed else ""
             line = (
-                f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s  {what} seed {record.get('seed')}: "
+                f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s{eta}  {what} seed {record.get('seed')}: "
                 f"{status}" + (f" ({self.failed} failed)" if self.failed else "")
             )
             if self.tty:
@@ -323,9 +325,19 @@ def _unpack(baseline: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _train_task(model: Any, seed: int, device: str, quick: bool) -> dict[str, Any]:
+def _known_modes() -> set[str]:
+    """The quantization modes some layer class has a scheme for."""
+    import mpq.quantization  # noqa: F401  (registers the schemes)
+    from mpq.layers.quantization import registered_schemes
+
+    return {mode for _, mode in registered_schemes()}
+
+
+def _train_task(
+    model: Any, seed: int, device: str, quick: bool, cache_dir: str | None = None
+) -> dict[str, Any]:
     """`experiment.train_baseline`, its tensors packed as bytes."""
-    return _pack(experiment.train_baseline(model, seed, device, quick))
+    return _pack(experiment.train_baseline(model, seed, device, quick, cache_dir))
 
 
 def _run_task(rc: RunConfig, packed_baseline: dict[str, Any]) -> dict[str, Any]:
@@ -413,6 +425,7 @@ class _Scheduler:
                 seed,
                 self.config.device,
                 self.config.quick,
+                self.config.baseline_cache,
             )
 
     def _submit(self, tag: tuple[str, Any], fn: Callable[..., Any], *args: Any) -> None:
@@ -455,6 +468,15 @@ class _Scheduler:
         key = _baseline_key(self.config, model.resolved_name, seed)
         variants = [v for v in self.config.variants if v.label != "float32"]
 
+        known = _known_modes()
+
+        def applies(v: Variant, row: dict[str, Any]) -> bool:
+            # A quantized variant is not run on a layer that has no scheme for its mode (a
+            # LayerNormalization under int8): there is nothing to measure. Rows without `modes`
+            # (a layers.json of an older sweep) and modes no scheme names run as before.
+            mode = v.dtype_policy.quantization_mode
+            return mode is None or "modes" not in row or mode not in known or mode in row["modes"]
+
         def expand(layers: list[dict[str, Any]]) -> None:
             # Sensitivity is about the weights as trained: no fine-tuning.
             runs = [
@@ -463,6 +485,7 @@ class _Scheduler:
                 )
                 for row in layers
                 for v in variants
+                if applies(v, row)
             ]
             self.per_layer_left[key] = len(runs)
             self.progress.add(len(runs))
