@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_builtin_variants_cover_the_default_set():
     assert list(BUILTIN_VARIANTS) == [
         "float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
-        "int8", "int8-wo", "int4", "int4-g32", "float8",
+        "int8", "int8-wo", "int4", "int4-g32", "float8", "float8-static",
     ]  # fmt: skip
     assert BUILTIN_VARIANTS["int8-wo"].policy == "int8_from_float32"
     assert BUILTIN_VARIANTS["int8-wo"].quantize_config == {"weight_only": True}
     assert BUILTIN_VARIANTS["int4"].dtype_policy.block_size == -1
     assert BUILTIN_VARIANTS["int4-g32"].dtype_policy.block_size == 32
     assert BUILTIN_VARIANTS["float8"].dtype_policy.mode == "float8"
+    assert BUILTIN_VARIANTS["float8-static"].quantize_config == {"scaling": "static"}
     finetuned = {k for k, v in BUILTIN_VARIANTS.items() if v.finetune}
     assert finetuned == {"mixed_float16", "mixed_bfloat16", "float8"}
 
@@ -177,7 +178,7 @@ def test_default_file_is_the_default_config():
     assert [r.config_hash for r in from_file.run_configs()] == [
         r.config_hash for r in default.run_configs()
     ]
-    assert len(default.run_configs()) == 30  # digits CNN, digits MLP, tiny LM x 10 policies
+    assert len(default.run_configs()) == 33  # digits CNN, digits MLP, tiny LM x 11 policies
 
 
 @pytest.mark.parametrize(

@@ -150,3 +150,24 @@ def test_no_layer_quantized_is_a_failed_run(tmp_path, monkeypatch):
     (rec,) = sweep.run(_cfg(tmp_path, policies=["int8"]), verbose=False)
     assert rec["status"] == "error"
     assert "Received: no layer was quantized" in rec["error"]
+
+
+def test_float8_static_variant_is_calibrated_and_smaller_than_float32():
+    """The sweep's inference float8 (`float8-static`): e4m3fn kernels whose input ranges come
+    from calibration batches (never the uncalibrated dynamic fallback), and fewer weight bytes
+    than float32 (no amax histories)."""
+    from mpq.sweep.config import resolve_variant
+    from mpq.sweep.data import digits_flat
+    from mpq.sweep.experiment import _quantize
+    from mpq.sweep.models import digits_mlp
+
+    variant = resolve_variant("float8-static")
+    assert variant.quantize_config == {"scaling": "static"} and not variant.finetune
+    data = digits_flat()
+    model = digits_mlp(dtype="float32")
+    model.build((None, 64))
+    float_bytes = mpq.quantization.weight_bytes(model)
+    assert _quantize(model, variant, None, data) == 3
+    amax = [m._parameters["inputs_amax"] for m in model.layers]
+    assert all(float(a) > 0 for a in amax)
+    assert mpq.quantization.weight_bytes(model) < 0.35 * float_bytes

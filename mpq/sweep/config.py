@@ -149,12 +149,14 @@ def _builtin_variants() -> dict[str, Variant]:
         ("int4", "int4/-1_from_float32", None, False),
         ("int4-g32", "int4/32_from_float32", None, False),
         ("float8", "float8_from_float32", None, True),
+        ("float8-static", "float8_from_float32", {"scaling": "static"}, False),
     ]
     return {label: Variant(label, name, cfg, ft) for label, name, cfg, ft in entries}
 
 
 #: The default set, by label: float32 (the reference), half and mixed policies, int8 W8A8, int8
-#: weight-only, int4 per output channel, int4 grouped (g=32), float8.
+#: weight-only, int4 per output channel, int4 grouped (g=32), float8 with delayed scaling (the
+#: training recipe, fine-tuned) and float8 for inference (e4m3 kernel, calibrated input scale).
 BUILTIN_VARIANTS: dict[str, Variant] = _builtin_variants()
 DEFAULT_POLICIES: tuple[str, ...] = tuple(BUILTIN_VARIANTS)
 

@@ -343,8 +343,18 @@ def _quantize(
             )
         kwargs["algorithm"] = algorithm
         kwargs["calibration"] = _calibration(data)
+    static = (variant.quantize_config or {}).get("scaling") == "static"
+    if static and data is None:
+        raise ValueError(
+            f"Expected calibration data for the static-scaling variant {variant.label!r}. "
+            "Received: data=None"
+        )
     before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     fn(model, pol.mode_spec, **kwargs)
+    if static:  # static input scales come from the same training batches the algorithms use
+        import mpq
+
+        mpq.calibrate(model, _calibration(data))
     after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     newly = after - before
     if not newly:
