@@ -87,7 +87,9 @@ def main() -> int:
     # Pin the torch now installed: an extra that asks for a newer torch (transformers' deps,
     # say) fails clearly instead of replacing the CPU build with the index's CUDA one.
     version = subprocess.run(
-        [python, "-c", "import torch; print(torch.__version__)"],
+        # From the installed metadata: a torch installed just now without its dependencies
+        # cannot be imported before the install below brings them.
+        [python, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
         capture_output=True,
         text=True,
         check=True,
