@@ -169,7 +169,20 @@ class EmbeddingViews:
         return _variable_view(self, "embeddings", _view, lambda: (self.input_dim, self.output_dim))
 
 
-class LayerNormViews:
+class _NormAffineViews:
+    """The torch names of a normalization's affine variables: ``weight`` (gamma) and ``bias``
+    (beta), read-only views, None when the layer has none."""
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return _view(self._parameters.get("gamma"))
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return _view(self._parameters.get("beta"))
+
+
+class LayerNormViews(_NormAffineViews):
     """``nn.LayerNorm`` views: ``weight`` (gamma), ``bias`` (beta), ``eps``,
     ``normalized_shape``, ``elementwise_affine``."""
 
@@ -186,14 +199,6 @@ class LayerNormViews:
     def elementwise_affine(self) -> bool:
         return bool(self.scale)
 
-    @property
-    def weight(self) -> torch.Tensor | None:
-        return _view(self._parameters.get("gamma"))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return _view(self._parameters.get("beta"))
-
     def _norm_shape(self) -> tuple[int, ...]:
         for name in ("gamma", "beta"):
             var = self._parameters.get(name)
@@ -202,7 +207,7 @@ class LayerNormViews:
         return tuple(self.input_spec.axes[a] for a in sorted(self.input_spec.axes))
 
 
-class BatchNormViews:
+class BatchNormViews(_NormAffineViews):
     """``nn.BatchNorm`` views: ``weight`` (gamma), ``bias`` (beta), ``running_mean``,
     ``running_var``, ``eps``, ``num_features``, ``affine``. (``momentum`` stays Keras':
     ``1 - torch's``.)"""
@@ -219,14 +224,6 @@ class BatchNormViews:
     @property
     def affine(self) -> bool:
         return bool(self.scale)
-
-    @property
-    def weight(self) -> torch.Tensor | None:
-        return _view(self._parameters.get("gamma"))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return _view(self._parameters.get("beta"))
 
     @property
     def running_mean(self) -> torch.Tensor:
