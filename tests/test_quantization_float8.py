@@ -280,3 +280,28 @@ def test_float8_scales_must_be_finite_and_positive_through_set_weights_and_assig
     with pytest.raises(ValueError, match=pattern):
         getattr(layer, name).assign(torch.tensor(bad))
     assert torch.equal(getattr(layer, name).detach(), before)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: Dense(12, input_dim=20), (5, 20)),
+        (lambda: EinsumDense("abc,cde->abde", (3, 4, 6), bias_axes="de"), (2, 3, 5)),
+        (lambda: Conv2D(4, 3, input_shape=(6, 6, 3)), (2, 6, 6, 3)),
+    ],
+)
+def test_inference_without_gradients_equals_the_autograd_forward_bit_for_bit(make, shape):
+    # Without gradients the kernel is quantized in its own layout and its codes transposed:
+    # the same codes, then the same kernel call on the same layouts as the autograd path.
+    torch.manual_seed(0)
+    layer = make()
+    layer.build((None, *shape[1:]))
+    with torch.no_grad():
+        layer.kernel.mul_(50.0)  # a kernel scale away from 1
+    layer.quantize("float8")
+    x = torch.randn(*shape) * 3
+    with torch.no_grad():
+        fast = layer(x, training=False)
+    slow = layer(x.clone().requires_grad_(True), training=False)  # kernel trainable: autograd
+    assert slow.requires_grad
+    assert torch.equal(fast, slow.detach())

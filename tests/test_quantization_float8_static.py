@@ -11,6 +11,7 @@ import torch
 import mpq
 from mpq.layers import Conv2D, Dense, Dropout, Sequential
 from mpq.quantization import QuantizationConfig, weight_bytes
+from mpq.quantization._requantize import dequantized_kernel
 from mpq.testing import sqnr
 
 STATIC = QuantizationConfig("float8", scaling="static")
@@ -53,13 +54,17 @@ def test_static_layer_matches_its_definition_exactly():
     sw = torch.amax(w.abs()) / torch.tensor(E4M3_MAX)
     assert torch.equal(layer.kernel_scale, sw)
     assert layer.kernel.dtype == torch.float8_e4m3fn
-    assert torch.equal(layer.kernel.float(), _e4m3(w / sw))
+    # codes stored K-major ([units, input_dim], the 8-bit kernels' layout, as int8 stores them)
+    assert tuple(layer.kernel.shape) == (16, 32) and layer.kernel.is_contiguous()
+    codes = layer.kernel.float().t()
+    assert torch.equal(codes, _e4m3(w / sw))
+    assert torch.equal(dequantized_kernel(layer), codes * sw)
     assert float(layer.inputs_amax) == 0.0  # not calibrated
     assert weight_bytes(layer) == 32 * 16 + 16 * 4 + 4 + 4
     x = torch.randn(5, 32) * 3
     # uncalibrated: this call's own amax (dynamic), never a unit scale
     sx = torch.amax(x.abs()) / torch.tensor(E4M3_MAX)
-    want = (_e4m3(x / sx) @ layer.kernel.float()) * (sx * sw) + b
+    want = (_e4m3(x / sx) @ codes) * (sx * sw) + b
     torch.testing.assert_close(layer(x), want, rtol=2**-20, atol=0.0)
     ref = x @ w + b
     assert sqnr(ref, layer(x)) > 25  # e4m3: 3 mantissa bits, ~30 dB per rounding
@@ -67,7 +72,7 @@ def test_static_layer_matches_its_definition_exactly():
     report = mpq.calibrate(layer, [torch.full((1, 32), -2.0), torch.full((1, 32), 1.5)])
     assert float(layer.inputs_amax) == 2.0 and report.inputs_amax == {layer.path: 2.0}
     sx = torch.tensor(2.0) / torch.tensor(E4M3_MAX)
-    want = (_e4m3(x / sx) @ layer.kernel.float()) * (sx * sw) + b
+    want = (_e4m3(x / sx) @ codes) * (sx * sw) + b
     torch.testing.assert_close(layer(x), want, rtol=2**-20, atol=0.0)
 
 

@@ -47,7 +47,7 @@ def requantize_with_delta(layer: Any, delta: torch.Tensor) -> None:
     merged = dequantized_kernel(layer) + delta.float()
     if float8_static.is_static(layer):
         codes, scale = float8_static.quantize_kernel(merged)
-        layer._parameters["kernel"].copy_(codes)
+        layer._parameters["kernel"].copy_(C.form(layer).to_stored(codes))
         layer._parameters["kernel_scale"].copy_(scale)
         return
     if cfg.mode == "float8":

@@ -2,7 +2,9 @@
 Conv1D and Conv2D: the kernel stored as float8_e4m3fn codes, the inputs quantized to e4m3fn with
 a static scale set by calibration.
 
-Stored (non-trainable): ``kernel`` float8_e4m3fn in the float kernel's shape, ``kernel_scale``
+Stored (non-trainable): ``kernel`` float8_e4m3fn in the K-major layout of ``mpq.kernels`` (as
+int8 stores its codes: Dense ``[units, input_dim]``, Conv ``[filters, *kernel_size, channels]``;
+no per-call transposed copy), ``kernel_scale``
 (0-d float32, ``amax(|kernel|) / 448`` at quantize time: the weights never saturate) and
 ``inputs_amax`` (0-d float32: the largest ``|input|`` seen by ``mpq.calibrate``; 0 until then).
 A call quantizes its input with ``inputs_amax / 448`` (values beyond the calibrated range
@@ -129,10 +131,11 @@ def convert(layer: Any, cfg: Any, form: Any, values: bool) -> None:
     codes = scale = None
     if values:
         codes, scale = quantize_kernel(kernel)
+        codes = form.to_stored(codes)
     C.replace_kernel(
         layer,
         {
-            "kernel": (tuple(kernel.shape), torch.float8_e4m3fn, codes, "zeros", None),
+            "kernel": (tuple(form.stored_shape), torch.float8_e4m3fn, codes, "zeros", None),
             "kernel_scale": ((), torch.float32, scale, "ones", C.POSITIVE_FINITE),
             "inputs_amax": ((), torch.float32, None, "zeros", INPUTS_AMAX_RULE),
         },
@@ -146,11 +149,10 @@ def call(layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.T
     sw = C.read(layer, "kernel_scale").detach()
     if isinstance(form, ConvForm):
         x = C.conv_input(layer, inputs)
-        w8 = form.to_stored(codes)
-        y = _StaticConvRun(layer, w8, sw).apply(x, None, C.conv_bias(layer))
+        y = _StaticConvRun(layer, codes, sw).apply(x, None, C.conv_bias(layer))
         return C.conv_output(layer, y)
     x, meta = C.linear_rows(layer, inputs)
-    w8 = C.as3(layer, form.to_matrix(codes))
+    w8 = C.as3(layer, codes)  # [S, N, K]: b = w8[s].t() is K-major, no copy
     bias = C.fusable_bias(layer)
     y = _StaticLinearRun(layer, w8, sw).apply(x, None, bias)
     return C.linear_output(layer, y, meta, bias_fused=bias is not None)
@@ -159,7 +161,8 @@ def call(layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.T
 def dequantized_kernel(layer: Any) -> torch.Tensor:
     """The float32 kernel (float layout) the layer computes with: ``codes * scale``."""
     codes = layer._parameters["kernel"].detach()
-    return dequantize_float8(codes, layer._parameters["kernel_scale"].detach(), torch.float32)
+    w = dequantize_float8(codes, layer._parameters["kernel_scale"].detach(), torch.float32)
+    return C.form(layer).from_matrix(w)  # stored (K-major) -> the float kernel's layout
 
 
 class Float8Schemes(Float8Scheme):

@@ -130,17 +130,45 @@ def test_int_mm_probe_holds_on_this_cpu():
     act=ACTS,
     out=OUTS,
     seed=st.integers(0, 2**16),
+    chunk=st.sampled_from([None, 1, 50]),
 )
-def test_float8_matmul_matches_the_reference(m, k, n, fa, fb, strided, use_bias, act, out, seed):
+def test_float8_matmul_matches_the_reference(
+    m, k, n, fa, fb, strided, use_bias, act, out, seed, chunk
+):
     gen = torch.Generator().manual_seed(seed)
     a = a_operand((m, k), fa, gen, strided)
     b = k_major(rand((n, k), fb, gen))
     bias = torch.randn(n, generator=gen) if use_bias else None
     sa, sb = torch.tensor(0.25), torch.rand(n) + 0.5
-    got, want = both(
-        "matmul", a, b, a_scale=sa, b_scale=sb, bias=bias, activation=act, out_dtype=out
-    )
+    # chunk: weight elements decoded at a time (1: one row of b.t() per GEMM; None: default)
+    with mock.patch.object(_cpu, "_F8_CHUNK", chunk or _cpu._F8_CHUNK):
+        got, want = both(
+            "matmul", a, b, a_scale=sa, b_scale=sb, bias=bias, activation=act, out_dtype=out
+        )
     assert_close(got, want, out, k * 16)  # data of magnitude ~4 (rand saturates fp8 at x4)
+
+
+@given(
+    m=st.integers(1, 20),
+    k=K_SIZES,
+    n=st.integers(1, 24),
+    fa=st.sampled_from([torch.float8_e4m3fn, torch.float8_e5m2]),
+    fb=st.sampled_from([torch.float8_e4m3fn, torch.float8_e5m2]),
+    seed=st.integers(0, 2**16),
+    nan=st.sampled_from([None, 0x7F, 0xFF]),
+)
+def test_float8_accumulator_is_the_float32_gemm_of_the_exact_values(m, k, n, fa, fb, seed, nan):
+    # The decoded operands are the values times powers of two, rescaled after the GEMM: the
+    # same op on the same layouts as the float32 GEMM of the exact values, so bit for bit.
+    gen = torch.Generator().manual_seed(seed)
+    a = rand((m, k), fa, gen)
+    b_nk = rand((n, k), fb, gen)
+    if nan is not None and fb == torch.float8_e4m3fn:
+        b_nk.view(torch.uint8)[n // 2, k // 2] = nan
+    want = torch.nn.functional.linear(a.to(torch.float32), b_nk.to(torch.float32))
+    got = _cpu._float8_mm(a, b_nk.t())
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
 
 
 def test_float8_upcast_is_exact_on_every_code():
@@ -150,6 +178,37 @@ def test_float8_upcast_is_exact_on_every_code():
         want = codes.to(torch.float32).reshape(16, 16)
         assert torch.equal(got.isnan(), want.isnan())
         assert torch.equal(got.nan_to_num(), want.nan_to_num())
+        ok = ~want.isnan()  # bit for bit, so -0.0 stays -0.0
+        assert torch.equal(got.view(torch.int32)[ok], want.view(torch.int32)[ok])
+
+
+def _upcast_float8_oracle(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32)
+
+
+@given(
+    dtype=st.sampled_from(
+        [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz]
+    ),
+    shape=st.sampled_from([(0,), (1,), (3, 5), (7, 1, 33), (2, 300)]),
+    seed=st.integers(0, 2**31 - 1),
+    nan_codes=st.sampled_from([(), (0x7F,), (0xFF,), (0x7F, 0xFF)]),
+)
+def test_float8_upcast_is_bit_exact_on_random_codes(dtype, shape, seed, nan_codes):
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32).to(torch.uint8)
+    if dtype == torch.float8_e4m3fn:  # the NaN scan: none, one sign, or both signs present
+        raw[(raw & 0x7F) == 0x7F] = 0
+        for i, code in enumerate(nan_codes):
+            if raw.numel() > i:
+                raw.view(-1)[i * raw.numel() // 2] = code
+    t = raw.view(dtype)
+    got = _cpu.upcast_float8(t)
+    want = _upcast_float8_oracle(t)
+    assert got.shape == t.shape and got.dtype == torch.float32
+    assert torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    assert torch.equal(got.view(torch.int32)[ok], want.view(torch.int32)[ok])
 
 
 @given(
