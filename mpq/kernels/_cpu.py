@@ -7,7 +7,9 @@
 - float8: an exact upcast through a 256-entry table (``index_select``, ~5x faster than torch's
   float8 -> float32 cast on CPU), then the reference's float32 GEMM / convolution.
 - weight-only int4: the weight dequantized with broadcast group scales (no gathers, no stack)
-  in the packed [N, K] orientation (the reference's values), then the reference's float32 GEMM.
+  in the packed [N, K] orientation (the reference's values), then a float32 GEMM; for even K
+  and whole even groups as two planes (even K, then odd K) with the input's columns reordered
+  alike (same values, another summation order: float32 tolerance).
 - int8 conv2d: one exact float32 convolution (oneDNN, direct algorithm) when KH*KW*C/groups
   <= 1024, else float64 (exact, slower).
 - float operands: the reference (it already calls torch's kernels directly).
