@@ -258,3 +258,88 @@ def test_rtn_state_of_all_zero_channels_is_valid_and_round_trips(mode):
     layer.save_own_variables(store)
     layer.load_own_variables(store)
     assert torch.equal(layer(torch.ones(2, 4)), torch.zeros(2, 3))
+
+
+# --- the lean CPU paths of the linear layers (#14 follow-up) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: Dense(5), (3, 7)),
+        (lambda: Dense(6, use_bias=False), (2, 4, 9)),
+        (lambda: EinsumDense("abc,bcd->abd", output_shape=(2, 5), bias_axes="d"), (3, 2, 7)),
+    ],
+    ids=["dense", "dense_3d_no_bias", "einsum_shared"],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_w8a8_unchecked_kernel_entry_matches_the_checked_matmul(make, shape, dtype, monkeypatch):
+    from mpq.kernels import _cpu
+    from mpq.quantization import _common
+
+    layer = make()
+    layer.dtype_policy = dtype
+    x = torch.randn(*shape) * 3
+    layer(x)
+    layer.quantize("int8")
+    calls = []
+    lean = _cpu.int8_linear
+    monkeypatch.setattr(_cpu, "int8_linear", lambda *a: calls.append(1) or lean(*a))
+    with torch.no_grad():
+        got = layer(x)
+        assert calls, "the layer did not take the unchecked entry"
+        monkeypatch.setattr(_common, "prevalidated_int8", lambda *a: False)
+        want = layer(x)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_w8a8_unchecked_entry_is_not_taken_on_another_backend(monkeypatch):
+    from mpq import kernels
+    from mpq.kernels import _cpu
+
+    layer = Dense(4)
+    x = torch.randn(2, 8)
+    layer(x)
+    layer.quantize("int8")
+    monkeypatch.setattr(_cpu, "int8_linear", lambda *a: pytest.fail("unchecked entry taken"))
+    with torch.no_grad(), kernels.use_backend("reference"):
+        y = layer(x)
+    assert y.shape == (2, 4)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_w8a16_one_chunk_is_bit_identical_to_the_reference_backend(use_bias):
+    """One chunk: the same dequantized values and the same float32 GEMM on the same layouts."""
+    from mpq import kernels
+
+    layer = Dense(12, use_bias=use_bias)
+    x = torch.randn(5, 16)
+    layer(x)
+    with torch.no_grad():
+        if use_bias:
+            layer.bias.copy_(torch.randn(12))
+    layer.quantize(W8A16)
+    with torch.no_grad():
+        got = layer(x)
+        with kernels.use_backend("reference"):
+            want = layer(x)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 48, 1 << 19])
+def test_w8a16_chunks_match_the_reference_backend(chunk, monkeypatch):
+    from mpq import kernels
+    from mpq.quantization import int8
+    from mpq.testing import assert_close
+
+    layer = Dense(13)
+    x = torch.randn(4, 16)
+    layer(x)
+    layer.quantize(W8A16)
+    monkeypatch.setattr(int8, "WEIGHT_CHUNK", chunk)
+    with torch.no_grad():
+        got = layer(x)
+        with kernels.use_backend("reference"):
+            want = layer(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert_close(got, want, torch.float32, k=16)

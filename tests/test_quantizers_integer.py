@@ -435,3 +435,44 @@ def test_non_contiguous_input():
     q_t, s_t = quantize_symmetric(w.t(), "int8", reduce_axes=1, group_size=4)
     q, s = quantize_symmetric(w.t().contiguous(), "int8", reduce_axes=1, group_size=4)
     assert torch.equal(q_t, q) and torch.equal(s_t, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layers' per-row int8 hot path (mpq.quantizers.integer.quantize_rows_int8)
+
+
+@SETTINGS
+@given(c=case(), wide=st.booleans())
+def test_rows_int8_is_bit_identical_to_quantize_symmetric(c, wide):
+    from mpq.quantizers.integer import quantize_rows_int8
+
+    x, _, _ = c
+    if wide:
+        x = x.to(torch.float64)
+    q, scale = quantize_rows_int8(x)
+    q_want, scale_want = quantize_symmetric(x, "int8", reduce_axes=-1, check_finite=False)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert torch.equal(q, q_want)
+    assert torch.equal(scale, scale_want) and scale.shape == scale_want.shape
+
+
+def test_rows_int8_ties_and_epsilon_floor_match_quantize_symmetric():
+    from mpq.quantizers.integer import quantize_rows_int8
+
+    # absmax 127 * 2**-3: scale 2**-3, so x / scale hits half-integers (ties to even); a zero
+    # row takes the 1e-7 floor.
+    x = torch.tensor([[0.0625, 0.1875, -0.3125, 15.875], [0.0, 0.0, 0.0, 0.0]])
+    q, scale = quantize_rows_int8(x)
+    assert q.tolist() == [[0, 2, -2, 127], [0, 0, 0, 0]]
+    q_want, scale_want = quantize_symmetric(x, "int8", reduce_axes=-1, check_finite=False)
+    assert torch.equal(q, q_want) and torch.equal(scale, scale_want)
+
+
+def test_rows_int8_empty_input_raises_like_quantize_symmetric():
+    from mpq.quantizers.integer import quantize_rows_int8
+
+    with pytest.raises(ValueError, match="Expected") as got:
+        quantize_rows_int8(torch.empty(0, 4))
+    with pytest.raises(ValueError) as want:
+        quantize_symmetric(torch.empty(0, 4), "int8", reduce_axes=-1, check_finite=False)
+    assert str(got.value) == str(want.value)

@@ -7,7 +7,9 @@
 - float8: an exact upcast by bit placement into float16 (``upcast_float8``, ~10x faster than
   torch's float8 -> float32 cast on CPU), then the reference's float32 GEMM / convolution.
 - weight-only int4: the weight dequantized with broadcast group scales (no gathers, no stack)
-  in the packed [N, K] orientation (the reference's values), then the reference's float32 GEMM.
+  in the packed [N, K] orientation (the reference's values), then a float32 GEMM; for even K
+  and whole even groups as two planes (even K, then odd K) with the input's columns reordered
+  alike (same values, another summation order: float32 tolerance).
 - int8 conv2d: one exact float32 convolution (oneDNN, direct algorithm) when KH*KW*C/groups
   <= 1024, else float64 (exact, slower).
 - float operands: the reference (it already calls torch's kernels directly).
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from . import _checks, reference
 
-__all__ = ["conv2d", "int8_mm", "matmul", "matmul_int4", "upcast_float8"]
+__all__ = ["conv2d", "int8_linear", "int8_mm", "matmul", "matmul_int4", "upcast_float8"]
 
 EXACT_FLOAT32_K = 1024
 """Longest reduction whose int8 products sum exactly in float32: 1024 * 128 * 128 = 2**24."""
@@ -215,6 +217,16 @@ def matmul(a, b, *, a_scale=None, b_scale=None, bias=None, activation=None, out_
     return out.reshape(*spec.lead, spec.N)
 
 
+def int8_linear(q, b, a_scale, b_scale, bias, out_dtype):
+    """``mpq.kernels.matmul(q, b, a_scale=a_scale, b_scale=b_scale, bias=bias,
+    out_dtype=out_dtype)`` on this backend without its argument checks, for mpq's int8 layers,
+    whose operands satisfy them by construction: ``q`` [M, K] int8 row-major, ``b`` [K, N] int8
+    K-major with K <= ``_checks.INT8_EXACT_K``, ``a_scale`` [M] and ``b_scale`` [N] float32,
+    ``bias`` None or [N] float, ``out_dtype`` a float dtype, no autograd history. Same ops, same
+    numbers as the checked call. User code calls ``mpq.kernels.matmul``."""
+    return reference._store(int8_mm(q, b), a_scale, b_scale, bias, "none", out_dtype)
+
+
 def _dequantize_int4_nk(
     spec: _checks.Int4Spec, packed_nk: torch.Tensor, n0: int, n1: int, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -232,18 +244,76 @@ def _dequantize_int4_nk(
     pairs[..., 0] = (p << 4) >> 4  # low nibble: element 2i
     pairs[..., 1] = p >> 4  # high nibble: element 2i + 1
     g = q[:, :kpad].view(n, groups, -1)
-    if spec.zero is not None:
-        g.sub_(spec.zero[:, n0:n1].t().unsqueeze(-1))
-    g.mul_(spec.scale[:, n0:n1].t().unsqueeze(-1))
+    _scale_groups(spec, g, n0, n1)
     w = q[:, :K]
     if dtype != torch.float32:
         w = w.to(dtype).to(torch.float32)
     return w if w.is_contiguous() else w.contiguous()
 
 
-_INT4_CHUNK = 1 << 20
+def _scale_groups(spec: _checks.Int4Spec, g: torch.Tensor, n0: int, n1: int) -> None:
+    """``g = (g - zero) * scale`` in place; ``g`` [n, groups, group elements] float32 codes."""
+    if spec.zero is not None:
+        g.sub_(spec.zero[:, n0:n1].t().unsqueeze(-1))
+    g.mul_(spec.scale[:, n0:n1].t().unsqueeze(-1))
+
+
+def _planar_int4(spec: _checks.Int4Spec) -> bool:
+    """True when the weight can be dequantized as planes (all even K, then all odd K): K even
+    and whole groups of an even size (or one scale per output channel)."""
+    K, groups = spec.K, spec.scale.shape[0]
+    return K % 2 == 0 and (
+        groups == 1 or (spec.group_size % 2 == 0 and groups * spec.group_size == K)
+    )
+
+
+def _dequantize_int4_planes(
+    spec: _checks.Int4Spec,
+    packed_nk: torch.Tensor,
+    n0: int,
+    n1: int,
+    dtype: torch.dtype,
+    buf: torch.Tensor,
+) -> torch.Tensor:
+    """The values of ``_dequantize_int4_nk`` with the K axis reordered as planes: columns
+    ``0..K/2-1`` hold elements 0, 2, 4, ... (low nibbles), then 1, 3, 5, ... (high nibbles);
+    the input's columns are reordered alike (``_planar_columns``). Each plane is one contiguous
+    int8 -> float32 copy (exact and fast on CPU; interleaving stores are ~2x slower). Lives in
+    ``buf`` (flat float32, at least ``(n1 - n0) * K`` elements)."""
+    p = packed_nk[n0:n1]
+    p = p.view(torch.int8) if p.dtype == torch.uint8 else p
+    n, half = p.shape
+    q = buf[: n * 2 * half].view(n, 2, half)
+    q[:, 0].copy_((p << 4) >> 4)
+    q[:, 1].copy_(p >> 4)
+    groups = spec.scale.shape[0]
+    # Group j of K covers columns j*g/2 .. (j+1)*g/2 - 1 of each plane.
+    if groups == 1:
+        g, shape = q.view(n, 2 * half), (n, 1)
+    else:  # zero/scale made [n, 2, groups, 1] first: ~2x faster than a size-1 broadcast axis
+        g, shape = q.view(n, 2, groups, -1), (n, 2, groups, 1)
+
+    def per_row(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, n0:n1].t()
+        return t if groups == 1 else t[:, None, :, None].expand(shape).contiguous()
+
+    if spec.zero is not None:
+        g.sub_(per_row(spec.zero))
+    g.mul_(per_row(spec.scale))
+    w = q.view(n, 2 * half)
+    if dtype != torch.float32:
+        w = w.to(dtype).to(torch.float32)
+    return w
+
+
+def _planar_columns(a2: torch.Tensor) -> torch.Tensor:
+    """``a2`` [M, K] (K even) with its columns in the plane order of ``_dequantize_int4_planes``."""
+    return torch.cat((a2[:, 0::2], a2[:, 1::2]), 1)
+
+
+_INT4_CHUNK = 1 << 19
 """Weight elements dequantized at a time: larger weights are multiplied in N-chunks, so the
-float32 copy of the weight never exists whole (4 MiB at a time, cache-resident)."""
+float32 copy of the weight never exists whole (2 MiB at a time, one buffer reused per chunk)."""
 
 
 def matmul_int4(
@@ -258,14 +328,25 @@ def matmul_int4(
     out_dtype=None,
 ):
     """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract; up to ``_INT4_CHUNK``
-    weight elements the reference's GEMM on the same layouts, larger weights in N-chunks)."""
+    weight elements one float32 GEMM, larger weights in N-chunks)."""
     spec = _checks.check_matmul_int4(
         a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype
     )
-    a2 = a.reshape(spec.M, spec.K).to(torch.float32)
+    a2 = a.reshape(spec.M, spec.K)
+    if a2.dtype != torch.float32:
+        a2 = a2.to(torch.float32)
     packed_nk = b_packed.t()
-    rows = max(1, _INT4_CHUNK // max(spec.K, 1))
-    if rows >= spec.N:
+    rows = max(1, min(spec.N, _INT4_CHUNK // max(spec.K, 1)))
+    if _planar_int4(spec) and spec.M > 0:
+        # Planes: the same weight values, the reduction in another order (float32 tolerance).
+        a2 = _planar_columns(a2)
+        acc = torch.empty(spec.M, spec.N, dtype=torch.float32)
+        buf = torch.empty(rows * spec.K, dtype=torch.float32)
+        for n0 in range(0, spec.N, rows):
+            n1 = min(n0 + rows, spec.N)
+            w = _dequantize_int4_planes(spec, packed_nk, n0, n1, a.dtype, buf)
+            torch.mm(a2, w.t(), out=acc if n1 - n0 == spec.N else acc[:, n0:n1])
+    elif rows >= spec.N:
         acc = F.linear(a2, _dequantize_int4_nk(spec, packed_nk, 0, spec.N, a.dtype))
     else:
         acc = torch.empty(spec.M, spec.N, dtype=torch.float32)

@@ -19,6 +19,8 @@ from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
 from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
 
+_INT8_EXACT_K = kernels._checks.INT8_EXACT_K
+
 LAYER_CLASSES = (Dense, EinsumDense, Conv1D, Conv2D, Embedding)
 
 # The kernels take float32/float16/bfloat16; a float64 policy computes its quantized ops in
@@ -194,7 +196,8 @@ def compute_dtype(layer: Any) -> torch.dtype:
 def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Add a bias that was not fused, apply the activation, return in the compute dtype."""
     dtype = compute_dtype(layer)
-    y = y.to(dtype)
+    if y.dtype != dtype:  # (a no-op .to still costs a dispatch per call)
+        y = y.to(dtype)
     lora = layer.__dict__.get("_lora_term")  # LoRA's input-path term (mpq.layers.lora)
     if lora is not None:
         y = y + lora
@@ -275,7 +278,8 @@ class Run:
 def linear_rows(layer: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Dense/EinsumDense input -> ``[S, M, K]`` rows in a kernel-friendly float dtype."""
     rows, meta = form(layer).to_rows(x)
-    return rows.to(kernel_dtype(rows.dtype)), meta
+    dtype = kernel_dtype(rows.dtype)
+    return (rows if rows.dtype == dtype else rows.to(dtype)), meta
 
 
 def linear_output(layer: Any, y: torch.Tensor, meta: Any, bias_fused: bool) -> torch.Tensor:
@@ -290,7 +294,7 @@ def fusable_bias(layer: Any) -> torch.Tensor | None:
     """Dense's ``[N]`` bias goes into the kernel epilogue; EinsumDense's is added after."""
     if isinstance(layer, Dense) and layer._parameters.get("bias") is not None:
         b = read(layer, "bias")
-        return b.to(kernel_dtype(b.dtype))
+        return b if b.dtype in _KERNEL_FLOATS else b.to(kernel_dtype(b.dtype))
     return None
 
 
@@ -318,9 +322,33 @@ def float_linear(x_rows: torch.Tensor, w_mat: torch.Tensor, bias=None, out_dtype
 
 def quantize_rows_int8(x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-row (per-token) int8: ``q [S, M, K]`` int8, ``scale [S, M, 1]`` float32."""
-    from mpq.quantizers import quantize_symmetric
+    from mpq.quantizers.integer import quantize_rows_int8 as rows_int8
 
-    return quantize_symmetric(x_rows, "int8", reduce_axes=-1, check_finite=False)
+    # The codes and scales of quantize_symmetric(x_rows, "int8", reduce_axes=-1,
+    # check_finite=False), bit for bit, without its per-call argument handling.
+    return rows_int8(x_rows)
+
+
+def prevalidated_int8(x_rows: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor) -> bool:
+    """True when an int8 layer's matmul may run ``mpq.kernels._cpu.int8_linear`` (no per-call
+    argument checks): the CPU backend is selected, and the operands have the layout and dtypes
+    ``kernels.matmul`` checks (``x_rows`` [S, M, K] float, ``wq`` [S, N, K] int8 contiguous,
+    ``ws`` [S, N] float32, K within one exact int32 chunk). Else the layer calls the checked
+    ``kernels.matmul`` (same numbers, or its error)."""
+    return (
+        x_rows.device.type == "cpu"
+        and kernels.selected_backend(x_rows.device) == "cpu"
+        and wq.dtype == torch.int8
+        and ws.dtype == torch.float32
+        and wq.device.type == "cpu"
+        and ws.device.type == "cpu"
+        and wq.dim() == 3
+        and ws.shape == wq.shape[:2]
+        and x_rows.shape[0] == wq.shape[0]
+        and x_rows.shape[2] == wq.shape[2]
+        and 2 <= wq.shape[2] <= _INT8_EXACT_K
+        and wq.is_contiguous()
+    )
 
 
 # ------------------------------------------------------------------------------ conv ops

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mpq import kernels
+from mpq.kernels import _cpu
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import quantization as _registry
 from mpq.quantization import _common as C
@@ -35,6 +36,23 @@ class _LinearW8A8(C.Run):
 
     def forward(self, x, w, bias):
         q, xs = C.quantize_rows_int8(x)
+        if C.prevalidated_int8(x, self.wq, self.ws):
+            # The checks of kernels.matmul hold by construction: its CPU path, unchecked.
+            M, N = x.shape[1], self.wq.shape[1]
+            if x.shape[0] == 1:
+                y = _cpu.int8_linear(q[0], self.wq[0].t(), xs.reshape(M), self.ws[0], bias, x.dtype)
+                return y.reshape(1, M, N)
+            return C.per_slice(
+                lambda s: _cpu.int8_linear(
+                    q[s].contiguous(),
+                    self.wq[s].t(),
+                    xs[s].reshape(M),
+                    self.ws[s],
+                    bias,
+                    x.dtype,
+                ).reshape(M, N),
+                x.shape[0],
+            )
         return C.per_slice(
             lambda s: kernels.matmul(
                 q[s].contiguous(),
@@ -125,17 +143,23 @@ class Int8Scheme(C.Scheme):
         return C.linear_output(layer, y, meta, bias_fused=bias is not None)
 
 
-WEIGHT_CHUNK = 1 << 20
+WEIGHT_CHUNK = 1 << 19
 """Weight elements dequantized at a time by the weight-only forward pass without gradients:
-larger kernels are multiplied in N-chunks, so no float copy of the whole kernel is made."""
+the kernel is multiplied in N-chunks of at most this many elements (2 MiB of float32, reused
+for every chunk), so no float copy of the whole kernel is made."""
 
 
 def _weight_only_linear(x, wq, ws, bias):
     """``x [S, M, K] @ (wq * ws)[s].T`` per slice (+ ``bias``) -> ``[S, M, N]``; in N-chunks of
-    ``WEIGHT_CHUNK`` elements when nothing needs a gradient (same values per chunk)."""
+    ``WEIGHT_CHUNK`` elements when nothing needs a gradient (same weight values per chunk)."""
     S, N, K = wq.shape
     rows = max(1, WEIGHT_CHUNK // max(K, 1))
-    if rows >= N or (torch.is_grad_enabled() and x.requires_grad):
+    if torch.is_grad_enabled() and x.requires_grad:
+        return C.float_linear(x, dequantize_int8(wq, ws, x.dtype), bias=bias)
+    graph = torch.is_grad_enabled() and bias is not None and bias.requires_grad
+    if x.dtype == torch.float32 and not graph and (bias is None or bias.dtype == torch.float32):
+        return _weight_only_chunks(x, wq, ws, bias, max(1, min(rows, N)))
+    if rows >= N:
         return C.float_linear(x, dequantize_int8(wq, ws, x.dtype), bias=bias)
     out = torch.empty(S, x.shape[1], N, dtype=x.dtype)
     for s in range(S):
@@ -144,6 +168,34 @@ def _weight_only_linear(x, wq, ws, bias):
             w = dequantize_int8(wq[s, n0:n1], ws[s, n0:n1], x.dtype)
             b = None if bias is None else bias[n0:n1]
             out[s, :, n0:n1] = kernels.matmul(x[s], w.t(), bias=b)
+    return out
+
+
+def _weight_only_chunks(x, wq, ws, bias, rows):
+    """float32 ``_weight_only_linear`` without gradients: each N-chunk of the kernel is
+    dequantized in place in one reused float32 buffer (``copy_`` int8 -> float32 is exact and
+    the fast conversion on CPU; then ``* scale``, the values of ``dequantize_int8``), then
+    multiplied by the float32 GEMM of ``kernels.matmul`` (``addmm``/``mm`` on the same layouts;
+    one chunk when the kernel fits, else N-chunks: same weights, float32 tolerance)."""
+    S, N, K = wq.shape
+    M = x.shape[1]
+    if x.device.type != "cpu" or kernels.selected_backend(x.device) != "cpu":
+        w = dequantize_int8(wq, ws, x.dtype)
+        return C.float_linear(x, w, bias=bias)
+    out = torch.empty(S, M, N, dtype=torch.float32)
+    buf = torch.empty(rows * K, dtype=torch.float32)
+    for s in range(S):
+        xs = x[s]
+        for n0 in range(0, N, rows):
+            n1 = min(n0 + rows, N)
+            w = buf[: (n1 - n0) * K].view(n1 - n0, K)
+            w.copy_(wq[s, n0:n1])
+            w.mul_(ws[s, n0:n1, None])
+            dest = out[s] if n1 - n0 == N else out[s, :, n0:n1]
+            if bias is None:
+                torch.mm(xs, w.t(), out=dest)
+            else:
+                torch.addmm(bias[n0:n1], xs, w.t(), out=dest)
     return out
 
 

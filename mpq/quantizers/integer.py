@@ -137,6 +137,24 @@ def quantize_symmetric(
     return q, scale
 
 
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) symmetric int8 over the last axis for mpq's own hot paths: the codes
+    and scales of ``quantize_symmetric(x, "int8", reduce_axes=-1, check_finite=False)``, bit for
+    bit (the same float32 ops in the same order), without its argument handling.
+
+    ``x``: a float32/float16/bfloat16/float64 tensor the caller has validated; an empty one goes
+    through ``quantize_symmetric`` (which raises). Not exported: user code calls
+    ``quantize_symmetric``.
+    """
+    if x.numel() == 0:
+        return quantize_symmetric(x, "int8", reduce_axes=-1, check_finite=False)
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    # scale = max(absmax, eps) / 127; q = clip(round_half_even(x / scale), -127, 127)
+    scale = torch.amax(x32.abs(), dim=-1, keepdim=True).clamp_min_(C.EPS).div_(127)
+    q = torch.div(x32, scale).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
 def quantize_asymmetric(
     x: torch.Tensor,
     fmt: Any = "int4",

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mpq.kernels as K
-from mpq.kernels import _cpu, reference
+from mpq.kernels import _checks, _cpu, reference
 
 pytestmark = pytest.mark.kernels
 
@@ -321,3 +321,37 @@ def test_float_ops_run_unchanged_on_the_cpu_backend():
     x, w = torch.randn(1, 5, 5, 3, generator=gen), torch.randn(4, 3, 3, 3, generator=gen)
     got, want = both("conv2d", x, w, padding=1)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "k, group, planar",
+    [
+        (64, None, True),
+        (64, 32, True),
+        (256, 128, True),
+        (63, None, False),
+        (66, 4, False),
+        (60, 3, False),
+        (64, 48, False),
+    ],
+)
+@pytest.mark.parametrize("chunk", [_cpu._INT4_CHUNK, 64, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_planar_and_interleaved_paths_match_the_reference(k, group, planar, chunk, dtype):
+    """Planes (K even, whole even groups) reorder the reduction: float32 tolerance; the
+    interleaved path covers the rest."""
+    gen = torch.Generator().manual_seed(k + (group or 0))
+    m, n = 5, 7
+    a = rand((m, k), dtype, gen)
+    q = torch.randint(-8, 8, (k, n), generator=gen)
+    packed = k_major(pack_int4(q).t())
+    groups = 1 if group is None else -(-k // group)
+    scale = torch.rand(groups, n, generator=gen) * 0.2 + 0.01
+    zero = torch.randint(-8, 8, (groups, n), generator=gen, dtype=torch.int8)
+    if group is None:
+        scale, zero = scale.reshape(n), None
+    spec = _checks.check_matmul_int4(a, packed, scale, zero, group, None, None, None)
+    assert _cpu._planar_int4(spec) is planar
+    with mock.patch.object(_cpu, "_INT4_CHUNK", chunk):
+        got, want = both("matmul_int4", a, packed, scale, b_zero=zero, group_size=group)
+    assert_close(got, want, dtype, k * 4)
