@@ -396,7 +396,7 @@ def conv2d(
         compute = torch.float32
         xc = upcast_float8(x.contiguous())
         wc = upcast_float8(w)
-    acc = _conv_acc(spec, xc, wc)
+    acc = reference.conv_accumulator(spec, xc, wc)
     if spec.kind == "int8" and compute == torch.float64:
         acc = reference._int32_accumulator(acc)
     elif spec.kind == "int8" and spec.out_dtype == torch.int32:
@@ -405,21 +405,3 @@ def conv2d(
     # from int32 (below 2**24), so it goes to the epilogue as it is.
     out = reference._store(acc, spec.x_scale, spec.w_scale, bias, spec.activation, spec.out_dtype)
     return out.reshape(spec.batch, spec.OH, spec.OW, spec.OC)
-
-
-def _conv_acc(spec: _checks.Conv2dSpec, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``F.conv2d`` on channels-last views, as the reference runs it: [N*OH*OW, OC]."""
-    x_nchw = x.permute(0, 3, 1, 2)
-    layout = (
-        torch.channels_last
-        if x_nchw.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
-    w_oihw = w.permute(0, 3, 1, 2).contiguous(memory_format=layout)
-    top, bottom, left, right = spec.padding
-    pad: tuple[int, int] | int = (top, left)
-    if top != bottom or left != right:
-        x_nchw = F.pad(x_nchw, (left, right, top, bottom))
-        pad = 0
-    acc = F.conv2d(x_nchw, w_oihw, None, spec.stride, pad, spec.dilation, spec.groups)
-    return acc.permute(0, 2, 3, 1).reshape(-1, spec.OC)

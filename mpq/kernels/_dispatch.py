@@ -267,14 +267,7 @@ def _exact_epilogue(acc: torch.Tensor, row_scale, col_scale, bias, activation, o
     ``out_dtype=int32``), else the float32 epilogue (the same ``reference.epilogue``)."""
     if out_dtype == torch.int32:
         return _checks.exact_int32(acc, what)
-    return reference.epilogue(
-        acc.to(torch.float32),
-        row_scale=row_scale,
-        col_scale=col_scale,
-        bias=bias,
-        activation=activation,
-        out_dtype=out_dtype,
-    )
+    return reference._store(acc, row_scale, col_scale, bias, activation, out_dtype)
 
 
 def _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype) -> torch.Tensor:

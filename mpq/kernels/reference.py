@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import _checks
 
-__all__ = ["activation_fn", "conv2d", "epilogue", "matmul", "matmul_int4", "unpack_int4"]
+__all__ = ["activation_fn", "conv2d", "conv_accumulator", "epilogue", "matmul", "matmul_int4", "unpack_int4"]
 
 _SQRT1_2 = 0.7071067811865476
 
@@ -212,6 +212,30 @@ def matmul_int4(
     return out.reshape(*spec.lead, spec.N)
 
 
+def conv_accumulator(spec: _checks.Conv2dSpec, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d`` of NHWC ``x`` and ``w`` [OC, KH, KW, C/groups] (already in the compute dtype)
+    on channels-last views, as [N*OH*OW, OC]. Shared by the reference and the CPU fast path, so
+    both run the same op on the same layout.
+
+    NHWC viewed as NCHW is a channels_last tensor: torch's CPU/cuDNN convolutions run on it
+    natively. The weight is given the same memory format (a strided weight sends torch's CPU
+    convolution to a path ~20x slower); symmetric padding goes to conv2d itself."""
+    x_nchw = x.permute(0, 3, 1, 2)
+    layout = (
+        torch.channels_last
+        if x_nchw.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    w_oihw = w.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+    top, bottom, left, right = spec.padding
+    pad: tuple[int, int] | int = (top, left)
+    if top != bottom or left != right:
+        x_nchw = F.pad(x_nchw, (left, right, top, bottom))
+        pad = 0
+    acc = F.conv2d(x_nchw, w_oihw, None, spec.stride, pad, spec.dilation, spec.groups)
+    return acc.permute(0, 2, 3, 1).reshape(-1, spec.OC)
+
+
 def conv2d(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -242,23 +266,7 @@ def conv2d(
         x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
     )
     compute = torch.float64 if spec.kind == "int8" else torch.float32
-    # NHWC viewed as NCHW is a channels_last tensor: torch's CPU/cuDNN convolutions run on it
-    # natively. The weight is given the same memory format (a strided weight sends torch's CPU
-    # convolution to a path ~20x slower); symmetric padding goes to conv2d itself.
-    x_nchw = x.to(compute).permute(0, 3, 1, 2)
-    layout = (
-        torch.channels_last
-        if x_nchw.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
-    w_oihw = w.to(compute).permute(0, 3, 1, 2).contiguous(memory_format=layout)
-    top, bottom, left, right = spec.padding
-    pad: tuple[int, int] | int = (top, left)
-    if top != bottom or left != right:
-        x_nchw = F.pad(x_nchw, (left, right, top, bottom))
-        pad = 0
-    acc = F.conv2d(x_nchw, w_oihw, None, spec.stride, pad, spec.dilation, spec.groups)
-    acc = acc.permute(0, 2, 3, 1).reshape(-1, spec.OC)  # [N*OH*OW, OC]
+    acc = conv_accumulator(spec, x.to(compute), w.to(compute))
     if spec.kind == "int8":
         acc = _int32_accumulator(acc)
     out = _store(acc, spec.x_scale, spec.w_scale, bias, spec.activation, spec.out_dtype)
