@@ -8,7 +8,22 @@ import torch
 import torch.nn.functional as F
 
 import mpq
+from mpq.sweep.config import SweepConfig
 from mpq.sweep.data import Data
+
+TINY = "test_sweep_helpers:tiny_factory"
+
+
+def tiny_config(tmp_path, **kw) -> SweepConfig:
+    """A serial sweep of the tiny torch factory under four float policies, into tmp_path/out."""
+    kw.setdefault(
+        "models", [{"name": "tiny", "factory": TINY, "epochs": 3, "lr": 0.05, "batch_size": 32}]
+    )
+    kw.setdefault("policies", ["float32", "float16", "bfloat16", "mixed_bfloat16"])
+    kw.setdefault("executor", "serial")
+    kw.setdefault("finetune_epochs", 1)
+    kw.setdefault("plot", False)
+    return SweepConfig(out=str(tmp_path / "out"), **kw)
 
 
 def blobs(n_train: int = 96, n_test: int = 48, seed: int = 0) -> Data:

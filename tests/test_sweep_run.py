@@ -10,28 +10,16 @@ import math
 
 import pytest
 import torch
+from test_sweep_helpers import TINY, tiny_config
 
 import mpq
 import mpq.sweep as sweep
 from mpq.sweep.config import ModelSpec, SweepConfig
 from mpq.sweep.records import read_jsonl
 
-TINY = "test_sweep_helpers:tiny_factory"
-
-
-def _config(tmp_path, **kw):
-    kw.setdefault(
-        "models", [{"name": "tiny", "factory": TINY, "epochs": 3, "lr": 0.05, "batch_size": 32}]
-    )
-    kw.setdefault("policies", ["float32", "float16", "bfloat16", "mixed_bfloat16"])
-    kw.setdefault("executor", "serial")
-    kw.setdefault("finetune_epochs", 1)
-    kw.setdefault("plot", False)
-    return SweepConfig(out=str(tmp_path / "out"), **kw)
-
 
 def test_run_records_every_variant(tmp_path):
-    cfg = _config(tmp_path, seeds=(0, 1), plot=True)
+    cfg = tiny_config(tmp_path, seeds=(0, 1), plot=True)
     records = sweep.run(cfg, verbose=False)
     assert [(r["variant"], r["seed"]) for r in records] == [
         (v, s) for s in (0, 1) for v in ("float32", "float16", "bfloat16", "mixed_bfloat16")
@@ -67,8 +55,8 @@ def test_run_records_every_variant(tmp_path):
 
 
 def test_run_is_deterministic_per_seed(tmp_path):
-    a = sweep.run(_config(tmp_path / "a", policies=["float32", "bfloat16"]), verbose=False)
-    b = sweep.run(_config(tmp_path / "b", policies=["float32", "bfloat16"]), verbose=False)
+    a = sweep.run(tiny_config(tmp_path / "a", policies=["float32", "bfloat16"]), verbose=False)
+    b = sweep.run(tiny_config(tmp_path / "b", policies=["float32", "bfloat16"]), verbose=False)
     assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
     assert a[1]["sqnr_db"] == b[1]["sqnr_db"]
     assert [r["config_hash"] for r in a] == [r["config_hash"] for r in b]
@@ -82,13 +70,13 @@ def test_records_stream_as_runs_finish(tmp_path):
         lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
         assert len(lines) == len(seen)  # written before the callback, one line per run
 
-    sweep.run(_config(tmp_path), verbose=False, on_record=on_record)
+    sweep.run(tiny_config(tmp_path), verbose=False, on_record=on_record)
     assert sorted(seen) == sorted(["float32", "float16", "bfloat16", "mixed_bfloat16"])
 
 
 def test_failed_runs_are_recorded_and_the_sweep_continues(tmp_path, monkeypatch):
     monkeypatch.delattr(mpq, "quantize", raising=False)
-    cfg = _config(
+    cfg = tiny_config(
         tmp_path,
         models=[{"name": "nan", "factory": "test_sweep_helpers:nan_in_half", "epochs": 2}],
         policies=["float32", "float16", "int8", "bfloat16"],
@@ -106,7 +94,7 @@ def test_failed_runs_are_recorded_and_the_sweep_continues(tmp_path, monkeypatch)
 
 
 def test_a_failing_baseline_fails_its_runs_only(tmp_path):
-    cfg = _config(
+    cfg = tiny_config(
         tmp_path,
         models=[{"name": "broken", "factory": "test_sweep_helpers:broken_factory"},
                 {"name": "tiny", "factory": TINY}],
@@ -124,7 +112,7 @@ def test_a_failing_baseline_fails_its_runs_only(tmp_path):
 
 def test_resume_skips_finished_runs_and_retries_failed_ones(tmp_path, monkeypatch):
     monkeypatch.delattr(mpq, "quantize", raising=False)
-    cfg = _config(tmp_path, policies=["float32", "bfloat16", "int8"])
+    cfg = tiny_config(tmp_path, policies=["float32", "bfloat16", "int8"])
     first = sweep.run(cfg, verbose=False)
     new = []
     second = sweep.run(cfg, verbose=False, on_record=new.append)
@@ -144,7 +132,7 @@ def test_resume_skips_finished_runs_and_retries_failed_ones(tmp_path, monkeypatc
 
 
 def test_per_layer_and_verified_suggestion(tmp_path):
-    cfg = _config(
+    cfg = tiny_config(
         tmp_path,
         models=[
             {
@@ -189,7 +177,7 @@ def test_per_layer_and_verified_suggestion(tmp_path):
 
 def test_per_layer_needs_mpq_layers(tmp_path):
     records = sweep.run(
-        _config(tmp_path, policies=["float32", "float16"], per_layer=True), verbose=False
+        tiny_config(tmp_path, policies=["float32", "float16"], per_layer=True), verbose=False
     )
     per_layer = [r for r in records if r["kind"] == "per_layer"]
     assert [r["layer"] for r in per_layer] == ["fc1", "fc2"]
@@ -202,7 +190,7 @@ def test_per_layer_needs_mpq_layers(tmp_path):
 
 def test_any_executor_is_accepted(tmp_path):
     with cf.ThreadPoolExecutor(max_workers=2) as ex:
-        records = sweep.run(_config(tmp_path, executor="local"), executor=ex, verbose=False)
+        records = sweep.run(tiny_config(tmp_path, executor="local"), executor=ex, verbose=False)
     assert all(r["status"] == "ok" for r in records)
 
 
@@ -215,7 +203,7 @@ class _Broken(cf.Executor):
 
 def test_executor_failures_become_records(tmp_path):
     records = sweep.run(
-        _config(tmp_path, policies=["float32", "float16"]), executor=_Broken(), verbose=False
+        tiny_config(tmp_path, policies=["float32", "float16"]), executor=_Broken(), verbose=False
     )
     assert [r["status"] for r in records] == ["error", "error"]
     assert records[0]["error"] == "baseline training failed: OSError: worker lost"
@@ -223,7 +211,7 @@ def test_executor_failures_become_records(tmp_path):
 
 def test_local_process_pool(tmp_path):
     records = sweep.run(
-        _config(tmp_path, executor="local", workers=1, policies=["float32", "float16"]),
+        tiny_config(tmp_path, executor="local", workers=1, policies=["float32", "float16"]),
         verbose=False,
     )
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -247,10 +235,12 @@ def test_run_one_is_pure_and_trains_its_own_baseline():
 def test_user_factory_with_separate_data(tmp_path):
     spec = ModelSpec("test_sweep_helpers:tiny_model", name="m", data="test_sweep_helpers:blobs",
                      data_kwargs={"n_train": 64, "n_test": 32}, epochs=1)  # fmt: skip
-    records = sweep.run(_config(tmp_path, models=[spec], policies=["float32"]), verbose=False)
+    records = sweep.run(tiny_config(tmp_path, models=[spec], policies=["float32"]), verbose=False)
     assert records[0]["status"] == "ok"
     bad = ModelSpec("test_sweep_helpers:tiny_model", name="nodata")
-    rec = sweep.run(_config(tmp_path / "b", models=[bad], policies=["float32"]), verbose=False)[0]
+    rec = sweep.run(tiny_config(tmp_path / "b", models=[bad], policies=["float32"]), verbose=False)[
+        0
+    ]
     assert "return (model, data), or the model spec to name its data" in rec["error"]
 
 
@@ -264,7 +254,7 @@ def test_cuda_requested_without_cuda_fails_fast(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="device='cuda'"):
-        sweep.run(_config(tmp_path, device="cuda"), verbose=False)
+        sweep.run(tiny_config(tmp_path, device="cuda"), verbose=False)
 
 
 class _RefusesWork(cf.Executor):
@@ -274,7 +264,7 @@ class _RefusesWork(cf.Executor):
 
 def test_an_executor_that_refuses_work_fails_runs_not_the_sweep(tmp_path):
     records = sweep.run(
-        _config(tmp_path, policies=["float32"]), executor=_RefusesWork(), verbose=False
+        tiny_config(tmp_path, policies=["float32"]), executor=_RefusesWork(), verbose=False
     )
     assert records[0]["status"] == "error"
     assert "BrokenProcessPool: A child process terminated abruptly" in records[0]["error"]
@@ -305,7 +295,7 @@ def test_progress_bar(tty):
 
 
 def test_per_layer_with_a_failing_baseline_is_reported(tmp_path):
-    cfg = _config(
+    cfg = tiny_config(
         tmp_path,
         models=[{"name": "broken", "factory": "test_sweep_helpers:broken_factory"}],
         policies=["float32", "bfloat16"],

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_sweep_helpers import TINY, tiny_config
 
 import mpq.sweep as sweep
 from mpq.sweep import records as records_mod
@@ -25,20 +26,9 @@ from mpq.sweep.records import JsonlWriter, ResultsFileError, scan_results, write
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-TINY = "test_sweep_helpers:tiny_factory"
+
 CLI_TINY = ["--models", TINY, "--policies", "float32,float16,bfloat16", "--executor", "serial"]
 CLI_TINY += ["--quick", "--no-plot"]
-
-
-def _config(tmp_path, **kw):
-    kw.setdefault(
-        "models", [{"name": "tiny", "factory": TINY, "epochs": 3, "lr": 0.05, "batch_size": 32}]
-    )
-    kw.setdefault("policies", ["float32", "float16", "bfloat16", "mixed_bfloat16"])
-    kw.setdefault("executor", "serial")
-    kw.setdefault("finetune_epochs", 1)
-    kw.setdefault("plot", False)
-    return SweepConfig(out=str(tmp_path / "out"), **kw)
 
 
 def _parsed(path: Path) -> list[dict]:
@@ -52,7 +42,7 @@ def _parsed(path: Path) -> list[dict]:
 # A torn last line
 # --------------------------------------------------------------------------------------------
 def test_resume_sets_a_torn_tail_aside_and_reruns_only_that_run(tmp_path, capsys):
-    cfg = _config(tmp_path)
+    cfg = tiny_config(tmp_path)
     first = sweep.run(cfg, verbose=False)
     path = tmp_path / "out" / "results.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
@@ -81,7 +71,7 @@ def test_resume_sets_a_torn_tail_aside_and_reruns_only_that_run(tmp_path, capsys
 
 
 def test_a_last_record_without_its_newline_is_kept(tmp_path, capsys):
-    cfg = _config(tmp_path, policies=["float32", "float16"])
+    cfg = tiny_config(tmp_path, policies=["float32", "float16"])
     sweep.run(cfg, verbose=False)
     path = tmp_path / "out" / "results.jsonl"
     whole = path.read_bytes()
