@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: sweep test lint setup
 
 # The sweep's extras, Ray and the real-model extra (transformers) ride along so that the
-# sweep, its Ray executor and tests/test_real_models.py are tested too.
+# sweep, its Ray executor and tests/training/test_real_models.py are tested too.
 setup:
 	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray,models
 

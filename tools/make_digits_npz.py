@@ -10,7 +10,7 @@ at run time. The arrays are exactly what `sklearn.datasets.load_digits(return_X_
 returns, stored without loss: the pixel values are integers 0..16 (kept as uint8; scikit-learn
 returns them as float64) and the labels 0..9 (uint8). `mpq.sweep.data` converts them back,
 `images / 16.0` in float64 then float32, exactly as it did with scikit-learn's arrays, so the
-sweep's inputs are bit-identical (tests/test_sweep_data.py checks this against scikit-learn when
+sweep's inputs are bit-identical (tests/sweep/test_data.py checks this against scikit-learn when
 it is installed, and the SHA-256 of the arrays' bytes always).
 
 Provenance and licence:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _kernel_helpers import DEVICE, requires_triton_device
 
 import mpq.kernels as K
+from tests.kernels._helpers import DEVICE, requires_triton_device
 
 pytestmark = [pytest.mark.kernels, requires_triton_device]
 

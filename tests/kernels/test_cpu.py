@@ -9,12 +9,12 @@ from unittest import mock
 
 import pytest
 import torch
-from _kernel_helpers import assert_close, k_major, pack_int4, rand
 from hypothesis import given
 from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import _checks, _cpu, reference
+from tests.kernels._helpers import assert_close, k_major, pack_int4, rand
 
 pytestmark = pytest.mark.kernels
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _kernel_helpers import k_major, pack_int4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import _dispatch, reference
 from mpq.testing.device import requires_triton
+from tests.kernels._helpers import k_major, pack_int4
 
 pytestmark = pytest.mark.kernels
 

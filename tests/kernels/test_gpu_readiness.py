@@ -14,11 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from _kernel_helpers import DEVICE, assert_close, k_major, pack_int4, rand, requires_triton_device
 
 import mpq.kernels as K
 from mpq.kernels import _checks, _configs, reference
 from mpq.testing import device as capability
+from tests.kernels._helpers import (
+    DEVICE,
+    assert_close,
+    k_major,
+    pack_int4,
+    rand,
+    requires_triton_device,
+)
 
 pytestmark = pytest.mark.kernels
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from _kernel_helpers import assert_close, k_major, pack_int4, rand
 
 from mpq.kernels import reference
+from tests.kernels._helpers import assert_close, k_major, pack_int4, rand
 
 pytestmark = pytest.mark.kernels
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_helpers import DEVICE, assert_close, rand, requires_triton_device
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import reference
+from tests.kernels._helpers import DEVICE, assert_close, rand, requires_triton_device
 
 pytestmark = [pytest.mark.kernels, requires_triton_device]
 

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from _kernel_helpers import DEVICE, assert_close, k_major, pack_int4, rand, requires_triton_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import reference
+from tests.kernels._helpers import (
+    DEVICE,
+    assert_close,
+    k_major,
+    pack_int4,
+    rand,
+    requires_triton_device,
+)
 
 pytestmark = [pytest.mark.kernels, requires_triton_device]
 

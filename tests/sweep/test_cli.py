@@ -12,8 +12,8 @@ import pytest
 import mpq
 from mpq.sweep.cli import _parse_seeds, build_parser, config_from_args, main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = "test_sweep_helpers:tiny_factory"
+ROOT = Path(__file__).resolve().parents[2]
+TINY = "tests.sweep._helpers:tiny_factory"
 
 
 def _args(*argv):

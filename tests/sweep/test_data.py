@@ -80,7 +80,7 @@ def test_the_digits_do_not_import_scikit_learn():
 
 
 def test_workers_import_little_run_one_thread_and_ignore_ctrl_c():
-    from test_sweep_helpers import worker_report
+    from tests.sweep._helpers import worker_report
 
     pool = make_executor(SweepConfig(workers=2))
     assert isinstance(pool, WorkerPool)

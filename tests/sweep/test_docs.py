@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_public_api_is_explicit():
@@ -25,7 +25,7 @@ def test_docs_cover_every_option_and_record_key(tmp_path):
     options = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")]
     missing = [o for o in options if o != "--help" and f"`{o}" not in doc]
     assert missing == []
-    cfg = SweepConfig(models=[{"name": "t", "factory": "test_sweep_helpers:tiny_factory", "epochs": 1}],
+    cfg = SweepConfig(models=[{"name": "t", "factory": "tests.sweep._helpers:tiny_factory", "epochs": 1}],
                       policies=["int8"], quick=True)  # fmt: skip
     record = run_one(cfg.run_configs()[0])  # a failed run has every key too
     table = doc[doc.index("## Records") : doc.index("## The plot")]

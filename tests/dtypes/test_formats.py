@@ -10,12 +10,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from _dtypes_helpers import all_codes, bits_of, values_of
 from hypothesis import given
 
 from mpq import dtypes
 from mpq.testing import device
 from mpq.testing import strategies as st_mpq
+from tests.dtypes._helpers import all_codes, bits_of, values_of
 
 ALL = dtypes.names()
 FLOATS = dtypes.names("float")
@@ -181,7 +181,7 @@ def test_format_table_is_in_the_docs():
     for name in ALL:
         assert f"| `{name}` |" in table
     assert "| `float8_e5m2fnuz` | 8 | float |" in table
-    docs = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
     assert table in docs.read_text(), "regenerate the table in docs/formats.md"
 
 

@@ -411,7 +411,7 @@ for env in ({}, {"CI": "true"}, {"HYPOTHESIS_PROFILE": "thorough", "CI": "true"}
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         check=True,
     )
     assert out.stdout.split("\n") == [

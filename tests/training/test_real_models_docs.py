@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def test_docs_models_md_example_runs(tmp_path, monkeypatch, capsys):

@@ -106,13 +106,13 @@ def table_rows() -> list[str]:
 
 
 def test_docs_state_the_measured_values():
-    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "quantization.md").read_text()
+    docs = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "quantization.md").read_text()
     for row in table_rows():
         assert row in docs, f"update the SQNR table in docs/quantization.md: {row}"
 
 
 def test_docs_examples_run():
-    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "quantization.md").read_text()
+    docs = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "quantization.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
     assert blocks
     for block in blocks:

@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_sweep_helpers import TINY, tiny_config
 
 import mpq.sweep as sweep
 from mpq.sweep import records as records_mod
 from mpq.sweep.cli import _parse_seeds, build_parser, config_from_args, main
 from mpq.sweep.config import MAX_SEEDS, SEED_LIMIT, SweepConfig
 from mpq.sweep.records import JsonlWriter, ResultsFileError, scan_results, write_atomic
+from tests.sweep._helpers import TINY, tiny_config
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CLI_TINY = ["--models", TINY, "--policies", "float32,float16,bfloat16", "--executor", "serial"]
 CLI_TINY += ["--quick", "--no-plot"]
@@ -235,11 +234,11 @@ def _as_in_a_terminal() -> None:
 def test_ctrl_c_stops_with_one_line_and_a_resume_finishes(tmp_path):
     out = tmp_path / "out"
     path = out / "results.jsonl"
-    options = ["--models", "test_sweep_helpers:held_factory", "--seeds", "0-3", "--quick"]
+    options = ["--models", "tests.sweep._helpers:held_factory", "--seeds", "0-3", "--quick"]
     options += ["--policies", "float32,float16,bfloat16,mixed_bfloat16", "--workers", "2"]
     options += ["--no-plot", "--out", str(out)]
     argv = [sys.executable, "-m", "mpq.sweep", *options]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SWEEP_TEST_HOLD", None)
     held = {**env, "SWEEP_TEST_HOLD": str(path)}  # builds wait once a record is written
     proc = subprocess.Popen(

@@ -84,7 +84,12 @@ def toy_int8(monkeypatch):
             register_scheme(Dense, "int8", real)
 
 
-MODEL = {"name": "tiny", "factory": "test_sweep_helpers:tiny_mpq_factory", "epochs": 3, "lr": 0.05}
+MODEL = {
+    "name": "tiny",
+    "factory": "tests.sweep._helpers:tiny_mpq_factory",
+    "epochs": 3,
+    "lr": 0.05,
+}
 
 
 def _cfg(tmp_path, **kw):

@@ -1,5 +1,5 @@
 """Tiny torch-only models and data for the sweep tests (module-level, so process pools and Ray
-workers can import them by name), plus checks of the helpers themselves."""
+workers can import them by name). tests/sweep/test_helpers.py checks the helpers themselves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import mpq
 from mpq.sweep.config import SweepConfig
 from mpq.sweep.data import Data
 
-TINY = "test_sweep_helpers:tiny_factory"
+TINY = "tests.sweep._helpers:tiny_factory"
 
 
 def tiny_config(tmp_path, **kw) -> SweepConfig:
@@ -72,23 +72,6 @@ def nan_in_half(dtype=None):
 
 def broken_factory(dtype=None):
     raise RuntimeError("factory exploded on purpose")
-
-
-def test_tiny_net_honours_policy():
-    m = TinyNet("mixed_float16")
-    assert m.fc1.weight.dtype == torch.float32
-    assert m(torch.zeros(2, 4)).dtype == torch.float16
-    assert TinyNet("bfloat16").fc2.weight.dtype == torch.bfloat16
-
-
-def test_nan_model_is_finite_in_float32_only():
-    x = torch.ones(2, 4)
-    torch.manual_seed(0)
-    m32, _ = nan_in_half("float32")
-    m16, _ = nan_in_half("float16")
-    m16.load_state_dict({k: v.half() for k, v in m32.state_dict().items()})
-    assert torch.isfinite(m32(x)).all()
-    assert torch.isnan(m16(x)).any()
 
 
 def tiny_mpq_factory(dtype=None):

@@ -16,7 +16,7 @@ def test_docs_layers_md_examples_run(tmp_path, monkeypatch, capsys):
     import pathlib
     import re
 
-    text = (pathlib.Path(__file__).parents[1] / "docs" / "layers.md").read_text()
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "layers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)  # the quick start saves a file

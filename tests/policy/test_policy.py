@@ -463,7 +463,7 @@ def test_docs_show_the_autocast_table():
 
     from mpq.policy import autocast
 
-    doc = (Path(__file__).parent.parent / "docs" / "policies.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "policies.md").read_text()
     assert autocast.rules_table() in doc
 
 

@@ -23,7 +23,12 @@ def test_ray_executor_runs_the_sweep(tmp_path):
 
     cfg = SweepConfig(
         models=[
-            {"name": "tiny", "factory": "test_sweep_helpers:tiny_factory", "epochs": 2, "lr": 0.05}
+            {
+                "name": "tiny",
+                "factory": "tests.sweep._helpers:tiny_factory",
+                "epochs": 2,
+                "lr": 0.05,
+            }
         ],
         policies=["float32", "float16", "bfloat16"],
         seeds=(0, 1),

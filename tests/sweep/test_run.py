@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from test_sweep_helpers import TINY, tiny_config
 
 import mpq
 import mpq.sweep as sweep
 from mpq.sweep.config import ModelSpec, SweepConfig
 from mpq.sweep.records import read_jsonl
+from tests.sweep._helpers import TINY, tiny_config
 
 
 def test_run_records_every_variant(tmp_path):
@@ -78,7 +78,7 @@ def test_failed_runs_are_recorded_and_the_sweep_continues(tmp_path, monkeypatch)
     monkeypatch.delattr(mpq, "quantize", raising=False)
     cfg = tiny_config(
         tmp_path,
-        models=[{"name": "nan", "factory": "test_sweep_helpers:nan_in_half", "epochs": 2}],
+        models=[{"name": "nan", "factory": "tests.sweep._helpers:nan_in_half", "epochs": 2}],
         policies=["float32", "float16", "int8", "bfloat16"],
     )
     records = sweep.run(cfg, verbose=False)
@@ -96,7 +96,7 @@ def test_failed_runs_are_recorded_and_the_sweep_continues(tmp_path, monkeypatch)
 def test_a_failing_baseline_fails_its_runs_only(tmp_path):
     cfg = tiny_config(
         tmp_path,
-        models=[{"name": "broken", "factory": "test_sweep_helpers:broken_factory"},
+        models=[{"name": "broken", "factory": "tests.sweep._helpers:broken_factory"},
                 {"name": "tiny", "factory": TINY}],
         policies=["float32", "bfloat16"],
     )  # fmt: skip
@@ -137,7 +137,7 @@ def test_per_layer_and_verified_suggestion(tmp_path):
         models=[
             {
                 "name": "tiny",
-                "factory": "test_sweep_helpers:tiny_mpq_factory",
+                "factory": "tests.sweep._helpers:tiny_mpq_factory",
                 "epochs": 3,
                 "lr": 0.05,
             }
@@ -233,11 +233,11 @@ def test_run_one_is_pure_and_trains_its_own_baseline():
 
 
 def test_user_factory_with_separate_data(tmp_path):
-    spec = ModelSpec("test_sweep_helpers:tiny_model", name="m", data="test_sweep_helpers:blobs",
+    spec = ModelSpec("tests.sweep._helpers:tiny_model", name="m", data="tests.sweep._helpers:blobs",
                      data_kwargs={"n_train": 64, "n_test": 32}, epochs=1)  # fmt: skip
     records = sweep.run(tiny_config(tmp_path, models=[spec], policies=["float32"]), verbose=False)
     assert records[0]["status"] == "ok"
-    bad = ModelSpec("test_sweep_helpers:tiny_model", name="nodata")
+    bad = ModelSpec("tests.sweep._helpers:tiny_model", name="nodata")
     rec = sweep.run(tiny_config(tmp_path / "b", models=[bad], policies=["float32"]), verbose=False)[
         0
     ]
@@ -297,7 +297,7 @@ def test_progress_bar(tty):
 def test_per_layer_with_a_failing_baseline_is_reported(tmp_path):
     cfg = tiny_config(
         tmp_path,
-        models=[{"name": "broken", "factory": "test_sweep_helpers:broken_factory"}],
+        models=[{"name": "broken", "factory": "tests.sweep._helpers:broken_factory"}],
         policies=["float32", "bfloat16"],
         per_layer=True,
     )

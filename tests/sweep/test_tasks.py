@@ -230,7 +230,11 @@ def test_bad_factory_path_fails_at_start_up(tmp_path, capsys):
 
 def test_non_module_factory_and_nan_metric_fail_in_their_records_only(tmp_path):
     models = [
-        {"name": "int_factory", "factory": "test_sweep_tasks:returns_int", "data": "digits_flat"},
+        {
+            "name": "int_factory",
+            "factory": "tests.sweep.test_tasks:returns_int",
+            "data": "digits_flat",
+        },
         {"name": "nan", "factory": "digits_mlp", "task": nan_metric, "epochs": 1},
         {"name": "fine", "factory": "digits_mlp", "epochs": 1},
     ]
@@ -298,7 +302,7 @@ def test_docs_walkthrough_runs(user_dir, capsys):
     import shlex
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
     walk = doc[doc.index("<!-- walkthrough:start -->") : doc.index("<!-- walkthrough:end -->")]
     blocks = re.findall(r"```(python|bash)\n(.*?)```", walk, flags=re.S)
     assert [lang for lang, _ in blocks] == ["python", "bash", "python", "bash", "python"]

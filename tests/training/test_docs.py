@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def test_docs_training_md_examples_run(tmp_path, monkeypatch, capsys):

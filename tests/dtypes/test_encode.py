@@ -15,12 +15,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from _dtypes_helpers import all_codes, bits_of, values_of
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mpq import dtypes
 from mpq.testing import strategies as st_mpq
+from tests.dtypes._helpers import all_codes, bits_of, values_of
 
 ALL = dtypes.names()
 GRID = tuple(n for n in ALL if dtypes.get(n).bits <= 16)  # formats the reference can list

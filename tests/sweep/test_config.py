@@ -20,7 +20,7 @@ from mpq.sweep.config import (
     resolve_variants,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_variants_cover_the_default_set():
@@ -112,12 +112,12 @@ def test_missing_policy_file():
 def test_model_specs():
     m = resolve_model("digits_cnn")
     assert (m.resolved_name, m.data) == ("digits_cnn", "digits")
-    m = resolve_model({"factory": "test_sweep_helpers:tiny_factory", "epochs": 2})
+    m = resolve_model({"factory": "tests.sweep._helpers:tiny_factory", "epochs": 2})
     assert m.resolved_name == "tiny_factory"
-    assert m.to_dict()["factory"] == "test_sweep_helpers:tiny_factory"
-    from test_sweep_helpers import tiny_factory
+    assert m.to_dict()["factory"] == "tests.sweep._helpers:tiny_factory"
+    from tests.sweep._helpers import tiny_factory
 
-    assert resolve_model(tiny_factory).to_dict()["factory"] == "test_sweep_helpers:tiny_factory"
+    assert resolve_model(tiny_factory).to_dict()["factory"] == "tests.sweep._helpers:tiny_factory"
 
 
 def test_models_as_a_comma_separated_string():
@@ -133,7 +133,7 @@ def test_bad_models_fail_with_what_was_received():
     with pytest.raises(ValueError, match="no_such_module_xyz"):
         resolve_model("no_such_module_xyz:f")
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
-        resolve_model("test_sweep_helpers:nope")
+        resolve_model("tests.sweep._helpers:nope")
     with pytest.raises(TypeError, match=r"Received: 3\.5 \(of type float\)"):
         resolve_model(3.5)
     with pytest.raises(ValueError, match="epochs"):
@@ -193,7 +193,7 @@ def test_json_file_and_overrides(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({
         "sweep": {"seeds": [1, 2], "policies": ["float32", "bfloat16"]},
-        "models": [{"name": "m", "factory": "test_sweep_helpers:tiny_factory"}],
+        "models": [{"name": "m", "factory": "tests.sweep._helpers:tiny_factory"}],
     }))  # fmt: skip
     cfg = load_config(path, quick=True, out=str(tmp_path / "o"))
     assert cfg.seeds == (1, 2)
@@ -257,7 +257,7 @@ def test_unpicklable_factory_is_reported_before_work():
         ),
         (
             lambda: resolve_model(
-                {"factory": "digits_mlp", "data": "test_sweep_helpers:TINY_NOT_THERE"}
+                {"factory": "digits_mlp", "data": "tests.sweep._helpers:TINY_NOT_THERE"}
             ),
             ValueError,
             "TINY_NOT_THERE",
