@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from . import _checks
 
-__all__ = ["activation_fn", "conv2d", "conv_accumulator", "epilogue", "matmul", "matmul_int4", "unpack_int4"]
+__all__ = [
+    "activation_fn",
+    "conv2d",
+    "conv_accumulator",
+    "epilogue",
+    "matmul",
+    "matmul_int4",
+    "unpack_int4",
+]
 
 _SQRT1_2 = 0.7071067811865476
 
