@@ -27,3 +27,5 @@ lint:
 	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray,models
 	$(PY) -m ruff check mpq tests experiments benchmarks tools
 	$(PY) -m ruff format --check mpq tests experiments benchmarks tools
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
