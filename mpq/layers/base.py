@@ -890,3 +890,6 @@ class Layer(torch.nn.Module):
 
 
 Layer.build = _building.wrap_build(Layer.__dict__["build"])
+
+
+_tracking.register_layer_base(Layer)
