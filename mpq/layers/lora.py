@@ -103,11 +103,12 @@ class LoRAMixin:
             )
         with torch.no_grad():
             delta = self._lora_delta(torch.float32)
-            if self.__dict__.get("_scheme") is None:
+            scheme = self.__dict__["quantization_scheme"]
+            if scheme is None:
                 kernel = self._parameters["kernel"]
                 kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
             else:
-                self._requantize_with_delta(delta)
+                scheme.requantize(self, delta)
         kernel = self._parameters.get("kernel")
         was_trainable = self.__dict__.get("_lora_kernel_was_trainable", False)
         if kernel is not None and kernel.is_floating_point() and was_trainable:
@@ -175,9 +176,10 @@ class LoRAMixin:
 
     def _lora_kernel_shape(self) -> tuple[int, ...]:
         """The float kernel's shape (a quantized layer may store it packed)."""
-        form = self.__dict__.get("_quant_form")  # set by the quantized schemes
-        if form is not None and self.__dict__.get("_scheme") is not None:
-            return tuple(form.kernel_shape)
+        scheme = self.__dict__["quantization_scheme"]
+        shape = None if scheme is None else scheme.kernel_shape()
+        if shape is not None:
+            return tuple(shape)
         return tuple(self._parameters["kernel"].shape)
 
     def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -206,26 +208,10 @@ class LoRAMixin:
             kernel = kernel + self._lora_delta().to(kernel.dtype)
         return kernel, inputs
 
-    def quantized_call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        """The scheme's forward pass, plus the LoRA term before bias and activation: it is
-        handed to the scheme's output step through ``__dict__["_lora_term"]``."""
+    def lora_output(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """The low-rank term on the input path, ``op(inputs, scaling * A @ B)``, or None without
+        LoRA: a quantized layer's scheme adds it before bias and activation."""
         if not self.lora_enabled:
-            return super().quantized_call(inputs, *args, **kwargs)
-        d = self.__dict__
-        d["_lora_term"] = self._lora_output(inputs)
-        try:
-            return super().quantized_call(inputs, *args, **kwargs)
-        finally:
-            d["_lora_term"] = None
-
-    def _lora_output(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The low-rank term on the input path: ``op(inputs, scaling * A @ B)`` (quantized
-        layers add it before bias and activation)."""
+            return None
         delta = self._lora_delta()
         return self._linear(inputs, delta.to(inputs.dtype))
-
-    def _requantize_with_delta(self, delta: torch.Tensor) -> None:
-        # Requantizing is the quantization schemes' business (a row above the layers).
-        from mpq.quantization import _requantize
-
-        _requantize.requantize_with_delta(self, delta)

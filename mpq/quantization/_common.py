@@ -7,11 +7,13 @@ schemes from these pieces and registers them.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from mpq import activations, kernels
+from mpq import policy as _policy
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
@@ -139,43 +141,134 @@ def float_kernel(layer: Any) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ scheme base
 class Scheme(_registry.QuantizationScheme):
-    """Base of mpq's schemes: ``build`` = the float build, then the same conversion as
-    ``quantize`` on placeholder values (zeros, unit scales); the variables (names, order,
-    shapes, dtypes) are then identical on both paths. Subclasses implement ``check``
-    (validate before anything changes), ``convert`` and ``call``."""
+    """Base of mpq's schemes. The registered object (one per (layer class, mode)) resolves a
+    quantize request and returns, from ``quantize`` / ``build``, a new instance per layer that
+    holds the layer's quantized state: ``config`` (a ``QuantizationConfig``) and ``form`` (how
+    the kernel maps to the matrices the kernels multiply). ``build`` = the float build, then
+    the same conversion as ``quantize`` on placeholder values (zeros, unit scales): the
+    variables (names, order, shapes, dtypes) are identical on both paths.
+
+    Subclasses implement ``check`` (validate before anything changes), ``convert`` (replace the
+    float kernel by quantized variables), ``call`` and ``dequantized_kernel``; ``requantize``
+    (``merge_lora``) quantizes a float scratch twin of the layer, unless overridden."""
+
+    config: QuantizationConfig
+    form: Any
+
+    def __init__(self, config: QuantizationConfig | None = None, form: Any = None) -> None:
+        if config is not None:
+            self.config = config
+            self.form = form
+
+    # -- the registered object ----------------------------------------------------------
+    def resolve(self, layer: Any, mode: str, config: Any) -> tuple[Any, Any]:
+        """One ``QuantizationConfig`` and the target policy derived from it (a mode string
+        becomes a config once; the config the layer was constructed with, if any, is used as
+        before with the policy of the mode string)."""
+        source = layer.dtype_policy.name
+        if config is None:
+            pending = layer._pending_quantization_config
+            if pending is not None:
+                return pending, _policy.get(f"{mode}_from_{source}")
+            config = QuantizationConfig.get(mode)
+        return config, config.to_policy(source)
+
+    def scheme_class(self, cfg: QuantizationConfig) -> type[Scheme]:
+        """The class of the per-layer scheme for ``cfg`` (a variant of the mode, e.g. static
+        float8 scaling, may have its own)."""
+        return type(self)
 
     def check(self, layer: Any, cfg: QuantizationConfig) -> None:
         """Raise before the layer is touched when ``cfg`` cannot run on ``layer``."""
 
-    def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
-        raise NotImplementedError
-
-    def _prepare(self, layer: Any, config: Any) -> tuple[QuantizationConfig, Any]:
+    def bind(self, layer: Any, config: Any) -> Scheme:
+        """The per-layer scheme for ``layer`` and ``config`` (checked; the layer is unchanged)."""
         cfg = resolve_config(layer, config, self.mode)
         form = form_of(layer, tuple(float_kernel(layer).shape))
         self.check(layer, cfg)
-        return cfg, form
+        scheme = self.scheme_class(cfg)(cfg, form)
+        scheme.mode = self.mode
+        return scheme
 
-    def quantize(self, layer: Any, config: Any = None) -> None:
-        cfg, form = self._prepare(layer, config)
-        self.convert(layer, cfg, form, values=float_kernel(layer).device.type != "meta")
-        layer.__dict__["_quantization_config"] = cfg
-        layer.__dict__["_quant_form"] = form
+    def quantize(self, layer: Any, config: Any = None) -> Scheme:
+        scheme = self.bind(layer, config)
+        values = float_kernel(layer).device.type != "meta"
+        scheme.convert(layer, scheme.config, scheme.form, values=values)
+        return scheme
 
-    def build(self, layer: Any, input_shape: Any, config: Any = None) -> None:
+    def build(self, layer: Any, input_shape: Any, config: Any = None) -> Scheme:
         _registry.float_build(layer, input_shape)
-        cfg, form = self._prepare(layer, config)
-        self.convert(layer, cfg, form, values=False)
-        layer.__dict__["_quantization_config"] = cfg
-        layer.__dict__["_quant_form"] = form
+        scheme = self.bind(layer, config)
+        scheme.convert(layer, scheme.config, scheme.form, values=False)
+        return scheme
+
+    # -- the per-layer scheme -----------------------------------------------------------
+    def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any] | None:
+        config: QuantizationConfig | None = getattr(self, "config", None)
+        return None if config is None else config.get_config()
+
+    def kernel_shape(self) -> tuple[int, ...] | None:
+        form = getattr(self, "form", None)
+        return None if form is None else tuple(form.kernel_shape)
+
+    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+        """``merge_lora``: a float scratch twin of the layer (no LoRA) takes
+        ``dequantized_kernel + delta`` and is quantized with this scheme's config; its
+        quantized variables are copied back (lossy: one more rounding)."""
+        merged = self.dequantized_kernel(layer) + delta.float()
+        config = layer.get_config()
+        config.pop("quantization_config", None)
+        config["dtype"] = layer.dtype_policy.source_name
+        config["lora_rank"] = None
+        config["lora_alpha"] = None
+        with torch.random.fork_rng(devices=[]):
+            scratch = type(layer).from_config(config)
+            scratch.build_from_config(copy.deepcopy(layer.get_build_config()))
+        with torch.no_grad():
+            scratch._parameters["kernel"].copy_(merged.to(scratch._parameters["kernel"].dtype))
+        scratch.quantize(self.config)
+        for name, value in scratch._parameters.items():
+            if name == "bias" or value is None:
+                continue
+            target = layer._parameters[name]
+            target.copy_(value.detach().to(target.device))
+
+    # -- helpers of ``call`` --------------------------------------------------------------
+    def linear_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Dense/EinsumDense input -> ``[S, M, K]`` rows in a kernel-friendly float dtype."""
+        rows, meta = self.form.to_rows(x)
+        dtype = kernel_dtype(rows.dtype)
+        return (rows if rows.dtype == dtype else rows.to(dtype)), meta
+
+    def linear_output(
+        self,
+        layer: Any,
+        y: torch.Tensor,
+        meta: Any,
+        bias_fused: bool,
+        lora: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[S, M, N]`` -> the layer's output (bias if not fused, LoRA term, activation,
+        compute dtype)."""
+        y = self.form.from_rows(y, meta)
+        bias = layer._parameters.get("bias")
+        bias = None if (bias is None or bias_fused) else read(layer, "bias")
+        return finish(layer, y, bias, lora)
+
+    def as3(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """A stored ``[N, ...]`` tensor with a leading S axis of 1 when the form has none."""
+        if t is None:
+            return None
+        return t if self.form.S else t.unsqueeze(0)
 
 
-def config_of(layer: Any) -> QuantizationConfig:
-    return layer.__dict__["_quantization_config"]
-
-
-def form(layer: Any) -> Any:
-    return layer.__dict__["_quant_form"]
+def lora_term(layer: Any, inputs: torch.Tensor) -> torch.Tensor | None:
+    """LoRA's input-path term of a call (``mpq.layers.lora``), None without LoRA."""
+    term = getattr(layer, "lora_output", None)
+    return None if term is None else term(inputs)
 
 
 def training_flag(kwargs: dict, layer: Any) -> bool:
@@ -193,12 +286,17 @@ def compute_dtype(layer: Any) -> torch.dtype:
     return layer.dtype_policy.torch_compute_dtype
 
 
-def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Add a bias that was not fused, apply the activation, return in the compute dtype."""
+def finish(
+    layer: Any,
+    y: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lora: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Add LoRA's term and a bias that was not fused, apply the activation, return in the
+    compute dtype."""
     dtype = compute_dtype(layer)
     if y.dtype != dtype:  # (a no-op .to still costs a dispatch per call)
         y = y.to(dtype)
-    lora = layer.__dict__.get("_lora_term")  # LoRA's input-path term (mpq.layers.lora)
     if lora is not None:
         y = y + lora
     if bias is not None:
@@ -228,6 +326,11 @@ class _QuantizedOp(torch.autograd.Function):
         if need_b:
             gb = grad.reshape(-1, grad.shape[-1]).to(torch.float32).sum(0).to(bias.dtype)
         return None, gx, gw, gb
+
+
+def needs_graph(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd must record an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class Run:
@@ -265,9 +368,7 @@ class Run:
         return grad, gx, gw
 
     def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
-        if not torch.is_grad_enabled() or not any(
-            t is not None and t.requires_grad for t in (x, w, bias)
-        ):
+        if not needs_graph(x, w, bias):
             # Nothing to differentiate: the forward pass without the autograd.Function's cost
             # (the same tensors, no graph either way).
             return self.forward(x, w, bias)
@@ -275,34 +376,12 @@ class Run:
 
 
 # ------------------------------------------------------------------------------ linear ops
-def linear_rows(layer: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Dense/EinsumDense input -> ``[S, M, K]`` rows in a kernel-friendly float dtype."""
-    rows, meta = form(layer).to_rows(x)
-    dtype = kernel_dtype(rows.dtype)
-    return (rows if rows.dtype == dtype else rows.to(dtype)), meta
-
-
-def linear_output(layer: Any, y: torch.Tensor, meta: Any, bias_fused: bool) -> torch.Tensor:
-    """``[S, M, N]`` -> the layer's output (bias if not fused, activation, compute dtype)."""
-    y = form(layer).from_rows(y, meta)
-    bias = layer._parameters.get("bias")
-    bias = None if (bias is None or bias_fused) else read(layer, "bias")
-    return finish(layer, y, bias)
-
-
 def fusable_bias(layer: Any) -> torch.Tensor | None:
     """Dense's ``[N]`` bias goes into the kernel epilogue; EinsumDense's is added after."""
     if isinstance(layer, Dense) and layer._parameters.get("bias") is not None:
         b = read(layer, "bias")
         return b if b.dtype in _KERNEL_FLOATS else b.to(kernel_dtype(b.dtype))
     return None
-
-
-def as3(layer: Any, t: torch.Tensor | None) -> torch.Tensor | None:
-    """A stored ``[N, ...]`` tensor with a leading S axis of 1 when the form has none."""
-    if t is None:
-        return None
-    return t if form(layer).S else t.unsqueeze(0)
 
 
 def per_slice(fn, n: int) -> torch.Tensor:
@@ -405,8 +484,8 @@ def conv_bias(layer: Any) -> torch.Tensor | None:
     return b.to(kernel_dtype(b.dtype))
 
 
-def conv_output(layer: Any, y: torch.Tensor) -> torch.Tensor:
-    return finish(layer, layer._from_channels_last(y))
+def conv_output(layer: Any, y: torch.Tensor, lora: torch.Tensor | None = None) -> torch.Tensor:
+    return finish(layer, layer._from_channels_last(y), None, lora)
 
 
 __all__ = [

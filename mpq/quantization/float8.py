@@ -11,7 +11,7 @@ gradient's (under ``stateless_call``: into the returned values, never the layer)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -187,9 +187,17 @@ class Float8Scheme(C.Scheme):
                 scale.copy_(new_scale)
         layer._update_cast_dtypes()
 
+    variants: ClassVar[dict[str, type[C.Scheme]]] = {}
+    """Per-layer scheme classes of the float8 scaling variants other than delayed scaling,
+    by ``QuantizationConfig.scaling`` (``float8_static.py`` adds ``"static"``)."""
+
+    def scheme_class(self, cfg: Any) -> type[C.Scheme]:
+        return self.variants.get(cfg.scaling, type(self))
+
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         training = C.training_flag(kwargs, layer)
-        form = C.form(layer)
+        form = self.form
+        lora = C.lora_term(layer, inputs)
         kernel = C.read(layer, "kernel")
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
@@ -197,18 +205,37 @@ class Float8Scheme(C.Scheme):
             run = _ConvRun(layer, training)
             if _inference(training, x, kernel, bias):
                 w8, sw = _kernel_codes(layer, kernel, x.dtype)
-                return C.conv_output(layer, run.forward_codes(x, form.to_stored(w8), sw, bias))
+                y = run.forward_codes(x, form.to_stored(w8), sw, bias)
+                return C.conv_output(layer, y, lora)
             y = run.apply(x, form.to_stored(kernel).to(x.dtype), bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         bias = C.fusable_bias(layer)
         run = _LinearRun(layer, training)
         if _inference(training, x, kernel, bias):
             w8, sw = _kernel_codes(layer, kernel, x.dtype)
-            y = run.forward_codes(x, C.as3(layer, form.to_matrix(w8)), sw, bias)
+            y = run.forward_codes(x, self.as3(form.to_matrix(w8)), sw, bias)
         else:
-            y = run.apply(x, C.as3(layer, form.to_matrix(kernel)).to(x.dtype), bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+            y = run.apply(x, self.as3(form.to_matrix(kernel)).to(x.dtype), bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+        """Delayed scaling keeps the float kernel: returned as is (float32)."""
+        return layer._parameters["kernel"].detach().float()
+
+    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+        """The float kernel gets ``+ delta``; its scale records the merged kernel's amax (one
+        delayed-scaling step) so that it does not saturate."""
+        merged = self.dequantized_kernel(layer) + delta.float()
+        kernel = layer._parameters["kernel"]
+        kernel.copy_(merged.to(kernel.dtype))
+        history = layer._parameters["kernel_amax_history"]
+        scale = layer._parameters["kernel_scale"]
+        new_history, new_scale = delayed_scaling_update(
+            kernel.detach(), history.detach(), scale.detach(), FORWARD_FORMAT
+        )
+        history.copy_(new_history)
+        scale.copy_(new_scale)
 
 
 def _inference(training: bool, x: torch.Tensor, kernel: torch.Tensor, bias: Any) -> bool:

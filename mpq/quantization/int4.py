@@ -206,8 +206,8 @@ class Int4Scheme(C.Scheme):
         C.replace_kernel(layer, new)
 
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
-        form = C.form(layer)
+        cfg = self.config
+        form = self.form
         g = cfg.block_size
         name = C.kernel_name(layer)
         packed = C.read(layer, name)
@@ -226,6 +226,7 @@ class Int4Scheme(C.Scheme):
                 torch.float32,
             )
             return rows.to(C.compute_dtype(layer))
+        lora = C.lora_term(layer, inputs)
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
             bias = C.conv_bias(layer)
@@ -234,13 +235,26 @@ class Int4Scheme(C.Scheme):
                 y = C.conv_forward(layer, x, w.reshape(form.stored_shape), bias=bias)
             else:
                 y = _ConvA8(layer, packed, scale, k, form.stored_shape).apply(x, None, bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         bias = C.fusable_bias(layer)
         run_cls = _LinearWeightOnly if cfg.weight_only else _LinearA8
-        run = run_cls(C.as3(layer, packed), C.as3(layer, scale), C.as3(layer, zero), k, g)
+        run = run_cls(self.as3(packed), self.as3(scale), self.as3(zero), k, g)
         y = run.apply(x, None, bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+        """The unpacked codes times their scales (minus zero points per group) in float32, in
+        the float layer's layout."""
+        form = self.form
+        g = self.config.block_size
+        name = C.kernel_name(layer)
+        q = layer._parameters[name].detach()
+        scale = layer._parameters[f"{name}_scale"].detach()
+        zero = layer._parameters[f"{name}_zero"].detach() if g != -1 else None
+        layout = _grouped_scale_layout(form)
+        m = dequantize_int4(q, scale, zero, form.matrix_shape[-1], g, layout, torch.float32)
+        return form.from_matrix(m)
 
 
 for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):

@@ -119,28 +119,39 @@ class Int8Scheme(C.Scheme):
         )
 
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
-        form = C.form(layer)
+        form = self.form
         if isinstance(form, EmbeddingForm):
             return _embedding_call(layer, inputs)
+        lora = C.lora_term(layer, inputs)
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
             wq, ws = C.read(layer, "kernel"), C.read(layer, "kernel_scale")
             bias = C.conv_bias(layer)
-            if cfg.weight_only:
+            if self.config.weight_only:
                 y = C.conv_forward(layer, x, dequantize_int8(wq, ws, x.dtype), bias=bias)
             else:
                 y = _ConvW8A8(layer, wq, ws).apply(x, None, bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
-        wq = C.as3(layer, C.read(layer, "kernel"))
-        ws = C.as3(layer, C.read(layer, "kernel_scale"))
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
+        wq = self.as3(C.read(layer, "kernel"))
+        ws = self.as3(C.read(layer, "kernel_scale"))
         bias = C.fusable_bias(layer)
-        if cfg.weight_only:
+        if self.config.weight_only:
             y = _weight_only_linear(x, wq, ws, bias)
         else:
-            y = _LinearW8A8(wq, ws).apply(x, None, bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+            run = _LinearW8A8(wq, ws)
+            # Without a graph to record, the forward pass itself (Run.apply's shortcut, one
+            # frame less on the hot path).
+            y = run.apply(x, None, bias) if C.needs_graph(x, bias) else run.forward(x, None, bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+        """``q * scale`` in float32, in the float layer's layout."""
+        name = C.kernel_name(layer)
+        q = layer._parameters[name].detach()
+        stored = dequantize_int8(q, layer._parameters[f"{name}_scale"].detach(), torch.float32)
+        form = self.form
+        return form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
 
 
 WEIGHT_CHUNK = 1 << 19

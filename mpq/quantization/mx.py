@@ -170,22 +170,30 @@ class MXScheme(C.Scheme):
         return dequantize_codes(fmt, C.read(layer, name), C.read(layer, f"{name}_scale"), t, k)
 
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
+        cfg = self.config
         fmt = MX_FORMATS[cfg.mode]
-        form = C.form(layer)
+        form = self.form
+        lora = C.lora_term(layer, inputs)
         w = self.weight(layer, fmt, form)  # float32 [..., N, K]
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs).to(torch.float32)
             bias = C.conv_bias(layer)
             bias = None if bias is None else bias.to(torch.float32)
             y = C.conv_forward(layer, x, w.reshape(form.stored_shape), bias=bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         x = x.to(torch.float32) if cfg.weight_only else fake_quantize(fmt, x)
         bias = C.fusable_bias(layer)
         bias = None if bias is None else bias.to(torch.float32)
-        y = C.float_linear(x, C.as3(layer, w), bias=bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+        y = C.float_linear(x, self.as3(w), bias=bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+        """The decoded codes times their block scales in float32, in the float layer's
+        layout."""
+        with torch.no_grad():
+            w = self.weight(layer, MX_FORMATS[self.config.mode], self.form)
+        return self.form.from_matrix(w.detach())
 
 
 for _mode in MX_FORMATS:

@@ -180,7 +180,7 @@ def prepare(model: torch.nn.Module, mode_or_config: Any, filter: Any = None) -> 
         path = layer.path
         if is_prepared(layer):
             report.skipped[path] = f"already prepared ({layer.__dict__['_qat'].config.name})"
-        elif layer.__dict__.get("_scheme") is not None:
+        elif layer.quantization_scheme is not None:
             report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
         elif getattr(layer, "lora_enabled", False):
             report.skipped[path] = "LoRA enabled (merge_lora() first, or quantize then LoRA)"

@@ -261,7 +261,7 @@ def store_int_codes(
     variables before anything is written."""
     from mpq.quantizers import pack_int4
 
-    cfg = C.config_of(layer)
+    cfg = layer.quantization_scheme.config
     name = C.kernel_name(layer)
     params = layer._parameters
     new = {}
@@ -315,7 +315,7 @@ def _foldable(pred: Any, k: int) -> str | None:
     from mpq import activations
     from mpq.layers import LayerNormalization
 
-    if pred is None or getattr(pred, "_scheme", None) is not None:
+    if pred is None or getattr(pred, "quantization_scheme", None) is not None:
         return None
     if type(pred) is Dense and pred.activation is activations.linear:
         return "dense" if pred.kernel.shape[-1] == k else None
