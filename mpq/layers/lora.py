@@ -55,6 +55,7 @@ class LoRAMixin:
 
     _call_hooks = False
     lora_enabled = False
+    _qat: Any = None  # QAT's per-layer state while prepared (mpq.training.qat)
 
     # ------------------------------------------------------------------ public
     def enable_lora(
@@ -103,7 +104,7 @@ class LoRAMixin:
             )
         with torch.no_grad():
             delta = self._lora_delta(torch.float32)
-            scheme = self.__dict__["quantization_scheme"]
+            scheme = self.quantization_scheme
             if scheme is None:
                 kernel = self._parameters["kernel"]
                 kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
@@ -176,7 +177,7 @@ class LoRAMixin:
 
     def _lora_kernel_shape(self) -> tuple[int, ...]:
         """The float kernel's shape (a quantized layer may store it packed)."""
-        scheme = self.__dict__["quantization_scheme"]
+        scheme = self.quantization_scheme
         shape = None if scheme is None else scheme.kernel_shape()
         if shape is not None:
             return tuple(shape)
@@ -194,14 +195,13 @@ class LoRAMixin:
         return ab * scaling if scaling != 1 else ab
 
     def _refresh_call_hooks(self) -> None:
-        d = self.__dict__
-        d["_call_hooks"] = bool(d.get("lora_enabled")) or d.get("_qat") is not None
+        self._call_hooks = bool(self.lora_enabled) or self._qat is not None
 
     def _call_kernel_and_inputs(
         self, kernel: torch.Tensor, inputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel and inputs ``call`` computes with: QAT fake quantization, then LoRA."""
-        qat = self.__dict__.get("_qat")
+        qat = self._qat
         if qat is not None:
             kernel, inputs = qat.apply(self, kernel, inputs)
         if self.lora_enabled:
