@@ -13,13 +13,14 @@ and activation. This module imports no layer (the layers import it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from mpq import initializers
 from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
+from mpq.layers.variables import Variable
 
 __all__ = ["LoRAMixin"]
 
@@ -44,7 +45,15 @@ def check_alpha(alpha: Any) -> float | None:
     return alpha
 
 
-class LoRAMixin:
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
+
+    _MixinBase = Layer
+else:
+    _MixinBase = object
+
+
+class LoRAMixin(_MixinBase):
     """LoRA and QAT hooks for a layer with a ``kernel`` whose last axis is the output axis.
 
     The layer implements ``_linear(inputs, kernel)``: its op without bias or activation (the
@@ -55,6 +64,13 @@ class LoRAMixin:
 
     _call_hooks = False
     lora_enabled = False
+    lora_rank: int | None
+    lora_alpha: float | None
+    if TYPE_CHECKING:  # provided by the layers that mix LoRA in
+        kernel_constraint: Any
+
+        def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor: ...
+
     _qat: Any = None  # QAT's per-layer state while prepared (mpq.training.qat)
 
     # ------------------------------------------------------------------ public
@@ -106,14 +122,14 @@ class LoRAMixin:
             delta = self._lora_delta(torch.float32)
             scheme = self.quantization_scheme
             if scheme is None:
-                kernel = self._parameters["kernel"]
+                kernel = cast(torch.nn.Parameter, self._parameters["kernel"])
                 kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
             else:
                 scheme.requantize(self, delta)
-        kernel = self._parameters.get("kernel")
+        merged = self._parameters.get("kernel")
         was_trainable = self.__dict__.get("_lora_kernel_was_trainable", False)
-        if kernel is not None and kernel.is_floating_point() and was_trainable:
-            kernel.trainable = self.trainable
+        if isinstance(merged, Variable) and merged.is_floating_point() and was_trainable:
+            merged.trainable = self.trainable
         del self.lora_kernel_a
         del self.lora_kernel_b
         d = self.__dict__
@@ -153,7 +169,7 @@ class LoRAMixin:
         kernel = self._parameters.get("kernel")
         d = self.__dict__
         d["_lora_kernel_was_trainable"] = kernel is not None and kernel.requires_grad
-        if kernel is not None:
+        if isinstance(kernel, Variable):
             kernel.trainable = False
         device = next((p.device for p in self._parameters.values() if p is not None), None)
         self.lora_kernel_a = self.add_weight(
@@ -181,15 +197,15 @@ class LoRAMixin:
         shape = None if scheme is None else scheme.kernel_shape()
         if shape is not None:
             return tuple(shape)
-        return tuple(self._parameters["kernel"].shape)
+        return tuple(cast(torch.nn.Parameter, self._parameters["kernel"]).shape)
 
     def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(lora_alpha / rank) * A @ B`` with the kernel's shape (read through autocast)."""
-        a = self.lora_kernel_a
-        b = self.lora_kernel_b
+        a: torch.Tensor = self.lora_kernel_a
+        b: torch.Tensor = self.lora_kernel_b
         if dtype is not None:
             a, b = a.to(dtype), b.to(dtype)
-        scaling = self.lora_alpha / self.lora_rank
+        scaling = cast(float, self.lora_alpha) / cast(int, self.lora_rank)  # (enabled)
         lead = a.shape[:-1]
         ab = torch.mm(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[-1])
         return ab * scaling if scaling != 1 else ab

@@ -8,7 +8,8 @@ schemes from these pieces and registers them.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import torch
 
@@ -120,7 +121,11 @@ def late_targets(layer: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
     return [scope.deferred(layer._parameters[name]) for name in names]
 
 
-def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
+VariableSpec = tuple[tuple[int, ...], torch.dtype, "torch.Tensor | None", str, "ValueRule | None"]
+"""``(shape, dtype, value, initializer, rule)`` of a quantized variable (``replace_kernel``)."""
+
+
+def replace_kernel(layer: Any, new: dict[str, VariableSpec]) -> None:
     """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
     initializer, rule)`` in creation order (value None: the initializer's placeholder, e.g.
     while building; rule: a ``ValueRule`` or None). The caller computes every value before
@@ -136,7 +141,8 @@ def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
 
 
 def float_kernel(layer: Any) -> torch.Tensor:
-    return layer._parameters[kernel_name(layer)]
+    kernel: torch.Tensor = layer._parameters[kernel_name(layer)]
+    return kernel
 
 
 # ------------------------------------------------------------------------------ scheme base
@@ -258,6 +264,12 @@ class Scheme(_registry.QuantizationScheme):
         bias = None if (bias is None or bias_fused) else read(layer, "bias")
         return finish(layer, y, bias, lora)
 
+    @overload
+    def as3(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def as3(self, t: None) -> None: ...
+
     def as3(self, t: torch.Tensor | None) -> torch.Tensor | None:
         """A stored ``[N, ...]`` tensor with a leading S axis of 1 when the form has none."""
         if t is None:
@@ -271,7 +283,7 @@ def lora_term(layer: Any, inputs: torch.Tensor) -> torch.Tensor | None:
     return None if term is None else term(inputs)
 
 
-def training_flag(kwargs: dict, layer: Any) -> bool:
+def training_flag(kwargs: dict[str, Any], layer: Any) -> bool:
     """``training`` of the running call: explicit > enclosing call's > torch's module mode."""
     training = kwargs.pop("training", None)
     if training is None:
@@ -283,7 +295,8 @@ def training_flag(kwargs: dict, layer: Any) -> bool:
 
 
 def compute_dtype(layer: Any) -> torch.dtype:
-    return layer.dtype_policy.torch_compute_dtype
+    dtype: torch.dtype = layer.dtype_policy.torch_compute_dtype
+    return dtype
 
 
 def finish(
@@ -312,13 +325,21 @@ class _QuantizedOp(torch.autograd.Function):
     the output gradient ``run.grad_hook(grad)`` (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, run, x, w, bias):
+    def forward(
+        ctx: Any,
+        run: Run,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
         ctx.run = run
         ctx.save_for_backward(x, w, bias)
         return run.forward(x, w, bias)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         x, w, bias = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[1:4]
         grad, gx, gw = ctx.run.input_grads(grad, x, w, need_x, need_w)
@@ -336,19 +357,30 @@ def needs_graph(*tensors: torch.Tensor | None) -> bool:
 class Run:
     """One quantized forward pass; subclasses set ``forward`` and the backward pieces."""
 
-    def forward(self, x, w, bias):  # pragma: no cover - overridden
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    def backward_operands(self, x, w):  # pragma: no cover - overridden
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def float_op(self, x, w):  # pragma: no cover - overridden
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def input_grads(self, grad, x, w, need_x: bool, need_w: bool):
+    def input_grads(
+        self,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        need_x: bool,
+        need_w: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(grad used for the bias, grad_x, grad_w)``: by default the gradients of
         ``float_op`` at ``backward_operands(x, w)`` for the output gradient ``grad_hook(grad)``."""
         grad = self.grad_hook(grad)
@@ -364,15 +396,18 @@ class Run:
             if need_x:
                 gx = grads.pop(0).to(x.dtype)
             if need_w:
-                gw = grads.pop(0).to(w.dtype)
+                gw = grads.pop(0).to(wb.dtype if w is None else w.dtype)
         return grad, gx, gw
 
-    def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
+    def apply(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         if not needs_graph(x, w, bias):
             # Nothing to differentiate: the forward pass without the autograd.Function's cost
             # (the same tensors, no graph either way).
             return self.forward(x, w, bias)
-        return _QuantizedOp.apply(self, x, w, bias)
+        out: torch.Tensor = _QuantizedOp.apply(self, x, w, bias)  # type: ignore[no-untyped-call]
+        return out
 
 
 # ------------------------------------------------------------------------------ linear ops
@@ -384,14 +419,19 @@ def fusable_bias(layer: Any) -> torch.Tensor | None:
     return None
 
 
-def per_slice(fn, n: int) -> torch.Tensor:
+def per_slice(fn: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
     """``torch.stack([fn(s) for s in range(n)])``; one slice (Dense) is just unsqueezed."""
     if n == 1:
         return fn(0).unsqueeze(0)
     return torch.stack([fn(s) for s in range(n)])
 
 
-def float_linear(x_rows: torch.Tensor, w_mat: torch.Tensor, bias=None, out_dtype=None):
+def float_linear(
+    x_rows: torch.Tensor,
+    w_mat: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Differentiable ``x_rows [S, M, K] @ w_mat[s].T`` per slice -> ``[S, M, N]``."""
     return per_slice(
         lambda s: kernels.matmul(x_rows[s], w_mat[s].t(), bias=bias, out_dtype=out_dtype),
@@ -436,10 +476,10 @@ def conv_forward(
     x_cl: torch.Tensor,
     w_stored: torch.Tensor,
     *,
-    x_scale=None,
-    w_scale=None,
-    bias=None,
-    out_dtype=None,
+    x_scale: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``mpq.kernels.conv2d`` on channels-last inputs for Conv1D (as a 1 x W conv) and Conv2D;
     ``w_stored`` is ``[OC, KH, KW, C/groups]`` (Conv1D ``[OC, KW, C/groups]``)."""
@@ -495,5 +535,6 @@ __all__ = [
     "POSITIVE_FINITE",
     "Run",
     "Scheme",
+    "ValueRule",
     "resolve_config",
 ]

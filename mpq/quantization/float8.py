@@ -11,7 +11,7 @@ gradient's (under ``stateless_call``: into the returned values, never the layer)
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -35,20 +35,26 @@ STATE_NAMES = ("inputs", "kernel", "outputs_grad")
 
 
 class _Float8Run(C.Run):
-    def __init__(self, layer: Any, training: bool):
+    # Set by the forward pass, read by the backward pass.
+    sx: torch.Tensor
+    sw: torch.Tensor
+    x8: torch.Tensor
+    w8: torch.Tensor
+
+    def __init__(self, layer: Any, training: bool) -> None:
         self.layer = layer
         self.training = training
-        self.sx = self.sw = None
         # The backward pass runs after the call (and after any stateless scope) has returned,
         # so what it reads and writes is fixed now. Training: the gradient history and scale
         # it updates in place (the layer's variables, or under stateless_call the buffers
         # returned as their new values); otherwise the scale read by this call.
+        self.grad_history: torch.Tensor | None = None
         if training:
-            self.grad_state = C.late_targets(
+            self.grad_history, self.grad_scale = C.late_targets(
                 layer, ("outputs_grad_amax_history", "outputs_grad_scale")
             )
         else:
-            self.grad_state = [None, C.read(layer, "outputs_grad_scale")]
+            self.grad_scale = C.read(layer, "outputs_grad_scale")
 
     def _update(self, prefix: str, t: torch.Tensor, fmt: str) -> None:
         history = C.read(self.layer, f"{prefix}_amax_history")
@@ -57,15 +63,20 @@ class _Float8Run(C.Run):
         C.assign_valid(history, new_history)
         C.assign_valid(scale, new_scale)  # valid by construction: no device sync per step
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # Delayed scaling: quantize with the scales of the past steps, then record this step.
+        w = cast(torch.Tensor, w)  # the float8 runs always get the float kernel
         sw = C.read(self.layer, "kernel_scale").detach().clone()
         w8 = quantize_float8(w, sw, FORWARD_FORMAT)
         if self.training:
             self._update("kernel", w, FORWARD_FORMAT)
         return self.forward_codes(x, w8, sw, bias)
 
-    def forward_codes(self, x, w8, sw, bias):
+    def forward_codes(
+        self, x: torch.Tensor, w8: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         """``forward`` with the kernel already quantized (codes ``w8``, scale ``sw``)."""
         sx = C.read(self.layer, "inputs_scale").detach().clone()
         x8 = quantize_float8(x, sx, FORWARD_FORMAT)
@@ -74,12 +85,23 @@ class _Float8Run(C.Run):
         self.sx, self.sw, self.x8, self.w8 = sx, sw, x8, w8
         return self.fp8_op(x8, w8, sx, sw, bias, x.dtype)
 
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _grad_fp8(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output gradient in e5m2 with the old gradient scale; records its amax."""
-        history, scale = self.grad_state
+        history, scale = self.grad_history, self.grad_scale
         sg = scale.detach().clone()
         g8 = quantize_float8(grad, sg, GRADIENT_FORMAT)
-        if self.training:
+        if history is not None:  # training
             new_history, new_scale = delayed_scaling_update(
                 grad.detach(), history, sg, GRADIENT_FORMAT
             )
@@ -92,10 +114,12 @@ class _Float8Run(C.Run):
         g8, sg = self._grad_fp8(grad)
         return dequantize_float8(g8, sg, grad.dtype)
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return (
             quantize_dequantize(x, self.sx, FORWARD_FORMAT),
-            quantize_dequantize(w, self.sw, FORWARD_FORMAT),
+            quantize_dequantize(cast(torch.Tensor, w), self.sw, FORWARD_FORMAT),
         )
 
 
@@ -103,7 +127,14 @@ class _LinearRun(_Float8Run):
     """Backward GEMMs in float8 too: ``grad_x = g8 @ w8`` (e5m2 x e4m3fn) and
     ``grad_w = g8.T @ x8`` (e5m2 x e4m3fn), scales in the epilogue, float32 accumulation."""
 
-    def input_grads(self, grad, x, w, need_x, need_w):
+    def input_grads(
+        self,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        need_x: bool,
+        need_w: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         g8, sg = self._grad_fp8(grad)
         gx = gw = None
         if need_x:
@@ -128,14 +159,22 @@ class _LinearRun(_Float8Run):
                         self.x8[s].t().contiguous().t(),
                         a_scale=sg,
                         b_scale=self.sx,
-                        out_dtype=w.dtype,
+                        out_dtype=cast(torch.Tensor, w).dtype,
                     )
                     for s in range(g8.shape[0])
                 ]
             )
         return dequantize_float8(g8, sg, grad.dtype), gx, gw
 
-    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
         outs = [
             kernels.matmul(
                 x8[s].contiguous(),
@@ -149,17 +188,25 @@ class _LinearRun(_Float8Run):
         ]
         return torch.stack(outs)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
 class _ConvRun(_Float8Run):
-    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
         return C.conv_forward(
             self.layer, x8, w8, x_scale=sx, w_scale=sw, bias=bias, out_dtype=out_dtype
         )
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
@@ -211,17 +258,17 @@ class Float8Scheme(C.Scheme):
             return C.conv_output(layer, y, lora)
         x, meta = self.linear_rows(inputs)
         bias = C.fusable_bias(layer)
-        run = _LinearRun(layer, training)
+        linear = _LinearRun(layer, training)
         if _inference(training, x, kernel, bias):
             w8, sw = _kernel_codes(layer, kernel, x.dtype)
-            y = run.forward_codes(x, self.as3(form.to_matrix(w8)), sw, bias)
+            y = linear.forward_codes(x, self.as3(form.to_matrix(w8)), sw, bias)
         else:
-            y = run.apply(x, self.as3(form.to_matrix(kernel)).to(x.dtype), bias)
+            y = linear.apply(x, self.as3(form.to_matrix(kernel)).to(x.dtype), bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
     def dequantized_kernel(self, layer: Any) -> torch.Tensor:
         """Delayed scaling keeps the float kernel: returned as is (float32)."""
-        return layer._parameters["kernel"].detach().float()
+        return C.float_kernel(layer).detach().float()
 
     def requantize(self, layer: Any, delta: torch.Tensor) -> None:
         """The float kernel gets ``+ delta``; its scale records the merged kernel's amax (one
@@ -246,7 +293,9 @@ def _inference(training: bool, x: torch.Tensor, kernel: torch.Tensor, bias: Any)
     )
 
 
-def _kernel_codes(layer: Any, kernel: torch.Tensor, dtype: torch.dtype):
+def _kernel_codes(
+    layer: Any, kernel: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scale)`` of the kernel in its own (float) layout. Quantization is elementwise,
     so these are the codes of the transposed copy the kernels take; transposing the 1-byte
     codes afterwards moves 4x fewer bytes than transposing the float kernel first."""

@@ -27,7 +27,7 @@ import torch
 from mpq.layers.variables import ValueRule
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
-from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _LinearRun
+from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _Float8Run, _LinearRun
 from mpq.quantizers import (
     compute_float8_scale,
     dequantize_float8,
@@ -88,23 +88,27 @@ def _input_scale(layer: Any, x: torch.Tensor) -> torch.Tensor:
     return compute_float8_scale(amax, one, FORWARD_FORMAT)
 
 
-class _StaticMixin:
+class _StaticMixin(_Float8Run):
     """Forward with the stored codes; backward: plain straight-through float gradients."""
 
-    def __init__(self, layer: Any, w8: torch.Tensor, sw: torch.Tensor):
+    def __init__(self, layer: Any, w8: torch.Tensor, sw: torch.Tensor) -> None:
         self.layer = layer
         self.w8 = w8
         self.sw = sw
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         self.sx = _input_scale(self.layer, x)
         self.x8 = quantize_float8(x, self.sx, FORWARD_FORMAT)
         return self.fp8_op(self.x8, self.w8, self.sx, self.sw, bias, x.dtype)
 
-    def grad_hook(self, grad):
+    def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = dequantize_float8(self.w8, self.sw, x.dtype)
         return quantize_dequantize(x, self.sx, FORWARD_FORMAT), w
 
@@ -160,7 +164,8 @@ class Float8StaticScheme(Float8Scheme):
         """The float32 kernel (float layout) the layer computes with: ``codes * scale``."""
         codes = layer._parameters["kernel"].detach()
         w = dequantize_float8(codes, layer._parameters["kernel_scale"].detach(), torch.float32)
-        return self.form.from_matrix(w)  # stored (K-major) -> the float kernel's layout
+        kernel: torch.Tensor = self.form.from_matrix(w)  # stored (K-major) -> float layout
+        return kernel
 
     def requantize(self, layer: Any, delta: torch.Tensor) -> None:
         codes, scale = quantize_kernel(self.dequantized_kernel(layer) + delta.float())

@@ -6,7 +6,7 @@ activations with ``weight_only=False``. See docs/quantization.md, "Layer modes".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -48,25 +48,35 @@ def dequantize_int4(
     if block_size == -1:
         return (q.to(torch.float32) * scale.unsqueeze(-1)).to(dtype)
     if layout == "GN":
-        scale, zero = scale.transpose(-1, -2), zero.transpose(-1, -2)
+        scale = scale.transpose(-1, -2)
+        zero = None if zero is None else zero.transpose(-1, -2)
     return dequantize(q, scale, zero, group_size=block_size, group_axis=-1, dtype=dtype)
 
 
 class _LinearWeightOnly(C.Run):
     """``mpq.kernels.matmul_int4`` per slice (K-major packed weight ``packed[s].t()``)."""
 
-    def __init__(self, packed, scale, zero, k, block_size):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        k: int,
+        block_size: int,
+    ) -> None:
         self.packed, self.scale, self.zero = packed, scale, zero  # [S, N, K/2], [S, (G,) N]
         self.k, self.block_size = k, block_size
 
-    def forward(self, x, w, bias):
-        grouped = self.block_size != -1
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        grouped = self.block_size != -1  # (zero points exactly when grouped)
         outs = [
             kernels.matmul_int4(
                 x[s],
                 self.packed[s].t(),
                 self.scale[s],
-                b_zero=self.zero[s] if grouped else None,
+                b_zero=self.zero[s] if self.zero is not None else None,
                 group_size=self.block_size if grouped else None,
                 bias=bias,
                 out_dtype=x.dtype,
@@ -75,7 +85,9 @@ class _LinearWeightOnly(C.Run):
         ]
         return torch.stack(outs)
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         grouped = self.block_size != -1
         w = dequantize_int4(
             self.packed,
@@ -88,7 +100,7 @@ class _LinearWeightOnly(C.Run):
         )
         return x, w
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
@@ -98,7 +110,9 @@ class _LinearA8(_LinearWeightOnly):
     Per channel: one int8 matmul with ``b_scale = scale``. Grouped: one int8 matmul per group
     of ``q - zero`` (in [-15, 15]) with that group's scale, summed in float32."""
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         xq, xs = C.quantize_rows_int8(x)
         outs = []
         for s in range(x.shape[0]):
@@ -114,10 +128,11 @@ class _LinearA8(_LinearWeightOnly):
                 )
             else:
                 g = self.block_size
-                acc = None
+                zero = cast(torch.Tensor, self.zero)  # grouped int4 has zero points
+                acc: torch.Tensor | None = None
                 for j, start in enumerate(range(0, self.k, g)):
                     stop = min(start + g, self.k)
-                    centred = (wq[:, start:stop].to(torch.int16) - self.zero[s][j][:, None]).to(
+                    centred = (wq[:, start:stop].to(torch.int16) - zero[s][j][:, None]).to(
                         torch.int8
                     )
                     part = kernels.matmul(
@@ -128,6 +143,7 @@ class _LinearA8(_LinearWeightOnly):
                         out_dtype=torch.float32,
                     )
                     acc = part if acc is None else acc + part
+                acc = cast(torch.Tensor, acc)  # K >= 1: at least one group
                 if bias is not None:
                     acc = acc + bias.to(torch.float32)
                 y = acc.to(x.dtype)
@@ -138,11 +154,20 @@ class _LinearA8(_LinearWeightOnly):
 class _ConvA8(C.Run):
     """int8 dynamic per-tensor inputs x per-channel int4 weights (as int8) on the int8 conv."""
 
-    def __init__(self, layer, packed, scale, k, stored_shape):
+    def __init__(
+        self,
+        layer: Any,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        k: int,
+        stored_shape: tuple[int, ...],
+    ) -> None:
         self.layer, self.packed, self.scale = layer, packed, scale
         self.k, self.stored_shape = k, stored_shape
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         xq, xs = quantize_symmetric(x, "int8", check_finite=False)
         wq = unpack_int4(self.packed, axis=-1, size=self.k).reshape(self.stored_shape)
         return C.conv_forward(
@@ -155,11 +180,13 @@ class _ConvA8(C.Run):
             out_dtype=x.dtype,
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = dequantize_int4(self.packed, self.scale, None, self.k, -1, "NG", x.dtype)
         return x, w.reshape(self.stored_shape)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
@@ -193,7 +220,7 @@ class Int4Scheme(C.Scheme):
                     zero = zero.transpose(-1, -2).contiguous()
             packed = pack_int4(q, axis=-1)
         # Packed bytes: any uint8 holds two int4 codes (the dtype's [0, 255] is checked on write).
-        new = {name: (packed_shape, torch.uint8, packed, "zeros", None)}
+        new: dict[str, C.VariableSpec] = {name: (packed_shape, torch.uint8, packed, "zeros", None)}
         if g == -1:
             new[f"{name}_scale"] = (lead, torch.float32, scale, "ones", C.POSITIVE_FINITE)
         else:
@@ -208,7 +235,7 @@ class Int4Scheme(C.Scheme):
     def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         cfg = self.config
         form = self.form
-        g = cfg.block_size
+        g = cast(int, cfg.block_size)  # int4 configs always have one (-1: per channel)
         name = C.kernel_name(layer)
         packed = C.read(layer, name)
         scale = C.read(layer, f"{name}_scale")
@@ -247,14 +274,15 @@ class Int4Scheme(C.Scheme):
         """The unpacked codes times their scales (minus zero points per group) in float32, in
         the float layer's layout."""
         form = self.form
-        g = self.config.block_size
+        g = cast(int, self.config.block_size)
         name = C.kernel_name(layer)
         q = layer._parameters[name].detach()
         scale = layer._parameters[f"{name}_scale"].detach()
         zero = layer._parameters[f"{name}_zero"].detach() if g != -1 else None
         layout = _grouped_scale_layout(form)
         m = dequantize_int4(q, scale, zero, form.matrix_shape[-1], g, layout, torch.float32)
-        return form.from_matrix(m)
+        kernel: torch.Tensor = form.from_matrix(m)
+        return kernel
 
 
 for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):

@@ -31,10 +31,12 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 
 
 class _LinearW8A8(C.Run):
-    def __init__(self, wq: torch.Tensor, ws: torch.Tensor):
+    def __init__(self, wq: torch.Tensor, ws: torch.Tensor) -> None:
         self.wq, self.ws = wq, ws  # [S, N, K] int8, [S, N] float32
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         q, xs = C.quantize_rows_int8(x)
         if C.prevalidated_int8(x, self.wq, self.ws):
             # The checks of kernels.matmul hold by construction: its CPU path, unchecked.
@@ -65,18 +67,22 @@ class _LinearW8A8(C.Run):
             x.shape[0],
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
 class _ConvW8A8(C.Run):
-    def __init__(self, layer: Any, wq: torch.Tensor, ws: torch.Tensor):
+    def __init__(self, layer: Any, wq: torch.Tensor, ws: torch.Tensor) -> None:
         self.layer, self.wq, self.ws = layer, wq, ws
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # Per-tensor dynamic input scale: the int8 conv kernel takes one input scale.
         q, xs = quantize_symmetric(x, "int8", check_finite=False)
         return C.conv_forward(
@@ -89,10 +95,12 @@ class _ConvW8A8(C.Run):
             out_dtype=x.dtype,
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
@@ -151,7 +159,10 @@ class Int8Scheme(C.Scheme):
         q = layer._parameters[name].detach()
         stored = dequantize_int8(q, layer._parameters[f"{name}_scale"].detach(), torch.float32)
         form = self.form
-        return form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
+        kernel: torch.Tensor = (
+            form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
+        )
+        return kernel
 
 
 WEIGHT_CHUNK = 1 << 19
@@ -160,7 +171,9 @@ the kernel is multiplied in N-chunks of at most this many elements (2 MiB of flo
 for every chunk), so no float copy of the whole kernel is made."""
 
 
-def _weight_only_linear(x, wq, ws, bias):
+def _weight_only_linear(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """``x [S, M, K] @ (wq * ws)[s].T`` per slice (+ ``bias``) -> ``[S, M, N]``; in N-chunks of
     ``WEIGHT_CHUNK`` elements when nothing needs a gradient (same weight values per chunk)."""
     S, N, K = wq.shape
@@ -182,7 +195,9 @@ def _weight_only_linear(x, wq, ws, bias):
     return out
 
 
-def _weight_only_chunks(x, wq, ws, bias, rows):
+def _weight_only_chunks(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, rows: int
+) -> torch.Tensor:
     """float32 ``_weight_only_linear`` without gradients: each N-chunk of the kernel is
     dequantized in place in one reused float32 buffer (``copy_`` int8 -> float32 is exact and
     the fast conversion on CPU; then ``* scale``, the values of ``dequantize_int8``), then

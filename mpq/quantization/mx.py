@@ -9,7 +9,7 @@ and multiplied in float32. Weight-only by default; ``weight_only=False`` also qu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -99,7 +99,8 @@ def dequantize_codes(
     if fmt.packed:
         codes = _unpack(codes, k)
     if fmt.tensor_scale:
-        return dequantize_nvfp4(codes, scale, tensor_scale.reshape(()), torch.float32)
+        ts = cast(torch.Tensor, tensor_scale)  # NVFP4 layers always store one
+        return dequantize_nvfp4(codes, scale, ts.reshape(()), torch.float32)
     return dequantize_mx(codes, scale, fmt.elem, fmt.block_size, torch.float32)
 
 
@@ -193,7 +194,8 @@ class MXScheme(C.Scheme):
         layout."""
         with torch.no_grad():
             w = self.weight(layer, MX_FORMATS[self.config.mode], self.form)
-        return self.form.from_matrix(w.detach())
+        kernel: torch.Tensor = self.form.from_matrix(w.detach())
+        return kernel
 
 
 for _mode in MX_FORMATS:
