@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -107,7 +107,9 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any]) -> CalibrationRepo
             "Expected a model with float8 inference layers to calibrate (quantized with "
             "QuantizationConfig('float8', scaling='static')). Received: a model with none"
         )
-    variables = [(name, layer._parameters["inputs_amax"]) for name, layer in layers]
+    variables = [
+        (name, cast(torch.nn.Parameter, layer._parameters["inputs_amax"])) for name, layer in layers
+    ]
     before = [v.detach().clone() for _, v in variables]
     modes = {m: m.training for m in model.modules()}
     report = CalibrationReport()

@@ -89,7 +89,8 @@ class Algorithm:
         return self.algorithm
 
     def get_config(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        config: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Algorithm:
@@ -189,7 +190,7 @@ def capture(
     form = form_of(layer, tuple(C.float_kernel(layer).shape))
     seen = 0
 
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         nonlocal seen
         x = args[0] if args else next(iter(kwargs.values()))
         rows, _ = form.to_rows(torch.as_tensor(x).detach().to(torch.float64))
@@ -248,7 +249,7 @@ def inputs(model: torch.nn.Module, layer: Any, batches: list[torch.Tensor]) -> t
 def matrix(layer: Any) -> torch.Tensor:
     """The float kernel as ``[S, N, K]`` float64 (S = 1 for Dense)."""
     form = form_of(layer, tuple(C.float_kernel(layer).shape))
-    m = form.to_matrix(C.float_kernel(layer).detach()).to(torch.float64)
+    m: torch.Tensor = form.to_matrix(C.float_kernel(layer).detach()).to(torch.float64)
     return m if form.S else m.unsqueeze(0)
 
 
