@@ -46,18 +46,26 @@ class QuantizableLayer(Protocol):
     @property
     def dtype_policy(self) -> Any: ...
 
-    @property
-    def built(self) -> bool: ...
-
+    built: bool
+    training: bool
     _parameters: dict[str, torch.nn.Parameter | None]
+    _pending_quantization_config: Any
+    """The ``quantization_config`` the layer was constructed with (None: none)."""
 
-    def add_weight(self, *args: Any, **kwargs: Any) -> torch.nn.Parameter: ...
+    def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def build(self, *args: Any, **kwargs: Any) -> None: ...
 
+    def quantize(self, mode: Any, type_check: bool = True, config: Any = None) -> None: ...
+
     def get_config(self) -> dict[str, Any]: ...
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any: ...
+
     def get_build_config(self) -> dict[str, Any] | None: ...
+
+    def build_from_config(self, config: dict[str, Any]) -> None: ...
 
     def _update_cast_dtypes(self) -> None: ...
 
@@ -85,7 +93,7 @@ class QuantizationScheme:
 
     mode: str = ""
 
-    def resolve(self, layer: Any, mode: str, config: Any) -> tuple[Any, Any]:
+    def resolve(self, layer: QuantizableLayer, mode: str, config: Any) -> tuple[Any, Any]:
         """``(config, target policy)`` for ``layer.quantize(mode, config=config)``, resolved
         once: the config the scheme's ``quantize`` gets and the layer's quantized policy. By
         default the policy is ``"{mode}_from_{source}"`` (or ``config.to_policy(source)``) and
@@ -96,12 +104,14 @@ class QuantizationScheme:
         policy = _policy.get(f"{mode}_from_{source}")
         return policy, policy
 
-    def build(self, layer: Any, input_shape: Any, config: Any = None) -> QuantizationScheme | None:
+    def build(
+        self, layer: QuantizableLayer, input_shape: Any, config: Any = None
+    ) -> QuantizationScheme | None:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement build() for layer {type(layer).__name__}."
         )
 
-    def quantize(self, layer: Any, config: Any = None) -> QuantizationScheme | None:
+    def quantize(self, layer: QuantizableLayer, config: Any = None) -> QuantizationScheme | None:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement quantize() for layer {type(layer).__name__}."
         )
@@ -111,14 +121,14 @@ class QuantizationScheme:
             f"{type(self).__name__} does not implement call() for layer {type(layer).__name__}."
         )
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """The float32 kernel the quantized layer computes with, in the float layer's layout."""
         raise NotImplementedError(
             f"{type(self).__name__} does not implement dequantized_kernel() for layer "
             f"{type(layer).__name__}."
         )
 
-    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
         """Replace the quantized kernel by the quantization of ``dequantized_kernel + delta``
         (``merge_lora`` on a quantized layer)."""
         raise NotImplementedError(
@@ -304,7 +314,7 @@ def quantized_build(layer: Layer, input_shape: Any, mode: str, config: Any = Non
     layer._set_quantization_scheme(registered if scheme is None else scheme)
 
 
-def float_build(layer: Layer, *args: Any, **kwargs: Any) -> None:
+def float_build(layer: QuantizableLayer, *args: Any, **kwargs: Any) -> None:
     """Run the layer's own (float) ``build`` from inside a scheme's ``build``."""
     d = layer.__dict__
     d["_float_build_depth"] = d.get("_float_build_depth", 0) + 1

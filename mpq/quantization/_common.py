@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 
@@ -18,6 +18,7 @@ from mpq import policy as _policy
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
 from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
@@ -35,12 +36,12 @@ def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _KERNEL_FLOATS else torch.float32
 
 
-def kernel_name(layer: Any) -> str:
+def kernel_name(layer: QuantizableLayer) -> str:
     return "embeddings" if isinstance(layer, Embedding) else "kernel"
 
 
 # ------------------------------------------------------------------------------ config
-def resolve_config(layer: Any, config: Any, mode: str) -> QuantizationConfig:
+def resolve_config(layer: QuantizableLayer, config: Any, mode: str) -> QuantizationConfig:
     """The ``QuantizationConfig`` a scheme of ``mode`` runs ``layer`` with.
 
     ``config``: a QuantizationConfig, its config dict, or a quantized policy (the target policy
@@ -105,27 +106,32 @@ def assign_valid(var: torch.Tensor, value: torch.Tensor) -> None:
     variable._write(variable._check_value(value, "assign"))
 
 
-def read(layer: Any, name: str) -> torch.Tensor:
+def variable(layer: QuantizableLayer, name: str) -> torch.nn.Parameter:
+    """The layer's variable ``name`` (a scheme reads only variables it created)."""
+    return cast(torch.nn.Parameter, layer._parameters[name])
+
+
+def read(layer: QuantizableLayer, name: str) -> torch.Tensor:
     """Read variable ``name`` for the running call (stateless values substituted)."""
-    return _autocast.read(layer._parameters[name])
+    return _autocast.read(variable(layer, name))
 
 
-def late_targets(layer: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
+def late_targets(layer: QuantizableLayer, names: tuple[str, ...]) -> list[torch.Tensor]:
     """Where an update that runs after the call returns (a backward pass) writes variables
     ``names``, fixed at call time: the variables themselves, or inside ``stateless_call``
     per-call buffers (copies of the given values) that it returns as their new values, so the
     layer is never written. The update writes them in place, under ``torch.no_grad()``."""
     scope = _autocast.STATE.stateless
     if scope is None:
-        return [layer._parameters[name] for name in names]
-    return [scope.deferred(layer._parameters[name]) for name in names]
+        return [variable(layer, name) for name in names]
+    return [scope.deferred(variable(layer, name)) for name in names]
 
 
 VariableSpec = tuple[tuple[int, ...], torch.dtype, "torch.Tensor | None", str, "ValueRule | None"]
 """``(shape, dtype, value, initializer, rule)`` of a quantized variable (``replace_kernel``)."""
 
 
-def replace_kernel(layer: Any, new: dict[str, VariableSpec]) -> None:
+def replace_kernel(layer: QuantizableLayer, new: dict[str, VariableSpec]) -> None:
     """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
     initializer, rule)`` in creation order (value None: the initializer's placeholder, e.g.
     while building; rule: a ``ValueRule`` or None). The caller computes every value before
@@ -140,9 +146,8 @@ def replace_kernel(layer: Any, new: dict[str, VariableSpec]) -> None:
     layer._update_cast_dtypes()
 
 
-def float_kernel(layer: Any) -> torch.Tensor:
-    kernel: torch.Tensor = layer._parameters[kernel_name(layer)]
-    return kernel
+def float_kernel(layer: QuantizableLayer) -> torch.Tensor:
+    return variable(layer, kernel_name(layer))
 
 
 # ------------------------------------------------------------------------------ scheme base
@@ -167,7 +172,7 @@ class Scheme(_registry.QuantizationScheme):
             self.form = form
 
     # -- the registered object ----------------------------------------------------------
-    def resolve(self, layer: Any, mode: str, config: Any) -> tuple[Any, Any]:
+    def resolve(self, layer: QuantizableLayer, mode: str, config: Any) -> tuple[Any, Any]:
         """One ``QuantizationConfig`` and the target policy derived from it (a mode string
         becomes a config once; the config the layer was constructed with, if any, is used as
         before with the policy of the mode string)."""
@@ -184,10 +189,10 @@ class Scheme(_registry.QuantizationScheme):
         float8 scaling, may have its own)."""
         return type(self)
 
-    def check(self, layer: Any, cfg: QuantizationConfig) -> None:
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         """Raise before the layer is touched when ``cfg`` cannot run on ``layer``."""
 
-    def bind(self, layer: Any, config: Any) -> Scheme:
+    def bind(self, layer: QuantizableLayer, config: Any) -> Scheme:
         """The per-layer scheme for ``layer`` and ``config`` (checked; the layer is unchanged)."""
         cfg = resolve_config(layer, config, self.mode)
         form = form_of(layer, tuple(float_kernel(layer).shape))
@@ -196,13 +201,13 @@ class Scheme(_registry.QuantizationScheme):
         scheme.mode = self.mode
         return scheme
 
-    def quantize(self, layer: Any, config: Any = None) -> Scheme:
+    def quantize(self, layer: QuantizableLayer, config: Any = None) -> Scheme:
         scheme = self.bind(layer, config)
         values = float_kernel(layer).device.type != "meta"
         scheme.convert(layer, scheme.config, scheme.form, values=values)
         return scheme
 
-    def build(self, layer: Any, input_shape: Any, config: Any = None) -> Scheme:
+    def build(self, layer: QuantizableLayer, input_shape: Any, config: Any = None) -> Scheme:
         _registry.float_build(layer, input_shape)
         scheme = self.bind(layer, config)
         scheme.convert(layer, scheme.config, scheme.form, values=False)
@@ -220,7 +225,7 @@ class Scheme(_registry.QuantizationScheme):
         form = getattr(self, "form", None)
         return None if form is None else tuple(form.kernel_shape)
 
-    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
         """``merge_lora``: a float scratch twin of the layer (no LoRA) takes
         ``dequantized_kernel + delta`` and is quantized with this scheme's config; its
         quantized variables are copied back (lossy: one more rounding)."""
@@ -234,12 +239,13 @@ class Scheme(_registry.QuantizationScheme):
             scratch = type(layer).from_config(config)
             scratch.build_from_config(copy.deepcopy(layer.get_build_config()))
         with torch.no_grad():
-            scratch._parameters["kernel"].copy_(merged.to(scratch._parameters["kernel"].dtype))
+            kernel = variable(scratch, "kernel")
+            kernel.copy_(merged.to(kernel.dtype))
         scratch.quantize(self.config)
         for name, value in scratch._parameters.items():
             if name == "bias" or value is None:
                 continue
-            target = layer._parameters[name]
+            target = variable(layer, name)
             target.copy_(value.detach().to(target.device))
 
     # -- helpers of ``call`` --------------------------------------------------------------
@@ -277,13 +283,13 @@ class Scheme(_registry.QuantizationScheme):
         return t if self.form.S else t.unsqueeze(0)
 
 
-def lora_term(layer: Any, inputs: torch.Tensor) -> torch.Tensor | None:
+def lora_term(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor | None:
     """LoRA's input-path term of a call (``mpq.layers.lora``), None without LoRA."""
     term = getattr(layer, "lora_output", None)
     return None if term is None else term(inputs)
 
 
-def training_flag(kwargs: dict[str, Any], layer: Any) -> bool:
+def training_flag(kwargs: dict[str, Any], layer: QuantizableLayer) -> bool:
     """``training`` of the running call: explicit > enclosing call's > torch's module mode."""
     training = kwargs.pop("training", None)
     if training is None:
@@ -294,7 +300,7 @@ def training_flag(kwargs: dict[str, Any], layer: Any) -> bool:
     return bool(training)
 
 
-def compute_dtype(layer: Any) -> torch.dtype:
+def compute_dtype(layer: QuantizableLayer) -> torch.dtype:
     dtype: torch.dtype = layer.dtype_policy.torch_compute_dtype
     return dtype
 
