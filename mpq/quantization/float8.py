@@ -18,8 +18,10 @@ import torch
 from mpq import kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import (
     delayed_scaling_update,
     dequantize_float8,
@@ -41,7 +43,7 @@ class _Float8Run(C.Run):
     x8: torch.Tensor
     w8: torch.Tensor
 
-    def __init__(self, layer: Any, training: bool) -> None:
+    def __init__(self, layer: QuantizableLayer, training: bool) -> None:
         self.layer = layer
         self.training = training
         # The backward pass runs after the call (and after any stateless scope) has returned,
@@ -213,8 +215,10 @@ class _ConvRun(_Float8Run):
 class Float8Scheme(C.Scheme):
     """float8 delayed scaling for one layer kind (history length from the config)."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
-        length = cfg.amax_history_length
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
+        length = cast(int, cfg.amax_history_length)  # set for delayed scaling
         for prefix in STATE_NAMES:
             C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones", C.POSITIVE_FINITE)
             C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
@@ -224,8 +228,8 @@ class Float8Scheme(C.Scheme):
             # Input and gradient scales start at 1 until training passes record them; for
             # inference use scaling="static" and mpq.calibrate (docs/quantization.md).
             kernel = C.float_kernel(layer).detach()
-            history = layer._parameters["kernel_amax_history"]
-            scale = layer._parameters["kernel_scale"]
+            history = C.variable(layer, "kernel_amax_history")
+            scale = C.variable(layer, "kernel_scale")
             new_history, new_scale = delayed_scaling_update(
                 kernel, history.detach(), scale.detach(), FORWARD_FORMAT
             )
@@ -238,10 +242,12 @@ class Float8Scheme(C.Scheme):
     """Per-layer scheme classes of the float8 scaling variants other than delayed scaling,
     by ``QuantizationConfig.scaling`` (``float8_static.py`` adds ``"static"``)."""
 
-    def scheme_class(self, cfg: Any) -> type[C.Scheme]:
-        return self.variants.get(cfg.scaling, type(self))
+    def scheme_class(self, cfg: QuantizationConfig) -> type[C.Scheme]:
+        return self.variants.get(cfg.scaling or "delayed", type(self))
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         training = C.training_flag(kwargs, layer)
         form = self.form
         lora = C.lora_term(layer, inputs)
@@ -266,18 +272,18 @@ class Float8Scheme(C.Scheme):
             y = linear.apply(x, self.as3(form.to_matrix(kernel)).to(x.dtype), bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """Delayed scaling keeps the float kernel: returned as is (float32)."""
         return C.float_kernel(layer).detach().float()
 
-    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
         """The float kernel gets ``+ delta``; its scale records the merged kernel's amax (one
         delayed-scaling step) so that it does not saturate."""
         merged = self.dequantized_kernel(layer) + delta.float()
-        kernel = layer._parameters["kernel"]
+        kernel = C.variable(layer, "kernel")
         kernel.copy_(merged.to(kernel.dtype))
-        history = layer._parameters["kernel_amax_history"]
-        scale = layer._parameters["kernel_scale"]
+        history = C.variable(layer, "kernel_amax_history")
+        scale = C.variable(layer, "kernel_scale")
         new_history, new_scale = delayed_scaling_update(
             kernel.detach(), history.detach(), scale.detach(), FORWARD_FORMAT
         )
@@ -294,7 +300,7 @@ def _inference(training: bool, x: torch.Tensor, kernel: torch.Tensor, bias: Any)
 
 
 def _kernel_codes(
-    layer: Any, kernel: torch.Tensor, dtype: torch.dtype
+    layer: QuantizableLayer, kernel: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scale)`` of the kernel in its own (float) layout. Quantization is elementwise,
     so these are the codes of the transposed copy the kernels take; transposing the 1-byte

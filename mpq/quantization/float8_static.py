@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
+from mpq.layers.quantization import QuantizableLayer
 from mpq.layers.variables import ValueRule
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _Float8Run, _LinearRun
 from mpq.quantizers import (
     compute_float8_scale,
@@ -42,7 +44,7 @@ _STATE = threading.local()
 INPUTS_AMAX_RULE = ValueRule("input ranges", low=0.0, high=float(torch.finfo(torch.float32).max))
 
 
-def is_static(layer: Any) -> bool:
+def is_static(layer: QuantizableLayer) -> bool:
     """True for a layer quantized with ``QuantizationConfig("float8", scaling="static")``."""
     return isinstance(layer.quantization_scheme, Float8StaticScheme)
 
@@ -75,7 +77,7 @@ def quantize_kernel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_float8(w32, scale, FORWARD_FORMAT), scale
 
 
-def _input_scale(layer: Any, x: torch.Tensor) -> torch.Tensor:
+def _input_scale(layer: QuantizableLayer, x: torch.Tensor) -> torch.Tensor:
     amax_var = C.read(layer, "inputs_amax")
     x_amax = x.detach().abs().amax().to(torch.float32)
     if getattr(_STATE, "observing", False):
@@ -91,7 +93,7 @@ def _input_scale(layer: Any, x: torch.Tensor) -> torch.Tensor:
 class _StaticMixin(_Float8Run):
     """Forward with the stored codes; backward: plain straight-through float gradients."""
 
-    def __init__(self, layer: Any, w8: torch.Tensor, sw: torch.Tensor) -> None:
+    def __init__(self, layer: QuantizableLayer, w8: torch.Tensor, sw: torch.Tensor) -> None:
         self.layer = layer
         self.w8 = w8
         self.sw = sw
@@ -127,7 +129,9 @@ class Float8StaticScheme(Float8Scheme):
     """float8 inference with calibrated static scales (``QuantizationConfig("float8",
     scaling="static")``): the per-layer scheme ``Float8Scheme`` picks for that config."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         """Replace the float kernel by codes + scale and add ``inputs_amax`` (0: not
         calibrated)."""
         kernel = C.float_kernel(layer)
@@ -144,7 +148,9 @@ class Float8StaticScheme(Float8Scheme):
             },
         )
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         kwargs.pop("training", None)  # nothing is updated by training passes
         form = self.form
         lora = C.lora_term(layer, inputs)
@@ -160,17 +166,17 @@ class Float8StaticScheme(Float8Scheme):
         y = _StaticLinearRun(layer, w8, sw).apply(x, None, bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """The float32 kernel (float layout) the layer computes with: ``codes * scale``."""
-        codes = layer._parameters["kernel"].detach()
-        w = dequantize_float8(codes, layer._parameters["kernel_scale"].detach(), torch.float32)
+        codes = C.variable(layer, "kernel").detach()
+        w = dequantize_float8(codes, C.variable(layer, "kernel_scale").detach(), torch.float32)
         kernel: torch.Tensor = self.form.from_matrix(w)  # stored (K-major) -> float layout
         return kernel
 
-    def requantize(self, layer: Any, delta: torch.Tensor) -> None:
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
         codes, scale = quantize_kernel(self.dequantized_kernel(layer) + delta.float())
-        layer._parameters["kernel"].copy_(self.form.to_stored(codes))
-        layer._parameters["kernel_scale"].copy_(scale)
+        C.variable(layer, "kernel").copy_(self.form.to_stored(codes))
+        C.variable(layer, "kernel_scale").copy_(scale)
 
 
 Float8Scheme.variants["static"] = Float8StaticScheme

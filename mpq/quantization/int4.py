@@ -13,8 +13,10 @@ import torch
 from mpq import kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm, EinsumForm, EmbeddingForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import (
     dequantize,
     pack_int4,
@@ -156,7 +158,7 @@ class _ConvA8(C.Run):
 
     def __init__(
         self,
-        layer: Any,
+        layer: QuantizableLayer,
         packed: torch.Tensor,
         scale: torch.Tensor,
         k: int,
@@ -193,7 +195,7 @@ class _ConvA8(C.Run):
 class Int4Scheme(C.Scheme):
     """int4 for one layer kind (block size and activations from the config)."""
 
-    def check(self, layer: Any, cfg: Any) -> None:
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         if isinstance(layer, (Conv1D, Conv2D)) and cfg.block_size != -1 and not cfg.weight_only:
             raise NotImplementedError(
                 f"Layer {type(layer).__name__} supports int4 with int8 activations only per "
@@ -201,7 +203,9 @@ class Int4Scheme(C.Scheme):
                 f"Received: mode={cfg.mode_spec!r}, weight_only=False"
             )
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         name = C.kernel_name(layer)
         shape = tuple(form.matrix_shape)  # [..., N, K]
         lead, k = shape[:-1], shape[-1]
@@ -232,7 +236,9 @@ class Int4Scheme(C.Scheme):
             new[f"{name}_zero"] = (param_shape, torch.int8, zero, "zeros", C.INT4_ZERO_POINTS)
         C.replace_kernel(layer, new)
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         cfg = self.config
         form = self.form
         g = cast(int, cfg.block_size)  # int4 configs always have one (-1: per channel)
@@ -270,15 +276,15 @@ class Int4Scheme(C.Scheme):
         y = run.apply(x, None, bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """The unpacked codes times their scales (minus zero points per group) in float32, in
         the float layer's layout."""
         form = self.form
         g = cast(int, self.config.block_size)
         name = C.kernel_name(layer)
-        q = layer._parameters[name].detach()
-        scale = layer._parameters[f"{name}_scale"].detach()
-        zero = layer._parameters[f"{name}_zero"].detach() if g != -1 else None
+        q = C.variable(layer, name).detach()
+        scale = C.variable(layer, f"{name}_scale").detach()
+        zero = C.variable(layer, f"{name}_zero").detach() if g != -1 else None
         layout = _grouped_scale_layout(form)
         m = dequantize_int4(q, scale, zero, form.matrix_shape[-1], g, layout, torch.float32)
         kernel: torch.Tensor = form.from_matrix(m)

@@ -16,8 +16,10 @@ from mpq import kernels
 from mpq.kernels import _cpu
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm, EmbeddingForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import quantize_symmetric
 
 __all__ = ["Int8Scheme"]
@@ -77,7 +79,7 @@ class _LinearW8A8(C.Run):
 
 
 class _ConvW8A8(C.Run):
-    def __init__(self, layer: Any, wq: torch.Tensor, ws: torch.Tensor) -> None:
+    def __init__(self, layer: QuantizableLayer, wq: torch.Tensor, ws: torch.Tensor) -> None:
         self.layer, self.wq, self.ws = layer, wq, ws
 
     def forward(
@@ -107,7 +109,9 @@ class _ConvW8A8(C.Run):
 class Int8Scheme(C.Scheme):
     """int8 for one layer kind: kernel per output channel (symmetric, [-127, 127])."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         name = C.kernel_name(layer)
         shape = tuple(form.stored_shape)
         channels = shape[: form.channel_axes]
@@ -126,7 +130,9 @@ class Int8Scheme(C.Scheme):
             },
         )
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         form = self.form
         if isinstance(form, EmbeddingForm):
             return _embedding_call(layer, inputs)
@@ -153,11 +159,11 @@ class Int8Scheme(C.Scheme):
             y = run.apply(x, None, bias) if C.needs_graph(x, bias) else run.forward(x, None, bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """``q * scale`` in float32, in the float layer's layout."""
         name = C.kernel_name(layer)
-        q = layer._parameters[name].detach()
-        stored = dequantize_int8(q, layer._parameters[f"{name}_scale"].detach(), torch.float32)
+        q = C.variable(layer, name).detach()
+        stored = dequantize_int8(q, C.variable(layer, f"{name}_scale").detach(), torch.float32)
         form = self.form
         kernel: torch.Tensor = (
             form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
@@ -225,7 +231,7 @@ def _weight_only_chunks(
     return out
 
 
-def _embedding_call(layer: Any, inputs: torch.Tensor) -> torch.Tensor:
+def _embedding_call(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor:
     ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
     table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
     rows = table[ids]  # [..., output_dim] int8: only the looked-up rows are dequantized

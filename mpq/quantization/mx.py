@@ -16,8 +16,10 @@ import torch
 from mpq import dtypes
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import pack_int4, unpack_int4
 from mpq.quantizers.mx import (
     MX_BLOCK_SIZE,
@@ -123,7 +125,7 @@ class MXScheme(C.Scheme):
     is partial (the same codes as zero padding to a multiple of the block).
     """
 
-    def check(self, layer: Any, cfg: Any) -> None:
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         if isinstance(layer, (Conv1D, Conv2D)) and not cfg.weight_only:
             raise NotImplementedError(
                 f"Layer {type(layer).__name__} supports {cfg.mode} weight-only (the microscaling "
@@ -131,7 +133,9 @@ class MXScheme(C.Scheme):
                 f"Received: mode={cfg.mode!r}, weight_only=False"
             )
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         fmt = MX_FORMATS[cfg.mode]
         name = C.kernel_name(layer)
         shape = tuple(form.matrix_shape)  # [..., N, K]
@@ -164,13 +168,15 @@ class MXScheme(C.Scheme):
             new[f"{name}_tensor_scale"] = ((1,), torch.float32, t, "ones", C.POSITIVE_FINITE)
         C.replace_kernel(layer, new)
 
-    def weight(self, layer: Any, fmt: MXFormat, form: Any) -> torch.Tensor:
+    def weight(self, layer: QuantizableLayer, fmt: MXFormat, form: Any) -> torch.Tensor:
         name = C.kernel_name(layer)
         t = C.read(layer, f"{name}_tensor_scale") if fmt.tensor_scale else None
         k = form.matrix_shape[-1]
         return dequantize_codes(fmt, C.read(layer, name), C.read(layer, f"{name}_scale"), t, k)
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         cfg = self.config
         fmt = MX_FORMATS[cfg.mode]
         form = self.form
@@ -189,7 +195,7 @@ class MXScheme(C.Scheme):
         y = C.float_linear(x, self.as3(w), bias=bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
-    def dequantized_kernel(self, layer: Any) -> torch.Tensor:
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """The decoded codes times their block scales in float32, in the float layer's
         layout."""
         with torch.no_grad():
