@@ -45,6 +45,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 
 def _np_dtype_name(dtype: Any) -> str | None:
     try:
-        return np.dtype(dtype).name
+        name: str = np.dtype(dtype).name
     except TypeError:
         return None
+    return name

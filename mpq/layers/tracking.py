@@ -10,7 +10,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 
@@ -53,7 +53,7 @@ def register_layer_base(cls: type) -> None:
         _LAYER_BASES.append(cls)
 
 
-def _is_layer(m: object) -> bool:
+def _is_layer(m: object) -> TypeGuard[Layer]:
     return isinstance(m, tuple(_LAYER_BASES))
 
 
