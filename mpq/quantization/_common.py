@@ -217,6 +217,21 @@ class Scheme(_registry.QuantizationScheme):
     def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
         raise NotImplementedError
 
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The stored variables (name -> value) for integer codes chosen by an algorithm (GPTQ):
+        ``q [S, N, K]`` int8, ``scale [S, N]`` or grouped ``[S, N, G]``, ``zero`` ``[S, N, G]``
+        (grouped) or None. Integer schemes only."""
+        raise NotImplementedError(
+            f"Expected an integer quantization scheme (int8, int4) to store integer codes. "
+            f"Received: {type(self).__name__} on layer {layer.name!r}"
+        )
+
     def get_config(self) -> dict[str, Any] | None:
         config: QuantizationConfig | None = getattr(self, "config", None)
         return None if config is None else config.get_config()

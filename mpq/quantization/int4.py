@@ -276,6 +276,22 @@ class Int4Scheme(C.Scheme):
         y = run.apply(x, None, bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        name = C.kernel_name(layer)
+        new = {name: pack_int4(q, axis=-1)}
+        if zero is None:
+            new[f"{name}_scale"] = scale
+        else:  # Dense/EinsumDense keep grouped scales and zeros as [..., G, N]
+            new[f"{name}_scale"] = scale.transpose(-1, -2)
+            new[f"{name}_zero"] = zero.transpose(-1, -2)
+        return new
+
     def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """The unpacked codes times their scales (minus zero points per group) in float32, in
         the float layer's layout."""

@@ -159,6 +159,16 @@ class Int8Scheme(C.Scheme):
             y = run.apply(x, None, bias) if C.needs_graph(x, bias) else run.forward(x, None, bias)
         return self.linear_output(layer, y, meta, bias is not None, lora)
 
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        name = C.kernel_name(layer)
+        return {name: q, f"{name}_scale": scale}
+
     def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
         """``q * scale`` in float32, in the float layer's layout."""
         name = C.kernel_name(layer)

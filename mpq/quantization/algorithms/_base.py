@@ -260,21 +260,9 @@ def store_int_codes(
     layout as round-to-nearest: ``q [S, N, K]`` int8, ``scale [S, N]`` or grouped ``[S, N, G]``
     float32, ``zero`` ``[S, N, G]`` int8 (grouped int4). Shapes are checked against the stored
     variables before anything is written."""
-    from mpq.quantizers import pack_int4
-
-    cfg = layer.quantization_scheme.config
-    name = C.kernel_name(layer)
     params = layer._parameters
-    new = {}
-    if cfg.mode == "int4":
-        new[name] = pack_int4(q, axis=-1)
-    else:
-        new[name] = q
-    if zero is None:
-        new[f"{name}_scale"] = scale
-    else:  # Dense/EinsumDense keep grouped scales and zeros as [..., G, N]
-        new[f"{name}_scale"] = scale.transpose(-1, -2)
-        new[f"{name}_zero"] = zero.transpose(-1, -2)
+    # The scheme knows its stored layout (int4 packs the codes, grouped scales are [G, N]).
+    new = layer.quantization_scheme.code_variables(layer, q, scale, zero)
     for key, value in new.items():
         target = params[key]
         if math.prod(target.shape) != value.numel() or target.dtype != value.dtype:
