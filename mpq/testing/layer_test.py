@@ -104,7 +104,7 @@ def _shape_tree(x: object) -> ShapeTree:
     return None
 
 
-def _normalize_shapes(x: Any) -> Any:  # any shape structure, or anything else unchanged
+def _normalize_shapes(x: object) -> object:  # shapes -> tuples; anything else unchanged
     if _is_shape(x):
         return tuple(x)
     if isinstance(x, (list, tuple)):
@@ -227,7 +227,7 @@ def run_layer_test(
     layer_cls: type[Layer],
     init_kwargs: Mapping[str, Any],
     input_shape: InputShape | None = None,
-    expected_output_shape: Any = None,
+    expected_output_shape: InputShape | None = None,
     policies: Iterable[object] = DEFAULT_POLICIES,
     input_dtype: InputDType = None,
     input_data: InputData | None = None,
@@ -352,7 +352,7 @@ def _single_policy(policy: object) -> DTypePolicy:
 
 @dataclass(frozen=True)
 class _Options:
-    expected_output_shape: Any
+    expected_output_shape: object
     call_kwargs: dict[str, Any]
     n_trainable: int | None
     n_non_trainable: int | None
