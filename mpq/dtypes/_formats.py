@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 import torch
 
 __all__ = ["FORMATS", "DTypeLike", "Format", "format_table", "get", "names"]
@@ -117,7 +118,7 @@ def _float(
     *,
     bits: int,
     torch_dtype: torch.dtype | None,
-    numpy_dtype: Any,
+    numpy_dtype: npt.DTypeLike,
     triton: str | None,
     max: float,
     min: float,
@@ -164,7 +165,7 @@ def _integer(
     kind: Kind,
     torch_dtype: torch.dtype | None,
     container: torch.dtype,
-    numpy_dtype: Any,
+    numpy_dtype: npt.DTypeLike,
     triton: str | None,
     max: int,
     min: int,

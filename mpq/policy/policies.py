@@ -73,7 +73,7 @@ class _Frozen:
 
     __slots__ = ()
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError(
             f"{type(self).__name__} is immutable; build a new policy instead. "
             f"Received: an assignment to {key!r}"
@@ -428,7 +428,7 @@ class QuantizedAlgorithmDTypePolicy(QuantizedDTypePolicy):
         return f"{self._algorithm}{self._bits}{group}<-{_short(self._name)}"
 
 
-def _parse_algorithm_mode(mode: Any) -> tuple[str, int, int]:
+def _parse_algorithm_mode(mode: object) -> tuple[str, int, int]:
     expected = (
         "Expected a calibrated-algorithm mode 'gptq/<bits>/<group>' (bits 2, 3, 4 or 8) or "
         "'awq/4/<group>', with group a positive even size or -1"
@@ -452,7 +452,7 @@ def _parse_algorithm_mode(mode: Any) -> tuple[str, int, int]:
 
 
 def _resolve_mode(
-    mode: Any, block_size: Any, allowed: tuple[str, ...], cls_name: str
+    mode: object, block_size: object, allowed: tuple[str, ...], cls_name: str
 ) -> tuple[str, int | None]:
     """`(mode, block_size)` from a mode spelling (`"int4/128"`) and an optional separate block
     size, validated: the int4 default filled in, None for the other modes. Shared with
@@ -467,7 +467,7 @@ def _resolve_mode(
     return mode, _check_block_size(mode, block_size)
 
 
-def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:
+def _parse_mode(mode: object, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:
     if not isinstance(mode, str):
         raise TypeError(
             f"Expected `mode` to be a string, one of {list(allowed)}. Received: mode={_describe(mode)}"
@@ -502,7 +502,7 @@ def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str
     return "int4", int(block)
 
 
-def _check_block_size(mode: str, block_size: Any) -> int | None:
+def _check_block_size(mode: str, block_size: object) -> int | None:
     if mode != "int4":
         if block_size is not None:
             raise ValueError(
