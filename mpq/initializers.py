@@ -60,7 +60,7 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-def _torch_dtype(dtype: DTypeLike | None) -> torch.dtype:
+def _torch_dtype(dtype: Any) -> torch.dtype:
     from mpq.layers.variables import to_torch_dtype
 
     return to_torch_dtype(dtype if dtype is not None else "float32")
