@@ -632,7 +632,7 @@ class Layer(_node.NodeMixin, torch.nn.Module):
         """The Keras ``__call__`` (``layer(x)`` runs it through ``nn.Module.__call__``, hooks
         included): convert and autocast inputs, check ``input_spec``, build on first call,
         resolve ``training``, clear losses (outermost call), run ``call``/``quantized_call``."""
-        if _node.is_symbolic_call(args, kwargs):  # functional graph: record a node
+        if _node.SYMBOLIC_SEEN and _node.is_symbolic_call(args, kwargs):  # functional graph
             return _node.symbolic_call(self, args, kwargs)
         d = self.__dict__
         dtype = d["_input_cast_dtype"]

@@ -936,7 +936,7 @@ class Functional(Layer):
         print_fn(fmt.format(*header))
         print_fn(line)
         for row in rows:
-            print_fn(fmt.format(*row))
+            print_fn(fmt.format(*row).rstrip())
         print_fn(line)
         print_fn(
             f"Total params: {total}  (trainable: {trainable}, non-trainable: {total - trainable})"

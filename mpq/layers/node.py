@@ -37,7 +37,8 @@ __all__ = [
 # Sizes the unknown (None) axes take in the two meta-device runs of a symbolic call.
 STAND_IN_SIZES = (2, 3)
 
-_SEEN_SYMBOLIC = False  # no symbolic tensor made yet: layer calls skip the structure scan
+# False until a symbolic tensor is made: until then layer calls skip the structure scan.
+SYMBOLIC_SEEN = False
 
 # Makes the op layer that records a torch op (set by mpq.layers.functional, which defines it).
 _OP_FACTORY: Callable[[Callable[..., Any], Any], Any] | None = None
@@ -76,8 +77,8 @@ class SymbolicTensor:
         name: str | None = None,
         sparse: bool = False,
     ) -> None:
-        global _SEEN_SYMBOLIC
-        _SEEN_SYMBOLIC = True
+        global SYMBOLIC_SEEN
+        SYMBOLIC_SEEN = True
         self.shape = tuple(shape)
         self.dtype = dtype
         self.name = name
@@ -250,7 +251,7 @@ def symbolic_inputs(args: Any, kwargs: Any) -> list[SymbolicTensor]:
 
 def is_symbolic_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether a layer call has a symbolic tensor among its arguments (cheap when none exists)."""
-    if not _SEEN_SYMBOLIC:
+    if not SYMBOLIC_SEEN:
         return False
     if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
         return False
