@@ -54,6 +54,8 @@ class InputLayer(Layer):
     ) -> None:
         if "input_shape" in kwargs and shape is None:
             shape = kwargs.pop("input_shape")
+        if "batch_input_shape" in kwargs and batch_shape is None:  # tf.keras 2 configs
+            batch_shape = kwargs.pop("batch_input_shape")
         if kwargs.pop("ragged", None):
             _refuse("ragged=True", "ragged tensors")
         trainable = kwargs.pop("trainable", True)
@@ -293,13 +295,8 @@ _OP_NAMES = {id(fn): name for name, fn in OPS.items()}
 
 
 def _op_name(fn: Callable[..., Any]) -> str | None:
-    name = _OP_NAMES.get(id(fn))
-    if name is None:
-        # Tensor methods reached through __torch_function__ can be their descriptors' functions.
-        name = _OP_NAMES.get(id(getattr(torch.Tensor, getattr(fn, "__name__", ""), None)))
-        if name is not None and OPS[name] is not getattr(torch.Tensor, fn.__name__):
-            name = None
-    return name
+    """The name of ``fn`` in ``OPS`` (by identity), or None."""
+    return _OP_NAMES.get(id(fn))
 
 
 def _encode(value: Any, op: str) -> Any:
@@ -864,11 +861,13 @@ class Functional(Layer):
         while pending:
             remaining = []
             for name, node_config in pending:
-                if not isinstance(node_config, dict):
+                if not isinstance(node_config, (dict, list)):
                     raise ValueError(
                         f"Expected a node config dict {{'args', 'kwargs'}}. "
                         f"Received: {_describe(node_config)}"
                     )
+                if isinstance(node_config, list):
+                    node_config = _keras2_node(node_config)
                 try:
                     args = decode(node_config.get("args", []))
                     kwargs = decode(node_config.get("kwargs", {}))
@@ -944,6 +943,29 @@ class Functional(Layer):
 
     def _ids(self) -> set[int]:
         return {id(n) for n in self.__dict__["_nodes"]}
+
+
+def _keras2_node(entries: list[Any]) -> dict[str, Any]:
+    """A tf.keras 2 node config, ``[[layer name, node index, tensor index, kwargs], ...]``, as
+    Keras 3's ``{"args", "kwargs"}`` (one tensor is passed alone, several as a list)."""
+    tensors: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) in (3, 4)):
+            raise ValueError(
+                "Expected a tf.keras 2 node entry [layer name, node index, tensor index, kwargs]. "
+                f"Received: {_describe(entry)}"
+            )
+        if len(entry) == 4:
+            if not isinstance(entry[3], dict):
+                raise ValueError(
+                    f"Expected the call kwargs of a node entry as a dict. Received: {entry!r}"
+                )
+            kwargs.update(entry[3])
+        tensors.append({"class_name": _KERAS_TENSOR, "config": {"keras_history": list(entry[:3])}})
+    if not tensors:
+        raise ValueError("Expected a tf.keras 2 node with at least one input. Received: []")
+    return {"args": [tensors[0] if len(tensors) == 1 else tensors], "kwargs": kwargs}
 
 
 class _NotReady(Exception):

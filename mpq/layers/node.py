@@ -91,6 +91,13 @@ class SymbolicTensor:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def size(self, dim: int | None = None) -> Any:
+        """``shape`` (or ``shape[dim]``; None for an unknown size), as ``Tensor.size``."""
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
     @property
     def _keras_history(self) -> tuple[Any, int, int]:
         """``(layer, node_index, tensor_index)`` of the call that made this tensor."""
@@ -161,7 +168,8 @@ class SymbolicTensor:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not attributes: torch.Tensor methods become traced ops.
-        if name.startswith("_") and not (name.startswith("__") and name.endswith("__")):
+        # Private and dunder names are not ops (copy, pickle and hasattr probe those).
+        if name.startswith("_"):
             raise AttributeError(name)
         method = getattr(torch.Tensor, name, None)
         if method is None or not callable(method):

@@ -9,6 +9,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import mpq
 from mpq.layers import (
@@ -691,3 +693,98 @@ def test_guide_custom_layer_with_get_config():
     new_model = Model.from_config(config, custom_objects={"CustomDense": CustomDense})
     assert new_model(torch.ones(1, 4)).shape == (1, 10)
     assert isinstance(new_model.layers[0], InputLayer)
+
+
+# ---------------------------------------------------------------------- more of the Layer API
+def test_tf_keras_2_config_format_loads():
+    """tf.keras 2 functional configs: InputLayer with `batch_input_shape`, nodes as
+    ``[[layer name, node index, tensor index, kwargs]]`` (several entries: a list input)."""
+    dense = {"class_name": "Dense", "config": {"name": "d", "units": 2}}
+    config = {
+        "name": "k2",
+        "layers": [
+            {
+                "class_name": "InputLayer",
+                "config": {"batch_input_shape": [None, 3], "dtype": "float32", "name": "input_1"},
+                "name": "input_1",
+                "inbound_nodes": [],
+            },
+            {**dense, "name": "d", "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+            {
+                "class_name": "Concatenate",
+                "config": {"name": "cat", "axis": -1},
+                "name": "cat",
+                "inbound_nodes": [[["d", 0, 0, {}], ["input_1", 0, 0, {}]]],
+            },
+        ],
+        "input_layers": [["input_1", 0, 0]],
+        "output_layers": [["cat", 0, 0]],
+    }
+    model = Model.from_config(config)
+    data = torch.randn(2, 3)
+    dense_layer = model.get_layer("d")
+    torch.testing.assert_close(
+        model(data), torch.cat([dense_layer(data), data], -1), rtol=0, atol=0
+    )
+    config["layers"][1]["inbound_nodes"] = [[["input_1", 0]]]
+    with pytest.raises(ValueError, match=r"Expected a tf.keras 2 node entry"):
+        Model.from_config(config)
+
+
+def test_deepcopy_and_torch_pickling_copy_the_graph():
+    import copy
+    import io
+
+    model = _mlp("copied")
+    clone = copy.deepcopy(model)
+    assert clone.layers[1] is not model.layers[1]
+    assert clone.layers[1].inbound_nodes[0].operation is clone.layers[1]
+    data = torch.randn(2, 8)
+    torch.testing.assert_close(clone(data), model(data), rtol=0, atol=0)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(restored(data), model(data), rtol=0, atol=0)
+
+
+def test_stateless_call_of_a_model():
+    """Keras 3 `Layer.stateless_call` works on a functional model like on any layer."""
+    model = _mlp("stateless")
+    data = torch.randn(3, 8)
+    doubled = [2 * w.detach() for w in model.trainable_variables]
+    out, _ = model.stateless_call(doubled, [], data)
+    hidden, last = model.layers[1], model.layers[2]
+    expected = torch.relu(data @ doubled[0] + doubled[1]) @ doubled[2] + doubled[3]
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(hidden.kernel, doubled[0] / 2) and last.built  # the model is unchanged
+
+
+def test_symbolic_size_and_dim():
+    x = Input(shape=(None, 5))
+    assert x.size() == (None, None, 5) and x.size(-1) == 5 and x.size(0) is None
+    assert x.dim() == 3
+
+
+# ---------------------------------------------------------------------- property
+@given(
+    batch=st.integers(1, 7),
+    steps=st.integers(1, 5),
+    features=st.integers(1, 6),
+    units=st.integers(1, 5),
+)
+def test_symbolic_shapes_match_eager_shapes(batch, steps, features, units):
+    """Shapes inferred on symbolic tensors are those an eager call gives, for any batch size
+    (the stand-in sizes of the meta runs never leak into a known axis)."""
+    x = Input(shape=(steps, features))
+    flat = Flatten()(x)
+    dense = Dense(units)(flat)
+    both = Concatenate()([dense, flat[:, :1] * 2.0])
+    rows = Reshape((-1, 1))(both).transpose(1, 2)
+    outputs = [flat, dense, both, rows]
+    model = Model(x, outputs)
+    eager = model(torch.randn(batch, steps, features))
+    for symbolic, value in zip(outputs, eager, strict=True):
+        assert symbolic.shape[0] is None
+        assert symbolic.shape[1:] == tuple(value.shape[1:])
+        assert value.shape[0] == batch and symbolic.dtype == value.dtype
