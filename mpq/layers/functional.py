@@ -981,5 +981,4 @@ def _is_ref(value: Any) -> bool:
     )
 
 
-Model = Functional
-"""``Model(inputs, outputs)``: the seeds' name for a functional model."""
+Model = Functional  # ``Model(inputs, outputs)``: the seeds' name for a functional model
