@@ -383,6 +383,12 @@ class TorchOp(Layer):
             raise ValueError(
                 f"Expected `arguments` as [args, kwargs]. Received: {_describe(arguments)}"
             )
+        slots = sorted({x.index for x in flatten(arguments) if isinstance(x, _node.Slot)})
+        if slots != list(range(len(slots))) or not slots:
+            raise ValueError(
+                "Expected the op's inputs to be numbered 0, 1, ... in `arguments`. "
+                f"Received: input numbers {slots}"
+            )
         kwargs.setdefault("autocast", False)  # a torch op keeps its inputs' dtypes
         if kwargs.get("name") is None:
             base = getattr(fn, "__name__", "op").strip("_") or "op"
@@ -390,6 +396,7 @@ class TorchOp(Layer):
         super().__init__(**kwargs)
         self.__dict__["_function"] = fn
         self.__dict__["_template"] = arguments
+        self.__dict__["_num_inputs"] = len(slots)
         self.built = True
 
     @property
@@ -397,6 +404,11 @@ class TorchOp(Layer):
         return self.__dict__["_function"]  # type: ignore[no-any-return]
 
     def call(self, *inputs: Any) -> Any:
+        if len(inputs) != self.__dict__["_num_inputs"]:
+            raise ValueError(
+                f"Expected {self.__dict__['_num_inputs']} input tensor(s) for op {self.name!r}. "
+                f"Received: {len(inputs)}"
+            )
         template = self.__dict__["_template"]
         if any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs):
             # A symbolic call: tensor constants join the inputs on the meta device.
@@ -442,41 +454,42 @@ def _graph(
     inputs: list[SymbolicTensor], outputs: list[SymbolicTensor], known: set[int]
 ) -> list[Node]:
     """Nodes that compute ``outputs`` from ``inputs`` (and tensors in ``known``), in an order
-    where every node runs after the nodes it reads from."""
+    where every node runs after the nodes it reads from (an iterative depth-first walk: graphs
+    of any depth; a graph made by calls on symbolic tensors has no cycles)."""
     available = {id(t) for t in inputs} | known
     order: list[Node] = []
     done: set[int] = set()
-    visiting: set[int] = set()
+    stack: list[tuple[Node, bool]] = []
 
     def need(t: SymbolicTensor, consumer: str) -> None:
         if id(t) in available:
             return
         node = t.node
         if node is None or node.is_input:
+            source = "no layer" if node is None else repr(node.operation.name)
             raise ValueError(
                 f"Graph disconnected: cannot obtain value for tensor {t!r} at layer "
                 f"{consumer!r}. Expected every tensor to be computed from the model's inputs "
-                f"{[i.name for i in inputs]}. Received: a tensor from "
-                f"{'no layer' if node is None else repr(node.operation.name)} that is not one of them"
+                f"{[i.name for i in inputs]}. Received: a tensor from {source} that is not "
+                "one of them"
             )
-        visit(node)
+        if id(node) not in done:
+            stack.append((node, False))
 
-    def visit(node: Node) -> None:
-        key = id(node)
-        if key in done:
-            return
-        if key in visiting:
-            raise ValueError(f"Expected an acyclic graph. Received: a cycle at {node!r}")
-        visiting.add(key)
-        for t in node.input_tensors:
-            need(t, node.operation.name)
-        visiting.discard(key)
-        done.add(key)
-        order.append(node)
-        available.update(id(t) for t in node.output_tensors)
-
-    for t in outputs:
+    for t in reversed(outputs):
         need(t, "outputs")
+    while stack:
+        node, inputs_done = stack.pop()
+        if id(node) in done:
+            continue
+        if inputs_done:
+            done.add(id(node))
+            order.append(node)
+            available.update(id(t) for t in node.output_tensors)
+            continue
+        stack.append((node, True))
+        for t in reversed(node.input_tensors):
+            need(t, node.operation.name)
     return order
 
 
@@ -805,7 +818,7 @@ class Functional(Layer):
         output_refs = config.pop("output_layers", None)
         created: dict[str, Layer] = {}
         outputs_by_layer: dict[str, list[list[SymbolicTensor]]] = {}
-        pending: list[tuple[str, dict[str, Any]]] = []
+        pending: list[tuple[str, Any]] = []
         for entry in layer_entries:
             if not isinstance(entry, dict):
                 raise ValueError(f"Expected a layer entry dict. Received: {_describe(entry)}")

@@ -788,3 +788,25 @@ def test_symbolic_shapes_match_eager_shapes(batch, steps, features, units):
         assert symbolic.shape[0] is None
         assert symbolic.shape[1:] == tuple(value.shape[1:])
         assert value.shape[0] == batch and symbolic.dtype == value.dtype
+
+
+def test_a_graph_deeper_than_the_recursion_limit():
+    import sys
+
+    depth = sys.getrecursionlimit() + 50
+    x = Input(shape=(2,))
+    y = x
+    for _ in range(depth):
+        y = y + 1.0
+    model = Model(x, y)
+    assert len(model.layers) == depth + 1
+    torch.testing.assert_close(model(torch.zeros(1, 2)), torch.full((1, 2), float(depth)))
+
+
+def test_torch_op_arguments_are_validated():
+    with pytest.raises(ValueError, match=r"inputs to be numbered 0, 1, .*Received: input numbers"):
+        TorchOp("torch.cat", [[[{"__input__": 1}]], {}])
+    op = TorchOp("torch.cat", [[[{"__input__": 0}, {"__input__": 1}]], {"dim": 0}])
+    with pytest.raises(ValueError, match=r"Expected 2 input tensor\(s\) for op .*Received: 1"):
+        op(torch.ones(1))
+    torch.testing.assert_close(op(torch.ones(1), torch.zeros(1)), torch.tensor([1.0, 0.0]))
