@@ -810,3 +810,49 @@ def test_torch_op_arguments_are_validated():
     with pytest.raises(ValueError, match=r"Expected 2 input tensor\(s\) for op .*Received: 1"):
         op(torch.ones(1))
     torch.testing.assert_close(op(torch.ones(1), torch.zeros(1)), torch.tensor([1.0, 0.0]))
+
+
+def test_guide_mix_and_match_api_styles():
+    """Keras functional API guide, "Mix-and-match API styles": a functional model used inside
+    a subclassed layer (CustomRNN) that is itself called in a functional model with a fixed
+    `batch_shape` (`ops.zeros` becomes `inputs.new_zeros`, the torch idiom that follows the
+    inputs' device; GlobalAveragePooling1D a traced mean)."""
+    units, timesteps, input_dim, batch_size = 32, 10, 5, 4
+
+    inputs = Input((None, units))
+    x = inputs.mean(dim=1)
+    outputs = Dense(1)(x)
+    model = Model(inputs, outputs)
+
+    class CustomRNN(Layer):
+        def __init__(self):
+            super().__init__()
+            self.units = units
+            self.projection_1 = Dense(units=units, activation="tanh")
+            self.projection_2 = Dense(units=units, activation="tanh")
+            self.classifier = model
+
+        def call(self, inputs):
+            outputs = []
+            state = inputs.new_zeros((inputs.shape[0], self.units))
+            for t in range(inputs.shape[1]):
+                x = inputs[:, t, :]
+                h = self.projection_1(x)
+                y = h + self.projection_2(state)
+                state = y
+                outputs.append(y)
+            features = torch.stack(outputs, dim=1)
+            return self.classifier(features)
+
+    inputs = Input(batch_shape=(batch_size, timesteps, input_dim))
+    x = mpq.layers.Conv1D(32, 3)(inputs)
+    rnn = CustomRNN()
+    outputs = rnn(x)
+    assert x.shape == (batch_size, timesteps - 2, 32) and outputs.shape == (batch_size, 1)
+    model = Model(inputs, outputs)
+    data = torch.randn(batch_size, timesteps, input_dim)
+    assert model(data).shape == (batch_size, 1)
+    assert rnn.classifier.layers[-1].built
+    # The sublayers built during the symbolic call have real weights (read as meta there).
+    assert rnn.projection_1.kernel.device.type == "cpu"
+    assert rnn.projection_1.kernel.shape == (32, units)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mpq import layers as mpq_layers
 from mpq.layers import (
     Add,
     Concatenate,
@@ -303,3 +304,82 @@ def test_comparison_ops_are_traced_too():
 def test_is_symbolic_call_is_false_for_plain_tensors():
     assert not node_module.is_symbolic_call((torch.ones(1),), {})
     assert node_module.is_symbolic_call(([torch.ones(1), Input(shape=(1,))],), {})
+
+
+# ---------------------------------------------------------------------- every mpq layer
+_EVERY_LAYER = [
+    ("Dense", lambda: Dense(3, activation="relu"), (5,), "float32"),
+    ("EinsumDense", lambda: mpq_layers.EinsumDense("ab,bc->ac", (3,), bias_axes="c"), (5,), None),
+    ("Conv1D", lambda: mpq_layers.Conv1D(4, 3, padding="same"), (7, 2), None),
+    ("Conv2D", lambda: mpq_layers.Conv2D(4, 3, strides=2), (9, 9, 2), None),
+    ("Embedding", lambda: Embedding(10, 3, mask_zero=True), (6,), "int64"),
+    ("LayerNormalization", lambda: mpq_layers.LayerNormalization(), (4, 5), None),
+    ("BatchNormalization", lambda: mpq_layers.BatchNormalization(), (4, 5), None),
+    ("Dropout", lambda: mpq_layers.Dropout(0.5, seed=1), (5,), None),
+    ("Activation", lambda: mpq_layers.Activation("softmax"), (5,), None),
+    ("Flatten", lambda: mpq_layers.Flatten(), (2, 3, 4), None),
+    ("Reshape", lambda: mpq_layers.Reshape((2, -1)), (6,), None),
+    ("Sequential", lambda: mpq_layers.Sequential([Dense(4), Dense(2)]), (5,), None),
+    ("Dense int8", lambda: Dense(3, dtype="int8_from_float32"), (5,), None),
+    ("Dense bfloat16", lambda: Dense(3, dtype="mixed_bfloat16"), (5,), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "dtype"),
+    [case[1:] for case in _EVERY_LAYER],
+    ids=[case[0] for case in _EVERY_LAYER],
+)
+def test_every_mpq_layer_called_on_a_symbolic_tensor(make, shape, dtype):
+    """Keras 3: "calling a layer on a symbolic input builds it and returns a symbolic output"
+    whose shape and dtype are those of an eager call (the batch axis: None)."""
+    layer = make()
+    x = Input(shape=shape, dtype=dtype)
+    y = layer(x)
+    assert layer.built and isinstance(y, SymbolicTensor)
+    data = torch.randint(1, 10, (3, *shape)) if dtype == "int64" else torch.randn(3, *shape)
+    eager = layer(data, training=False)
+    assert y.shape == (None, *eager.shape[1:]) and y.dtype == eager.dtype
+    assert (y._keras_mask is None) == (mpq_layers.get_mask(eager) is None)
+
+
+def test_the_concatenate_and_add_merge_layers_on_symbolic_lists():
+    a, b = Input(shape=(2, 3)), Input(shape=(2, 5))
+    assert Concatenate()([a, b]).shape == (None, 2, 8)
+    assert Add()([a, Input(shape=(1, 3))]).shape == (None, 2, 3)
+
+
+def test_training_is_recorded_in_the_node():
+    x = Input(shape=(8,))
+    dropout = mpq_layers.Dropout(0.5)
+    y = dropout(x, training=True)
+    assert dropout.inbound_nodes[0].call_kwargs == {"training": True}
+    model = Model(x, y)
+    model.eval()
+    out = model(torch.ones(64, 8))
+    assert (out == 0).any()  # recorded training=True wins over eval mode, as in Keras
+
+
+def test_a_sublayer_built_on_its_first_call_during_a_symbolic_call():
+    """A layer whose sublayers build lazily in `call` (no `build`): the symbolic call builds
+    them with real weights; the meta run reads meta stand-ins of them (compute_output_spec of
+    a built layer used to fail with a device mismatch here)."""
+
+    class Block(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = Dense(3)
+
+        def call(self, inputs):
+            return self.inner(inputs) * 2.0
+
+    block = Block()
+    y = block(Input(shape=(4,)))
+    assert y.shape == (None, 3)
+    assert block.inner.built and block.inner.kernel.device.type == "cpu"
+    spec = Block().compute_output_spec(torch.ones(2, 4))  # unbuilt: a meta copy is built
+    assert spec.device.type == "meta" and tuple(spec.shape) == (2, 3)
+    built = Block()
+    built.built = True  # built, with a sublayer that builds on its first call
+    assert tuple(built.compute_output_spec(torch.ones(5, 4)).shape) == (5, 3)
+    assert built.inner.kernel.device.type == "cpu"
