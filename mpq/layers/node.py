@@ -103,11 +103,14 @@ class SymbolicTensor:
         """``(layer, node_index, tensor_index)`` of the call that made this tensor."""
         node = self.node
         if node is None:
-            raise AttributeError(
-                f"Expected a symbolic tensor made by a layer call. Received: {self!r}, which "
-                "has no history (a mask)"
-            )
+            raise self._no_history()
         return node.operation, node.index, self.tensor_index
+
+    def _no_history(self) -> AttributeError:
+        return AttributeError(
+            f"Expected a symbolic tensor made by a layer call. Received: {self!r}, which has no "
+            "history (a mask)"
+        )
 
     def meta(self, fill: int) -> torch.Tensor:
         """A meta tensor (no data) of this shape, ``fill`` standing in for unknown sizes."""
@@ -169,6 +172,8 @@ class SymbolicTensor:
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not attributes: torch.Tensor methods become traced ops.
         # Private and dunder names are not ops (copy, pickle and hasattr probe those).
+        if name == "_keras_history":  # the property raised (Python then tries __getattr__)
+            raise self._no_history()
         if name.startswith("_"):
             raise AttributeError(name)
         method = getattr(torch.Tensor, name, None)

@@ -856,3 +856,101 @@ def test_guide_mix_and_match_api_styles():
     # The sublayers built during the symbolic call have real weights (read as meta there).
     assert rnn.projection_1.kernel.device.type == "cpu"
     assert rnn.projection_1.kernel.shape == (32, units)
+
+
+# ---------------------------------------------------------------------- more errors
+def test_more_input_layer_and_op_errors():
+    with pytest.raises(ValueError, match=r"Expected `batch_shape` to be a tuple.*batch_shape=3"):
+        InputLayer(batch_shape=3)
+    with pytest.raises(
+        TypeError, match=r"Expected a torch op name or callable. Received: function=3"
+    ):
+        TorchOp(3, [[{"__input__": 0}], {}])
+    with pytest.raises(ValueError, match=r"Expected an encoded op argument. Received"):
+        TorchOp("torch.cat", [[{"__what__": 1}], {}])
+
+
+def test_call_errors_for_dict_inputs_masks_and_structure():
+    a, b = Input(shape=(2,)), Input(shape=(2,))
+    by_key = Model({"a": a, "b": b}, a + b)
+    with pytest.raises(ValueError, match=r"Expected inputs with keys \['a', 'b'\]. Received"):
+        by_key({"a": torch.ones(1, 2)})
+    with pytest.raises(ValueError, match=r"Expected one mask \(or None\) per input \(2\)"):
+        by_key({"a": torch.ones(1, 2), "b": torch.ones(1, 2)}, mask=[None])
+
+    class TrainingShape(Layer):
+        def call(self, inputs, training=None):
+            return [inputs, inputs] if training else inputs
+
+    x = Input(shape=(2,))
+    model = Model(x, TrainingShape()(x))  # traced in training mode (a fresh module)
+    with pytest.raises(ValueError, match=r"to return the structure it returned on symbolic"):
+        model(torch.ones(1, 2), training=False)
+
+
+def test_a_tensor_argument_to_a_layer_call_cannot_be_serialized():
+    class Scale(Layer):
+        def call(self, inputs, scale):
+            return inputs * scale
+
+    x = Input(shape=(2,))
+    model = Model(x, Scale()(x, scale=torch.tensor(2.0)))
+    torch.testing.assert_close(model(torch.ones(1, 2)), torch.full((1, 2), 2.0))
+    with pytest.raises(ValueError, match=r"symbolic tensors or JSON constants.*Received: tensor"):
+        model.get_config()
+
+
+_TENSOR = {"class_name": "__keras_tensor__", "config": {"keras_history": ["bad_in", 0, 0]}}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda c: c["layers"].append(3), r"Expected a layer entry dict. Received: 3"),
+        (
+            lambda c: c["layers"].append({**c["layers"][1], "inbound_nodes": []}),
+            r"Expected unique layer names in the config. Received: name='bad_out'",
+        ),
+        (
+            lambda c: c["layers"][1].update(inbound_nodes=5),
+            r"Expected 'inbound_nodes' to be a list. Received: 5",
+        ),
+        (
+            lambda c: c["layers"][1].update(inbound_nodes=["node"]),
+            r"Expected a node config dict .*Received: 'node'",
+        ),
+        (
+            lambda c: c["layers"][1].update(inbound_nodes=[{"args": _TENSOR, "kwargs": {}}]),
+            r"Expected node 'args' as a list and 'kwargs' as a dict",
+        ),
+        (
+            lambda c: c["layers"][1].update(
+                inbound_nodes=[{"args": [{"class_name": "__keras_tensor__", "config": 1}]}]
+            ),
+            r"Expected a tensor config. Received",
+        ),
+        (
+            lambda c: c["layers"][1].update(
+                inbound_nodes=[
+                    {"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": 1}}]}
+                ]
+            ),
+            r"Expected a tensor reference \[layer name, node index, tensor index\]",
+        ),
+        (lambda c: c.update(output_layers=7), r"Expected tensor references. Received: 7"),
+        (
+            lambda c: c["layers"][1].update(inbound_nodes=[[["bad_in", 0, 0, 1]]]),
+            r"Expected the call kwargs of a node entry as a dict",
+        ),
+        (
+            lambda c: c["layers"][1].update(inbound_nodes=[[]]),
+            r"Expected a tf.keras 2 node with at least one input",
+        ),
+    ],
+)
+def test_more_bad_configs(mutate, match):
+    x = Input(shape=(2,), name="bad_in")
+    config = json.loads(json.dumps(Model(x, Dense(1, name="bad_out")(x)).get_config()))
+    mutate(config)
+    with pytest.raises((ValueError, TypeError), match=match):
+        Model.from_config(config)

@@ -383,3 +383,31 @@ def test_a_sublayer_built_on_its_first_call_during_a_symbolic_call():
     built.built = True  # built, with a sublayer that builds on its first call
     assert tuple(built.compute_output_spec(torch.ones(5, 4)).shape) == (5, 3)
     assert built.inner.kernel.device.type == "cpu"
+
+
+# ---------------------------------------------------------------------- more errors
+def test_a_mask_has_no_history():
+    x = Embedding(5, 2, mask_zero=True)(Input(shape=(3,), dtype="int64"))
+    with pytest.raises(AttributeError, match=r"Expected a symbolic tensor made by a layer call"):
+        x._keras_mask._keras_history
+
+
+def test_outputs_that_are_not_tensors_or_change_rank_are_refused():
+    class ReturnsInt(Layer):
+        def call(self, inputs):
+            return 3
+
+    class RankFollowsBatch(Layer):
+        def call(self, inputs):
+            return inputs if inputs.shape[0] == 2 else inputs[None]
+
+    with pytest.raises(TypeError, match=r"Expected layer .* to return tensors.*Received: 3"):
+        ReturnsInt()(Input(shape=(2,)))
+    with pytest.raises(ValueError, match=r"to give outputs of one rank.*Received: output shapes"):
+        RankFollowsBatch()(Input(shape=(2,)))
+
+
+def test_tracing_needs_the_op_layer(monkeypatch):
+    monkeypatch.setattr(node_module, "_OP_FACTORY", None)
+    with pytest.raises(RuntimeError, match=r"Expected mpq.layers.functional to be imported"):
+        Input(shape=(2,)) + 1.0
