@@ -16,6 +16,8 @@ from mpq._errors import describe as _describe
 from mpq.layers import serialization
 from mpq.layers.base import Layer
 from mpq.layers.building import as_shape as _as_shape
+from mpq.layers.functional import InputLayer
+from mpq.layers.node import SymbolicTensor
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Sequential"]
@@ -48,7 +50,7 @@ class Sequential(Layer):
 
     def __init__(
         self,
-        layers: list[Layer] | None = None,
+        layers: list[Any] | None = None,
         trainable: bool = True,
         name: str | None = None,
         **kwargs: Any,
@@ -59,8 +61,27 @@ class Sequential(Layer):
             self.add(layer)
 
     # ------------------------------------------------------------------ container
-    def add(self, layer: Layer) -> None:
-        """Append ``layer`` (an mpq Layer or any ``torch.nn.Module``)."""
+    def add(self, layer: Any) -> None:
+        """Append ``layer`` (an mpq Layer or any ``torch.nn.Module``). An ``Input(shape)``
+        tensor or an ``InputLayer``, first, gives the input shape (Keras
+        ``Sequential([Input((16,)), Dense(8)])``): the layers then build as they are added,
+        and the InputLayer itself is not one of ``layers``."""
+        if isinstance(layer, SymbolicTensor):
+            producer = layer.node.operation if layer.node is not None else None
+            if not isinstance(producer, InputLayer):
+                raise TypeError(
+                    "Expected the output of Input(...) to start a Sequential model. Received: "
+                    f"{layer!r}, made by {type(producer).__name__}"
+                )
+            layer = producer
+        if isinstance(layer, InputLayer):
+            if self._modules or self.__dict__["_build_input_shape"] is not None:
+                raise ValueError(
+                    "Expected an Input / InputLayer only as the first layer of a Sequential "
+                    f"model. Received: {layer.name!r} after {len(self._modules)} layer(s)"
+                )
+            self.__dict__["_build_input_shape"] = layer.batch_shape
+            return
         if not isinstance(layer, torch.nn.Module):
             raise TypeError(
                 "Only instances of mpq.layers.Layer (or torch.nn.Module) can be added to a "
