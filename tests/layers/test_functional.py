@@ -954,3 +954,16 @@ def test_more_bad_configs(mutate, match):
     mutate(config)
     with pytest.raises((ValueError, TypeError), match=match):
         Model.from_config(config)
+
+
+def test_model_level_quantize_walks_a_functional_model():
+    """`mpq.quantize(model, mode)` reports the graph's layers by path and skips the ones
+    without a scheme (InputLayer, Add, traced ops)."""
+    x = Input(shape=(16,))
+    h = Dense(16)(x)
+    model = Model(x, Add()([h, Dense(16)(h)]) * 0.5, name="walked")
+    data = torch.randn(8, 16)
+    reference = model(data).detach()
+    mpq.quantize(model, "int8")
+    assert [m.quantization_mode for m in model.layers] == [None, "int8", "int8", None, None]
+    assert sqnr(reference, model(data).detach()) > 30.0
