@@ -558,6 +558,16 @@ class Functional(Layer):
         return list(self.__dict__["_outputs"])
 
     @property
+    def input_names(self) -> list[str]:
+        """Names of the layers that make ``inputs`` (tf.keras 2 ``Model.input_names``)."""
+        return [t.node.operation.name if t.node else str(t.name) for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the layers that make ``outputs``."""
+        return [t.node.operation.name if t.node else str(t.name) for t in self.outputs]
+
+    @property
     def input(self) -> Any:  # the model's own inputs, as given (tf.keras `Model.input`)
         return self.__dict__["_inputs_struct"]
 

@@ -59,6 +59,7 @@ def test_model_is_a_layer_and_calls_its_layers_in_order():
     assert [type(m).__name__ for m in model.layers] == ["InputLayer", "Dense", "Dense"]
     assert model.get_layer(index=1) is hidden
     assert model.input is model.inputs[0] and model.output is model.outputs[0]
+    assert model.input_names == ["mlp_in"] and model.output_names == ["mlp_out"]
     assert model.compute_output_shape((None, 8)) == (None, 4)
 
 
@@ -273,6 +274,12 @@ def test_custom_layer_in_a_saved_graph_needs_registration(tmp_path):
         Model.from_config(config)
     clone = Model.from_config(config, custom_objects={"Twice": Twice})
     torch.testing.assert_close(clone(torch.ones(1, 3)), 2 * torch.ones(1, 3), rtol=0, atol=0)
+    path = tmp_path / "custom.safetensors"
+    mpq.saving.save(model, path)
+    with pytest.raises(ValueError, match=r"Unknown layer class 'Twice'"):
+        mpq.saving.load(path)
+    loaded = mpq.saving.load(path, custom_objects={"Twice": Twice})
+    torch.testing.assert_close(loaded(torch.ones(1, 3)), 2 * torch.ones(1, 3), rtol=0, atol=0)
 
 
 def test_traced_ops_save_by_name_from_a_fixed_table():
