@@ -23,7 +23,7 @@ from mpq.layers.base import Layer
 from mpq.layers.building import as_shape as _as_shape
 from mpq.layers.node import Node, SymbolicTensor, flatten, map_structure
 from mpq.layers.serialization import register_layer
-from mpq.layers.variables import to_torch_dtype
+from mpq.layers.variables import check_write, to_tensor, to_torch_dtype
 
 __all__ = ["Functional", "Input", "InputLayer", "Model", "TorchOp"]
 
@@ -636,9 +636,9 @@ class Functional(Layer):
                 f"Expected one mask (or None) per input ({len(given)}). Received: mask={mask!r}"
             )
         for ref, x, m in zip(flat_in, given, masks, strict=True):
-            x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+            x = x if isinstance(x, torch.Tensor) else to_tensor(x)
             if x.dtype != ref.dtype:
-                x = x.to(ref.dtype)  # as Keras: inputs take their Input's dtype
+                x = self._to_input_dtype(x, ref)
             if m is not None:
                 x = x.view_as(x)  # an alias to carry the mask, not the caller's tensor
                 _masking.set_mask(x, m)
@@ -651,6 +651,20 @@ class Functional(Layer):
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
         return map_structure(read, self.__dict__["_outputs_struct"])
+
+    def _to_input_dtype(self, x: torch.Tensor, ref: SymbolicTensor) -> torch.Tensor:
+        """``x`` in its Input's dtype (as Keras converts model inputs). Into an integer or bool
+        dtype every value must be held exactly (``check_write``'s rules: no wrap-around, no
+        dropped fraction); into a floating dtype it is an ordinary cast."""
+        stand_in = torch.empty(0, dtype=ref.dtype, device="meta")
+        stand_in.path = ref.name or "input"  # type: ignore[attr-defined]  # named in errors
+        try:
+            check_write(stand_in, x, f"pass to model {self.name!r} as")
+        except (ValueError, TypeError) as e:
+            raise type(e)(
+                f"A model converts each input to its Input's dtype ({ref.dtype}). {e}"
+            ) from None
+        return x.to(ref.dtype)
 
     def _run(self, values: dict[int, Any]) -> None:
         def read(t: Any) -> Any:

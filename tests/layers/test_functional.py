@@ -97,6 +97,22 @@ def test_inputs_take_the_dtype_of_their_input():
 
 
 @pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        (torch.tensor([[2**40, 1]]), ValueError, r"values of torch.int32 in .*first value=1099"),
+        (torch.tensor([[1.5, 2.0]]), ValueError, r"integral, finite values.*first value=1.5"),
+        (torch.tensor([[1 + 1j, 2]]), TypeError, r"Expected a real value"),
+    ],
+)
+def test_inputs_the_input_dtype_cannot_hold_are_refused(data, error, match):
+    """Never a wrong number: the conversion to the Input's dtype does not wrap or truncate."""
+    ids = Input(shape=(2,), dtype="int32", name="ids")
+    model = Model(ids, Embedding(10, 2)(ids))
+    with pytest.raises(error, match=r"A model converts each input to its Input's dtype.*" + match):
+        model(data)
+
+
+@pytest.mark.parametrize(
     ("inputs", "match"),
     [
         ([torch.ones(1, 3)], r"Expected 2 input tensor\(s\).*Received: 1"),
