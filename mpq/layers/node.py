@@ -34,8 +34,9 @@ __all__ = [
     "symbolic_call",
 ]
 
-# Sizes the unknown (None) axes take in the two meta-device runs of a symbolic call.
-STAND_IN_SIZES = (2, 3)
+# Sizes the unknown (None) axes take in the two meta-device runs of a symbolic call (as Keras'
+# torch backend: two primes, so that a size computed from an unknown one differs between them).
+STAND_IN_SIZES = (83, 89)
 
 # False until a symbolic tensor is made: until then layer calls skip the structure scan.
 SYMBOLIC_SEEN = False
@@ -391,7 +392,7 @@ def trace_op(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     among its arguments) as an op layer and return its symbolic output."""
     if _OP_FACTORY is None:
         raise RuntimeError("Expected mpq.layers.functional to be imported to trace torch ops.")
-    inputs = symbolic_inputs(args, kwargs)
+    inputs = list({id(t): t for t in symbolic_inputs(args, kwargs)}.values())  # `x + x`: once
     slots = {id(t): i for i, t in enumerate(inputs)}
     template = map_structure(
         lambda x: _Slot(slots[id(x)]) if isinstance(x, SymbolicTensor) else x, (args, kwargs)

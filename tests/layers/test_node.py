@@ -399,7 +399,7 @@ def test_outputs_that_are_not_tensors_or_change_rank_are_refused():
 
     class RankFollowsBatch(Layer):
         def call(self, inputs):
-            return inputs if inputs.shape[0] == 2 else inputs[None]
+            return inputs if inputs.shape[0] == node_module.STAND_IN_SIZES[0] else inputs[None]
 
     with pytest.raises(TypeError, match=r"Expected layer .* to return tensors.*Received: 3"):
         ReturnsInt()(Input(shape=(2,)))
@@ -411,3 +411,27 @@ def test_tracing_needs_the_op_layer(monkeypatch):
     monkeypatch.setattr(node_module, "_OP_FACTORY", None)
     with pytest.raises(RuntimeError, match=r"Expected mpq.layers.functional to be imported"):
         Input(shape=(2,)) + 1.0
+
+
+def test_an_op_on_the_same_tensor_twice():
+    x = Input(shape=(3,))
+    y = x + x
+    assert y.shape == (None, 3)
+    (node,) = y._keras_history[0].inbound_nodes
+    assert len(node.input_tensors) == 1 and node.input_tensors[0] is x
+    model = Model(x, y * x)
+    torch.testing.assert_close(model(torch.full((1, 3), 3.0)), torch.full((1, 3), 18.0))
+
+
+def test_sizes_computed_from_an_unknown_size_stay_unknown():
+    """The stand-in sizes are two primes (as in Keras' torch backend), so a size derived from
+    the batch (a quarter of it, rounded down: 0 for both 2 and 3) differs between the runs."""
+
+    class Quarter(Layer):
+        def call(self, inputs):
+            return inputs[: inputs.shape[0] // 4]
+
+    x = Input(shape=(4,))
+    assert Quarter()(x).shape == (None, 4)
+    assert x[::2].shape == (None, 4)
+    assert Input(shape=(4,), batch_size=8)[::2].shape == (4, 4)
