@@ -107,14 +107,9 @@ class InputLayer(Layer):
         super().__init__(name=name, trainable=trainable, autocast=False)
         self.batch_shape: tuple[int | None, ...] = checked
         self.sparse = False
-        self.__dict__["_input_dtype"] = torch_dtype
         self.built = True
         out = SymbolicTensor(checked, torch_dtype, name=self.name)
         Node(self, (), {}, out)
-
-    @property
-    def input_dtype_torch(self) -> torch.dtype:
-        return self.__dict__["_input_dtype"]  # type: ignore[no-any-return]
 
     def call(self, inputs: Any) -> Any:
         return inputs
@@ -122,7 +117,7 @@ class InputLayer(Layer):
     def get_config(self) -> dict[str, Any]:
         return {
             "batch_shape": list(self.batch_shape),
-            "dtype": _node.dtype_name(self.input_dtype_torch),
+            "dtype": _node.dtype_name(self.output.dtype),
             "sparse": False,
             "name": self.name,
         }

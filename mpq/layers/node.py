@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
 from mpq.layers import building as _building
 from mpq.layers import masking as _masking
@@ -340,6 +341,12 @@ def _merge_spec(a: Any, b: Any, layer: Any) -> Any:
                 f"{tuple(a.shape)} and {tuple(b.shape)} for two stand-in sizes"
             )
         shape = tuple(x if x == y else None for x, y in zip(a.shape, b.shape, strict=True))
+        if any(d is not None and d > MAX_SIZE for d in shape):
+            # A graph from a file must not make the first call allocate without bound.
+            raise ValueError(
+                f"Expected output sizes of at most {MAX_SIZE} from layer {layer.name!r}. "
+                f"Received: output shape {shape}"
+            )
         out = SymbolicTensor(shape, a.dtype, sparse=a.layout != torch.strided)
         mask_a, mask_b = _masking.get_mask(a), _masking.get_mask(b)
         if isinstance(mask_a, torch.Tensor) and isinstance(mask_b, torch.Tensor):

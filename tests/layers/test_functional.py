@@ -1007,3 +1007,19 @@ def test_model_level_quantize_walks_a_functional_model():
     mpq.quantize(model, "int8")
     assert [m.quantization_mode for m in model.layers] == [None, "int8", "int8", None, None]
     assert sqnr(reference, model(data).detach()) > 30.0
+
+
+def test_a_saved_graph_cannot_make_the_first_call_allocate_without_bound():
+    """Loading validates sizes before allocating: a traced op whose output would exceed
+    MAX_SIZE per axis is refused when the graph is rebuilt (on the meta device)."""
+    from mpq._errors import MAX_SIZE
+
+    x = Input(shape=(2,), name="pad_in")
+    with pytest.raises(ValueError, match=r"Expected output sizes of at most 2147483647"):
+        torch.nn.functional.pad(x, (0, MAX_SIZE))
+    config = json.loads(json.dumps(Model(x, torch.nn.functional.pad(x, (0, 3))).get_config()))
+    op = next(e for e in config["layers"] if e["class_name"] == "TorchOp")
+    assert op["config"]["arguments"][0] == [{"__input__": 0}, {"__tuple__": [0, 3]}]
+    op["config"]["arguments"][0][1] = {"__tuple__": [0, MAX_SIZE]}
+    with pytest.raises(ValueError, match=r"Expected output sizes of at most"):
+        Model.from_config(config)
