@@ -526,8 +526,8 @@ class Functional(Layer):
         d["_loss_tensors"] = []
         d["_loss_callables"] = []
         layers: dict[int, Layer] = {}
-        for t in flat_in:
-            if t.node is not None:
+        for t in flat_in:  # the InputLayers first (an intermediate input's maker is not run)
+            if t.node is not None and isinstance(t.node.operation, InputLayer):
                 layers.setdefault(id(t.node.operation), t.node.operation)
         for n in nodes:
             layers.setdefault(id(n.operation), n.operation)
@@ -751,6 +751,13 @@ class Functional(Layer):
                 "callable): they are code, not config. Expected a model without them to "
                 "serialize. Received: add_loss losses"
             )
+        for t in d["_inputs"]:
+            if t.node is None or not isinstance(t.node.operation, InputLayer):
+                raise ValueError(
+                    f"Expected the inputs of model {self.name!r} to come from Input(...) to "
+                    f"serialize it. Received: an input made by "
+                    f"{t.node.operation.name if t.node else None!r}"
+                )
         nodes: list[Node] = d["_nodes"]
         in_model = {id(n) for n in nodes}
         for t in d["_inputs"]:

@@ -1023,3 +1023,17 @@ def test_a_saved_graph_cannot_make_the_first_call_allocate_without_bound():
     op["config"]["arguments"][0][1] = {"__tuple__": [0, MAX_SIZE]}
     with pytest.raises(ValueError, match=r"Expected output sizes of at most"):
         Model.from_config(config)
+
+
+def test_a_model_on_intermediate_tensors():
+    """Keras 3 Functional: inputs may be intermediate tensors of a larger graph (a sub-model);
+    the layer that made such an input is not part of the sub-model."""
+    x = Input(shape=(4,))
+    first, second = Dense(3, name="inter_first"), Dense(2, name="inter_second")
+    h = first(x)
+    tail = Model(h, second(h))
+    assert [m.name for m in tail.layers] == ["inter_second"] and len(tail.weights) == 2
+    data = torch.randn(2, 3)
+    torch.testing.assert_close(tail(data), second(data), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"to come from Input\(...\) to serialize.*inter_first"):
+        tail.get_config()
