@@ -681,17 +681,16 @@ class Functional(Layer):
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, mode: Any, type_check: bool = True, config: Any = None) -> None:
-        """Quantize every layer of the graph that has a scheme for ``mode`` (Keras
-        ``Model.quantize``: layers without one, such as InputLayer or Add, are skipped; nested
-        functional models recurse). Raises ValueError if no layer has a scheme."""
+        """Quantize every leaf layer of the model (sublayers of nested models and Sequentials
+        included) that has a scheme for ``mode``, as Keras ``Model.quantize``: layers without
+        one (InputLayer, Add, traced ops) are left as they are. Raises ValueError if no layer
+        has a scheme."""
         done = 0
-        for layer in self.layers:
-            if isinstance(layer, Functional):
-                layer.quantize(mode, type_check=type_check, config=config)
-                done += 1
-                continue
+        for module in self.modules():
+            if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
+                continue  # containers: their layers are visited on their own
             try:
-                layer.quantize(mode, type_check=type_check, config=config)
+                module.quantize(mode, type_check=type_check, config=config)
             except NotImplementedError:
                 continue  # no scheme for this layer class (checked before any change)
             done += 1

@@ -1037,3 +1037,14 @@ def test_a_model_on_intermediate_tensors():
     torch.testing.assert_close(tail(data), second(data), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"to come from Input\(...\) to serialize.*inter_first"):
         tail.get_config()
+
+
+def test_quantize_reaches_layers_of_nested_models_and_sequentials():
+    x = Input(shape=(8,))
+    inner = _mlp("qinner")
+    stack = Sequential([Dense(8), Dense(8)])
+    model = Model(x, stack(inner(Dense(8)(x))[:, :1].expand(-1, 8)))
+    model.quantize("int8")
+    dense_modes = [m.quantization_mode for m in model.modules() if type(m) is Dense]
+    assert dense_modes == ["int8"] * 5
+    assert model(torch.randn(2, 8)).shape == (2, 8)
