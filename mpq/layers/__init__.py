@@ -9,9 +9,11 @@ from mpq.layers.core import Activation, Dropout, Flatten, Reshape
 from mpq.layers.dense import Dense
 from mpq.layers.einsum_dense import EinsumDense
 from mpq.layers.embedding import Embedding
+from mpq.layers.functional import Functional, Input, InputLayer, Model, TorchOp
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.masking import get_mask
 from mpq.layers.merging import Add, Concatenate
+from mpq.layers.node import Node, SymbolicTensor
 from mpq.layers.normalization import BatchNormalization, LayerNormalization
 from mpq.layers.quantization import QuantizationScheme, get_scheme, register_scheme
 from mpq.layers.sequential import Sequential
@@ -31,12 +33,19 @@ __all__ = [
     "EinsumDense",
     "Embedding",
     "Flatten",
+    "Functional",
+    "Input",
+    "InputLayer",
     "InputSpec",
     "Layer",
     "LayerNormalization",
+    "Model",
+    "Node",
     "QuantizationScheme",
     "Reshape",
     "Sequential",
+    "SymbolicTensor",
+    "TorchOp",
     "Variable",
     "deserialize",
     "get_mask",

@@ -46,10 +46,19 @@ class StatelessScope:
         self.values = mapping  # id(variable) -> (variable, value)
         self.losses: list[torch.Tensor] = []
         self.deferred_ids: set[int] = set()  # variables whose value is a `deferred` buffer
+        # A meta-device shape run: a variable created during the run (a sublayer built on its
+        # first call) is read as a meta stand-in, like those mapped up front.
+        self.meta = False
 
     def get(self, var: torch.Tensor) -> torch.Tensor:
         hit = self.values.get(id(var))
-        return var if hit is None else hit[1]
+        if hit is not None:
+            return hit[1]
+        if self.meta and var.device.type != "meta":
+            value = torch.empty_like(var, device="meta")
+            self.values[id(var)] = (var, value)
+            return value
+        return var
 
     def record(self, var: torch.Tensor, value: torch.Tensor) -> None:
         self.values[id(var)] = (var, value)

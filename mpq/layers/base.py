@@ -62,6 +62,7 @@ from mpq._errors import describe as _describe
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
 from mpq.layers import masking as _masking
+from mpq.layers import node as _node
 from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
@@ -121,7 +122,7 @@ class _ParameterAttribute:
 _MISSING = object()
 
 
-class Layer(torch.nn.Module):
+class Layer(_node.NodeMixin, torch.nn.Module):
     """Keras 3 ``Layer`` on ``torch.nn.Module``: subclass it and implement ``build``/``call``.
 
     Args:
@@ -252,7 +253,11 @@ class Layer(torch.nn.Module):
         if params is not None and name in params:
             _ParameterAttribute.install(type(self), name)
             return _read_parameter(self, name, params[name])
-        return torch.nn.Module.__getattr__(self, name)
+        try:
+            return torch.nn.Module.__getattr__(self, name)
+        except AttributeError as e:
+            # A node accessor (`layer.input`, ...) raised: keep its message, not torch's.
+            raise _node.node_attribute_error(self, name) or e from None
 
     def __deepcopy__(self, memo: dict) -> Layer:
         new = object.__new__(type(self))
@@ -627,6 +632,8 @@ class Layer(torch.nn.Module):
         """The Keras ``__call__`` (``layer(x)`` runs it through ``nn.Module.__call__``, hooks
         included): convert and autocast inputs, check ``input_spec``, build on first call,
         resolve ``training``, clear losses (outermost call), run ``call``/``quantized_call``."""
+        if _node.SYMBOLIC_SEEN and _node.is_symbolic_call(args, kwargs):  # functional graph
+            return _node.symbolic_call(self, args, kwargs)
         d = self.__dict__
         dtype = d["_input_cast_dtype"]
         # Keras masking: a mask rides on the tensor that carries it (read before any cast makes

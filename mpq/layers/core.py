@@ -94,12 +94,13 @@ class Dropout(Layer):
         return inputs * keep * (1.0 / (1.0 - self.rate))
 
     def _noise_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        if len(self.noise_shape) != len(shape):
+        noise_shape = self.noise_shape if self.noise_shape is not None else tuple(shape)
+        if len(noise_shape) != len(shape):
             raise ValueError(
                 f"Expected `noise_shape` of rank {len(shape)} to match the inputs. "
                 f"Received: noise_shape={self.noise_shape} with inputs.shape={tuple(shape)}"
             )
-        return tuple(s if d is None else d for d, s in zip(self.noise_shape, shape, strict=True))
+        return tuple(s if d is None else d for d, s in zip(noise_shape, shape, strict=True))
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return tuple(input_shape)
@@ -126,7 +127,8 @@ class Activation(Layer):
         self.built = True
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.activation(inputs)
+        out: torch.Tensor = self.activation(inputs)
+        return out
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return tuple(input_shape)
@@ -174,8 +176,8 @@ class Flatten(Layer):
         return inputs.reshape(inputs.shape[0], -1)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
-        rest = tuple(input_shape)[1:]
-        if any(d is None for d in rest):
+        rest = [d for d in tuple(input_shape)[1:] if d is not None]
+        if len(rest) < len(input_shape) - 1:
             return (input_shape[0], None)
         return (input_shape[0], math.prod(rest))
 
@@ -222,8 +224,8 @@ class Reshape(Layer):
                     f"for target_shape={self.target_shape}. Received: input_shape={input_shape}"
                 )
             return (input_shape[0], *self.target_shape)
-        rest = input_shape[1:]
-        if any(d is None for d in rest):
+        rest = [d for d in input_shape[1:] if d is not None]
+        if len(rest) < len(input_shape) - 1:
             return (input_shape[0], *(None if d == -1 else d for d in self.target_shape))
         total = math.prod(rest)
         fixed = math.prod(d for d in self.target_shape if d != -1)
@@ -235,8 +237,8 @@ class Reshape(Layer):
         return (input_shape[0], *(total // fixed if d == -1 else d for d in self.target_shape))
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        out_shape = self.compute_output_shape(tuple(inputs.shape))
-        return inputs.reshape(out_shape)
+        out_shape = self.compute_output_shape(tuple(inputs.shape))  # no None: a real shape
+        return inputs.reshape([-1 if d is None else d for d in out_shape])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

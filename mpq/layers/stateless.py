@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["compute_output_shape", "compute_output_spec", "stateless_call"]
 
 
-def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool):
+def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool, meta=False):
     """Call ``layer`` with Variables read from ``mapping``; plain torch parameters are swapped
     with ``torch.func.functional_call``. Returns (outputs, scope, losses or None)."""
     plain = {}
@@ -32,6 +32,7 @@ def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool
             plain[names[id(var)]] = value
             del mapping[key]
     scope = _autocast.StatelessScope(mapping)
+    scope.meta = meta
     state = _autocast.STATE
     previous = state.stateless
     state.stateless = scope
@@ -138,7 +139,7 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
             state.meta_build = previous
     mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.weights}
     with torch.no_grad():
-        outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, return_losses=False)
+        outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, False, meta=True)
     return outputs
 
 

@@ -364,7 +364,9 @@ class Variable(torch.nn.Parameter):
         """The write of ``assign`` once ``t`` is checked (stateless calls record it)."""
         stateless = _autocast.STATE.stateless
         if stateless is not None:
-            stateless.record(self, t.detach().to(device=self.device, dtype=self.dtype))
+            # A meta value (shape inference) stays on meta: it has no data to copy.
+            device = t.device if t.device.type == "meta" else self.device
+            stateless.record(self, t.detach().to(device=device, dtype=self.dtype))
             return self
         with torch.no_grad():
             self.copy_(t)

@@ -274,3 +274,17 @@ def test_integer_assign_stores_exactly_or_raises(dtype, values):
         with pytest.raises(ValueError, match=r"Expected values of"):
             v.assign(torch.tensor(values, dtype=torch.int64))
         assert v.tolist() == [0] * len(values)
+
+
+def test_assign_inside_a_meta_shape_run_stays_on_meta():
+    """compute_output_spec of a built layer that assigns in `call` (BatchNormalization's moving
+    statistics in training) runs on meta values: the recorded write stays there (it used to
+    raise "Cannot copy out of meta tensor"), and the layer is not written."""
+    from mpq.layers import BatchNormalization
+
+    layer = BatchNormalization()
+    layer.build((None, 3))
+    before = layer.moving_mean.detach().clone()
+    spec = layer.compute_output_spec(torch.ones(4, 3), training=True)
+    assert spec.device.type == "meta" and tuple(spec.shape) == (4, 3)
+    assert torch.equal(layer.moving_mean.detach(), before)
