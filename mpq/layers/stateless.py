@@ -136,7 +136,7 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
                 return target(*args, **kwargs)
         finally:
             state.meta_build = previous
-    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.weights}
+    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.variables}
     with torch.no_grad():
         outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, return_losses=False)
     return outputs
