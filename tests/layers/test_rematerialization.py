@@ -192,3 +192,48 @@ def test_remat_scope_errors():
         RematScope(mode="larger_than", output_size_threshold=1.5)
     with pytest.raises(TypeError, match=r"list of layer names.*Received: layer_names=\[1\]"):
         RematScope(mode="list_of_layers", layer_names=[1])
+
+
+def _saved_bytes(model, x):
+    """Bytes of the tensors autograd keeps for the backward pass of ``model(x)``: each distinct
+    storage once (torch.autograd.graph.saved_tensors_hooks)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    return out, sum(storages.values())
+
+
+def test_full_remat_keeps_only_the_inputs_of_each_layer():
+    """What rematerialization is for (Keras 3 `keras.remat`: "Instead of storing intermediate
+    results (e.g. activations) for backpropagation, they are recomputed"): a 4-layer gelu MLP
+    keeps its hidden activations without a scope, only the model input with one."""
+    x = torch.randn(64, 256)
+
+    def make():
+        return Sequential([Dense(256, activation="gelu") for _ in range(4)])
+
+    plain = make()
+    plain(x)
+    with RematScope(mode="full"):
+        remat_model = make()
+    remat_model(x)
+    remat_model.set_weights(plain.get_weights())
+    out_plain, kept_plain = _saved_bytes(plain, x)
+    out_remat, kept_remat = _saved_bytes(remat_model, x)
+    assert torch.equal(out_plain, out_remat)
+    activation = 64 * 256 * 4
+    # Without remat: at least the input and every gelu input/output per layer.
+    assert kept_plain >= 4 * activation
+    # With remat: the checkpointed model keeps its input (and the weights it reads) only.
+    weights = sum(w.numel() * 4 for w in plain.weights)
+    assert kept_remat <= activation + weights
+    out_remat.sum().backward()
+    out_plain.sum().backward()
+    for a, b in zip(plain.weights, remat_model.weights, strict=True):
+        assert torch.equal(a.grad, b.grad)
