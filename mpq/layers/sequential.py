@@ -187,7 +187,12 @@ class Sequential(Layer):
                     shape = None
             is_layer = isinstance(layer, Layer)
             built = layer.built if is_layer else True
-            params = sum(p.numel() for p in layer.parameters()) if built else "unbuilt"
+            if not built:
+                params: Any = "unbuilt"
+            elif is_layer:  # weights only: no seed-generator or metric state
+                params = sum(w.numel() for w in layer.weights)
+            else:
+                params = sum(p.numel() for p in layer.parameters())
             name = layer.name if is_layer else type(layer).__name__.lower()
             policy = layer.dtype_policy.name if is_layer else "-"
             rows.append((f"{name} ({type(layer).__name__})", out, str(params), policy))
@@ -195,8 +200,8 @@ class Sequential(Layer):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
         line = "  ".join("-" * w for w in widths)
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(w.numel() for w in self.weights)
+        trainable = sum(w.numel() for w in self.trainable_weights)
         print_fn(f'Model: "{self.name}"  (policy {self.dtype_policy.name})')
         print_fn(line)
         print_fn(fmt.format(*header))

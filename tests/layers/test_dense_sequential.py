@@ -259,3 +259,26 @@ def test_custom_objects_reach_nested_layers():
         deserialize(config)
     clone = deserialize(config, custom_objects={"Unregistered": Unregistered})
     assert type(clone[1]) is Unregistered
+
+
+def test_summary_counts_weights_not_seed_or_metric_state(capsys):
+    """Keras `summary` counts parameters (weights); a seeded Dropout's generator state and metric
+    state are variables, not parameters."""
+    from mpq.layers import Dropout
+    from mpq.metrics import Mean
+
+    class Tracked(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tracker = Mean()
+
+        def call(self, x):
+            return x
+
+    model = Sequential([Dense(3, input_shape=(2,)), Dropout(0.5, seed=1), Tracked()])
+    model.summary()
+    out = capsys.readouterr().out
+    assert "Total params: 9  (trainable: 9, non-trainable: 0)" in out
+    for prefix in ("dropout", "tracked"):
+        row = next(line for line in out.splitlines() if line.startswith(prefix))
+        assert row.split()[-2] == "0"
