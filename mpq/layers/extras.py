@@ -238,6 +238,42 @@ def run_call(
     return fn(*args, **kwargs)
 
 
+def dynamic_output_spec(layer: Layer, args: tuple[Any, ...]) -> Any:
+    """Meta outputs of a ``dynamic=True`` layer that states ``compute_output_shape``, without
+    running its ``call`` (tf.keras 2: "we will use static shape inference to return symbolic
+    tensors matching the specifications of the layer outputs"), in the compute dtype; None
+    when the layer is not dynamic or does not state its shapes (its call then runs on meta)."""
+    if not layer.__dict__.get("_dynamic") or not args:
+        return None
+    if type(layer).compute_output_shape.__module__ == "mpq.layers.base":  # the generic default
+        return None
+
+    def shape_of(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return tuple(x.shape)
+        if isinstance(x, (list, tuple)):
+            return type(x)(shape_of(i) for i in x)
+        if isinstance(x, dict):
+            return {k: shape_of(v) for k, v in x.items()}
+        return x
+
+    dtype = layer.dtype_policy.torch_compute_dtype
+
+    def spec(shape: Any) -> Any:
+        if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+            return torch.empty(shape, dtype=dtype, device="meta")
+        if isinstance(shape, (list, tuple)):
+            return type(shape)(spec(s) for s in shape)
+        if isinstance(shape, dict):
+            return {k: spec(v) for k, v in shape.items()}
+        raise ValueError(
+            f"Expected compute_output_shape of dynamic layer {layer.name!r} to return shapes "
+            f"with int dimensions for concrete inputs. Received: {_describe(shape)}"
+        )
+
+    return spec(layer.compute_output_shape(shape_of(args[0])))
+
+
 def _size(x: Any) -> int:
     if isinstance(x, torch.Tensor):
         return math.prod(x.shape)

@@ -147,3 +147,26 @@ def test_compute_output_shape_of_an_unbuilt_layer_does_not_build_it():
     assert not layer.built and layer.weights == []
     layer(torch.ones(2, 5))  # built later for another input size
     assert layer.kernel.shape == (5, 3)
+
+
+def test_dynamic_layer_shapes_come_from_compute_output_shape():
+    """tf.keras 2 (functional construction of a dynamic layer): "We will use static shape
+    inference to return symbolic tensors matching the specifications of the layer outputs.
+    Since `self.dynamic` is True, we will never attempt to run the underlying TF graph"."""
+
+    class ValueDependent(Layer):
+        def call(self, x):
+            n = int(x.abs().sum())  # needs values: cannot run on the meta device
+            return x[..., :1].repeat_interleave(1, dim=-1) * n
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], 1)
+
+    dynamic = ValueDependent(dynamic=True, dtype="mixed_bfloat16")
+    spec = dynamic.compute_output_spec(torch.ones(4, 3))
+    assert spec.shape == (4, 1) and spec.dtype == torch.bfloat16 and spec.device.type == "meta"
+    model = Sequential([Dense(3), dynamic, Dense(2)])
+    assert model.compute_output_shape((None, 5)) == (None, 2)
+    assert model(torch.ones(2, 5)).shape == (2, 2)
+    with pytest.raises(RuntimeError, match="meta"):  # not dynamic: the call runs on meta
+        ValueDependent().compute_output_spec(torch.ones(4, 3))
