@@ -358,6 +358,8 @@ class LayerExtras:
             return
         if matches:
             metric = matches[0]
+        elif _autocast.STATE.stateless is not None:
+            return  # stateless_call leaves no trace: no new metric (existing ones update there)
         else:
             dtype = t.dtype if t.is_floating_point() else torch.float32
             metric = Mean(name=name, dtype=dtype).to(t.device)

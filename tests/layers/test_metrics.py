@@ -168,6 +168,16 @@ def test_metric_state_is_variables_not_weights_and_reset():
     assert all(float(v) == 0.0 for v in model.metrics_variables)
 
 
+def test_stateless_call_does_not_create_metrics():
+    layer = MetricLayer()
+    layer(torch.tensor([1.0]))
+    fresh = MetricLayer()
+    fresh.build(None)
+    nt = [v.detach().clone() for v in fresh.non_trainable_variables]
+    fresh.stateless_call([], nt, torch.tensor([3.0]))
+    assert [m.name for m in fresh.metrics] == ["metric_1"]  # metric_2 not created
+
+
 def test_metric_state_through_stateless_call():
     """Keras 3 `stateless_call`: the returned non_trainable_variables include `Metric` state; the
     layer itself is not written."""
