@@ -237,3 +237,29 @@ def test_full_remat_keeps_only_the_inputs_of_each_layer():
     out_plain.sum().backward()
     for a, b in zip(plain.weights, remat_model.weights, strict=True):
         assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+def test_remat_of_quantized_layers_matches_and_updates_state_once(mode):
+    """A rematerialized `quantized_call` (Keras 3 `stateless_call` / `quantized_call` use the
+    layer's remat mode too): the same input gradients and the same quantized state (float8 scales
+    and amax histories, written by forward and backward) as without remat, after two steps."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    plain = Dense(4)
+    plain(x)
+    plain.quantize(mode)
+    with RematScope(mode="full"):
+        rematted = Dense(4)
+    rematted(x)
+    rematted.quantize(mode)
+    rematted.load_state_dict(plain.state_dict())
+    x_plain, x_remat = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    for _ in range(2):
+        (plain(x_plain) ** 2).sum().backward()
+        (rematted(x_remat) ** 2).sum().backward()
+    assert torch.equal(x_plain.grad, x_remat.grad)
+    for (name, a), b in zip(
+        plain.state_dict().items(), rematted.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
