@@ -21,7 +21,15 @@ from mpq.layers import autocast as _autocast
 from mpq.layers import tracking as _tracking
 from mpq.layers.variables import Variable, to_tensor, to_torch_dtype
 
-__all__ = ["Accuracy", "Mean", "MeanMetricWrapper", "Metric", "Sum"]
+__all__ = [
+    "Accuracy",
+    "BinaryAccuracy",
+    "CategoricalAccuracy",
+    "Mean",
+    "MeanMetricWrapper",
+    "Metric",
+    "Sum",
+]
 
 
 class Metric(torch.nn.Module):
@@ -317,6 +325,55 @@ class Accuracy(MeanMetricWrapper):
 
     def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
         super().__init__(_accuracy, name=name, dtype=dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return Metric.get_config(self)
+
+
+class BinaryAccuracy(MeanMetricWrapper):
+    """How often ``y_pred > threshold`` equals the binary label (Keras ``BinaryAccuracy``).
+
+    >>> m = BinaryAccuracy(); m.update_state([[1], [1], [0], [0]], [[0.98], [1], [0], [0.6]])
+    >>> float(m.result())
+    0.75
+    """
+
+    def __init__(self, name: str = "binary_accuracy", dtype: Any = None, threshold: float = 0.5):
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            raise TypeError(
+                f"Expected `threshold` to be a number. Received: threshold={_describe(threshold)}"
+            )
+        self.threshold = float(threshold)
+        super().__init__(self._binary, name=name, dtype=dtype)
+
+    def _binary(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+        return _accuracy(y_true.to(torch.float32), (y_pred > self.threshold).to(torch.float32))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**Metric.get_config(self), "threshold": self.threshold}
+
+
+def _categorical(y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            "Expected one-hot `y_true` of the shape of `y_pred` for CategoricalAccuracy. "
+            f"Received: y_true.shape={list(y_true.shape)}, y_pred.shape={list(y_pred.shape)}"
+        )
+    return (y_true.argmax(dim=-1) == y_pred.argmax(dim=-1)).to(torch.float32)
+
+
+class CategoricalAccuracy(MeanMetricWrapper):
+    """How often the arg max of the predictions is the one-hot label's (Keras
+    ``CategoricalAccuracy``).
+
+    >>> m = CategoricalAccuracy()
+    >>> m.update_state([[0, 0, 1], [0, 1, 0]], [[0.1, 0.9, 0.8], [0.05, 0.95, 0]])
+    >>> float(m.result())
+    0.5
+    """
+
+    def __init__(self, name: str = "categorical_accuracy", dtype: Any = None) -> None:
+        super().__init__(_categorical, name=name, dtype=dtype)
 
     def get_config(self) -> dict[str, Any]:
         return Metric.get_config(self)

@@ -8,7 +8,15 @@ import torch
 
 import mpq
 from mpq.layers import Dense, Layer, Sequential
-from mpq.metrics import Accuracy, Mean, MeanMetricWrapper, Metric, Sum
+from mpq.metrics import (
+    Accuracy,
+    BinaryAccuracy,
+    CategoricalAccuracy,
+    Mean,
+    MeanMetricWrapper,
+    Metric,
+    Sum,
+)
 
 
 class BinaryTruePositives(Metric):
@@ -72,6 +80,30 @@ def test_metric_call_is_update_then_result_and_wrapper_and_accuracy():
     acc.update_state([[1], [2], [3], [4]], [[0], [2], [3], [4]])
     assert float(acc.result()) == 0.75
     assert Accuracy.from_config(acc.get_config()).name == "accuracy"
+
+
+def test_binary_and_categorical_accuracy_keras_examples():
+    """The Keras `BinaryAccuracy` / `CategoricalAccuracy` docstring examples (standalone usage,
+    with and without `sample_weight`)."""
+    m = BinaryAccuracy()
+    m.update_state([[1], [1], [0], [0]], [[0.98], [1], [0], [0.6]])
+    assert float(m.result()) == 0.75
+    m.reset_state()
+    m.update_state([[1], [1], [0], [0]], [[0.98], [1], [0], [0.6]], sample_weight=[1, 0, 0, 1])
+    assert float(m.result()) == 0.5
+    c = CategoricalAccuracy()
+    c.update_state([[0, 0, 1], [0, 1, 0]], [[0.1, 0.9, 0.8], [0.05, 0.95, 0]])
+    assert float(c.result()) == 0.5
+    c.reset_state()
+    c.update_state(
+        [[0, 0, 1], [0, 1, 0]], [[0.1, 0.9, 0.8], [0.05, 0.95, 0]], sample_weight=[0.7, 0.3]
+    )
+    assert torch.equal(c.result(), torch.tensor(0.3) / torch.tensor(1.0))
+    assert BinaryAccuracy.from_config(BinaryAccuracy(threshold=0.7).get_config()).threshold == 0.7
+    with pytest.raises(TypeError, match=r"`threshold` to be a number. Received: threshold='x'"):
+        BinaryAccuracy(threshold="x")
+    with pytest.raises(ValueError, match=r"one-hot `y_true`.*y_true.shape=\[2\]"):
+        CategoricalAccuracy().update_state(torch.ones(2), torch.ones(2, 2))
 
 
 def test_metric_errors():

@@ -90,6 +90,20 @@ def test_get_updates_for_and_get_losses_for_by_inputs():
     assert dense.get_losses_for(torch.ones(1)) == []
 
 
+def test_losses_docstring_example():
+    """tf.keras 2 `Layer.losses` example: `l(np.ones((10, 1)))` then `l.losses == [1.0]`."""
+    import numpy as np
+
+    class MyLayer(Layer):
+        def call(self, inputs):
+            self.add_loss(torch.abs(torch.mean(inputs)))
+            return inputs
+
+    layer = MyLayer()
+    layer(np.ones((10, 1)))
+    assert [float(v) for v in layer.losses] == [1.0]
+
+
 def test_add_loss_callable_is_evaluated_when_losses_is_read():
     """tf.keras 2 `add_loss`: "Rather than tensors, losses may also be zero-argument callables
     which create a loss tensor", e.g. `model.add_loss(lambda: tf.reduce_mean(d.kernel))`; and
