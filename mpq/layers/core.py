@@ -38,7 +38,8 @@ class Dropout(Layer):
     steps), seed=None (an int makes the sequence of masks reproducible: the layer draws from
     a ``SeedGenerator`` whose ``[seed, counter]`` state is a non-trainable variable, listed in
     ``variables`` / ``non_trainable_variables`` so ``stateless_call`` takes and returns it; the
-    same seed gives the same masks on every device). Without a seed: torch's global RNG.
+    masks are exact integer hashes of the seed, not of the device's RNG). Without a seed:
+    torch's global RNG.
 
     >>> Dropout(0.5)(torch.ones(2, 3), training=False).tolist()
     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
