@@ -12,13 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE", "Frame", "StatelessScope", "VariableValue", "convert_structure", "read"]
+__all__ = [
+    "STATE",
+    "Frame",
+    "StatelessScope",
+    "VariableValue",
+    "convert_structure",
+    "read",
+    "stateless_value",
+]
 
 
 class _State(threading.local):
     frame: Frame | None = None  # innermost running layer call
     stateless: StatelessScope | None = None  # active stateless_call / meta shape inference
     meta_build: bool = False  # build variables on the meta device (shape inference)
+    name_scopes: tuple[str, ...] = ()  # active mpq.layers.name_scope names, outermost first
 
 
 STATE = _State()
@@ -126,6 +135,21 @@ def read(var: torch.Tensor) -> torch.Tensor:
     out = (value.to(dtype) if cast else value).as_subclass(VariableValue)
     out.__dict__["_variable"] = var
     cache[key] = (value, value._version, out)
+    return out
+
+
+def stateless_value(var: torch.Tensor) -> torch.Tensor:
+    """``var`` as the running ``stateless_call`` sees it, in or out of a layer call (the variable
+    itself outside any scope); the result's ``assign``/``assign_add`` write the variable. For
+    state that is not read through a layer (metric and seed-generator state)."""
+    scope = STATE.stateless
+    if scope is None:
+        return var
+    value = scope.get(var)
+    if value is var:
+        return var
+    out = value.as_subclass(VariableValue)
+    out.__dict__["_variable"] = var
     return out
 
 

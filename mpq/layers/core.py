@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from mpq import activations
 from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
+from mpq.layers import random as _random
+from mpq.layers import tracking as _tracking
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
 
@@ -33,8 +35,11 @@ class Dropout(Layer):
 
     Args (Keras 3): rate (float in [0, 1]), noise_shape=None (a shape broadcast against the
     inputs, None entries taken from the inputs: e.g. `(None, 1, None)` drops whole time
-    steps), seed=None (an int makes the sequence of masks reproducible: the layer keeps its
-    own generator per device, seeded with it).
+    steps), seed=None (an int makes the sequence of masks reproducible: the layer draws from
+    a ``SeedGenerator`` whose ``[seed, counter]`` state is a non-trainable variable, listed in
+    ``variables`` / ``non_trainable_variables`` so ``stateless_call`` takes and returns it; the
+    masks are exact integer hashes of the seed, not of the device's RNG). Without a seed:
+    torch's global RNG.
 
     >>> Dropout(0.5)(torch.ones(2, 3), training=False).tolist()
     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
@@ -68,18 +73,10 @@ class Dropout(Layer):
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.seed = seed
         self.supports_masking = True
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.seed_generator = None if seed is None else _random.SeedGenerator(seed)
+        if self.seed_generator is not None:
+            _tracking.set_owner(self.seed_generator.state, self)  # path: "<dropout path>/..."
         self.built = True
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None or device.type == "meta":  # no generator on meta (shape runs)
-            return None
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         if not training or self.rate == 0.0:
@@ -89,7 +86,10 @@ class Dropout(Layer):
         if self.noise_shape is None and self.seed is None:
             return F.dropout(inputs, self.rate, training=True)
         shape = inputs.shape if self.noise_shape is None else self._noise_shape(inputs.shape)
-        keep = torch.rand(shape, generator=self._generator(inputs.device), device=inputs.device)
+        if self.seed_generator is None:
+            keep = torch.rand(shape, device=inputs.device)
+        else:
+            keep = _random.uniform(tuple(shape), self.seed_generator.next(), inputs.device)
         keep = (keep >= self.rate).to(inputs.dtype)
         return inputs * keep * (1.0 / (1.0 - self.rate))
 

@@ -219,7 +219,12 @@ class Sequential(Layer):
                 except Exception:  # a layer that cannot infer shapes: show '?'
                     shape = None
             built = layer.built if isinstance(layer, Layer) else True
-            params = str(sum(p.numel() for p in layer.parameters())) if built else "unbuilt"
+            if not built:
+                params = "unbuilt"
+            elif isinstance(layer, Layer):  # weights only: no seed-generator or metric state
+                params = str(sum(w.numel() for w in layer.weights))
+            else:
+                params = str(sum(p.numel() for p in layer.parameters()))
             if isinstance(layer, Layer):
                 name, policy = layer.name, layer.dtype_policy.name
             else:
@@ -229,8 +234,8 @@ class Sequential(Layer):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
         line = "  ".join("-" * w for w in widths)
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(w.numel() for w in self.weights)
+        trainable = sum(w.numel() for w in self.trainable_weights)
         print_fn(f'Model: "{self.name}"  (policy {self.dtype_policy.name})')
         print_fn(line)
         print_fn(fmt.format(*header))

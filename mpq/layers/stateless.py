@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mpq.layers import autocast as _autocast
+from mpq.layers import extras as _extras
 from mpq.layers.building import as_shape
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.variables import Variable
@@ -120,6 +121,9 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     built on the meta device, so the layer itself is never modified.
     """
     args, kwargs = _to_meta(args), _to_meta(kwargs)
+    static = _extras.dynamic_output_spec(layer, args)  # dynamic=True: call is not run
+    if static is not None:
+        return static
     state = _autocast.STATE
     if not layer.built:
         # Copy the layer with meta stand-ins for every existing tensor (built sublayers'
@@ -137,7 +141,7 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
                 return target(*args, **kwargs)
         finally:
             state.meta_build = previous
-    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.weights}
+    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.variables}
     with torch.no_grad():
         outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, False, meta=True)
     return outputs

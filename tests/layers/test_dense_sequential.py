@@ -282,3 +282,26 @@ def test_sequential_starting_with_an_input():
         Sequential([Dense(1), Input(shape=(3,))])
     with pytest.raises(TypeError, match=r"Expected the output of Input\(...\) to start"):
         Sequential([Dense(2)(Input(shape=(3,)))])
+
+
+def test_summary_counts_weights_not_seed_or_metric_state(capsys):
+    """Keras `summary` counts parameters (weights); a seeded Dropout's generator state and metric
+    state are variables, not parameters."""
+    from mpq.layers import Dropout
+    from mpq.metrics import Mean
+
+    class Tracked(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tracker = Mean()
+
+        def call(self, x):
+            return x
+
+    model = Sequential([Dense(3, input_shape=(2,)), Dropout(0.5, seed=1), Tracked()])
+    model.summary()
+    out = capsys.readouterr().out
+    assert "Total params: 9  (trainable: 9, non-trainable: 0)" in out
+    for prefix in ("dropout", "tracked"):
+        row = next(line for line in out.splitlines() if line.startswith(prefix))
+        assert row.split()[-2] == "0"
