@@ -524,7 +524,6 @@ class Functional(Layer):
         d["_outputs"] = flat_out
         d["_nodes"] = nodes
         d["_loss_tensors"] = []
-        d["_loss_callables"] = []
         layers: dict[int, Layer] = {}
         for t in flat_in:  # the InputLayers first (an intermediate input's maker is not run)
             if t.node is not None and isinstance(t.node.operation, InputLayer):
@@ -701,10 +700,9 @@ class Functional(Layer):
             )
 
     # ------------------------------------------------------------------ losses
-    def add_loss(self, loss: Any) -> None:
-        """A loss tensor (as ``Layer.add_loss``), a symbolic tensor computed from the model's
-        inputs (evaluated at each call), or a zero-argument callable (evaluated when
-        ``losses`` is read)."""
+    def add_loss(self, loss: Any, inputs: Any = None) -> None:
+        """``Layer.add_loss`` (tensors, numbers, zero-argument callables), plus a symbolic tensor
+        computed from the model's inputs, evaluated at each call."""
         if isinstance(loss, SymbolicTensor):
             d = self.__dict__
             known = {id(t) for n in d["_nodes"] for t in n.output_tensors}
@@ -715,22 +713,7 @@ class Functional(Layer):
                 if all(m is not n.operation for m in self._modules.values()):
                     setattr(self, str(len(self._modules)), n.operation)
             return
-        if callable(loss) and not isinstance(loss, torch.Tensor):
-            self.__dict__["_loss_callables"].append(loss)
-            return
-        super().add_loss(loss)
-
-    @property
-    def losses(self) -> list[torch.Tensor]:
-        out = super().losses
-        for fn in self.__dict__["_loss_callables"]:
-            value = fn()
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"Expected a loss callable to return a tensor. Received: {_describe(value)}"
-                )
-            out.append(value)
-        return out
+        super().add_loss(loss, inputs)
 
     # ------------------------------------------------------------------ shapes
     def compute_output_shape(self, input_shape: Any) -> Any:
@@ -744,7 +727,7 @@ class Functional(Layer):
         """Keras 3's functional config: ``layers`` (each with its ``inbound_nodes``),
         ``input_layers``, ``output_layers``; tensors as ``[layer name, node, index]``."""
         d = self.__dict__
-        if d["_loss_tensors"] or d["_loss_callables"]:
+        if d["_loss_tensors"] or d.get("_callable_losses"):
             raise ValueError(
                 f"Model {self.name!r} has losses added with add_loss (a symbolic tensor or a "
                 "callable): they are code, not config. Expected a model without them to "
