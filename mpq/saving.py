@@ -14,12 +14,15 @@ import json
 import os
 import re
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mpq._errors import LOAD_ERRORS, MAX_CONFIG_DEPTH
 from mpq._registry import custom_object_scope, register_serializable
+
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
 
 __all__ = [
     "LOAD_ERRORS",
@@ -65,7 +68,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (an ``mpq.layers.Layer``, e.g. a Sequential) to ``path``.
 
     A torch module holding mpq layers (``mpq.from_torch``) is saved too, weights only: fill a
@@ -121,9 +124,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
         raise
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -216,13 +218,13 @@ def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
                 module.load_own_variables(variables)
             elif variables:
                 for k, v in variables.items():
-                    module._parameters[k].copy_(v)
+                    module.get_parameter(k).copy_(v)
             for k, v in store.items():
                 if k.startswith("buffer:"):
-                    module._buffers[k.removeprefix("buffer:")].copy_(v)
+                    module.get_buffer(k.removeprefix("buffer:")).copy_(v)
 
 
-def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) -> Any:
+def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = None) -> Layer:
     """Rebuild the model saved at ``path`` (config -> layers -> build -> weights).
 
     Names in the config resolve from mpq's catalogs, from objects registered with
@@ -247,13 +249,14 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
             "mpq.from_torch: build it again (from_torch, then the same quantize calls) and call "
             "mpq.saving.load_weights(model, path)"
         )
+    error: BaseException | None
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)
     except LOAD_ERRORS as e:
         if not isinstance(e.__cause__, (NotImplementedError, RuntimeError)):
             raise
-        error: BaseException = e
+        error = e
     except (NotImplementedError, RuntimeError, ArithmeticError) as e:
         error = e
     else:
@@ -267,12 +270,12 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
         ) from error
     _check_match(skeleton, tensors, path)
     del skeleton
-    model = serialization.deserialize(config, custom_objects=custom_objects)
+    model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
     _check_and_assign(model, tensors, path)
     return model
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load the weights saved at ``path`` into an existing, built ``model`` (same structure).
 
     Every tensor is checked (names, shapes, dtypes) before the first write.
