@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from mpq._errors import describe as _describe
 from mpq.sweep.config import ModelSpec, RunConfig, Variant
 from mpq.sweep.data import Data, as_data, resolve_data
 from mpq.sweep.models import resolve_factory
+from mpq.sweep.records import Record
 
 __all__ = [
     "QuantizationUnavailableError",
@@ -414,15 +416,15 @@ def apply_policy(
                 _set_layer_policy(modules[module_of[path]], path, v.source_policy)
     _materialize(model, _first_batch(data))
     _load_state(model, state)
-    groups: dict[tuple, list[str]] = {}
+    # One mpq.quantize call per distinct (policy, quantize config): the variants' own objects.
+    groups: dict[tuple[str, str], tuple[Variant, list[str]]] = {}
     for path, v in assignment:
         if v.is_quantized:
-            key = (v.policy, tuple(sorted((v.quantize_config or {}).items())))
-            groups.setdefault(key, []).append(path)
+            key = (v.policy, json.dumps(v.quantize_config or {}, sort_keys=True, default=str))
+            groups.setdefault(key, (v, []))[1].append(path)
     new_path = {name: path for path, name, _ in _leaf_layers(model)}
     n_quantized = 0
-    for (pol_name, cfg), paths in groups.items():
-        v = Variant(pol_name, pol_name, dict(cfg) or None)
+    for v, paths in groups.values():
         targets = None if whole else tuple(new_path[module_of[p]] for p in paths)
         n_quantized += _quantize(model, v, targets, data)
     model.eval()
@@ -707,7 +709,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-_BASELINES: dict[tuple, dict[str, Any]] = {}
+_BASELINES: dict[tuple[str, int, str, bool], dict[str, Any]] = {}
 
 
 def _baseline_for(config: RunConfig) -> dict[str, Any]:
@@ -722,138 +724,131 @@ def _baseline_for(config: RunConfig) -> dict[str, Any]:
     return _BASELINES[key]
 
 
-def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one (model, variant, seed[, layers]) and return its flat record; never raises.
+def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> Record:
+    """Run one (model, variant, seed[, layers]) and return its `Record`; never raises.
 
     Pure: the record is a function of `config` (plus timings and the environment). Without a
     `baseline` (the output of `train_baseline` for this model and seed) the float32 model is
-    trained here first (memoised per process).
+    trained here first (memoised per process). A failed run is a record with `status="error"`,
+    its error and traceback.
 
     Example:
         >>> from mpq.sweep.config import SweepConfig
         >>> cfg = SweepConfig(models=["digits_mlp"], policies=["bfloat16"], quick=True)
         >>> record = run_one(cfg.run_configs()[0])
-        >>> record["status"], record["policy"]
+        >>> record.status, record.policy
         ('ok', 'bfloat16')
     """
     t0 = time.perf_counter()
-    v = config.variant
-    rec: dict[str, Any] = {
-        "config_hash": config.config_hash,
-        "kind": config.kind,
-        "model": config.model.resolved_name,
-        "variant": v.label,
-        "policy": v.policy,
-        "quantize_config": None if not v.quantize_config else dict(v.quantize_config),
-        "seed": config.seed,
-        "layer": None if config.layers is None else ",".join(config.layers),
-        "quick": config.quick,
-        "status": "ok",
-        "error": None,
-        "accuracy": None,
-        "loss": None,
-        "float32_accuracy": None,
-        "accuracy_delta": None,
-        "sqnr_db": None,
-        "weight_bytes": None,
-        "float32_weight_bytes": None,
-        "bytes_ratio": None,
-        "layer_weight_bytes": None,
-        "float32_layer_weight_bytes": None,
-        "quantized_layers": None,
-        "latency_ms": None,
-        "latency_batch": None,
-        "finetune_epochs": 0,
-        "finetune_accuracy": None,
-        "finetune_loss": None,
-        "task": None,
-        "metric": None,
-        "higher_is_better": None,
-        "metric_value": None,
-        "float32_metric": None,
-        "metric_delta": None,
-        "perplexity": None,
-        "bits_per_byte": None,
-        "mse": None,
-        "finetune_metric": None,
-        "baseline_cached": None,
-        "train_epochs": None,
-        "assignment": None
-        if config.assignment is None
-        else {p: var.label for p, var in config.assignment},
-    }
+    values: dict[str, Any] = {"status": "ok", "finetune_epochs": 0}
     try:
-        rec.update(environment(config.device))
+        values.update(environment(config.device))
         base = baseline if baseline is not None else _baseline_for(config)
-        task = config.model.task_obj
-        rec.update(task=task.name, metric=task.metric, higher_is_better=task.higher_is_better)
-        rec["float32_accuracy"] = base["accuracy"]
-        rec["float32_metric"] = base["metric_value"]
-        rec["baseline_cached"] = base.get("cached")
-        rec["float32_weight_bytes"] = base["weight_bytes"]
-        rec["train_epochs"] = base["epochs"]
-        if config.layers is not None:
-            f32 = {row["path"]: row["bytes"] for row in base["layers"]}
-            rec["float32_layer_weight_bytes"] = sum(f32.get(p, 0) for p in config.layers)
-        import torch
-
+        values.update(_baseline_values(config, base))
         torch.manual_seed(config.seed)
-        model, data, n_q = apply_policy(
-            config.model, base["state"], v, config.layers, config.assignment, base["layers"]
+        model, data, n_quantized = apply_policy(
+            config.model,
+            base["state"],
+            config.variant,
+            config.layers,
+            config.assignment,
+            base["layers"],
         )
         data = _sized(data, config.quick)
-        rec["quantized_layers"] = n_q
-        rec["weight_bytes"] = weight_bytes(model)
-        rec["bytes_ratio"] = rec["weight_bytes"] / base["weight_bytes"]
-        if config.layers is not None:
-            by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
-            module_of = {row["path"]: row["module"] for row in base["layers"]}
-            rec["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
+        values.update(_size_values(config, base, model, n_quantized))
         model.to(config.device)
-        ev = evaluate(model, data, config.device, task)
-        sq = _sqnr_db(base["logits"], ev["logits"])
-        rec.update({k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev})
-        rec.update(
-            accuracy=ev["accuracy"],
-            loss=ev["loss"],
-            metric_value=ev["metric_value"],
-            metric_delta=ev["metric_value"] - base["metric_value"],
-            accuracy_delta=None
-            if ev["accuracy"] is None or base["accuracy"] is None
-            else ev["accuracy"] - base["accuracy"],
-            sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
-        )
-        rec["latency_ms"], rec["latency_batch"] = _latency_ms(
-            model, data, config.device, config.latency_repeats
-        )
-        if config.finetune_epochs and v.finetune:
-            epochs = (
-                min(config.finetune_epochs, QUICK_EPOCHS)
-                if config.quick
-                else config.finetune_epochs
-            )
-            _fit(
-                model,
-                data,
-                epochs,
-                config.model.finetune_lr,
-                config.model.batch_size,
-                config.seed + 1000,
-                config.device,
-                loss_scaling=v.dtype_policy.compute_dtype == "float16",
-                task=task,
-            )
-            ft = evaluate(model, data, config.device, task)
-            rec.update(
-                finetune_epochs=epochs,
-                finetune_accuracy=ft["accuracy"],
-                finetune_loss=ft["loss"],
-                finetune_metric=ft["metric_value"],
-            )
+        values.update(_eval_values(config, base, model, data))
+        if config.finetune_epochs and config.variant.finetune:
+            values.update(_finetune_values(config, model, data))
     except Exception as e:  # a failed run is a record, not a crash of the sweep
-        rec["status"] = "error"
-        rec["error"] = f"{type(e).__name__}: {e}"
-        rec["traceback"] = traceback.format_exc()[-2000:]
-    rec["duration_s"] = time.perf_counter() - t0
-    rec["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return rec
+        values.update(
+            status="error",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-2000:],
+        )
+    values["duration_s"] = time.perf_counter() - t0
+    values["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Record.for_run(config, **values)
+
+
+def _baseline_values(config: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """What a run takes from its float32 baseline (and its task)."""
+    task = config.model.task_obj
+    values = {
+        "task": task.name,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "float32_accuracy": base["accuracy"],
+        "float32_metric": base["metric_value"],
+        "baseline_cached": base.get("cached"),
+        "float32_weight_bytes": base["weight_bytes"],
+        "train_epochs": base["epochs"],
+    }
+    if config.layers is not None:
+        f32 = {row["path"]: row["bytes"] for row in base["layers"]}
+        values["float32_layer_weight_bytes"] = sum(f32.get(p, 0) for p in config.layers)
+    return values
+
+
+def _size_values(
+    config: RunConfig, base: dict[str, Any], model: torch.nn.Module, n_quantized: int
+) -> dict[str, Any]:
+    """The model's bytes under the variant (and its layers' for a per-layer run)."""
+    nbytes = weight_bytes(model)
+    values: dict[str, Any] = {
+        "quantized_layers": n_quantized,
+        "weight_bytes": nbytes,
+        "bytes_ratio": nbytes / base["weight_bytes"],
+    }
+    if config.layers is not None:
+        by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
+        module_of = {row["path"]: row["module"] for row in base["layers"]}
+        values["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
+    return values
+
+
+def _eval_values(
+    config: RunConfig, base: dict[str, Any], model: torch.nn.Module, data: Data
+) -> dict[str, Any]:
+    """The task's metrics, their change against float32, SQNR and latency."""
+    ev = evaluate(model, data, config.device, config.model.task_obj)
+    sq = _sqnr_db(base["logits"], ev["logits"])
+    values = {k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev}
+    values.update(
+        accuracy=ev["accuracy"],
+        loss=ev["loss"],
+        metric_value=ev["metric_value"],
+        metric_delta=ev["metric_value"] - base["metric_value"],
+        accuracy_delta=None
+        if ev["accuracy"] is None or base["accuracy"] is None
+        else ev["accuracy"] - base["accuracy"],
+        sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
+    )
+    values["latency_ms"], values["latency_batch"] = _latency_ms(
+        model, data, config.device, config.latency_repeats
+    )
+    return values
+
+
+def _finetune_values(config: RunConfig, model: torch.nn.Module, data: Data) -> dict[str, Any]:
+    """Fine-tune under the variant (loss scaling for float16 compute) and evaluate again."""
+    epochs = min(config.finetune_epochs, QUICK_EPOCHS) if config.quick else config.finetune_epochs
+    task = config.model.task_obj
+    _fit(
+        model,
+        data,
+        epochs,
+        config.model.finetune_lr,
+        config.model.batch_size,
+        config.seed + 1000,
+        config.device,
+        loss_scaling=config.variant.dtype_policy.compute_dtype == "float16",
+        task=task,
+    )
+    ft = evaluate(model, data, config.device, task)
+    return {
+        "finetune_epochs": epochs,
+        "finetune_accuracy": ft["accuracy"],
+        "finetune_loss": ft["loss"],
+        "finetune_metric": ft["metric_value"],
+    }
