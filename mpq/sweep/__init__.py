@@ -36,7 +36,7 @@ from mpq.sweep.config import (
 from mpq.sweep.data import Data
 from mpq.sweep.experiment import apply_policy, run_one, train_baseline, weight_bytes
 from mpq.sweep.plan import Plan, make_plan
-from mpq.sweep.records import Record, summarize
+from mpq.sweep.records import Record, summarize, with_sweep_errors
 from mpq.sweep.report import write_outputs
 from mpq.sweep.runner import check_environment, execute, prepare_output
 
@@ -195,5 +195,6 @@ def run(
     plan = make_plan(config)  # 2. plan: baselines, runs, per-layer expansions, suggestions
     outcome = execute(plan, executor, verbose=verbose, stream=stream, on_record=on_record)  # 3.
     rows = summarize(outcome.records)  # 4. records: one summary row per (model, variant)
+    records = with_sweep_errors(outcome.records, outcome.errors)
     write_outputs(plan, outcome, rows, verbose=verbose, stream=stream)  # 5. report
-    return outcome.returned()
+    return records

@@ -37,6 +37,7 @@ __all__ = [
     "load_config",
     "resolve_variant",
     "resolve_variants",
+    "whole_model_runs",
 ]
 
 
@@ -168,7 +169,7 @@ def _parse_policy(policy: str | DTypePolicy) -> DTypePolicy:
             f"Received: policy={policy!r} ({e})"
         ) from None
     if not isinstance(parsed, DTypePolicy):  # a DTypePolicyMap: not one policy
-        raise ValueError(
+        raise TypeError(
             "Expected one policy per variant (a policy map is per layer: use --suggest). "
             f"Received: policy={policy!r}"
         )
@@ -671,11 +672,6 @@ class SweepConfig(_SweepFields):
         """The variants' labels."""
         return tuple(v.label for v in self.variants)
 
-    @property
-    def baseline_cache(self) -> str:
-        """The directory of cached float32 weights (`cache_dir`, default `out/cache`)."""
-        return self.cache_dir if self.cache_dir is not None else os.path.join(self.out, "cache")
-
     def replace(self, **changes: Any) -> SweepConfig:
         """A copy with some fields changed (re-validated); `policies` replaces the variants."""
         if "policies" in changes:
@@ -684,29 +680,33 @@ class SweepConfig(_SweepFields):
 
     def run_configs(self) -> list[RunConfig]:
         """The whole-model runs of this sweep, in (model, seed, variant) order."""
-        return [
-            self.run_config(model, variant, seed)
-            for model in self.models
-            for seed in self.seeds
-            for variant in self.variants
-        ]
-
-    def run_config(self, model: ModelSpec, variant: Variant, seed: int) -> RunConfig:
-        """The whole-model run of `variant` on `model` from `seed` (fine-tuned when the variant
-        says so: the model's `finetune_epochs`, else the sweep's)."""
-        epochs = self.finetune_epochs if model.finetune_epochs is None else model.finetune_epochs
-        return RunConfig(
-            model=model,
-            variant=variant,
-            seed=seed,
-            device=self.device,
-            quick=self.quick,
-            finetune_epochs=epochs if variant.finetune else 0,
+        return whole_model_runs(
+            self.models, self.variants, self.seeds, self.device, self.quick, self.finetune_epochs
         )
 
     def check_picklable(self) -> None:
         """Process pools and Ray pickle the model factories: say so before any work if not."""
         check_picklable(self.models, self.executor)
+
+
+def whole_model_runs(
+    models: Sequence[ModelSpec],
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    device: str,
+    quick: bool,
+    finetune_epochs: int,
+) -> list[RunConfig]:
+    """Each variant on each whole model from each seed, in (model, seed, variant) order;
+    fine-tuned when the variant says so (the model's `finetune_epochs`, else the sweep's)."""
+    runs = []
+    for model in models:
+        epochs = finetune_epochs if model.finetune_epochs is None else model.finetune_epochs
+        for seed in seeds:
+            for variant in variants:
+                ft = epochs if variant.finetune else 0
+                runs.append(RunConfig(model, variant, seed, device, quick, finetune_epochs=ft))
+    return runs
 
 
 def check_picklable(models: Sequence[ModelSpec], executor: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from mpq.sweep.config import (
     SweepConfig,
     Variant,
     check_picklable,
+    whole_model_runs,
 )
 
 __all__ = [
@@ -201,6 +203,10 @@ def baseline_key(model: ModelSpec, seed: int, device: str, quick: bool) -> str:
 
 def make_plan(config: SweepConfig) -> Plan:
     """The plan of `config` (see `Plan`)."""
+    # Trained float32 weights are cached in `cache_dir`, by default `out/cache`.
+    cache_dir = (
+        config.cache_dir if config.cache_dir is not None else os.path.join(config.out, "cache")
+    )
     baselines = tuple(
         Baseline(
             key=baseline_key(model, seed, config.device, config.quick),
@@ -208,7 +214,7 @@ def make_plan(config: SweepConfig) -> Plan:
             seed=seed,
             device=config.device,
             quick=config.quick,
-            cache_dir=config.baseline_cache,
+            cache_dir=cache_dir,
         )
         for model in config.models
         for seed in config.seeds
@@ -218,7 +224,16 @@ def make_plan(config: SweepConfig) -> Plan:
         models=config.models,
         seeds=config.seeds,
         baselines=baselines,
-        runs=tuple(config.run_configs()),
+        runs=tuple(
+            whole_model_runs(
+                config.models,
+                config.variants,
+                config.seeds,
+                config.device,
+                config.quick,
+                config.finetune_epochs,
+            )
+        ),
         per_layer=tuple(PerLayer(b, layer_variants) for b in baselines) if config.per_layer else (),
         suggest=Suggest(config.target_sqnr, config.seeds[0], config.variants)
         if config.suggest

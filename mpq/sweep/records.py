@@ -36,6 +36,7 @@ __all__ = [
     "scan_results",
     "set_aside_torn_tail",
     "summarize",
+    "with_sweep_errors",
     "write_atomic",
     "write_csv",
 ]
@@ -199,6 +200,14 @@ RECORD_KEYS: tuple[str, ...] = tuple(
     for f in fields(Record)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 )
+
+
+def with_sweep_errors(records: Sequence[Record], errors: Sequence[str]) -> list[Record]:
+    """What `mpq.sweep.run` returns: the records, then one `Record.sweep_error` for the
+    failures outside any run (when there were some)."""
+    if not errors:
+        return list(records)
+    return [*records, Record.sweep_error("; ".join(errors))]
 
 
 def _clean(value: Any) -> Any:

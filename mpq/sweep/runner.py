@@ -380,13 +380,6 @@ class Outcome:
     suggestions: dict[str, list[Suggestion]]
     errors: list[str]
 
-    def returned(self) -> list[Record]:
-        """What `mpq.sweep.run` returns: the records, then one `kind="error"` entry for the
-        failures outside any run (when there were some)."""
-        if not self.errors:
-            return list(self.records)
-        return [*self.records, Record.sweep_error("; ".join(self.errors))]
-
 
 class _Scheduler:
     """Submits the plan's tasks as their inputs become ready and collects the records."""
