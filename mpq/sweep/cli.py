@@ -13,7 +13,10 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpq.sweep.config import SweepConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -229,7 +232,7 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The `SweepConfig` the parsed options describe (validated: raises on any bad option)."""
     from mpq.sweep.config import default_config, load_config
 

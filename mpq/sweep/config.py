@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,12 @@ class Variant(_VariantFields):
     @property
     def is_quantized(self) -> bool:
         return self.dtype_policy.quantization_mode is not None
+
+    @property
+    def quantized_policy(self) -> QuantizedDTypePolicy | None:
+        """The policy when it quantizes (its `mode_spec` goes to `mpq.quantize`), else None."""
+        pol = self.dtype_policy
+        return pol if isinstance(pol, QuantizedDTypePolicy) else None
 
     @property
     def source_policy(self) -> str:
@@ -882,25 +889,26 @@ _SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"models", "va
 
 
 def _toml_loads(text: str, path: Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise RuntimeError(
                 f"Expected Python >= 3.11 (tomllib) or the 'tomli' package to read {str(path)!r}. "
                 "Received: Python 3.10 without tomli; `pip install tomli` or use a JSON sweep file"
             ) from None
     try:
-        return tomllib.loads(text)
+        parsed: dict[str, Any] = tomllib.loads(text)
+        return parsed
     except tomllib.TOMLDecodeError as e:
         raise ValueError(
             f"Expected a valid TOML sweep file. Received: {str(path)!r}: {e}"
         ) from None
 
 
-def load_config(path: str | os.PathLike, **overrides: Any) -> SweepConfig:
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> SweepConfig:
     """Read a sweep file (`.toml` or `.json`) into a `SweepConfig`; `overrides` win over it.
 
     Format (TOML; JSON has the same structure):

@@ -16,12 +16,15 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mpq import policy as mpq_policy
 from mpq._errors import describe as _describe
+from mpq.policy import QuantizedAlgorithmDTypePolicy
 from mpq.sweep.config import ModelSpec, RunConfig, Variant
 from mpq.sweep.data import Data, as_data, resolve_data
 from mpq.sweep.models import resolve_factory
@@ -95,31 +98,25 @@ def _build(spec: ModelSpec, dtype: Any, checkpoint: bool = False) -> tuple[Any, 
             f"Expected model factory {spec.resolved_name!r} to return an mpq model or a "
             f"torch.nn.Module. Received: {_describe(model)}"
         )
-    load = checkpoint and spec.checkpoint is not None
+    path = spec.checkpoint if checkpoint else None
     if not isinstance(model, Layer):
-        if load:
-            _load_checkpoint(model, spec.checkpoint)
-            load = False
+        if path is not None:
+            _load_checkpoint(model, path)
+            path = None
         if not took_dtype:
             from mpq.training import from_torch
 
             sample = _to_tensor(_first_batch(data)[:2], "cpu")
             model, _ = from_torch(model, dtype, example_inputs=sample)
-    elif not took_dtype and dtype is not None and model.dtype_policy.name != _policy_name(dtype):
+    elif not took_dtype and dtype is not None and model.dtype_policy != mpq_policy.get(dtype):
         model.dtype_policy = dtype
-    if load:
+    if path is not None:
         _materialize(model, _first_batch(data))
-        _load_checkpoint(model, spec.checkpoint)
+        _load_checkpoint(model, path)
     return model, data
 
 
-def _policy_name(dtype: Any) -> str:
-    from mpq import policy
-
-    return policy.get(dtype).name
-
-
-def _load_checkpoint(model: Any, path: str) -> None:
+def _load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load trained weights: an `mpq.saving` file (`mpq.saving.load_weights`: names, shapes and
     dtypes checked), or a safetensors state dict (`load_state_dict(strict=True)`). Pickle-based
     torch files are refused: loading never unpickles."""
@@ -174,16 +171,14 @@ def _sized(data: Data, quick: bool) -> Data:
     return data.subset(QUICK_TRAIN, QUICK_TEST) if quick else data
 
 
-def _to_tensor(x: Any, device: str, integer: bool = False):
-    import torch
-
+def _to_tensor(x: Any, device: str, integer: bool = False) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     t = t.to(device)
     return t.long() if integer else t
 
 
-def _first_batch(data: Data) -> Any:
-    for x, _ in data.test_batches(2):
+def _first_batch(data: Data, batch_size: int = 2) -> Any:
+    for x, _ in data.test_batches(batch_size):
         return x
     raise ValueError("Expected a non-empty test split. Received: no test batches")
 
@@ -299,7 +294,7 @@ def _load_state(model: Any, state: dict[str, Any]) -> None:
 def _quantize_fn() -> Callable[..., Any]:
     import mpq
 
-    fn = getattr(mpq, "quantize", None)
+    fn: Callable[..., Any] | None = getattr(mpq, "quantize", None)
     if fn is None:
         raise QuantizationUnavailableError(
             "quantization not available: this mpq has no mpq.quantize(model, mode, config=..., "
@@ -318,7 +313,7 @@ def _path_filter(paths: tuple[str, ...]) -> str:
 _CALIBRATION_BATCHES = 4
 
 
-def _calibration(data: Data) -> list[Any]:
+def _calibration(data: Data) -> list[torch.Tensor]:
     batches = []
     for x, _ in data.train_batches(64, seed=0, epoch=0):
         batches.append(_to_tensor(x, "cpu"))
@@ -328,35 +323,46 @@ def _calibration(data: Data) -> list[Any]:
 
 
 def _quantize(
-    model: Any, variant: Variant, paths: tuple[str, ...] | None, data: Data | None = None
+    model: torch.nn.Module,
+    variant: Variant,
+    paths: tuple[str, ...] | None,
+    data: Data | None = None,
 ) -> int:
+    """`mpq.quantize(model, policy.mode_spec, ...)` on `paths` (None: the whole model), with the
+    variant's quantize config and, for algorithm policies, calibration batches."""
+    pol = variant.quantized_policy
+    if pol is None:
+        raise ValueError(
+            "Expected a variant with a quantized policy (such as 'int8_from_float32'). "
+            f"Received: variant {variant.label!r} with policy={variant.policy!r}"
+        )
     fn = _quantize_fn()
-    pol = variant.dtype_policy
     kwargs: dict[str, Any] = {}
     if variant.quantize_config:
         kwargs["config"] = dict(variant.quantize_config)
     if paths is not None:
         kwargs["filter"] = _path_filter(paths)
-    algorithm = getattr(pol, "algorithm", None)  # gptq / awq policy names run that algorithm
-    if algorithm is not None:
+    if isinstance(pol, QuantizedAlgorithmDTypePolicy):  # gptq / awq names run that algorithm
         if data is None:
             raise ValueError(
                 f"Expected calibration data for policy {pol.name!r}. Received: data=None"
             )
-        kwargs["algorithm"] = algorithm
+        kwargs["algorithm"] = pol.algorithm
         kwargs["calibration"] = _calibration(data)
-    static = (variant.quantize_config or {}).get("scaling") == "static"
-    if static and data is None:
-        raise ValueError(
-            f"Expected calibration data for the static-scaling variant {variant.label!r}. "
-            "Received: data=None"
-        )
+    static_batches = None
+    if (variant.quantize_config or {}).get("scaling") == "static":
+        if data is None:
+            raise ValueError(
+                f"Expected calibration data for the static-scaling variant {variant.label!r}. "
+                "Received: data=None"
+            )
+        static_batches = _calibration(data)
     before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     fn(model, pol.mode_spec, **kwargs)
-    if static:  # static input scales come from the same training batches the algorithms use
+    if static_batches is not None:  # static input scales: the batches the algorithms use
         import mpq
 
-        mpq.calibrate(model, _calibration(data))
+        mpq.calibrate(model, static_batches)
     after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     newly = after - before
     if not newly:
@@ -445,7 +451,7 @@ def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
-def _targets(y: Any, device: str):
+def _targets(y: Any, device: str) -> torch.Tensor:
     """Targets as a tensor: class ids as int64, regression targets as they are."""
     t = _to_tensor(y, device)
     return t if t.is_floating_point() else t.long()
@@ -489,10 +495,10 @@ def _fit(
                     f"Expected a finite training loss. Received: loss={loss.item()} at epoch {epoch}"
                 )
             if scaler is None:
-                loss.backward()
+                torch.autograd.backward(loss)
                 opt.step()
             else:
-                scaler.scale(loss).backward()
+                torch.autograd.backward(scaler.scale(loss))
                 scaler.step(opt)
                 scaler.update()
             total += float(loss.detach()) * len(y)
@@ -547,19 +553,18 @@ def _latency_ms(model: Any, data: Data, device: str, repeats: int) -> tuple[floa
     """Median wall time of one forward pass over a test batch, in ms, and the batch size."""
     import torch
 
-    x = None
-    for xb, _ in data.test_batches(EVAL_BATCH):
-        x = _to_tensor(xb, device)
-        break
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    x = _to_tensor(_first_batch(data, EVAL_BATCH), device)
+    cuda = device.startswith("cuda")
     times = []
     with torch.no_grad():
         model(x)  # warm-up (also compiles / autotunes kernels on a GPU)
-        sync()
+        if cuda:
+            torch.cuda.synchronize()
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             model(x)
-            sync()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times), int(x.shape[0])
 
@@ -576,10 +581,16 @@ def _data_digest(data: Data) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _cache_paths(spec: ModelSpec, seed: int, device: str, quick: bool, data: Data, cache_dir: Any):
+def _cache_paths(
+    spec: ModelSpec,
+    seed: int,
+    device: str,
+    quick: bool,
+    data: Data,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[Path, Path] | None:
     """`(weights.mpq, info.json)` of this (model config, seed) in `cache_dir`, or None when the
     baseline is not cacheable (data from loaders)."""
-    from pathlib import Path
 
     import torch
 
@@ -602,7 +613,7 @@ def train_baseline(
     seed: int,
     device: str = "cpu",
     quick: bool = False,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train `spec`'s model in float32 from `seed`; return its weights (CPU tensors), test
     logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick).
@@ -813,7 +824,7 @@ def _eval_values(
     """The task's metrics, their change against float32, SQNR and latency."""
     ev = evaluate(model, data, config.device, config.model.task_obj)
     sq = _sqnr_db(base["logits"], ev["logits"])
-    values = {k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev}
+    values: dict[str, Any] = {k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev}
     values.update(
         accuracy=ev["accuracy"],
         loss=ev["loss"],

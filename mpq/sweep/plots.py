@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_per_layer", "plot_sweep"]
 
 
-def _pyplot():
+def _pyplot() -> type[Figure]:
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -28,7 +31,7 @@ def _pyplot():
 
 
 def plot_sweep(
-    rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "mpq policy sweep"
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = "mpq policy sweep"
 ) -> None:
     """Two panels sharing a log x axis (weight bytes): logits SQNR (dB) against the float32 run,
     and held-out accuracy; one series (colour, marker) per model; each point labelled with its
@@ -102,7 +105,7 @@ def plot_sweep(
 
 def plot_per_layer(
     panels: Sequence[tuple[str, list[str], list[str], list[list[float | None]]]],
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     failed: set[tuple[str, str, str]] | None = None,
 ) -> None:
     """Heatmaps of per-layer SQNR (dB): rows are layers, columns are variants, one panel per
@@ -150,7 +153,7 @@ def plot_per_layer(
     _save(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
     """Save as PNG all at once (`write_atomic`): a crash leaves the old picture or the new one."""
     import io
 

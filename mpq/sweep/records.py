@@ -227,7 +227,7 @@ class JsonlWriter:
         ...     w.write({"model": "digits_cnn", "accuracy": 0.97})
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self._fd: int | None = None
 
@@ -236,7 +236,7 @@ class JsonlWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Mapping[str, Any]) -> None:
         if self._fd is None:
             raise RuntimeError(
                 "Expected JsonlWriter to be used inside `with`. Received: a closed writer"
@@ -253,7 +253,7 @@ class JsonlWriter:
             self._fd = None
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     """Replace `path` with `data` all at once: written to a temporary file in the same
     directory, fsynced, then renamed over `path`, so a crash leaves the old or the new file,
     never half of one.
@@ -314,7 +314,7 @@ def _parse_record(raw: bytes, required: Sequence[str]) -> tuple[dict[str, Any] |
 
 
 def scan_results(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     skip_bad_lines: bool = False,
     required: Sequence[str] = RECORD_KEYS,
@@ -363,7 +363,7 @@ def scan_results(
     return scan
 
 
-def set_aside_torn_tail(path: str | os.PathLike, scan: ResultsScan) -> Path | None:
+def set_aside_torn_tail(path: str | os.PathLike[str], scan: ResultsScan) -> Path | None:
     """Make the file end with a complete line before anything is appended to it: a torn tail
     is copied to `<path>.torn-<UTC time>` (fsynced) and cut from the file, which keeps every
     complete record; a valid last record without its newline gets the newline. Returns where
@@ -390,13 +390,13 @@ def set_aside_torn_tail(path: str | os.PathLike, scan: ResultsScan) -> Path | No
     return aside
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All records of a JSON Lines file ([] if absent); a torn last line (crash) is skipped, any
     other bad line raises `ResultsFileError` with the file and line number."""
     return scan_results(path, required=()).records
 
 
-def latest_by_hash(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def latest_by_hash(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The last record written for each config hash."""
     return {r["config_hash"]: r for r in records if "config_hash" in r}
 
@@ -553,7 +553,7 @@ def _human_bytes(n: float) -> str:
 
 
 def format_table(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str, str]] = SUMMARY_COLUMNS,
     max_width: int = 60,
 ) -> str:
@@ -581,7 +581,9 @@ def format_table(
 
 
 def write_csv(
-    rows: Sequence[dict[str, Any]], path: str | os.PathLike, columns: Sequence[str] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
 ) -> None:
     """Write rows as CSV (raw values, not formatted; infinite SQNR written as `inf`), replacing
     the file at once (`write_atomic`)."""

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,7 +66,7 @@ def _place_labels(ax: Any, renderer: Any, items: list[tuple[float, float, str, s
     frame = ax.get_window_extent(renderer)
 
     def inside(b: Any) -> bool:
-        return frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+        return bool(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1)
 
     for x, y, text, color in items:
         fallback = None
@@ -83,7 +83,17 @@ def _place_labels(ax: Any, renderer: Any, items: list[tuple[float, float, str, s
         placed.append(_label(ax, x, y, text, color, dx, dy, renderer, remove=False))
 
 
-def _label(ax, x, y, text, color, dx, dy, renderer, remove):
+def _label(
+    ax: Any,
+    x: float,
+    y: float,
+    text: str,
+    color: str,
+    dx: int,
+    dy: int,
+    renderer: Any,
+    remove: bool,
+) -> Any:
     """Draw one label at offset (dx, dy) points; its box, padded by 3 px (a visible gap)."""
     ann = ax.annotate(
         text,
@@ -103,7 +113,7 @@ def _label(ax, x, y, text, color, dx, dy, renderer, remove):
     return box
 
 
-def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> list[str]:
+def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> list[str]:
     """One column per model, rows: metric against weight bytes, and against latency (when
     measured). One point per policy, labelled without overlaps; the Pareto front as a step line;
     the float32 value as a dashed reference line. `rows` are `records.summarize` rows with
@@ -121,7 +131,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> list
     if has_latency:
         axes_rows.append(("latency_ms", "latency per batch (ms, log scale)"))
     fig = Figure(figsize=(5.2 * len(models), 4.2 * len(axes_rows)), layout="constrained")
-    canvas = FigureCanvasAgg(fig)
+    canvas: Any = FigureCanvasAgg(fig)  # its renderer API is untyped
     axes = fig.subplots(len(axes_rows), len(models), squeeze=False)
     for j, model in enumerate(models):
         rs = [r for r in ok if r["model"] == model]
@@ -168,7 +178,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> list
     return models
 
 
-def _table_html(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+def _table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body = []
     for r in rows:
@@ -181,10 +191,10 @@ def _table_html(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
 
 
 def write_report(
-    out: str | os.PathLike,
-    rows: Sequence[dict[str, Any]],
+    out: str | os.PathLike[str],
+    rows: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str, str]],
-    images: Sequence[str | os.PathLike] = (),
+    images: Sequence[str | os.PathLike[str]] = (),
     title: str = "mpq policy sweep",
     notes: Sequence[str] = (),
 ) -> Path:

@@ -61,8 +61,8 @@ class InlineExecutor(cf.Executor):
         32
     """
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        fut: cf.Future = cf.Future()
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
         try:
             fut.set_result(fn(*args, **kwargs))
         except Exception as e:  # delivered through the future, as a pool would (Ctrl-C is not)
@@ -97,7 +97,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
             initargs=(threads,),
         )
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
             return super().submit(fn, *args, **kwargs)
         # A Ctrl-C that arrives meanwhile stays pending and is delivered on unblocking.
@@ -161,7 +161,7 @@ class RayExecutor(cf.Executor):
             raise ModuleNotFoundError(
                 "Expected Ray for executor='ray' (`pip install mpq[ray]`). Received: no module named 'ray'"
             ) from None
-        self._ray = ray
+        self._ray: Any = ray  # its decorators take arbitrary resource options
         self._resources = dict(resources or {"num_cpus": 1})
         self._owns = False
         if not ray.is_initialized():
@@ -176,12 +176,13 @@ class RayExecutor(cf.Executor):
             self._owns = True
         self._remotes: dict[Any, Any] = {}
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         remote = self._remotes.get(fn)
         if remote is None:
             remote = self._ray.remote(**self._resources)(fn)
             self._remotes[fn] = remote
-        return remote.remote(*args, **kwargs).future()
+        future: cf.Future[Any] = remote.remote(*args, **kwargs).future()
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._owns and self._ray.is_initialized():
@@ -258,7 +259,7 @@ class Progress:
     def add(self, n: int) -> None:
         self.total += n
 
-    def update(self, record: dict[str, Any], resumed: bool = False) -> None:
+    def update(self, record: Mapping[str, Any], resumed: bool = False) -> None:
         with self._lock:
             self.done += 1
             self.failed += record.get("status") != "ok"
