@@ -22,7 +22,7 @@ from mpq._errors import describe as _describe
 from mpq.policy import DTypePolicy, QuantizedDTypePolicy
 
 if TYPE_CHECKING:
-    from mpq.sweep.tasks import Task
+    from mpq.sweep.tasks import Task, TaskSpec
 
 __all__ = [
     "BUILTIN_VARIANTS",
@@ -316,8 +316,8 @@ class ModelSpec:
     lr: float = 3e-3
     batch_size: int = 64
     finetune_lr: float = 1e-3
-    task: Any = None
-    checkpoint: str | None = None
+    task: TaskSpec = None
+    checkpoint: str | os.PathLike[str] | None = None
     train: bool = True
     finetune_epochs: int | None = None
 

@@ -24,11 +24,12 @@ import torch
 
 from mpq import policy as mpq_policy
 from mpq._errors import describe as _describe
-from mpq.policy import QuantizedAlgorithmDTypePolicy
+from mpq.policy import DTypePolicy, QuantizedAlgorithmDTypePolicy
 from mpq.sweep.config import ModelSpec, RunConfig, Variant
 from mpq.sweep.data import Data, as_data, resolve_data
 from mpq.sweep.models import resolve_factory
 from mpq.sweep.records import Record
+from mpq.sweep.tasks import TaskSpec
 
 __all__ = [
     "QuantizationUnavailableError",
@@ -47,6 +48,10 @@ QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 256, 128, 1
 EVAL_BATCH = 256
 
 
+#: What a model factory's `dtype` takes: a policy name, a policy, or None (the global one).
+PolicyArg = str | DTypePolicy | None
+
+
 class QuantizationUnavailableError(RuntimeError):
     """The installed mpq has no `mpq.quantize` (or the layer has no scheme for the mode)."""
 
@@ -54,7 +59,9 @@ class QuantizationUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Building models and data
 # --------------------------------------------------------------------------------------------
-def _call_factory(factory: Callable[..., Any], dtype: Any, spec: ModelSpec) -> tuple[Any, bool]:
+def _call_factory(
+    factory: Callable[..., Any], dtype: PolicyArg, spec: ModelSpec
+) -> tuple[Any, bool]:
     """`(factory(dtype=dtype, **kwargs), True)`, or `(factory(**kwargs), False)` for a factory
     without a `dtype` parameter (the sweep then applies the policy to what it returns)."""
     import inspect
@@ -71,7 +78,9 @@ def _call_factory(factory: Callable[..., Any], dtype: Any, spec: ModelSpec) -> t
     return factory(**spec.kwargs), False
 
 
-def _build(spec: ModelSpec, dtype: Any, checkpoint: bool = False) -> tuple[Any, Data]:
+def _build(
+    spec: ModelSpec, dtype: PolicyArg, checkpoint: bool = False
+) -> tuple[torch.nn.Module, Data]:
     """`(model, data)` from a spec: `factory(dtype=..., **kwargs)`, data from the spec, the
     built-in default, or the factory's second return value. A factory with a `dtype` parameter
     applies the policy itself; otherwise a plain `torch.nn.Module` is converted with
@@ -161,7 +170,7 @@ def _load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> No
 
 
 @functools.lru_cache(maxsize=8)
-def _load_data(ref: Any, kwargs_json: str) -> Data:
+def _load_data(ref: str | Callable[..., Any], kwargs_json: str) -> Data:
     """Data from a reference and its kwargs, loaded once per process (the runs of a sweep share
     it; nothing mutates a `Data`)."""
     return as_data(resolve_data(ref)(**json.loads(kwargs_json)))
@@ -183,7 +192,7 @@ def _first_batch(data: Data, batch_size: int = 2) -> Any:
     raise ValueError("Expected a non-empty test split. Received: no test batches")
 
 
-def _materialize(model: Any, sample: Any) -> None:
+def _materialize(model: torch.nn.Module, sample: Any) -> None:
     """Build a lazily built model by calling it once on a small batch."""
     import torch
 
@@ -195,7 +204,7 @@ def _materialize(model: Any, sample: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # Weights, layers, bytes
 # --------------------------------------------------------------------------------------------
-def _variables(module: Any) -> list[Any]:
+def _variables(module: torch.nn.Module) -> list[torch.Tensor]:
     """The model's variables: `module.weights` (mpq) or parameters + buffers, without repeats."""
     found = getattr(module, "weights", None)
     if found is None or callable(found):
@@ -208,7 +217,7 @@ def _variables(module: Any) -> list[Any]:
     return out
 
 
-def weight_bytes(module: Any) -> int:
+def weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of what the model stores: `sum(numel * element_size)` over its variables (int8
     kernels, packed int4 nibbles, scales, zero points, amax histories included).
 
@@ -220,7 +229,7 @@ def weight_bytes(module: Any) -> int:
     return sum(int(v.numel()) * int(v.element_size()) for v in _variables(module))
 
 
-def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
+def _leaf_layers(model: torch.nn.Module) -> Iterator[tuple[str, str, torch.nn.Module]]:
     """(path, module name, module) of each module that holds variables itself (Dense, ...).
 
     `path` is the mpq layer path (`"digits_cnn/conv_0"`); the torch module name (`"0"`) is the
@@ -232,7 +241,7 @@ def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
             yield (getattr(m, "path", None) or name or type(m).__name__), name, m
 
 
-def layer_table(model: Any) -> list[dict[str, Any]]:
+def layer_table(model: torch.nn.Module) -> list[dict[str, Any]]:
     """One row per variable-holding layer: path, module name, class, parameter count, bytes,
     and the quantization modes with a scheme for its class (`modes`)."""
     import mpq.quantization  # noqa: F401  (registers the schemes)
@@ -252,7 +261,7 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _state(model: Any) -> dict[str, Any]:
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     import torch
 
     # contiguous copies: from_torch kernels are transposed views, and the runner ships the state
@@ -263,7 +272,7 @@ def _state(model: Any) -> dict[str, Any]:
     }
 
 
-def _load_state(model: Any, state: dict[str, Any]) -> None:
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy float32 weights into a model built under another policy, casting to each
     variable's own dtype (exact for float32 targets; round-to-nearest for half types)."""
     import torch
@@ -376,12 +385,12 @@ def _quantize(
 
 def apply_policy(
     spec: ModelSpec,
-    state: dict[str, Any],
+    state: dict[str, torch.Tensor],
     variant: Variant,
     layers: tuple[str, ...] | None = None,
     assignment: tuple[tuple[str, Variant], ...] | None = None,
     layer_rows: list[dict[str, Any]] | None = None,
-) -> tuple[Any, Data, int]:
+) -> tuple[torch.nn.Module, Data, int]:
     """Build `spec`'s model under `variant` with the float32-trained `state` loaded.
 
     - Float variant: the model is built with `dtype=policy` and the weights cast into it.
@@ -437,7 +446,7 @@ def apply_policy(
     return model, data, n_quantized
 
 
-def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
+def _set_layer_policy(layer: torch.nn.Module, path: str, policy: str) -> None:
     from mpq.layers import Layer
 
     if not isinstance(layer, Layer):
@@ -458,7 +467,7 @@ def _targets(y: Any, device: str) -> torch.Tensor:
 
 
 def _fit(
-    model: Any,
+    model: torch.nn.Module,
     data: Data,
     epochs: int,
     lr: float,
@@ -466,7 +475,7 @@ def _fit(
     seed: int,
     device: str,
     loss_scaling: bool = False,
-    task: Any = None,
+    task: TaskSpec = None,
 ) -> float:
     """Adam on the trainable variables. With `loss_scaling` (float16 compute) the steps go
     through `mpq.LossScaler`: a step with non-finite gradients is skipped and the scale halved.
@@ -508,7 +517,9 @@ def _fit(
     return last
 
 
-def evaluate(model: Any, data: Data, device: str, task: Any = None) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, data: Data, device: str, task: TaskSpec = None
+) -> dict[str, Any]:
     """The task's metrics on the test split (classification: accuracy and mean cross-entropy;
     `lm`: perplexity, bits per byte, next-byte accuracy; `regression`: MSE), `"loss"`, and the
     float32 outputs `"logits"` (concatenated over batches). Non-finite outputs or metrics raise.
@@ -542,14 +553,14 @@ def evaluate(model: Any, data: Data, device: str, task: Any = None) -> dict[str,
     }
 
 
-def _sqnr_db(reference: Any, x: Any) -> float:
+def _sqnr_db(reference: torch.Tensor, x: torch.Tensor) -> float:
     """`mpq.testing.sqnr`: 10 log10(sum ref^2 / sum (ref - x)^2) in float64; +inf when equal."""
     from mpq.testing import sqnr
 
     return float(sqnr(reference, x))
 
 
-def _latency_ms(model: Any, data: Data, device: str, repeats: int) -> tuple[float, int]:
+def _latency_ms(model: torch.nn.Module, data: Data, device: str, repeats: int) -> tuple[float, int]:
     """Median wall time of one forward pass over a test batch, in ms, and the batch size."""
     import torch
 
@@ -670,7 +681,7 @@ def train_baseline(
     }
 
 
-def _write_cache(model: Any, cache: tuple[Any, Any], train_loss: float) -> None:
+def _write_cache(model: torch.nn.Module, cache: tuple[Path, Path], train_loss: float) -> None:
     """Save the trained weights (`mpq.saving`, atomic) and then the info file; a model that
     `mpq.saving` cannot write is simply not cached."""
     from mpq import saving

@@ -19,7 +19,7 @@ import torch
 
 from mpq._errors import describe as _describe
 
-__all__ = ["TASKS", "Task", "resolve_task", "task_for_data"]
+__all__ = ["TASKS", "Task", "TaskSpec", "resolve_task", "task_for_data"]
 
 
 # Module-level functions (not lambdas), so tasks pickle into process pools and Ray workers.
@@ -130,6 +130,11 @@ class Task:
         return {"name": self.name, "metric": self.metric, "higher_is_better": self.higher_is_better}
 
 
+#: What names a task: a built-in name, a `Task`, a `metric(outputs, targets)` callable, or
+#: None (the task the data brings, else classification).
+TaskSpec = str | Task | Callable[[torch.Tensor, torch.Tensor], SupportsFloat] | None
+
+
 class _UserMetric:
     """A user's `metric(outputs, targets) -> float` as a task's score (picklable when the
     function is a module-level one)."""
@@ -175,7 +180,7 @@ TASKS: dict[str, Task] = {
 }
 
 
-def task_for_data(data: Any) -> Task:
+def task_for_data(data: object) -> Task:
     """The built-in task whose data is `data` (a built-in data name); classification otherwise."""
     if isinstance(data, str):
         for task in TASKS.values():
@@ -184,7 +189,7 @@ def task_for_data(data: Any) -> Task:
     return TASKS["classification"]
 
 
-def resolve_task(spec: Any, data: Any = None) -> Task:
+def resolve_task(spec: TaskSpec, data: object = None) -> Task:
     """A `Task` from a built-in name (`"lm"`, `"digits"`, `"regression"`, ...), a Task, a
     `metric(outputs, targets) -> float` callable (higher is better unless the function has
     `higher_is_better = False`; trained with cross-entropy), or None (from `data`)."""
