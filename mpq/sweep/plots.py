@@ -57,42 +57,11 @@ def plot_sweep(
             "color": f"C{i}",
             "label": model,
         }
-        sq_points: dict[tuple[float, float], list[str]] = {}
-        acc_points: dict[tuple[float, float], list[str]] = {}
-        for r in rs:
-            x = float(r["weight_bytes"])
-            if r["sqnr_db"] is not None:
-                exact = math.isinf(r["sqnr_db"])
-                y = top if exact else round(float(r["sqnr_db"]), 1)
-                sq_points.setdefault((x, y), []).append(
-                    r["variant"] + (" (exact)" if exact else "")
-                )
-            acc_points.setdefault((x, round(100 * r["accuracy"], 2)), []).append(r["variant"])
-        for ax, points in ((ax_s, sq_points), (ax_a, acc_points)):
-            ax.plot([p[0] for p in points], [p[1] for p in points], **style)
-            for (x, y), labels in points.items():  # coincident points share one label
-                ax.annotate(
-                    " / ".join(labels),
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(5, 3),
-                    fontsize=7,
-                    color=style["color"],
-                )
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from mpq.sweep.records import _human_bytes
-
-    # Ticks at powers of two (4 KiB, 8 KiB, ...): measured sizes crowd each other on a log axis.
+        sq_points, acc_points = _sweep_points(rs, top)
+        _draw_series(ax_s, sq_points, style)
+        _draw_series(ax_a, acc_points, style)
     for ax in (ax_s, ax_a):
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(LogLocator(base=2))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
-        ax.margins(x=0.25, y=0.08)
-        ax.set_xlabel("weight bytes (scales included, log scale)")
-        ax.grid(True, which="both", alpha=0.3)
+        _bytes_axis(ax)
     ax_s.set_ylabel("logits SQNR vs float32 (dB, higher is better)")
     ax_a.set_ylabel("held-out accuracy (%)")
     ax_s.set_title("Fidelity")
@@ -101,6 +70,57 @@ def plot_sweep(
         ax_s.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     _save(fig, path)
+
+
+#: Labelled points of one panel: (x, y) -> the labels of the policies drawn there.
+_Points = dict[tuple[float, float], list[str]]
+
+
+def _sweep_points(rows: Sequence[Mapping[str, Any]], top: float) -> tuple[_Points, _Points]:
+    """The SQNR and accuracy points of one model's rows (exact SQNR drawn at `top`; a row
+    without an accuracy, such as a regression's, has no accuracy point)."""
+    sq_points: _Points = {}
+    acc_points: _Points = {}
+    for r in rows:
+        x = float(r["weight_bytes"])
+        if r["sqnr_db"] is not None:
+            exact = math.isinf(r["sqnr_db"])
+            y = top if exact else round(float(r["sqnr_db"]), 1)
+            sq_points.setdefault((x, y), []).append(r["variant"] + (" (exact)" if exact else ""))
+        if r.get("accuracy") is not None:
+            acc_points.setdefault((x, round(100 * r["accuracy"], 2)), []).append(r["variant"])
+    return sq_points, acc_points
+
+
+def _draw_series(ax: Any, points: _Points, style: Mapping[str, Any]) -> None:
+    """One model's points in its style, coincident points sharing one label."""
+    ax.plot([p[0] for p in points], [p[1] for p in points], **style)
+    for (x, y), labels in points.items():
+        ax.annotate(
+            " / ".join(labels),
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 3),
+            fontsize=7,
+            color=style["color"],
+        )
+
+
+def _bytes_axis(ax: Any) -> None:
+    """A log2 x axis of weight bytes, ticks at powers of two (4 KiB, 8 KiB, ...): measured
+    sizes crowd each other on a log axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from mpq.sweep.records import _human_bytes
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
+    ax.margins(x=0.25, y=0.08)
+    ax.set_xlabel("weight bytes (scales included, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def plot_per_layer(

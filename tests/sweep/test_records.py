@@ -336,3 +336,17 @@ def test_a_results_file_of_the_previous_version_resumes(tmp_path, monkeypatch):
     assert records[3].status == "error" and records[3].config_hash == old[3]["config_hash"]
     with (out / "summary.csv").open() as f:
         assert next(csv.reader(f)) == OLD_CSV_COLUMNS
+
+
+def test_sweep_plot_of_a_task_without_accuracy(tmp_path):
+    """A regression task has no accuracy: its points go on the SQNR panel only."""
+    pytest.importorskip("matplotlib")
+    from mpq.sweep.plots import plot_sweep
+
+    rows = summarize([
+        _rec("reg", "float32", metric="mse", metric_value=0.1, weight_bytes=4000, sqnr_db=None),
+        _rec("reg", "int8", metric="mse", metric_value=0.2, weight_bytes=1000, sqnr_db=30.0),
+    ])  # fmt: skip
+    assert all(r.accuracy is None for r in rows)
+    plot_sweep(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
