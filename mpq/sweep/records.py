@@ -180,6 +180,11 @@ class Record(_Row):
             )
         return cls(**known, extra={k: v for k, v in data.items() if k not in _RECORD_FIELDS})
 
+    def __getitem__(self, key: str) -> JSON:
+        if key in _RECORD_FIELD_SET and not (key == "traceback" and self.traceback is None):
+            return getattr(self, key)
+        return self.extra[key]
+
     def as_dict(self) -> dict[str, JSON]:
         """The JSON form: one key per field, in order (`traceback` only when set), then `extra`."""
         out = {
@@ -192,6 +197,7 @@ class Record(_Row):
 
 
 _RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name != "extra")
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
 
 #: Keys that every line of results.jsonl has (runs and failures alike); resume needs them: the
 #: fields of `Record` without a default.
@@ -445,9 +451,16 @@ class SummaryRow(_Row):
     higher_is_better: bool | None = field(default=None, metadata={"csv": False})
     finetune_metric: float | None = field(default=None, metadata={"mean": True, "csv": False})
 
+    def __getitem__(self, key: str) -> JSON:
+        if key in _SUMMARY_FIELD_SET:
+            return getattr(self, key)
+        raise KeyError(key)
+
     def as_dict(self) -> dict[str, JSON]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+_SUMMARY_FIELD_SET = frozenset(f.name for f in fields(SummaryRow))
 
 #: The columns of `summary.csv`, in order.
 CSV_COLUMNS: tuple[str, ...] = tuple(
