@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -50,6 +50,29 @@ EVAL_BATCH = 256
 
 #: What a model factory's `dtype` takes: a policy name, a policy, or None (the global one).
 PolicyArg = str | DTypePolicy | None
+
+
+class BaselineInfo(TypedDict):
+    """What a float32 baseline measured (`train_baseline`), its tensors aside."""
+
+    accuracy: float | None
+    loss: float | None
+    metric: str
+    metric_value: float
+    metrics: dict[str, float]
+    train_loss: float
+    epochs: int
+    cached: bool
+    layers: list[dict[str, Any]]  # `layer_table` rows (JSON: path, module, class, ...)
+    weight_bytes: int
+    train_seconds: float
+
+
+class BaselineResult(BaselineInfo):
+    """A trained float32 baseline: its weights (CPU tensors, model order) and test outputs."""
+
+    state: dict[str, torch.Tensor]
+    logits: torch.Tensor
 
 
 class QuantizationUnavailableError(RuntimeError):
@@ -625,7 +648,7 @@ def train_baseline(
     device: str = "cpu",
     quick: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> BaselineResult:
     """Train `spec`'s model in float32 from `seed`; return its weights (CPU tensors), test
     logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick).
 
@@ -731,10 +754,10 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-_BASELINES: dict[tuple[str, int, str, bool], dict[str, Any]] = {}
+_BASELINES: dict[tuple[str, int, str, bool], BaselineResult] = {}
 
 
-def _baseline_for(config: RunConfig) -> dict[str, Any]:
+def _baseline_for(config: RunConfig) -> BaselineResult:
     key = (
         json.dumps(config.model.to_dict(), sort_keys=True),
         config.seed,
@@ -746,7 +769,7 @@ def _baseline_for(config: RunConfig) -> dict[str, Any]:
     return _BASELINES[key]
 
 
-def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> Record:
+def run_one(config: RunConfig, baseline: BaselineResult | None = None) -> Record:
     """Run one (model, variant, seed[, layers]) and return its `Record`; never raises.
 
     Pure: the record is a function of `config` (plus timings and the environment). Without a
@@ -793,7 +816,7 @@ def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> Record
     return Record.for_run(config, **values)
 
 
-def _baseline_values(config: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
+def _baseline_values(config: RunConfig, base: BaselineResult) -> dict[str, Any]:
     """What a run takes from its float32 baseline (and its task)."""
     task = config.model.task_obj
     values = {
@@ -813,7 +836,7 @@ def _baseline_values(config: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _size_values(
-    config: RunConfig, base: dict[str, Any], model: torch.nn.Module, n_quantized: int
+    config: RunConfig, base: BaselineResult, model: torch.nn.Module, n_quantized: int
 ) -> dict[str, Any]:
     """The model's bytes under the variant (and its layers' for a per-layer run)."""
     nbytes = weight_bytes(model)
@@ -830,7 +853,7 @@ def _size_values(
 
 
 def _eval_values(
-    config: RunConfig, base: dict[str, Any], model: torch.nn.Module, data: Data
+    config: RunConfig, base: BaselineResult, model: torch.nn.Module, data: Data
 ) -> dict[str, Any]:
     """The task's metrics, their change against float32, SQNR and latency."""
     ev = evaluate(model, data, config.device, config.model.task_obj)

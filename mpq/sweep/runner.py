@@ -14,13 +14,14 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from mpq.sweep import experiment
 from mpq.sweep.config import ModelSpec, RunConfig, SweepConfig
+from mpq.sweep.experiment import BaselineInfo, BaselineResult
 from mpq.sweep.plan import Baseline, Execution, LayerRow, Output, PerLayer, Plan, make_plan
 from mpq.sweep.records import (
     JsonlWriter,
@@ -308,28 +309,49 @@ class Progress:
 # from the sender's `multiprocessing.resource_sharer` thread; a worker terminated by Ctrl-C
 # in the middle of such a fetch makes that thread print a traceback. As safetensors bytes
 # (exact, every dtype) the baseline's weights and logits are plain data.
-#: What `experiment.train_baseline` returns (weights, logits, metrics, layer table, ...).
-BaselineResult = dict[str, Any]
+class PackedBaseline(BaselineInfo):
+    """`experiment.BaselineResult` with its tensors as safetensors bytes."""
+
+    state: tuple[list[str], bytes]  # keys in model order, and the tensors
+    logits: bytes
 
 
-def _pack(baseline: BaselineResult) -> BaselineResult:
+def _info(baseline: BaselineInfo) -> BaselineInfo:
+    return {
+        "accuracy": baseline["accuracy"],
+        "loss": baseline["loss"],
+        "metric": baseline["metric"],
+        "metric_value": baseline["metric_value"],
+        "metrics": baseline["metrics"],
+        "train_loss": baseline["train_loss"],
+        "epochs": baseline["epochs"],
+        "cached": baseline["cached"],
+        "layers": baseline["layers"],
+        "weight_bytes": baseline["weight_bytes"],
+        "train_seconds": baseline["train_seconds"],
+    }
+
+
+def _pack(baseline: BaselineResult) -> PackedBaseline:
     from safetensors.torch import save
 
-    out = dict(baseline)
-    out["state"] = (list(baseline["state"]), save(baseline["state"]))  # keys in model order
-    out["logits"] = save({"logits": baseline["logits"]})
-    return out
+    return PackedBaseline(
+        **_info(baseline),
+        state=(list(baseline["state"]), save(baseline["state"])),
+        logits=save({"logits": baseline["logits"]}),
+    )
 
 
-def _unpack(baseline: BaselineResult) -> BaselineResult:
+def _unpack(baseline: PackedBaseline) -> BaselineResult:
     from safetensors.torch import load
 
-    out = dict(baseline)
     keys, blob = baseline["state"]
     state = load(blob)
-    out["state"] = {k: state[k] for k in keys}
-    out["logits"] = load(baseline["logits"])["logits"]
-    return out
+    return BaselineResult(
+        **_info(baseline),
+        state={k: state[k] for k in keys},
+        logits=load(baseline["logits"])["logits"],
+    )
 
 
 def _known_modes() -> set[str]:
@@ -342,12 +364,12 @@ def _known_modes() -> set[str]:
 
 def _train_task(
     model: ModelSpec, seed: int, device: str, quick: bool, cache_dir: str | None = None
-) -> BaselineResult:
+) -> PackedBaseline:
     """`experiment.train_baseline`, its tensors packed as bytes."""
     return _pack(experiment.train_baseline(model, seed, device, quick, cache_dir))
 
 
-def _run_task(rc: RunConfig, packed_baseline: BaselineResult) -> Record:
+def _run_task(rc: RunConfig, packed_baseline: PackedBaseline) -> Record:
     """`experiment.run_one` on a packed baseline."""
     return experiment.run_one(rc, _unpack(packed_baseline))
 
@@ -366,7 +388,7 @@ def _failure(rc: RunConfig, error: str) -> Record:
 
 
 #: What waits for a baseline: a run, or a per-layer expansion (called with the layer table).
-_Waiting = RunConfig | Callable[[list[LayerRow]], None]
+_Waiting = RunConfig | Callable[[Sequence[LayerRow]], None]
 #: What a submitted future stands for: ("baseline", its Baseline) or ("run", its RunConfig).
 _Tag = tuple[str, Any]
 
@@ -399,8 +421,8 @@ class _Scheduler:
         self.on_record = on_record
         self.previous_ok = {h: r for h, r in previous.items() if r.status == "ok"}
         self.layers_file = plan.output.out / "layers.json"
-        self.layers = _read_layers(self.layers_file)
-        self.baselines: dict[str, BaselineResult] = {}
+        self.layers: dict[str, Sequence[LayerRow]] = _read_layers(self.layers_file)
+        self.baselines: dict[str, PackedBaseline] = {}
         self.baseline_errors: dict[str, str] = {}
         self.waiting: dict[str, list[_Waiting]] = {}  # baseline key -> runs / expansions
         self.futures: dict[cf.Future[Any], _Tag] = {}
@@ -473,7 +495,7 @@ class _Scheduler:
         baseline = expansion.baseline
         known = _known_modes()
 
-        def expand(layers: list[LayerRow]) -> None:
+        def expand(layers: Sequence[LayerRow]) -> None:
             runs = expansion.runs(layers, known)
             self.per_layer_left[baseline.key] = len(runs)
             self.progress.add(len(runs))
@@ -537,7 +559,7 @@ class _Scheduler:
             self._record(result if error is None else _failure(payload, error))
 
     def _baseline_done(
-        self, baseline: Baseline, result: BaselineResult | None, error: str | None
+        self, baseline: Baseline, result: PackedBaseline | None, error: str | None
     ) -> None:
         key = baseline.key
         waiting = self.waiting.pop(key, [])
@@ -548,8 +570,8 @@ class _Scheduler:
             return
         self.baselines[key] = result
         self.progress.note(
-            f"trained {baseline.title}: float32 accuracy "
-            f"{100 * result['accuracy']:.1f}% ({result['epochs']} epochs, "
+            f"trained {baseline.title}: float32 {result['metric']} "
+            f"{result['metric_value']:.4g} ({result['epochs']} epochs, "
             f"{result['train_seconds']:.1f} s)"
         )
         self.layers[key] = result["layers"]
@@ -580,7 +602,7 @@ class _Scheduler:
         ctrl_c.check()
 
 
-def _read_layers(path: Path) -> dict[str, list[LayerRow]]:
+def _read_layers(path: Path) -> dict[str, Sequence[LayerRow]]:
     """The layer tables of earlier sweeps by baseline key (`layers.json`: a cache, rebuilt from
     the baselines when absent or unreadable)."""
     if not path.exists():
