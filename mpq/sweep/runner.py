@@ -569,9 +569,14 @@ class _Scheduler:
                 self._dispatch_failed(item, key)
             return
         self.baselines[key] = result
+        acc = result["accuracy"]
+        score = (
+            f"accuracy {100 * acc:.1f}%"
+            if acc is not None
+            else f"{result['metric']} {result['metric_value']:.4g}"  # no accuracy: regression
+        )
         self.progress.note(
-            f"trained {baseline.title}: float32 {result['metric']} "
-            f"{result['metric_value']:.4g} ({result['epochs']} epochs, "
+            f"trained {baseline.title}: float32 {score} ({result['epochs']} epochs, "
             f"{result['train_seconds']:.1f} s)"
         )
         self.layers[key] = result["layers"]
