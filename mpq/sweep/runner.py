@@ -389,8 +389,8 @@ def _failure(rc: RunConfig, error: str) -> Record:
 
 #: What waits for a baseline: a run, or a per-layer expansion (called with the layer table).
 _Waiting = RunConfig | Callable[[Sequence[LayerRow]], None]
-#: What a submitted future stands for: ("baseline", its Baseline) or ("run", its RunConfig).
-_Tag = tuple[str, Any]
+#: What a submitted future stands for: a baseline's training, or a run.
+_Tag = Baseline | RunConfig
 
 
 @dataclass
@@ -447,7 +447,7 @@ class _Scheduler:
         if first:
             self.progress.note(f"training {baseline.title} in float32")
             self._submit(
-                ("baseline", baseline),
+                baseline,
                 _train_task,
                 baseline.model,
                 baseline.seed,
@@ -469,7 +469,7 @@ class _Scheduler:
 
     def _dispatch(self, item: _Waiting, key: str) -> None:
         if isinstance(item, RunConfig):
-            self._submit(("run", item), _run_task, item, self.baselines[key])
+            self._submit(item, _run_task, item, self.baselines[key])
         else:
             item(self.baselines[key]["layers"])
 
@@ -544,7 +544,6 @@ class _Scheduler:
             self.submit_run(rc)
 
     def _on_done(self, fut: cf.Future[Any], tag: _Tag) -> None:
-        what, payload = tag
         try:
             result = fut.result()
             error = None
@@ -553,10 +552,10 @@ class _Scheduler:
             error = f"{type(e).__name__}: {e}"
             if not str(e):
                 error += traceback.format_exc()[-300:]
-        if what == "baseline":
-            self._baseline_done(payload, result, error)
+        if isinstance(tag, Baseline):
+            self._baseline_done(tag, result, error)
         else:
-            self._record(result if error is None else _failure(payload, error))
+            self._record(result if error is None else _failure(tag, error))
 
     def _baseline_done(
         self, baseline: Baseline, result: PackedBaseline | None, error: str | None
