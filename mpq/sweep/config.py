@@ -169,7 +169,7 @@ def _parse_policy(policy: str | DTypePolicy) -> DTypePolicy:
     if isinstance(policy, DTypePolicy):
         return policy
     try:
-        parsed = mpq_policy.get(policy)
+        parsed: object = mpq_policy.get(policy)
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Expected a policy name or one of the sweep labels {list(BUILTIN_VARIANTS)}. "
