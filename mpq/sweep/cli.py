@@ -13,12 +13,16 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpq.sweep.config import SweepConfig
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `mpq sweep`, its options in groups (the order of `--help`)."""
     p = argparse.ArgumentParser(
         prog="mpq sweep",
         description=(
@@ -27,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
             "With no arguments: the default digits sweep (CNN and MLP, ten policies)."
         ),
     )
+    _add_what_options(p)
+    _add_where_options(p)
+    _add_run_options(p)
+    _add_ray_options(p)
+    _add_model_options(p)
+    return p
+
+
+def _add_what_options(p: argparse.ArgumentParser) -> None:
+    """What to sweep: the sweep file, policies, models, seeds."""
     p.add_argument(
         "config", nargs="?", help="a sweep file (.toml or .json); options below override it"
     )
@@ -45,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="training seeds in [0, 2**32): '0,1,2' or an inclusive range '0-4', at most 1000 "
         "(default 0)",
     )
+
+
+def _add_where_options(p: argparse.ArgumentParser) -> None:
+    """Where the files go and where the runs run: --out, --device, --executor, --workers."""
     p.add_argument("--out", help="output directory (default sweep-results); re-running resumes")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument(
@@ -55,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, help="process-pool size, 1 to 256 (default: min(CPUs, 2))"
     )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """How the runs go: sizes, fine-tuning, per-layer runs and suggestions, plots, resume."""
     p.add_argument(
         "--quick",
         action="store_true",
@@ -107,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip lines of --out/results.jsonl that are not records (with a warning; their "
         "runs are computed again) instead of stopping",
     )
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    """Ray: the cluster and each run's resource request."""
     p.add_argument(
         "--ray-address", help="Ray cluster address for --executor ray (default: start a local Ray)"
     )
@@ -116,8 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Ray: GPUs requested per run, fractions allowed (default 0)",
     )
-    _add_model_options(p)
-    return p
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -229,7 +253,7 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The `SweepConfig` the parsed options describe (validated: raises on any bad option)."""
     from mpq.sweep.config import default_config, load_config
 

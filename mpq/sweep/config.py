@@ -11,12 +11,18 @@ import math
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mpq import policy as mpq_policy
 from mpq._errors import describe as _describe
+from mpq.policy import DTypePolicy, QuantizedDTypePolicy
+
+if TYPE_CHECKING:
+    from mpq.sweep.tasks import Task, TaskSpec
 
 __all__ = [
     "BUILTIN_VARIANTS",
@@ -25,10 +31,14 @@ __all__ = [
     "RunConfig",
     "SweepConfig",
     "Variant",
+    "as_config",
+    "check_picklable",
+    "config_from_dict",
     "default_config",
     "load_config",
     "resolve_variant",
     "resolve_variants",
+    "whole_model_runs",
 ]
 
 
@@ -42,7 +52,15 @@ def _check_unique(names: list[str], what: str) -> None:
 # Variants
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Variant:
+class _VariantFields:
+    label: str
+    policy: str
+    quantize_config: dict[str, Any] | None
+    finetune: bool
+    dtype_policy: DTypePolicy = field(compare=False, repr=False)
+
+
+class Variant(_VariantFields):
     """One point of a sweep: a dtype policy, an optional quantization config, a label.
 
     Float policies (`float16`, `mixed_bfloat16`, ...) build the model under that policy and load
@@ -52,78 +70,66 @@ class Variant:
 
     Args:
         label: short name used in tables and plots, e.g. `"int8-wo"`.
-        policy: a policy name that `mpq.policy.get` parses, e.g. `"int4/32_from_float32"`.
+        policy: a policy name that `mpq.policy.get` parses, e.g. `"int4/32_from_float32"`, or a
+            policy object. It is parsed once, here, into `dtype_policy` (the object every use
+            reads); `policy` keeps the name as given: the run's identity in records and hashes.
         quantize_config: extra options for `mpq.quantize` (e.g. `{"weight_only": True}`), or None.
         finetune: whether the run also fine-tunes under the policy (when the sweep's
             `finetune_epochs` > 0).
+        dtype_policy: what `dataclasses.replace` hands back; the policy is parsed from `policy`.
 
     Example:
-        >>> Variant("int8-wo", "int8_from_float32", {"weight_only": True}).is_quantized
-        True
+        >>> v = Variant("int8-wo", "int8_from_float32", {"weight_only": True})
+        >>> v.is_quantized, v.dtype_policy.quantization_mode
+        (True, 'int8')
     """
 
-    label: str
-    policy: str
-    quantize_config: Mapping[str, Any] | None = None
-    finetune: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.label, str) or not self.label:
-            raise TypeError(
-                f"Expected `label` to be a non-empty string. Received: label={_describe(self.label)}"
-            )
-        if not isinstance(self.policy, str):
-            raise TypeError(
-                "Expected `policy` to be a policy name such as 'int8_from_float32'. "
-                f"Received: policy={_describe(self.policy)}"
-            )
-        if self.quantize_config is not None and not isinstance(self.quantize_config, Mapping):
-            raise TypeError(
-                "Expected `quantize_config` to be a dict of options for mpq.quantize or None. "
-                f"Received: quantize_config={_describe(self.quantize_config)}"
-            )
-        if not isinstance(self.finetune, bool):
-            raise TypeError(
-                f"Expected `finetune` to be a bool. Received: finetune={_describe(self.finetune)}"
-            )
-        pol = self.dtype_policy  # parses (and so validates) the name once
-        if self.quantize_config and pol.quantization_mode is None:
+    def __init__(
+        self,
+        label: str,
+        policy: str | DTypePolicy,
+        quantize_config: Mapping[str, Any] | None = None,
+        finetune: bool = False,
+        dtype_policy: DTypePolicy | None = None,
+    ) -> None:
+        del dtype_policy  # parsed from `policy` (dataclasses.replace passes the old one back)
+        _check_variant_args(label, policy, quantize_config, finetune)
+        parsed = _parse_policy(policy)
+        if quantize_config and parsed.quantization_mode is None:
             raise ValueError(
                 "Expected `quantize_config` only with a quantized policy (such as "
-                f"'int8_from_float32'). Received: policy={self.policy!r} with "
-                f"quantize_config={dict(self.quantize_config)!r}"
+                f"'int8_from_float32'). Received: policy={parsed.name!r} with "
+                f"quantize_config={dict(quantize_config)!r}"
             )
-        if self.quantize_config is not None:
-            object.__setattr__(self, "quantize_config", dict(self.quantize_config))
-
-    @property
-    def dtype_policy(self):
-        """The parsed `mpq.policy` object."""
-        from mpq import policy
-
-        try:
-            return policy.get(self.policy)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"Expected a policy name or one of the sweep labels {list(BUILTIN_VARIANTS)}. "
-                f"Received: policy={self.policy!r} ({e})"
-            ) from None
+        super().__init__(
+            label,
+            policy if isinstance(policy, str) else parsed.name,
+            None if quantize_config is None else dict(quantize_config),
+            finetune,
+            parsed,
+        )
 
     @property
     def is_quantized(self) -> bool:
         return self.dtype_policy.quantization_mode is not None
 
     @property
+    def quantized_policy(self) -> QuantizedDTypePolicy | None:
+        """The policy when it quantizes (its `mode_spec` goes to `mpq.quantize`), else None."""
+        pol = self.dtype_policy
+        return pol if isinstance(pol, QuantizedDTypePolicy) else None
+
+    @property
     def source_policy(self) -> str:
         """The float policy the model is built under before quantization (itself if float)."""
         pol = self.dtype_policy
-        return pol.source_name if self.is_quantized else pol.name
+        return pol.source_name if isinstance(pol, QuantizedDTypePolicy) else pol.name
 
     def short_str(self) -> str:
         """A compact tag for plot labels: the label for built-ins, else the policy's tag."""
         if self.label in BUILTIN_VARIANTS and BUILTIN_VARIANTS[self.label] == self:
             return self.label
-        tag = self.dtype_policy.short_str()
+        tag: str = self.dtype_policy.short_str()
         if self.quantize_config:
             tag += "+" + ",".join(f"{k}={v}" for k, v in sorted(self.quantize_config.items()))
         return tag
@@ -135,6 +141,46 @@ class Variant:
             "quantize_config": None if self.quantize_config is None else dict(self.quantize_config),
             "finetune": self.finetune,
         }
+
+
+def _check_variant_args(label: Any, policy: Any, quantize_config: Any, finetune: Any) -> None:
+    if not isinstance(label, str) or not label:
+        raise TypeError(
+            f"Expected `label` to be a non-empty string. Received: label={_describe(label)}"
+        )
+    if not isinstance(policy, (str, DTypePolicy)):
+        raise TypeError(
+            "Expected `policy` to be a policy name such as 'int8_from_float32'. "
+            f"Received: policy={_describe(policy)}"
+        )
+    if quantize_config is not None and not isinstance(quantize_config, Mapping):
+        raise TypeError(
+            "Expected `quantize_config` to be a dict of options for mpq.quantize or None. "
+            f"Received: quantize_config={_describe(quantize_config)}"
+        )
+    if not isinstance(finetune, bool):
+        raise TypeError(
+            f"Expected `finetune` to be a bool. Received: finetune={_describe(finetune)}"
+        )
+
+
+def _parse_policy(policy: str | DTypePolicy) -> DTypePolicy:
+    """The policy object of a name (`mpq.policy.get`), with the sweep's labels in the error."""
+    if isinstance(policy, DTypePolicy):
+        return policy
+    try:
+        parsed: object = mpq_policy.get(policy)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"Expected a policy name or one of the sweep labels {list(BUILTIN_VARIANTS)}. "
+            f"Received: policy={policy!r} ({e})"
+        ) from None
+    if not isinstance(parsed, DTypePolicy):  # a DTypePolicyMap: not one policy
+        raise TypeError(
+            "Expected one policy per variant (a policy map is per layer: use --suggest). "
+            f"Received: policy={policy!r}"
+        )
+    return parsed
 
 
 def _builtin_variants() -> dict[str, Variant]:
@@ -270,8 +316,8 @@ class ModelSpec:
     lr: float = 3e-3
     batch_size: int = 64
     finetune_lr: float = 1e-3
-    task: Any = None
-    checkpoint: str | None = None
+    task: TaskSpec = None
+    checkpoint: str | os.PathLike[str] | None = None
     train: bool = True
     finetune_epochs: int | None = None
 
@@ -297,23 +343,14 @@ class ModelSpec:
                 raise ValueError(
                     f"Expected `{key}` to be a positive number. Received: {key}={_describe(val)}"
                 )
-        if isinstance(self.factory, str) and self.data is None:
-            from mpq.sweep.models import BUILTIN_MODELS
-
-            if self.factory in BUILTIN_MODELS:  # spelled out, so equal specs hash equally
-                object.__setattr__(self, "data", BUILTIN_MODELS[self.factory][1])
         from mpq.sweep.tasks import resolve_task
 
-        task = resolve_task(self.task, self.data)  # raises on unknown names
-        if self.data is None and task.data is not None:  # a task name brings its data
-            object.__setattr__(self, "data", task.data)
-        if self.checkpoint is not None:
-            if not isinstance(self.checkpoint, (str, os.PathLike)):
-                raise TypeError(
-                    "Expected `checkpoint` to be a file path. "
-                    f"Received: checkpoint={_describe(self.checkpoint)}"
-                )
-            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        resolve_task(self.task, self.data)  # raises on unknown names
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise TypeError(
+                "Expected `checkpoint` to be a file path. "
+                f"Received: checkpoint={_describe(self.checkpoint)}"
+            )
         if self.finetune_epochs is not None and (
             not isinstance(self.finetune_epochs, int)
             or isinstance(self.finetune_epochs, bool)
@@ -332,7 +369,6 @@ class ModelSpec:
                 raise TypeError(
                     f"Expected `{key}` to be a dict. Received: {key}={_describe(getattr(self, key))}"
                 )
-            object.__setattr__(self, key, dict(getattr(self, key)))
 
     @property
     def resolved_name(self) -> str:
@@ -342,30 +378,46 @@ class ModelSpec:
             return self.factory.rsplit(":", 1)[-1]
         return getattr(self.factory, "__name__", type(self.factory).__name__)
 
+    @property
+    def resolved_data(self) -> str | Callable[..., Any] | None:
+        """`data`, else the built-in model's data (`"digits_cnn"`: `"digits"`), else the data
+        the task's name brings (`task="lm"`: `"stdlib_bytes"`); None: the factory returns it."""
+        if self.data is not None:
+            return self.data
+        if isinstance(self.factory, str):
+            from mpq.sweep.models import BUILTIN_MODELS
+
+            if self.factory in BUILTIN_MODELS:
+                return BUILTIN_MODELS[self.factory][1]
+        from mpq.sweep.tasks import resolve_task
+
+        return resolve_task(self.task, None).data
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; callables are named by `module:qualname` (used for hashing)."""
+        data = self.resolved_data
         return {
             "name": self.resolved_name,
             "factory": _callable_ref(self.factory),
             "kwargs": dict(self.kwargs),
-            "data": None if self.data is None else _callable_ref(self.data),
+            "data": None if data is None else _callable_ref(data),
             "data_kwargs": dict(self.data_kwargs),
             "epochs": self.epochs,
             "lr": self.lr,
             "batch_size": self.batch_size,
             "finetune_lr": self.finetune_lr,
             "task": _callable_ref(self.task) if callable(self.task) else self.task_obj.name,
-            "checkpoint": self.checkpoint,
+            "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint),
             "train": self.train,
             "finetune_epochs": self.finetune_epochs,
         }
 
     @property
-    def task_obj(self):
+    def task_obj(self) -> Task:
         """The resolved `mpq.sweep.tasks.Task`."""
         from mpq.sweep.tasks import resolve_task
 
-        return resolve_task(self.task, self.data)
+        return resolve_task(self.task, self.resolved_data)
 
 
 def _callable_ref(obj: Any) -> str:
@@ -408,7 +460,14 @@ def resolve_model(spec: Any) -> ModelSpec:
         from mpq.sweep import data
 
         data.resolve_data(model.data)
-    return model
+    # Spelled out, so that the spec reads as it runs (and equal specs compare equal).
+    return dataclasses.replace(
+        model,
+        data=model.resolved_data,
+        checkpoint=None if model.checkpoint is None else os.fspath(model.checkpoint),
+        kwargs=dict(model.kwargs),
+        data_kwargs=dict(model.data_kwargs),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,8 +563,33 @@ DEFAULT_MODELS: tuple[dict[str, Any], ...] = (
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class _SweepFields:
+    models: tuple[ModelSpec, ...]
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    out: str
+    device: str
+    executor: str
+    workers: int | None
+    quick: bool
+    finetune_epochs: int
+    per_layer: bool
+    suggest: bool
+    target_sqnr: float
+    resources: dict[str, float]
+    ray_address: str | None
+    plot: bool
+    resume: bool
+    overwrite: bool
+    skip_bad_lines: bool
+    cache_dir: str | None
+
+
+class SweepConfig(_SweepFields):
     """A whole sweep: models x variants x seeds, plus where and how to run it.
+
+    Built whole by its constructor from the specs below (checked and resolved there, before any
+    work), and never changed afterwards: `replace` (or `dataclasses.replace`) builds a new one.
 
     Args:
         models: model specs (names such as `"digits_cnn"`, import strings, tables, callables).
@@ -518,7 +602,8 @@ class SweepConfig:
         quick: tiny epochs and a test subset, for smoke tests.
         finetune_epochs: epochs of fine-tuning under variants marked `finetune` (0: none).
         per_layer: also quantize one layer at a time (sensitivity table and heatmap).
-        suggest: propose and verify a DTypePolicyMap reaching `target_sqnr` at the fewest bytes.
+        suggest: propose and verify a DTypePolicyMap reaching `target_sqnr` at the fewest bytes
+            (implies `per_layer`).
         target_sqnr: the SQNR target in dB for `suggest`: finite and > 0.
         resources: per-run Ray resource request, e.g. `{"num_cpus": 1, "num_gpus": 0.25}`.
         ray_address: passed to `ray.init(address=...)` when Ray is not initialised yet.
@@ -527,9 +612,10 @@ class SweepConfig:
         overwrite: start `out/results.jsonl` afresh (the old file is renamed aside, not deleted).
         skip_bad_lines: skip (with a warning) lines of `out/results.jsonl` that are not records,
             instead of stopping before any work; their runs are computed again.
-
         cache_dir: where trained float32 weights are cached by (model config, seed), so a later
             sweep only evaluates; None: `out/cache`.
+        variants: resolved variants instead of `policies` (what `dataclasses.replace` passes).
+
     Limits (checked here, before any work): seeds in [0, 2**32), at most 1000 of them; workers
     in [1, 256]; finetune_epochs in [0, 10000]; resources finite and >= 0.
 
@@ -539,194 +625,256 @@ class SweepConfig:
         ['float32', 'int8']
     """
 
-    models: tuple[Any, ...] = field(default_factory=lambda: DEFAULT_MODELS)
-    policies: Any = DEFAULT_POLICIES
-    seeds: tuple[int, ...] = (0,)
-    out: str = "sweep-results"
-    device: str = "cpu"
-    executor: str = "local"
-    workers: int | None = None
-    quick: bool = False
-    finetune_epochs: int = 2
-    per_layer: bool = False
-    suggest: bool = False
-    target_sqnr: float = 30.0
-    resources: Mapping[str, float] = field(default_factory=lambda: {"num_cpus": 1})
-    ray_address: str | None = None
-    plot: bool = True
-    resume: bool = True
-    overwrite: bool = False
-    skip_bad_lines: bool = False
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        for key in (
-            "quick",
-            "per_layer",
-            "suggest",
-            "plot",
-            "resume",
-            "overwrite",
-            "skip_bad_lines",
-        ):
-            if not isinstance(getattr(self, key), bool):
-                raise TypeError(
-                    f"Expected `{key}` to be true or false. Received: {key}={_describe(getattr(self, key))}"
-                )
-        models = self.models
-        if isinstance(models, str):  # "digits_cnn,digits_mlp", as `policies` accepts
-            models = [m.strip() for m in models.split(",") if m.strip()]
-        elif isinstance(models, (ModelSpec, Mapping)) or callable(models):
-            models = [models]
-        if not isinstance(models, Sequence) or not models:
-            raise ValueError(
-                f"Expected a non-empty list of models. Received: models={_describe(self.models)}"
-            )
-        resolved = tuple(resolve_model(m) for m in models)
-        _check_unique([m.resolved_name for m in resolved], "model name")
-        object.__setattr__(self, "models", resolved)
-        variants = resolve_variants(self.policies)
-        object.__setattr__(self, "policies", tuple(v.label for v in variants))
-        object.__setattr__(self, "_variants", variants)
-
-        seeds = self.seeds
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            seeds = (seeds,)
-        if (
-            not isinstance(seeds, Sequence)
-            or isinstance(seeds, str)
-            or not seeds
-            or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
-        ):
-            raise ValueError(
-                f"Expected seeds as a non-empty list of ints in [0, 2**32). Received: seeds={_describe(self.seeds)}"
-            )
-        if len(seeds) > MAX_SEEDS:
-            raise ValueError(f"Expected at most {MAX_SEEDS} seeds. Received: {len(seeds)} seeds")
-        bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
-        if bad:
-            raise ValueError(f"Expected seeds in [0, 2**32). Received: seed={_describe(bad[0])}")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"Expected each seed once. Received: seeds={list(seeds)}")
-        object.__setattr__(self, "seeds", tuple(seeds))
-        if not isinstance(self.out, (str, os.PathLike)):
-            raise TypeError(
-                f"Expected `out` to be a directory path. Received: out={_describe(self.out)}"
-            )
-        object.__setattr__(self, "out", os.fspath(self.out))
-        if not os.fspath(self.out).strip():
-            raise ValueError(
-                f"Expected `out` to be a directory path. Received: out={_describe(self.out)}"
-            )
-        if not isinstance(self.device, str) or not re.fullmatch(
-            r"cpu|cuda(:[0-9]{1,3})?", self.device
-        ):
-            raise ValueError(
-                f"Expected device 'cpu', 'cuda' or 'cuda:N'. Received: device={_describe(self.device)}"
-            )
-        if self.executor not in EXECUTORS:
-            raise ValueError(
-                f"Expected executor to be one of {list(EXECUTORS)}. Received: executor={_describe(self.executor)}"
-            )
-        if self.workers is not None and (
-            not isinstance(self.workers, int)
-            or isinstance(self.workers, bool)
-            or not 1 <= self.workers <= MAX_WORKERS
-        ):
-            raise ValueError(
-                f"Expected `workers` to be an int in [1, {MAX_WORKERS}] or None. Received: workers={_describe(self.workers)}"
-            )
-        if (
-            not isinstance(self.finetune_epochs, int)
-            or isinstance(self.finetune_epochs, bool)
-            or not 0 <= self.finetune_epochs <= MAX_FINETUNE_EPOCHS
-        ):
-            raise ValueError(
-                f"Expected `finetune_epochs` to be an int in [0, {MAX_FINETUNE_EPOCHS}]. Received: finetune_epochs={_describe(self.finetune_epochs)}"
-            )
-        if not isinstance(self.target_sqnr, (int, float)) or isinstance(self.target_sqnr, bool):
-            raise TypeError(
-                f"Expected `target_sqnr` in dB as a number. Received: target_sqnr={_describe(self.target_sqnr)}"
-            )
-        if not (math.isfinite(self.target_sqnr) and self.target_sqnr > 0):
-            raise ValueError(
-                "Expected `target_sqnr` in dB, finite and > 0 (at 0 dB the noise is as large "
-                f"as the signal). Received: target_sqnr={_describe(self.target_sqnr)}"
-            )
-        if self.ray_address is not None and (
-            not isinstance(self.ray_address, str) or not self.ray_address.strip()
-        ):
-            raise ValueError(
-                f"Expected `ray_address` to be a Ray address such as 'ray://head:10001' or None. Received: ray_address={_describe(self.ray_address)}"
-            )
-        if self.suggest and not self.per_layer:
-            object.__setattr__(self, "per_layer", True)  # suggest needs the per-layer table
-        if not isinstance(self.resources, Mapping) or any(
-            not isinstance(v, (int, float))
-            or isinstance(v, bool)
-            or not (math.isfinite(v) and v >= 0)
-            for v in self.resources.values()
-        ):
-            raise ValueError(
-                "Expected `resources` as a dict of non-negative numbers such as "
-                f"{{'num_cpus': 1, 'num_gpus': 0.5}}. Received: resources={_describe(self.resources)}"
-            )
-        object.__setattr__(self, "resources", dict(self.resources))
-        if self.cache_dir is not None:
-            if not isinstance(self.cache_dir, (str, os.PathLike)):
-                raise TypeError(
-                    "Expected `cache_dir` to be a directory path or None. "
-                    f"Received: cache_dir={_describe(self.cache_dir)}"
-                )
-            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+    def __init__(
+        self,
+        models: Any = DEFAULT_MODELS,
+        policies: Any = DEFAULT_POLICIES,
+        seeds: int | Sequence[int] = (0,),
+        out: str | os.PathLike[str] = "sweep-results",
+        device: str = "cpu",
+        executor: str = "local",
+        workers: int | None = None,
+        quick: bool = False,
+        finetune_epochs: int = 2,
+        per_layer: bool = False,
+        suggest: bool = False,
+        target_sqnr: float = 30.0,
+        resources: Mapping[str, float] | None = None,
+        ray_address: str | None = None,
+        plot: bool = True,
+        resume: bool = True,
+        overwrite: bool = False,
+        skip_bad_lines: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        variants: Sequence[Variant] | None = None,
+    ) -> None:
+        flags = {"quick": quick, "per_layer": per_layer, "suggest": suggest, "plot": plot}
+        flags.update(resume=resume, overwrite=overwrite, skip_bad_lines=skip_bad_lines)
+        _check_flags(flags)
+        _check_limits(device, executor, workers, finetune_epochs, target_sqnr, ray_address)
+        super().__init__(
+            models=_resolve_models(models),
+            variants=resolve_variants(policies if variants is None else tuple(variants)),
+            seeds=_resolve_seeds(seeds),
+            out=_resolve_out(out),
+            device=device,
+            executor=executor,
+            workers=workers,
+            quick=quick,
+            finetune_epochs=finetune_epochs,
+            per_layer=per_layer or suggest,  # suggest needs the per-layer table
+            suggest=suggest,
+            target_sqnr=target_sqnr,
+            resources=_resolve_resources({"num_cpus": 1} if resources is None else resources),
+            ray_address=ray_address,
+            plot=plot,
+            resume=resume,
+            overwrite=overwrite,
+            skip_bad_lines=skip_bad_lines,
+            cache_dir=_resolve_cache_dir(cache_dir),
+        )
 
     @property
-    def baseline_cache(self) -> str:
-        """The directory of cached float32 weights (`cache_dir`, default `out/cache`)."""
-        return self.cache_dir if self.cache_dir is not None else os.path.join(self.out, "cache")
-
-    @property
-    def variants(self) -> tuple[Variant, ...]:
-        return self._variants  # type: ignore[attr-defined]
+    def policies(self) -> tuple[str, ...]:
+        """The variants' labels."""
+        return tuple(v.label for v in self.variants)
 
     def replace(self, **changes: Any) -> SweepConfig:
-        """A copy with some fields changed (re-validated)."""
-        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if "policies" not in changes:
-            current["policies"] = self.variants
-        current.update(changes)
-        return SweepConfig(**current)
+        """A copy with some fields changed (re-validated); `policies` replaces the variants."""
+        if "policies" in changes:
+            changes["variants"] = resolve_variants(changes.pop("policies"))
+        return dataclasses.replace(self, **changes)
 
     def run_configs(self) -> list[RunConfig]:
         """The whole-model runs of this sweep, in (model, seed, variant) order."""
-        runs = []
-        for model in self.models:
-            for seed in self.seeds:
-                for variant in self.variants:
-                    runs.append(self.run_config(model, variant, seed))
-        return runs
-
-    def run_config(self, model: ModelSpec, variant: Variant, seed: int, **kw: Any) -> RunConfig:
-        epochs = self.finetune_epochs if model.finetune_epochs is None else model.finetune_epochs
-        kw.setdefault("finetune_epochs", epochs if variant.finetune else 0)
-        return RunConfig(
-            model=model, variant=variant, seed=seed, device=self.device, quick=self.quick, **kw
+        return whole_model_runs(
+            self.models, self.variants, self.seeds, self.device, self.quick, self.finetune_epochs
         )
 
     def check_picklable(self) -> None:
         """Process pools and Ray pickle the model factories: say so before any work if not."""
-        for model in self.models:
-            for obj in (model.factory, model.data, model.task):
-                if obj is None or isinstance(obj, str):
-                    continue
-                try:
-                    pickle.dumps(obj)
-                except Exception as e:
-                    raise ValueError(
-                        f"Expected a picklable model factory for executor={self.executor!r} "
-                        "(a module-level function, or executor='serial'). "
-                        f"Received: {_callable_ref(obj)} ({type(e).__name__}: {e})"
-                    ) from None
+        check_picklable(self.models, self.executor)
+
+
+def whole_model_runs(
+    models: Sequence[ModelSpec],
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    device: str,
+    quick: bool,
+    finetune_epochs: int,
+) -> list[RunConfig]:
+    """Each variant on each whole model from each seed, in (model, seed, variant) order;
+    fine-tuned when the variant says so (the model's `finetune_epochs`, else the sweep's)."""
+    runs = []
+    for model in models:
+        epochs = finetune_epochs if model.finetune_epochs is None else model.finetune_epochs
+        for seed in seeds:
+            for variant in variants:
+                ft = epochs if variant.finetune else 0
+                runs.append(RunConfig(model, variant, seed, device, quick, finetune_epochs=ft))
+    return runs
+
+
+def check_picklable(models: Sequence[ModelSpec], executor: str) -> None:
+    """Raise before any work when a model's factory, data or task does not pickle (process
+    pools and Ray send them to their workers)."""
+    for model in models:
+        for obj in (model.factory, model.data, model.task):
+            if obj is None or isinstance(obj, str):
+                continue
+            try:
+                pickle.dumps(obj)
+            except Exception as e:
+                raise ValueError(
+                    f"Expected a picklable model factory for executor={executor!r} "
+                    "(a module-level function, or executor='serial'). "
+                    f"Received: {_callable_ref(obj)} ({type(e).__name__}: {e})"
+                ) from None
+
+
+# The constructor's steps: each checks (and resolves) one group of fields, before any work.
+def _check_flags(flags: Mapping[str, Any]) -> None:
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"Expected `{key}` to be true or false. Received: {key}={_describe(value)}"
+            )
+
+
+def _resolve_models(models: Any) -> tuple[ModelSpec, ...]:
+    given = models
+    if isinstance(models, str):  # "digits_cnn,digits_mlp", as `policies` accepts
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    elif isinstance(models, (ModelSpec, Mapping)) or callable(models):
+        models = [models]
+    if not isinstance(models, Sequence) or not models:
+        raise ValueError(
+            f"Expected a non-empty list of models. Received: models={_describe(given)}"
+        )
+    resolved = tuple(resolve_model(m) for m in models)
+    _check_unique([m.resolved_name for m in resolved], "model name")
+    return resolved
+
+
+def _resolve_seeds(seeds: Any) -> tuple[int, ...]:
+    given = seeds
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = (seeds,)
+    if (
+        not isinstance(seeds, Sequence)
+        or isinstance(seeds, str)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
+    ):
+        raise ValueError(
+            f"Expected seeds as a non-empty list of ints in [0, 2**32). Received: seeds={_describe(given)}"
+        )
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"Expected at most {MAX_SEEDS} seeds. Received: {len(seeds)} seeds")
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise ValueError(f"Expected seeds in [0, 2**32). Received: seed={_describe(bad[0])}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Expected each seed once. Received: seeds={list(seeds)}")
+    return tuple(seeds)
+
+
+def _resolve_out(out: Any) -> str:
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"Expected `out` to be a directory path. Received: out={_describe(out)}")
+    path = os.fspath(out)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"Expected `out` to be a directory path. Received: out={_describe(out)}")
+    return path
+
+
+def _check_limits(
+    device: Any,
+    executor: Any,
+    workers: Any,
+    finetune_epochs: Any,
+    target_sqnr: Any,
+    ray_address: Any,
+) -> None:
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", device):
+        raise ValueError(
+            f"Expected device 'cpu', 'cuda' or 'cuda:N'. Received: device={_describe(device)}"
+        )
+    if executor not in EXECUTORS:
+        raise ValueError(
+            f"Expected executor to be one of {list(EXECUTORS)}. Received: executor={_describe(executor)}"
+        )
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS
+    ):
+        raise ValueError(
+            f"Expected `workers` to be an int in [1, {MAX_WORKERS}] or None. Received: workers={_describe(workers)}"
+        )
+    if (
+        not isinstance(finetune_epochs, int)
+        or isinstance(finetune_epochs, bool)
+        or not 0 <= finetune_epochs <= MAX_FINETUNE_EPOCHS
+    ):
+        raise ValueError(
+            f"Expected `finetune_epochs` to be an int in [0, {MAX_FINETUNE_EPOCHS}]. Received: finetune_epochs={_describe(finetune_epochs)}"
+        )
+    if not isinstance(target_sqnr, (int, float)) or isinstance(target_sqnr, bool):
+        raise TypeError(
+            f"Expected `target_sqnr` in dB as a number. Received: target_sqnr={_describe(target_sqnr)}"
+        )
+    if not (math.isfinite(target_sqnr) and target_sqnr > 0):
+        raise ValueError(
+            "Expected `target_sqnr` in dB, finite and > 0 (at 0 dB the noise is as large "
+            f"as the signal). Received: target_sqnr={_describe(target_sqnr)}"
+        )
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ValueError(
+            f"Expected `ray_address` to be a Ray address such as 'ray://head:10001' or None. Received: ray_address={_describe(ray_address)}"
+        )
+
+
+def _resolve_resources(resources: Any) -> dict[str, float]:
+    if not isinstance(resources, Mapping) or any(
+        not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and v >= 0)
+        for v in resources.values()
+    ):
+        raise ValueError(
+            "Expected `resources` as a dict of non-negative numbers such as "
+            f"{{'num_cpus': 1, 'num_gpus': 0.5}}. Received: resources={_describe(resources)}"
+        )
+    return dict(resources)
+
+
+def _resolve_cache_dir(cache_dir: Any) -> str | None:
+    if cache_dir is None:
+        return None
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(
+            "Expected `cache_dir` to be a directory path or None. "
+            f"Received: cache_dir={_describe(cache_dir)}"
+        )
+    path = os.fspath(cache_dir)
+    return path if isinstance(path, str) else os.fsdecode(path)
+
+
+def as_config(
+    config: SweepConfig | str | os.PathLike[str] | Mapping[str, Any] | None,
+) -> SweepConfig:
+    """The first step of a sweep: a `SweepConfig` from itself, a sweep file (`load_config`),
+    its parsed dict form (`config_from_dict`), or None (the default sweep)."""
+    if isinstance(config, SweepConfig):
+        return config
+    if config is None:
+        return default_config()
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    raise TypeError(
+        "Expected a SweepConfig, a sweep file path, a config dict, or None (the default sweep). "
+        f"Received: config={config!r} (of type {type(config).__name__})"
+    )
 
 
 def default_config(**changes: Any) -> SweepConfig:
@@ -737,29 +885,30 @@ def default_config(**changes: Any) -> SweepConfig:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-_SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"models", "policies"}
+_SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"models", "variants"}
 
 
 def _toml_loads(text: str, path: Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise RuntimeError(
                 f"Expected Python >= 3.11 (tomllib) or the 'tomli' package to read {str(path)!r}. "
                 "Received: Python 3.10 without tomli; `pip install tomli` or use a JSON sweep file"
             ) from None
     try:
-        return tomllib.loads(text)
+        parsed: dict[str, Any] = tomllib.loads(text)
+        return parsed
     except tomllib.TOMLDecodeError as e:
         raise ValueError(
             f"Expected a valid TOML sweep file. Received: {str(path)!r}: {e}"
         ) from None
 
 
-def load_config(path: str | os.PathLike, **overrides: Any) -> SweepConfig:
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> SweepConfig:
     """Read a sweep file (`.toml` or `.json`) into a `SweepConfig`; `overrides` win over it.
 
     Format (TOML; JSON has the same structure):

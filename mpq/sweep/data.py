@@ -43,8 +43,8 @@ class Data:
     y_train: Any = None
     x_test: Any = None
     y_test: Any = None
-    train_loader: Iterable | None = None
-    test_loader: Iterable | None = None
+    train_loader: Iterable[tuple[Any, Any]] | None = None
+    test_loader: Iterable[tuple[Any, Any]] | None = None
     name: str = "data"
 
     def __post_init__(self) -> None:
@@ -236,9 +236,9 @@ def stdlib_bytes(context: int = 32, stride: int | None = None, stdlib: str | Non
     """
     from mpq.sweep.tasks.corpus import corpus, windows
 
-    for key, val in (("context", context), ("stride", 1 if stride is None else stride)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"Expected `{key}` to be an int >= 1. Received: {key}={val!r}")
+    for key, size in (("context", context), ("stride", 1 if stride is None else stride)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"Expected `{key}` to be an int >= 1. Received: {key}={size!r}")
     train, val, _ = corpus(stdlib)
     xtr, ytr = windows(train, context, stride or context)
     xte, yte = windows(val, context, context)
@@ -300,4 +300,5 @@ def _import_ref(ref: str, what: str) -> Callable[..., Any]:
         raise TypeError(
             f"Expected {what} {ref!r} to be callable. Received: {obj!r} (of type {type(obj).__name__})"
         )
-    return obj
+    function: Callable[..., Any] = obj
+    return function

@@ -16,14 +16,20 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
+import torch
 
+from mpq import policy as mpq_policy
 from mpq._errors import describe as _describe
+from mpq.policy import DTypePolicy, QuantizedAlgorithmDTypePolicy
 from mpq.sweep.config import ModelSpec, RunConfig, Variant
 from mpq.sweep.data import Data, as_data, resolve_data
 from mpq.sweep.models import resolve_factory
+from mpq.sweep.records import Record
+from mpq.sweep.tasks import TaskSpec
 
 __all__ = [
     "QuantizationUnavailableError",
@@ -42,6 +48,33 @@ QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 256, 128, 1
 EVAL_BATCH = 256
 
 
+#: What a model factory's `dtype` takes: a policy name, a policy, or None (the global one).
+PolicyArg = str | DTypePolicy | None
+
+
+class BaselineInfo(TypedDict):
+    """What a float32 baseline measured (`train_baseline`), its tensors aside."""
+
+    accuracy: float | None
+    loss: float | None
+    metric: str
+    metric_value: float
+    metrics: dict[str, float]
+    train_loss: float
+    epochs: int
+    cached: bool
+    layers: list[dict[str, Any]]  # `layer_table` rows (JSON: path, module, class, ...)
+    weight_bytes: int
+    train_seconds: float
+
+
+class BaselineResult(BaselineInfo):
+    """A trained float32 baseline: its weights (CPU tensors, model order) and test outputs."""
+
+    state: dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
 class QuantizationUnavailableError(RuntimeError):
     """The installed mpq has no `mpq.quantize` (or the layer has no scheme for the mode)."""
 
@@ -49,7 +82,9 @@ class QuantizationUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Building models and data
 # --------------------------------------------------------------------------------------------
-def _call_factory(factory: Callable[..., Any], dtype: Any, spec: ModelSpec) -> tuple[Any, bool]:
+def _call_factory(
+    factory: Callable[..., Any], dtype: PolicyArg, spec: ModelSpec
+) -> tuple[Any, bool]:
     """`(factory(dtype=dtype, **kwargs), True)`, or `(factory(**kwargs), False)` for a factory
     without a `dtype` parameter (the sweep then applies the policy to what it returns)."""
     import inspect
@@ -66,7 +101,9 @@ def _call_factory(factory: Callable[..., Any], dtype: Any, spec: ModelSpec) -> t
     return factory(**spec.kwargs), False
 
 
-def _build(spec: ModelSpec, dtype: Any, checkpoint: bool = False) -> tuple[Any, Data]:
+def _build(
+    spec: ModelSpec, dtype: PolicyArg, checkpoint: bool = False
+) -> tuple[torch.nn.Module, Data]:
     """`(model, data)` from a spec: `factory(dtype=..., **kwargs)`, data from the spec, the
     built-in default, or the factory's second return value. A factory with a `dtype` parameter
     applies the policy itself; otherwise a plain `torch.nn.Module` is converted with
@@ -93,31 +130,25 @@ def _build(spec: ModelSpec, dtype: Any, checkpoint: bool = False) -> tuple[Any, 
             f"Expected model factory {spec.resolved_name!r} to return an mpq model or a "
             f"torch.nn.Module. Received: {_describe(model)}"
         )
-    load = checkpoint and spec.checkpoint is not None
+    path = spec.checkpoint if checkpoint else None
     if not isinstance(model, Layer):
-        if load:
-            _load_checkpoint(model, spec.checkpoint)
-            load = False
+        if path is not None:
+            _load_checkpoint(model, path)
+            path = None
         if not took_dtype:
             from mpq.training import from_torch
 
             sample = _to_tensor(_first_batch(data)[:2], "cpu")
             model, _ = from_torch(model, dtype, example_inputs=sample)
-    elif not took_dtype and dtype is not None and model.dtype_policy.name != _policy_name(dtype):
+    elif not took_dtype and dtype is not None and model.dtype_policy != mpq_policy.get(dtype):
         model.dtype_policy = dtype
-    if load:
+    if path is not None:
         _materialize(model, _first_batch(data))
-        _load_checkpoint(model, spec.checkpoint)
+        _load_checkpoint(model, path)
     return model, data
 
 
-def _policy_name(dtype: Any) -> str:
-    from mpq import policy
-
-    return policy.get(dtype).name
-
-
-def _load_checkpoint(model: Any, path: str) -> None:
+def _load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load trained weights: an `mpq.saving` file (`mpq.saving.load_weights`: names, shapes and
     dtypes checked), or a safetensors state dict (`load_state_dict(strict=True)`). Pickle-based
     torch files are refused: loading never unpickles."""
@@ -162,7 +193,7 @@ def _load_checkpoint(model: Any, path: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_data(ref: Any, kwargs_json: str) -> Data:
+def _load_data(ref: str | Callable[..., Any], kwargs_json: str) -> Data:
     """Data from a reference and its kwargs, loaded once per process (the runs of a sweep share
     it; nothing mutates a `Data`)."""
     return as_data(resolve_data(ref)(**json.loads(kwargs_json)))
@@ -172,21 +203,19 @@ def _sized(data: Data, quick: bool) -> Data:
     return data.subset(QUICK_TRAIN, QUICK_TEST) if quick else data
 
 
-def _to_tensor(x: Any, device: str, integer: bool = False):
-    import torch
-
+def _to_tensor(x: Any, device: str, integer: bool = False) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     t = t.to(device)
     return t.long() if integer else t
 
 
-def _first_batch(data: Data) -> Any:
-    for x, _ in data.test_batches(2):
+def _first_batch(data: Data, batch_size: int = 2) -> Any:
+    for x, _ in data.test_batches(batch_size):
         return x
     raise ValueError("Expected a non-empty test split. Received: no test batches")
 
 
-def _materialize(model: Any, sample: Any) -> None:
+def _materialize(model: torch.nn.Module, sample: Any) -> None:
     """Build a lazily built model by calling it once on a small batch."""
     import torch
 
@@ -198,7 +227,7 @@ def _materialize(model: Any, sample: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # Weights, layers, bytes
 # --------------------------------------------------------------------------------------------
-def _variables(module: Any) -> list[Any]:
+def _variables(module: torch.nn.Module) -> list[torch.Tensor]:
     """The model's variables: `module.weights` (mpq) or parameters + buffers, without repeats."""
     found = getattr(module, "weights", None)
     if found is None or callable(found):
@@ -211,7 +240,7 @@ def _variables(module: Any) -> list[Any]:
     return out
 
 
-def weight_bytes(module: Any) -> int:
+def weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of what the model stores: `sum(numel * element_size)` over its variables (int8
     kernels, packed int4 nibbles, scales, zero points, amax histories included).
 
@@ -223,7 +252,7 @@ def weight_bytes(module: Any) -> int:
     return sum(int(v.numel()) * int(v.element_size()) for v in _variables(module))
 
 
-def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
+def _leaf_layers(model: torch.nn.Module) -> Iterator[tuple[str, str, torch.nn.Module]]:
     """(path, module name, module) of each module that holds variables itself (Dense, ...).
 
     `path` is the mpq layer path (`"digits_cnn/conv_0"`); the torch module name (`"0"`) is the
@@ -235,7 +264,7 @@ def _leaf_layers(model: Any) -> Iterator[tuple[str, str, Any]]:
             yield (getattr(m, "path", None) or name or type(m).__name__), name, m
 
 
-def layer_table(model: Any) -> list[dict[str, Any]]:
+def layer_table(model: torch.nn.Module) -> list[dict[str, Any]]:
     """One row per variable-holding layer: path, module name, class, parameter count, bytes,
     and the quantization modes with a scheme for its class (`modes`)."""
     import mpq.quantization  # noqa: F401  (registers the schemes)
@@ -255,7 +284,7 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _state(model: Any) -> dict[str, Any]:
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     import torch
 
     # contiguous copies: from_torch kernels are transposed views, and the runner ships the state
@@ -266,7 +295,7 @@ def _state(model: Any) -> dict[str, Any]:
     }
 
 
-def _load_state(model: Any, state: dict[str, Any]) -> None:
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy float32 weights into a model built under another policy, casting to each
     variable's own dtype (exact for float32 targets; round-to-nearest for half types)."""
     import torch
@@ -297,7 +326,7 @@ def _load_state(model: Any, state: dict[str, Any]) -> None:
 def _quantize_fn() -> Callable[..., Any]:
     import mpq
 
-    fn = getattr(mpq, "quantize", None)
+    fn: Callable[..., Any] | None = getattr(mpq, "quantize", None)
     if fn is None:
         raise QuantizationUnavailableError(
             "quantization not available: this mpq has no mpq.quantize(model, mode, config=..., "
@@ -316,7 +345,7 @@ def _path_filter(paths: tuple[str, ...]) -> str:
 _CALIBRATION_BATCHES = 4
 
 
-def _calibration(data: Data) -> list[Any]:
+def _calibration(data: Data) -> list[torch.Tensor]:
     batches = []
     for x, _ in data.train_batches(64, seed=0, epoch=0):
         batches.append(_to_tensor(x, "cpu"))
@@ -326,35 +355,46 @@ def _calibration(data: Data) -> list[Any]:
 
 
 def _quantize(
-    model: Any, variant: Variant, paths: tuple[str, ...] | None, data: Data | None = None
+    model: torch.nn.Module,
+    variant: Variant,
+    paths: tuple[str, ...] | None,
+    data: Data | None = None,
 ) -> int:
+    """`mpq.quantize(model, policy.mode_spec, ...)` on `paths` (None: the whole model), with the
+    variant's quantize config and, for algorithm policies, calibration batches."""
+    pol = variant.quantized_policy
+    if pol is None:
+        raise ValueError(
+            "Expected a variant with a quantized policy (such as 'int8_from_float32'). "
+            f"Received: variant {variant.label!r} with policy={variant.policy!r}"
+        )
     fn = _quantize_fn()
-    pol = variant.dtype_policy
     kwargs: dict[str, Any] = {}
     if variant.quantize_config:
         kwargs["config"] = dict(variant.quantize_config)
     if paths is not None:
         kwargs["filter"] = _path_filter(paths)
-    algorithm = getattr(pol, "algorithm", None)  # gptq / awq policy names run that algorithm
-    if algorithm is not None:
+    if isinstance(pol, QuantizedAlgorithmDTypePolicy):  # gptq / awq names run that algorithm
         if data is None:
             raise ValueError(
                 f"Expected calibration data for policy {pol.name!r}. Received: data=None"
             )
-        kwargs["algorithm"] = algorithm
+        kwargs["algorithm"] = pol.algorithm
         kwargs["calibration"] = _calibration(data)
-    static = (variant.quantize_config or {}).get("scaling") == "static"
-    if static and data is None:
-        raise ValueError(
-            f"Expected calibration data for the static-scaling variant {variant.label!r}. "
-            "Received: data=None"
-        )
+    static_batches = None
+    if (variant.quantize_config or {}).get("scaling") == "static":
+        if data is None:
+            raise ValueError(
+                f"Expected calibration data for the static-scaling variant {variant.label!r}. "
+                "Received: data=None"
+            )
+        static_batches = _calibration(data)
     before = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     fn(model, pol.mode_spec, **kwargs)
-    if static:  # static input scales come from the same training batches the algorithms use
+    if static_batches is not None:  # static input scales: the batches the algorithms use
         import mpq
 
-        mpq.calibrate(model, _calibration(data))
+        mpq.calibrate(model, static_batches)
     after = {p for p, _, m in _leaf_layers(model) if getattr(m, "quantization_mode", None)}
     newly = after - before
     if not newly:
@@ -368,12 +408,12 @@ def _quantize(
 
 def apply_policy(
     spec: ModelSpec,
-    state: dict[str, Any],
+    state: dict[str, torch.Tensor],
     variant: Variant,
     layers: tuple[str, ...] | None = None,
     assignment: tuple[tuple[str, Variant], ...] | None = None,
     layer_rows: list[dict[str, Any]] | None = None,
-) -> tuple[Any, Data, int]:
+) -> tuple[torch.nn.Module, Data, int]:
     """Build `spec`'s model under `variant` with the float32-trained `state` loaded.
 
     - Float variant: the model is built with `dtype=policy` and the weights cast into it.
@@ -414,22 +454,22 @@ def apply_policy(
                 _set_layer_policy(modules[module_of[path]], path, v.source_policy)
     _materialize(model, _first_batch(data))
     _load_state(model, state)
-    groups: dict[tuple, list[str]] = {}
+    # One mpq.quantize call per distinct (policy, quantize config): the variants' own objects.
+    groups: dict[tuple[str, str], tuple[Variant, list[str]]] = {}
     for path, v in assignment:
         if v.is_quantized:
-            key = (v.policy, tuple(sorted((v.quantize_config or {}).items())))
-            groups.setdefault(key, []).append(path)
+            key = (v.policy, json.dumps(v.quantize_config or {}, sort_keys=True, default=str))
+            groups.setdefault(key, (v, []))[1].append(path)
     new_path = {name: path for path, name, _ in _leaf_layers(model)}
     n_quantized = 0
-    for (pol_name, cfg), paths in groups.items():
-        v = Variant(pol_name, pol_name, dict(cfg) or None)
+    for v, paths in groups.values():
         targets = None if whole else tuple(new_path[module_of[p]] for p in paths)
         n_quantized += _quantize(model, v, targets, data)
     model.eval()
     return model, data, n_quantized
 
 
-def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
+def _set_layer_policy(layer: torch.nn.Module, path: str, policy: str) -> None:
     from mpq.layers import Layer
 
     if not isinstance(layer, Layer):
@@ -443,14 +483,14 @@ def _set_layer_policy(layer: Any, path: str, policy: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
-def _targets(y: Any, device: str):
+def _targets(y: Any, device: str) -> torch.Tensor:
     """Targets as a tensor: class ids as int64, regression targets as they are."""
     t = _to_tensor(y, device)
     return t if t.is_floating_point() else t.long()
 
 
 def _fit(
-    model: Any,
+    model: torch.nn.Module,
     data: Data,
     epochs: int,
     lr: float,
@@ -458,7 +498,7 @@ def _fit(
     seed: int,
     device: str,
     loss_scaling: bool = False,
-    task: Any = None,
+    task: TaskSpec = None,
 ) -> float:
     """Adam on the trainable variables. With `loss_scaling` (float16 compute) the steps go
     through `mpq.LossScaler`: a step with non-finite gradients is skipped and the scale halved.
@@ -487,10 +527,10 @@ def _fit(
                     f"Expected a finite training loss. Received: loss={loss.item()} at epoch {epoch}"
                 )
             if scaler is None:
-                loss.backward()
+                torch.autograd.backward(loss)
                 opt.step()
             else:
-                scaler.scale(loss).backward()
+                torch.autograd.backward(scaler.scale(loss))
                 scaler.step(opt)
                 scaler.update()
             total += float(loss.detach()) * len(y)
@@ -500,7 +540,9 @@ def _fit(
     return last
 
 
-def evaluate(model: Any, data: Data, device: str, task: Any = None) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, data: Data, device: str, task: TaskSpec = None
+) -> dict[str, Any]:
     """The task's metrics on the test split (classification: accuracy and mean cross-entropy;
     `lm`: perplexity, bits per byte, next-byte accuracy; `regression`: MSE), `"loss"`, and the
     float32 outputs `"logits"` (concatenated over batches). Non-finite outputs or metrics raise.
@@ -534,30 +576,29 @@ def evaluate(model: Any, data: Data, device: str, task: Any = None) -> dict[str,
     }
 
 
-def _sqnr_db(reference: Any, x: Any) -> float:
+def _sqnr_db(reference: torch.Tensor, x: torch.Tensor) -> float:
     """`mpq.testing.sqnr`: 10 log10(sum ref^2 / sum (ref - x)^2) in float64; +inf when equal."""
     from mpq.testing import sqnr
 
     return float(sqnr(reference, x))
 
 
-def _latency_ms(model: Any, data: Data, device: str, repeats: int) -> tuple[float, int]:
+def _latency_ms(model: torch.nn.Module, data: Data, device: str, repeats: int) -> tuple[float, int]:
     """Median wall time of one forward pass over a test batch, in ms, and the batch size."""
     import torch
 
-    x = None
-    for xb, _ in data.test_batches(EVAL_BATCH):
-        x = _to_tensor(xb, device)
-        break
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    x = _to_tensor(_first_batch(data, EVAL_BATCH), device)
+    cuda = device.startswith("cuda")
     times = []
     with torch.no_grad():
         model(x)  # warm-up (also compiles / autotunes kernels on a GPU)
-        sync()
+        if cuda:
+            torch.cuda.synchronize()
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             model(x)
-            sync()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times), int(x.shape[0])
 
@@ -574,10 +615,16 @@ def _data_digest(data: Data) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _cache_paths(spec: ModelSpec, seed: int, device: str, quick: bool, data: Data, cache_dir: Any):
+def _cache_paths(
+    spec: ModelSpec,
+    seed: int,
+    device: str,
+    quick: bool,
+    data: Data,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[Path, Path] | None:
     """`(weights.mpq, info.json)` of this (model config, seed) in `cache_dir`, or None when the
     baseline is not cacheable (data from loaders)."""
-    from pathlib import Path
 
     import torch
 
@@ -600,8 +647,8 @@ def train_baseline(
     seed: int,
     device: str = "cpu",
     quick: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> BaselineResult:
     """Train `spec`'s model in float32 from `seed`; return its weights (CPU tensors), test
     logits, metrics and layer table. Deterministic for a given (spec, seed, device, quick).
 
@@ -657,7 +704,7 @@ def train_baseline(
     }
 
 
-def _write_cache(model: Any, cache: tuple[Any, Any], train_loss: float) -> None:
+def _write_cache(model: torch.nn.Module, cache: tuple[Path, Path], train_loss: float) -> None:
     """Save the trained weights (`mpq.saving`, atomic) and then the info file; a model that
     `mpq.saving` cannot write is simply not cached."""
     from mpq import saving
@@ -707,10 +754,10 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-_BASELINES: dict[tuple, dict[str, Any]] = {}
+_BASELINES: dict[tuple[str, int, str, bool], BaselineResult] = {}
 
 
-def _baseline_for(config: RunConfig) -> dict[str, Any]:
+def _baseline_for(config: RunConfig) -> BaselineResult:
     key = (
         json.dumps(config.model.to_dict(), sort_keys=True),
         config.seed,
@@ -722,138 +769,131 @@ def _baseline_for(config: RunConfig) -> dict[str, Any]:
     return _BASELINES[key]
 
 
-def run_one(config: RunConfig, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one (model, variant, seed[, layers]) and return its flat record; never raises.
+def run_one(config: RunConfig, baseline: BaselineResult | None = None) -> Record:
+    """Run one (model, variant, seed[, layers]) and return its `Record`; never raises.
 
     Pure: the record is a function of `config` (plus timings and the environment). Without a
     `baseline` (the output of `train_baseline` for this model and seed) the float32 model is
-    trained here first (memoised per process).
+    trained here first (memoised per process). A failed run is a record with `status="error"`,
+    its error and traceback.
 
     Example:
         >>> from mpq.sweep.config import SweepConfig
         >>> cfg = SweepConfig(models=["digits_mlp"], policies=["bfloat16"], quick=True)
         >>> record = run_one(cfg.run_configs()[0])
-        >>> record["status"], record["policy"]
+        >>> record.status, record.policy
         ('ok', 'bfloat16')
     """
     t0 = time.perf_counter()
-    v = config.variant
-    rec: dict[str, Any] = {
-        "config_hash": config.config_hash,
-        "kind": config.kind,
-        "model": config.model.resolved_name,
-        "variant": v.label,
-        "policy": v.policy,
-        "quantize_config": None if not v.quantize_config else dict(v.quantize_config),
-        "seed": config.seed,
-        "layer": None if config.layers is None else ",".join(config.layers),
-        "quick": config.quick,
-        "status": "ok",
-        "error": None,
-        "accuracy": None,
-        "loss": None,
-        "float32_accuracy": None,
-        "accuracy_delta": None,
-        "sqnr_db": None,
-        "weight_bytes": None,
-        "float32_weight_bytes": None,
-        "bytes_ratio": None,
-        "layer_weight_bytes": None,
-        "float32_layer_weight_bytes": None,
-        "quantized_layers": None,
-        "latency_ms": None,
-        "latency_batch": None,
-        "finetune_epochs": 0,
-        "finetune_accuracy": None,
-        "finetune_loss": None,
-        "task": None,
-        "metric": None,
-        "higher_is_better": None,
-        "metric_value": None,
-        "float32_metric": None,
-        "metric_delta": None,
-        "perplexity": None,
-        "bits_per_byte": None,
-        "mse": None,
-        "finetune_metric": None,
-        "baseline_cached": None,
-        "train_epochs": None,
-        "assignment": None
-        if config.assignment is None
-        else {p: var.label for p, var in config.assignment},
-    }
+    values: dict[str, Any] = {"status": "ok", "finetune_epochs": 0}
     try:
-        rec.update(environment(config.device))
+        values.update(environment(config.device))
         base = baseline if baseline is not None else _baseline_for(config)
-        task = config.model.task_obj
-        rec.update(task=task.name, metric=task.metric, higher_is_better=task.higher_is_better)
-        rec["float32_accuracy"] = base["accuracy"]
-        rec["float32_metric"] = base["metric_value"]
-        rec["baseline_cached"] = base.get("cached")
-        rec["float32_weight_bytes"] = base["weight_bytes"]
-        rec["train_epochs"] = base["epochs"]
-        if config.layers is not None:
-            f32 = {row["path"]: row["bytes"] for row in base["layers"]}
-            rec["float32_layer_weight_bytes"] = sum(f32.get(p, 0) for p in config.layers)
-        import torch
-
+        values.update(_baseline_values(config, base))
         torch.manual_seed(config.seed)
-        model, data, n_q = apply_policy(
-            config.model, base["state"], v, config.layers, config.assignment, base["layers"]
+        model, data, n_quantized = apply_policy(
+            config.model,
+            base["state"],
+            config.variant,
+            config.layers,
+            config.assignment,
+            base["layers"],
         )
         data = _sized(data, config.quick)
-        rec["quantized_layers"] = n_q
-        rec["weight_bytes"] = weight_bytes(model)
-        rec["bytes_ratio"] = rec["weight_bytes"] / base["weight_bytes"]
-        if config.layers is not None:
-            by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
-            module_of = {row["path"]: row["module"] for row in base["layers"]}
-            rec["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
+        values.update(_size_values(config, base, model, n_quantized))
         model.to(config.device)
-        ev = evaluate(model, data, config.device, task)
-        sq = _sqnr_db(base["logits"], ev["logits"])
-        rec.update({k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev})
-        rec.update(
-            accuracy=ev["accuracy"],
-            loss=ev["loss"],
-            metric_value=ev["metric_value"],
-            metric_delta=ev["metric_value"] - base["metric_value"],
-            accuracy_delta=None
-            if ev["accuracy"] is None or base["accuracy"] is None
-            else ev["accuracy"] - base["accuracy"],
-            sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
-        )
-        rec["latency_ms"], rec["latency_batch"] = _latency_ms(
-            model, data, config.device, config.latency_repeats
-        )
-        if config.finetune_epochs and v.finetune:
-            epochs = (
-                min(config.finetune_epochs, QUICK_EPOCHS)
-                if config.quick
-                else config.finetune_epochs
-            )
-            _fit(
-                model,
-                data,
-                epochs,
-                config.model.finetune_lr,
-                config.model.batch_size,
-                config.seed + 1000,
-                config.device,
-                loss_scaling=v.dtype_policy.compute_dtype == "float16",
-                task=task,
-            )
-            ft = evaluate(model, data, config.device, task)
-            rec.update(
-                finetune_epochs=epochs,
-                finetune_accuracy=ft["accuracy"],
-                finetune_loss=ft["loss"],
-                finetune_metric=ft["metric_value"],
-            )
+        values.update(_eval_values(config, base, model, data))
+        if config.finetune_epochs and config.variant.finetune:
+            values.update(_finetune_values(config, model, data))
     except Exception as e:  # a failed run is a record, not a crash of the sweep
-        rec["status"] = "error"
-        rec["error"] = f"{type(e).__name__}: {e}"
-        rec["traceback"] = traceback.format_exc()[-2000:]
-    rec["duration_s"] = time.perf_counter() - t0
-    rec["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return rec
+        values.update(
+            status="error",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-2000:],
+        )
+    values["duration_s"] = time.perf_counter() - t0
+    values["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Record.for_run(config, **values)
+
+
+def _baseline_values(config: RunConfig, base: BaselineResult) -> dict[str, Any]:
+    """What a run takes from its float32 baseline (and its task)."""
+    task = config.model.task_obj
+    values = {
+        "task": task.name,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "float32_accuracy": base["accuracy"],
+        "float32_metric": base["metric_value"],
+        "baseline_cached": base.get("cached"),
+        "float32_weight_bytes": base["weight_bytes"],
+        "train_epochs": base["epochs"],
+    }
+    if config.layers is not None:
+        f32 = {row["path"]: row["bytes"] for row in base["layers"]}
+        values["float32_layer_weight_bytes"] = sum(f32.get(p, 0) for p in config.layers)
+    return values
+
+
+def _size_values(
+    config: RunConfig, base: BaselineResult, model: torch.nn.Module, n_quantized: int
+) -> dict[str, Any]:
+    """The model's bytes under the variant (and its layers' for a per-layer run)."""
+    nbytes = weight_bytes(model)
+    values: dict[str, Any] = {
+        "quantized_layers": n_quantized,
+        "weight_bytes": nbytes,
+        "bytes_ratio": nbytes / base["weight_bytes"],
+    }
+    if config.layers is not None:
+        by_module = {row["module"]: row["bytes"] for row in layer_table(model)}
+        module_of = {row["path"]: row["module"] for row in base["layers"]}
+        values["layer_weight_bytes"] = sum(by_module[module_of[p]] for p in config.layers)
+    return values
+
+
+def _eval_values(
+    config: RunConfig, base: BaselineResult, model: torch.nn.Module, data: Data
+) -> dict[str, Any]:
+    """The task's metrics, their change against float32, SQNR and latency."""
+    ev = evaluate(model, data, config.device, config.model.task_obj)
+    sq = _sqnr_db(base["logits"], ev["logits"])
+    values: dict[str, Any] = {k: ev[k] for k in ("perplexity", "bits_per_byte", "mse") if k in ev}
+    values.update(
+        accuracy=ev["accuracy"],
+        loss=ev["loss"],
+        metric_value=ev["metric_value"],
+        metric_delta=ev["metric_value"] - base["metric_value"],
+        accuracy_delta=None
+        if ev["accuracy"] is None or base["accuracy"] is None
+        else ev["accuracy"] - base["accuracy"],
+        sqnr_db=None if math.isinf(sq) and sq > 0 else sq,
+    )
+    values["latency_ms"], values["latency_batch"] = _latency_ms(
+        model, data, config.device, config.latency_repeats
+    )
+    return values
+
+
+def _finetune_values(config: RunConfig, model: torch.nn.Module, data: Data) -> dict[str, Any]:
+    """Fine-tune under the variant (loss scaling for float16 compute) and evaluate again."""
+    epochs = min(config.finetune_epochs, QUICK_EPOCHS) if config.quick else config.finetune_epochs
+    task = config.model.task_obj
+    _fit(
+        model,
+        data,
+        epochs,
+        config.model.finetune_lr,
+        config.model.batch_size,
+        config.seed + 1000,
+        config.device,
+        loss_scaling=config.variant.dtype_policy.compute_dtype == "float16",
+        task=task,
+    )
+    ft = evaluate(model, data, config.device, task)
+    return {
+        "finetune_epochs": epochs,
+        "finetune_accuracy": ft["accuracy"],
+        "finetune_loss": ft["loss"],
+        "finetune_metric": ft["metric_value"],
+    }

@@ -8,7 +8,11 @@ Built-in layers have explicit names, so layer paths (and suggested policy maps) 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpq.layers import Layer, Sequential
+    from mpq.policy import DTypePolicy
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -21,7 +25,9 @@ __all__ = [
 ]
 
 
-def digits_cnn(dtype: Any = None, filters: Sequence[int] = (16, 32), num_classes: int = 10):
+def digits_cnn(
+    dtype: str | DTypePolicy | None = None, filters: Sequence[int] = (16, 32), num_classes: int = 10
+) -> Sequential:
     """Conv2D(16, 3, relu) -> Conv2D(32, 3, relu) -> Flatten -> Dense(10), for `[N, 8, 8, 1]`
     NHWC digits (about 10k parameters).
 
@@ -41,7 +47,9 @@ def digits_cnn(dtype: Any = None, filters: Sequence[int] = (16, 32), num_classes
     return Sequential([*convs, *head], dtype=dtype, name="digits_cnn")
 
 
-def digits_mlp(dtype: Any = None, hidden: Sequence[int] = (128, 64), num_classes: int = 10):
+def digits_mlp(
+    dtype: str | DTypePolicy | None = None, hidden: Sequence[int] = (128, 64), num_classes: int = 10
+) -> Sequential:
     """Dense(128, relu) -> Dense(64, relu) -> Dense(10) on `[N, 64]` digits (about 17k params)."""
     from mpq.layers import Dense, Sequential
 
@@ -50,7 +58,11 @@ def digits_mlp(dtype: Any = None, hidden: Sequence[int] = (128, 64), num_classes
     return Sequential([*layers, out], dtype=dtype, name="digits_mlp")
 
 
-def synthetic_mlp(dtype: Any = None, hidden: Sequence[int] = (1024, 1024), num_classes: int = 16):
+def synthetic_mlp(
+    dtype: str | DTypePolicy | None = None,
+    hidden: Sequence[int] = (1024, 1024),
+    num_classes: int = 16,
+) -> Sequential:
     """Dense(1024, relu) -> Dense(1024, relu) -> Dense(16) on `[N, 512]` synthetic features
     (about 1.6M parameters): big enough for the kernels' speed to show on a GPU."""
     from mpq.layers import Dense, Sequential
@@ -60,7 +72,9 @@ def synthetic_mlp(dtype: Any = None, hidden: Sequence[int] = (1024, 1024), num_c
     return Sequential([*layers, out], dtype=dtype, name="synthetic_mlp")
 
 
-def regression_mlp(dtype: Any = None, hidden: Sequence[int] = (64, 64)):
+def regression_mlp(
+    dtype: str | DTypePolicy | None = None, hidden: Sequence[int] = (64, 64)
+) -> Sequential:
     """Dense(64, relu) -> Dense(64, relu) -> Dense(1) for the `regression` task."""
     from mpq.layers import Dense, Sequential
 
@@ -70,7 +84,7 @@ def regression_mlp(dtype: Any = None, hidden: Sequence[int] = (64, 64)):
     )
 
 
-def tiny_lm(dtype: Any = None, **kwargs: Any):
+def tiny_lm(dtype: str | DTypePolicy | None = None, **kwargs: int) -> Layer:
     """The language-model task's decoder-only transformer (`mpq.sweep.tasks.lm.tiny_lm`)."""
     from mpq.sweep.tasks.lm import tiny_lm as make
 

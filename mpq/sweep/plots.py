@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_per_layer", "plot_sweep"]
 
 
-def _pyplot():
+def _pyplot() -> type[Figure]:
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -28,7 +31,7 @@ def _pyplot():
 
 
 def plot_sweep(
-    rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "mpq policy sweep"
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = "mpq policy sweep"
 ) -> None:
     """Two panels sharing a log x axis (weight bytes): logits SQNR (dB) against the float32 run,
     and held-out accuracy; one series (colour, marker) per model; each point labelled with its
@@ -54,42 +57,11 @@ def plot_sweep(
             "color": f"C{i}",
             "label": model,
         }
-        sq_points: dict[tuple[float, float], list[str]] = {}
-        acc_points: dict[tuple[float, float], list[str]] = {}
-        for r in rs:
-            x = float(r["weight_bytes"])
-            if r["sqnr_db"] is not None:
-                exact = math.isinf(r["sqnr_db"])
-                y = top if exact else round(float(r["sqnr_db"]), 1)
-                sq_points.setdefault((x, y), []).append(
-                    r["variant"] + (" (exact)" if exact else "")
-                )
-            acc_points.setdefault((x, round(100 * r["accuracy"], 2)), []).append(r["variant"])
-        for ax, points in ((ax_s, sq_points), (ax_a, acc_points)):
-            ax.plot([p[0] for p in points], [p[1] for p in points], **style)
-            for (x, y), labels in points.items():  # coincident points share one label
-                ax.annotate(
-                    " / ".join(labels),
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(5, 3),
-                    fontsize=7,
-                    color=style["color"],
-                )
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from mpq.sweep.records import _human_bytes
-
-    # Ticks at powers of two (4 KiB, 8 KiB, ...): measured sizes crowd each other on a log axis.
+        sq_points, acc_points = _sweep_points(rs, top)
+        _draw_series(ax_s, sq_points, style)
+        _draw_series(ax_a, acc_points, style)
     for ax in (ax_s, ax_a):
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(LogLocator(base=2))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
-        ax.margins(x=0.25, y=0.08)
-        ax.set_xlabel("weight bytes (scales included, log scale)")
-        ax.grid(True, which="both", alpha=0.3)
+        _bytes_axis(ax)
     ax_s.set_ylabel("logits SQNR vs float32 (dB, higher is better)")
     ax_a.set_ylabel("held-out accuracy (%)")
     ax_s.set_title("Fidelity")
@@ -100,9 +72,60 @@ def plot_sweep(
     _save(fig, path)
 
 
+#: Labelled points of one panel: (x, y) -> the labels of the policies drawn there.
+_Points = dict[tuple[float, float], list[str]]
+
+
+def _sweep_points(rows: Sequence[Mapping[str, Any]], top: float) -> tuple[_Points, _Points]:
+    """The SQNR and accuracy points of one model's rows (exact SQNR drawn at `top`; a row
+    without an accuracy, such as a regression's, has no accuracy point)."""
+    sq_points: _Points = {}
+    acc_points: _Points = {}
+    for r in rows:
+        x = float(r["weight_bytes"])
+        if r["sqnr_db"] is not None:
+            exact = math.isinf(r["sqnr_db"])
+            y = top if exact else round(float(r["sqnr_db"]), 1)
+            sq_points.setdefault((x, y), []).append(r["variant"] + (" (exact)" if exact else ""))
+        if r.get("accuracy") is not None:
+            acc_points.setdefault((x, round(100 * r["accuracy"], 2)), []).append(r["variant"])
+    return sq_points, acc_points
+
+
+def _draw_series(ax: Any, points: _Points, style: Mapping[str, Any]) -> None:
+    """One model's points in its style, coincident points sharing one label."""
+    ax.plot([p[0] for p in points], [p[1] for p in points], **style)
+    for (x, y), labels in points.items():
+        ax.annotate(
+            " / ".join(labels),
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 3),
+            fontsize=7,
+            color=style["color"],
+        )
+
+
+def _bytes_axis(ax: Any) -> None:
+    """A log2 x axis of weight bytes, ticks at powers of two (4 KiB, 8 KiB, ...): measured
+    sizes crowd each other on a log axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from mpq.sweep.records import _human_bytes
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human_bytes(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=30)
+    ax.margins(x=0.25, y=0.08)
+    ax.set_xlabel("weight bytes (scales included, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot_per_layer(
     panels: Sequence[tuple[str, list[str], list[str], list[list[float | None]]]],
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     failed: set[tuple[str, str, str]] | None = None,
 ) -> None:
     """Heatmaps of per-layer SQNR (dB): rows are layers, columns are variants, one panel per
@@ -150,7 +173,7 @@ def plot_per_layer(
     _save(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
     """Save as PNG all at once (`write_atomic`): a crash leaves the old picture or the new one."""
     import io
 

@@ -5,45 +5,50 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from mpq.sweep import experiment
-from mpq.sweep.config import BUILTIN_VARIANTS, RunConfig, SweepConfig, Variant
+from mpq.sweep.config import ModelSpec, RunConfig, SweepConfig
+from mpq.sweep.experiment import BaselineInfo, BaselineResult
+from mpq.sweep.plan import Baseline, Execution, LayerRow, Output, PerLayer, Plan, make_plan
 from mpq.sweep.records import (
     JsonlWriter,
+    Record,
     latest_by_hash,
     scan_results,
     set_aside_torn_tail,
     write_atomic,
 )
+from mpq.sweep.sensitivity import Suggestion
 
 __all__ = [
     "InlineExecutor",
+    "Outcome",
     "Progress",
     "RayExecutor",
     "WorkerPool",
+    "check_environment",
     "execute",
     "make_executor",
+    "prepare_output",
     "prepare_results",
     "stop_now",
 ]
 
 #: How often the wait loop looks for a Ctrl-C (seconds).
 _POLL_S = 0.2
-
-#: The variant of a suggested-map verification run (the map itself is the run's `assignment`).
-SUGGESTED = Variant("suggested", "float32")
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,8 +62,8 @@ class InlineExecutor(cf.Executor):
         32
     """
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        fut: cf.Future = cf.Future()
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
         try:
             fut.set_result(fn(*args, **kwargs))
         except Exception as e:  # delivered through the future, as a pool would (Ctrl-C is not)
@@ -93,7 +98,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
             initargs=(threads,),
         )
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
             return super().submit(fn, *args, **kwargs)
         # A Ctrl-C that arrives meanwhile stays pending and is delivered on unblocking.
@@ -157,7 +162,7 @@ class RayExecutor(cf.Executor):
             raise ModuleNotFoundError(
                 "Expected Ray for executor='ray' (`pip install mpq[ray]`). Received: no module named 'ray'"
             ) from None
-        self._ray = ray
+        self._ray: Any = ray  # its decorators take arbitrary resource options
         self._resources = dict(resources or {"num_cpus": 1})
         self._owns = False
         if not ray.is_initialized():
@@ -172,12 +177,13 @@ class RayExecutor(cf.Executor):
             self._owns = True
         self._remotes: dict[Any, Any] = {}
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         remote = self._remotes.get(fn)
         if remote is None:
             remote = self._ray.remote(**self._resources)(fn)
             self._remotes[fn] = remote
-        return remote.remote(*args, **kwargs).future()
+        future: cf.Future[Any] = remote.remote(*args, **kwargs).future()
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._owns and self._ray.is_initialized():
@@ -185,13 +191,13 @@ class RayExecutor(cf.Executor):
             self._owns = False
 
 
-def make_executor(config: SweepConfig) -> cf.Executor:
-    """The executor named by `config.executor` (the caller shuts it down)."""
-    if config.executor == "serial":
+def make_executor(execution: Execution | SweepConfig) -> cf.Executor:
+    """The executor named by `execution.executor` (the caller shuts it down)."""
+    if execution.executor == "serial":
         return InlineExecutor()
-    if config.executor == "ray":
-        return RayExecutor(config.resources, config.ray_address)
-    workers = config.workers or max(1, min(os.cpu_count() or 1, 2))
+    if execution.executor == "ray":
+        return RayExecutor(dict(execution.resources), execution.ray_address)
+    workers = execution.workers or max(1, min(os.cpu_count() or 1, 2))
     # One torch thread per worker when several run (the runs are small: threads would only
     # contend for the cores); a lone worker gets them all. No fork of this process: it may
     # already run torch's thread pools, and forking those can deadlock.
@@ -254,7 +260,7 @@ class Progress:
     def add(self, n: int) -> None:
         self.total += n
 
-    def update(self, record: dict[str, Any], resumed: bool = False) -> None:
+    def update(self, record: Mapping[str, Any], resumed: bool = False) -> None:
         with self._lock:
             self.done += 1
             self.failed += record.get("status") != "ok"
@@ -303,26 +309,49 @@ class Progress:
 # from the sender's `multiprocessing.resource_sharer` thread; a worker terminated by Ctrl-C
 # in the middle of such a fetch makes that thread print a traceback. As safetensors bytes
 # (exact, every dtype) the baseline's weights and logits are plain data.
+class PackedBaseline(BaselineInfo):
+    """`experiment.BaselineResult` with its tensors as safetensors bytes."""
+
+    state: tuple[list[str], bytes]  # keys in model order, and the tensors
+    logits: bytes
 
 
-def _pack(baseline: dict[str, Any]) -> dict[str, Any]:
+def _info(baseline: BaselineInfo) -> BaselineInfo:
+    return {
+        "accuracy": baseline["accuracy"],
+        "loss": baseline["loss"],
+        "metric": baseline["metric"],
+        "metric_value": baseline["metric_value"],
+        "metrics": baseline["metrics"],
+        "train_loss": baseline["train_loss"],
+        "epochs": baseline["epochs"],
+        "cached": baseline["cached"],
+        "layers": baseline["layers"],
+        "weight_bytes": baseline["weight_bytes"],
+        "train_seconds": baseline["train_seconds"],
+    }
+
+
+def _pack(baseline: BaselineResult) -> PackedBaseline:
     from safetensors.torch import save
 
-    out = dict(baseline)
-    out["state"] = (list(baseline["state"]), save(baseline["state"]))  # keys in model order
-    out["logits"] = save({"logits": baseline["logits"]})
-    return out
+    return PackedBaseline(
+        **_info(baseline),
+        state=(list(baseline["state"]), save(baseline["state"])),
+        logits=save({"logits": baseline["logits"]}),
+    )
 
 
-def _unpack(baseline: dict[str, Any]) -> dict[str, Any]:
+def _unpack(baseline: PackedBaseline) -> BaselineResult:
     from safetensors.torch import load
 
-    out = dict(baseline)
     keys, blob = baseline["state"]
     state = load(blob)
-    out["state"] = {k: state[k] for k in keys}
-    out["logits"] = load(baseline["logits"])["logits"]
-    return out
+    return BaselineResult(
+        **_info(baseline),
+        state={k: state[k] for k in keys},
+        logits=load(baseline["logits"])["logits"],
+    )
 
 
 def _known_modes() -> set[str]:
@@ -334,13 +363,13 @@ def _known_modes() -> set[str]:
 
 
 def _train_task(
-    model: Any, seed: int, device: str, quick: bool, cache_dir: str | None = None
-) -> dict[str, Any]:
+    model: ModelSpec, seed: int, device: str, quick: bool, cache_dir: str | None = None
+) -> PackedBaseline:
     """`experiment.train_baseline`, its tensors packed as bytes."""
     return _pack(experiment.train_baseline(model, seed, device, quick, cache_dir))
 
 
-def _run_task(rc: RunConfig, packed_baseline: dict[str, Any]) -> dict[str, Any]:
+def _run_task(rc: RunConfig, packed_baseline: PackedBaseline) -> Record:
     """`experiment.run_one` on a packed baseline."""
     return experiment.run_one(rc, _unpack(packed_baseline))
 
@@ -348,104 +377,103 @@ def _run_task(rc: RunConfig, packed_baseline: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # The task graph: baselines -> runs -> (per-layer -> suggestions)
 # --------------------------------------------------------------------------------------------
-def _baseline_key(config: SweepConfig, model_name: str, seed: int) -> str:
-    model = next(m for m in config.models if m.resolved_name == model_name)
-    blob = json.dumps([model.to_dict(), seed, config.device, config.quick], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _failure(rc: RunConfig, error: str) -> Record:
+    """The record of a run that could not run (its baseline failed, or the executor did)."""
+    return Record.for_run(
+        rc,
+        status="error",
+        error=error,
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
-def _failure(rc: RunConfig, error: str) -> dict[str, Any]:
-    return {
-        "config_hash": rc.config_hash,
-        "kind": rc.kind,
-        "model": rc.model.resolved_name,
-        "variant": rc.variant.label,
-        "policy": rc.variant.policy,
-        "seed": rc.seed,
-        "layer": None if rc.layers is None else ",".join(rc.layers),
-        "status": "error",
-        "error": error,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+#: What waits for a baseline: a run, or a per-layer expansion (called with the layer table).
+_Waiting = RunConfig | Callable[[Sequence[LayerRow]], None]
+#: What a submitted future stands for: a baseline's training, or a run.
+_Tag = Baseline | RunConfig
+
+
+@dataclass
+class Outcome:
+    """What `execute` hands on: the records in plan order (resumed ones included), the
+    suggestion candidates per model, and the failures outside any run (a per-layer
+    expansion whose baseline failed)."""
+
+    records: list[Record]
+    suggestions: dict[str, list[Suggestion]]
+    errors: list[str]
 
 
 class _Scheduler:
+    """Submits the plan's tasks as their inputs become ready and collects the records."""
+
     def __init__(
         self,
-        config: SweepConfig,
+        plan: Plan,
         executor: cf.Executor,
-        out: Path,
         progress: Progress,
-        on_record: Callable[[dict[str, Any]], None] | None,
-        previous: dict[str, dict[str, Any]],
+        on_record: Callable[[Record], None] | None,
+        previous: Mapping[str, Record],
     ):
-        self.config = config
+        self.plan = plan
         self.executor = executor
-        self.out = out
         self.progress = progress
         self.on_record = on_record
-        self.previous_ok = {h: r for h, r in previous.items() if r.get("status") == "ok"}
-        self.layers_file = out / "layers.json"
-        self.layers: dict[str, list[dict[str, Any]]] = {}
-        if self.layers_file.exists():
-            try:
-                self.layers = json.loads(self.layers_file.read_text())
-            except json.JSONDecodeError:  # a cache: rebuilt from the baselines when unreadable
-                self.layers = {}
-        self.baselines: dict[str, dict[str, Any]] = {}
-        self.baseline_names: dict[str, str] = {}
+        self.previous_ok = {h: r for h, r in previous.items() if r.status == "ok"}
+        self.layers_file = plan.output.out / "layers.json"
+        self.layers: dict[str, Sequence[LayerRow]] = _read_layers(self.layers_file)
+        self.baselines: dict[str, PackedBaseline] = {}
         self.baseline_errors: dict[str, str] = {}
-        self.waiting: dict[str, list[Any]] = {}  # baseline key -> RunConfigs / callbacks
-        self.futures: dict[cf.Future, tuple[str, Any]] = {}
-        self.records: dict[str, dict[str, Any]] = {}
+        self.waiting: dict[str, list[_Waiting]] = {}  # baseline key -> runs / expansions
+        self.futures: dict[cf.Future[Any], _Tag] = {}
+        self.records: dict[str, Record] = {}
         self.order: list[str] = []
         self.per_layer_left: dict[str, int] = {}
         self.writer: JsonlWriter | None = None
-        self.suggestions: dict[str, list[Any]] = {}
+        self.suggestions: dict[str, list[Suggestion]] = {}
         self.failed_expansions: list[str] = []  # per-layer expansions whose baseline failed
 
     # -- submission ------------------------------------------------------------------------
-    def _ensure_baseline(self, key: str, rc_or_cb: Any, model_name: str, seed: int) -> None:
+    def _ensure_baseline(self, baseline: Baseline, item: _Waiting) -> None:
+        key = baseline.key
         if key in self.baselines:
-            self._dispatch(rc_or_cb, key)
+            self._dispatch(item, key)
             return
         if key in self.baseline_errors:
-            self._dispatch_failed(rc_or_cb, key)
+            self._dispatch_failed(item, key)
             return
         first = key not in self.waiting
-        self.baseline_names[key] = f"{model_name} (seed {seed})"
-        self.waiting.setdefault(key, []).append(rc_or_cb)
+        self.waiting.setdefault(key, []).append(item)
         if first:
-            model = next(m for m in self.config.models if m.resolved_name == model_name)
-            self.progress.note(f"training {model_name} (seed {seed}) in float32")
+            self.progress.note(f"training {baseline.title} in float32")
             self._submit(
-                ("baseline", key),
+                baseline,
                 _train_task,
-                model,
-                seed,
-                self.config.device,
-                self.config.quick,
-                self.config.baseline_cache,
+                baseline.model,
+                baseline.seed,
+                baseline.device,
+                baseline.quick,
+                baseline.cache_dir,
             )
 
-    def _submit(self, tag: tuple[str, Any], fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, tag: _Tag, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fut = self.executor.submit(fn, *args)
         except Exception as e:  # e.g. a process pool broken by a dead worker: a failed run
             fut = cf.Future()
             fut.set_exception(e)
         if fut.done():  # an in-process executor: handle it now, so progress and JSONL stream
-            self._on_done(fut, *tag)
+            self._on_done(fut, tag)
         else:
             self.futures[fut] = tag
 
-    def _dispatch(self, item: Any, key: str) -> None:
+    def _dispatch(self, item: _Waiting, key: str) -> None:
         if isinstance(item, RunConfig):
-            self._submit(("run", item), _run_task, item, self.baselines[key])
+            self._submit(item, _run_task, item, self.baselines[key])
         else:
             item(self.baselines[key]["layers"])
 
-    def _dispatch_failed(self, item: Any, key: str) -> None:
+    def _dispatch_failed(self, item: _Waiting, key: str) -> None:
         err = f"baseline training failed: {self.baseline_errors[key]}"
         if isinstance(item, RunConfig):
             self._record(_failure(item, err))
@@ -461,47 +489,29 @@ class _Scheduler:
             self.progress.update(prev, resumed=True)
             self._after_run(prev)
             return
-        key = _baseline_key(self.config, rc.model.resolved_name, rc.seed)
-        self._ensure_baseline(key, rc, rc.model.resolved_name, rc.seed)
+        self._ensure_baseline(self.plan.baseline_for(rc), rc)
 
-    def _expand_per_layer(self, model, seed: int) -> None:
-        key = _baseline_key(self.config, model.resolved_name, seed)
-        variants = [v for v in self.config.variants if v.label != "float32"]
-
+    def _expand_per_layer(self, expansion: PerLayer) -> None:
+        baseline = expansion.baseline
         known = _known_modes()
 
-        def applies(v: Variant, row: dict[str, Any]) -> bool:
-            # A quantized variant is not run on a layer that has no scheme for its mode (a
-            # LayerNormalization under int8): there is nothing to measure. Rows without `modes`
-            # (a layers.json of an older sweep) and modes no scheme names run as before.
-            mode = v.dtype_policy.quantization_mode
-            return mode is None or "modes" not in row or mode not in known or mode in row["modes"]
-
-        def expand(layers: list[dict[str, Any]]) -> None:
-            # Sensitivity is about the weights as trained: no fine-tuning.
-            runs = [
-                self.config.run_config(
-                    model, v, seed, kind="per_layer", layers=(row["path"],), finetune_epochs=0
-                )
-                for row in layers
-                for v in variants
-                if applies(v, row)
-            ]
-            self.per_layer_left[key] = len(runs)
+        def expand(layers: Sequence[LayerRow]) -> None:
+            runs = expansion.runs(layers, known)
+            self.per_layer_left[baseline.key] = len(runs)
             self.progress.add(len(runs))
             if not runs:
-                self._maybe_suggest(model, seed, key)
+                self._maybe_suggest(baseline)
             for rc in runs:
                 self.submit_run(rc)
 
-        if key in self.layers:
-            expand(self.layers[key])
+        if baseline.key in self.layers:
+            expand(self.layers[baseline.key])
         else:
-            self._ensure_baseline(key, expand, model.resolved_name, seed)
+            self._ensure_baseline(baseline, expand)
 
     # -- completion ------------------------------------------------------------------------
-    def _record(self, rec: dict[str, Any]) -> None:
-        self.records[rec["config_hash"]] = rec
+    def _record(self, rec: Record) -> None:
+        self.records[rec.config_hash] = rec
         if self.writer is not None:
             self.writer.write(rec)
         if self.on_record is not None:
@@ -509,37 +519,31 @@ class _Scheduler:
         self.progress.update(rec)
         self._after_run(rec)
 
-    def _after_run(self, rec: dict[str, Any]) -> None:
-        if rec.get("kind") != "per_layer":
+    def _after_run(self, rec: Record) -> None:
+        if rec.kind != "per_layer":
             return
-        key = _baseline_key(self.config, rec["model"], rec["seed"])
-        if key not in self.per_layer_left:
+        baseline = self.plan.baseline_of(rec.model, rec.seed)
+        if baseline is None or baseline.key not in self.per_layer_left:
             return
-        self.per_layer_left[key] -= 1
-        if self.per_layer_left[key] == 0:
-            model = next(m for m in self.config.models if m.resolved_name == rec["model"])
-            self._maybe_suggest(model, rec["seed"], key)
+        self.per_layer_left[baseline.key] -= 1
+        if self.per_layer_left[baseline.key] == 0:
+            self._maybe_suggest(baseline)
 
-    def _maybe_suggest(self, model, seed: int, key: str) -> None:
-        if not self.config.suggest or seed != self.config.seeds[0]:
+    def _maybe_suggest(self, baseline: Baseline) -> None:
+        step = self.plan.suggest
+        if step is None or baseline.seed != step.seed:
             return
         from mpq.sweep.sensitivity import per_layer_rows, suggest
 
-        recs = list(self.records.values())
-        rows = per_layer_rows(recs, model.resolved_name, seed)
-        candidates = suggest(rows, self.config.target_sqnr)
-        self.suggestions[model.resolved_name] = candidates
-        by_label = {v.label: v for v in self.config.variants}
-        by_label.setdefault("float32", BUILTIN_VARIANTS["float32"])
-        self.progress.add(len(candidates))
-        for cand in candidates:
-            assignment = tuple((p, by_label[label]) for p, label in cand.assignment)
-            rc = self.config.run_config(
-                model, SUGGESTED, seed, kind="suggest", assignment=assignment, finetune_epochs=0
-            )
+        rows = per_layer_rows(list(self.records.values()), baseline.model.resolved_name, step.seed)
+        candidates = suggest(rows, step.target_sqnr)
+        self.suggestions[baseline.model.resolved_name] = candidates
+        runs = step.runs(baseline, candidates)
+        self.progress.add(len(runs))
+        for rc in runs:
             self.submit_run(rc)
 
-    def _on_done(self, fut: cf.Future, what: str, payload: Any) -> None:
+    def _on_done(self, fut: cf.Future[Any], tag: _Tag) -> None:
         try:
             result = fut.result()
             error = None
@@ -548,67 +552,86 @@ class _Scheduler:
             error = f"{type(e).__name__}: {e}"
             if not str(e):
                 error += traceback.format_exc()[-300:]
-        if what == "baseline":
-            key = payload
-            waiting = self.waiting.pop(key, [])
-            if error is None:
-                self.baselines[key] = result
-                self.progress.note(
-                    f"trained {self.baseline_names[key]}: float32 accuracy "
-                    f"{100 * result['accuracy']:.1f}% ({result['epochs']} epochs, "
-                    f"{result['train_seconds']:.1f} s)"
-                )
-                self.layers[key] = result["layers"]
-                write_atomic(self.layers_file, json.dumps(self.layers, indent=1))
-                for item in waiting:
-                    self._dispatch(item, key)
-            else:
-                self.baseline_errors[key] = error
-                for item in waiting:
-                    self._dispatch_failed(item, key)
+        if isinstance(tag, Baseline):
+            self._baseline_done(tag, result, error)
         else:
-            self._record(result if error is None else _failure(payload, error))
+            self._record(result if error is None else _failure(tag, error))
+
+    def _baseline_done(
+        self, baseline: Baseline, result: PackedBaseline | None, error: str | None
+    ) -> None:
+        key = baseline.key
+        waiting = self.waiting.pop(key, [])
+        if result is None:
+            self.baseline_errors[key] = str(error)
+            for item in waiting:
+                self._dispatch_failed(item, key)
+            return
+        self.baselines[key] = result
+        acc = result["accuracy"]
+        score = (
+            f"accuracy {100 * acc:.1f}%"
+            if acc is not None
+            else f"{result['metric']} {result['metric_value']:.4g}"  # no accuracy: regression
+        )
+        self.progress.note(
+            f"trained {baseline.title}: float32 {score} ({result['epochs']} epochs, "
+            f"{result['train_seconds']:.1f} s)"
+        )
+        self.layers[key] = result["layers"]
+        write_atomic(self.layers_file, json.dumps(self.layers, indent=1))
+        for item in waiting:
+            self._dispatch(item, key)
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self) -> list[dict[str, Any]]:
-        with JsonlWriter(self.out / "results.jsonl") as writer, _CtrlC(self.executor) as ctrl_c:
+    def run(self) -> Outcome:
+        with JsonlWriter(self.plan.output.results) as writer, _CtrlC(self.executor) as ctrl_c:
             self.writer = writer
-            for rc in self.config.run_configs():
+            for rc in self.plan.runs:
                 self.submit_run(rc)
-            if self.config.per_layer:
-                for model in self.config.models:
-                    for seed in self.config.seeds:
-                        self._expand_per_layer(model, seed)
-            while self.futures:
-                ctrl_c.check()
-                done, _ = cf.wait(
-                    list(self.futures), timeout=_POLL_S, return_when=cf.FIRST_COMPLETED
-                )
-                for fut in done:
-                    ctrl_c.check()
-                    what, payload = self.futures.pop(fut)
-                    self._on_done(fut, what, payload)
-            ctrl_c.check()
+            for expansion in self.plan.per_layer:
+                self._expand_per_layer(expansion)
+            self._wait(ctrl_c)
             self.writer = None
-        return [self.records[h] for h in dict.fromkeys(self.order) if h in self.records]
+        records = [self.records[h] for h in dict.fromkeys(self.order) if h in self.records]
+        return Outcome(records, self.suggestions, self.failed_expansions)
+
+    def _wait(self, ctrl_c: _CtrlC) -> None:
+        while self.futures:
+            ctrl_c.check()
+            done, _ = cf.wait(list(self.futures), timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                ctrl_c.check()
+                self._on_done(fut, self.futures.pop(fut))
+        ctrl_c.check()
 
 
-def prepare_results(
-    config: SweepConfig, out: Path, stream: TextIO | None = None
-) -> dict[str, dict[str, Any]]:
-    """Get `out/results.jsonl` ready for appending, before any work, and return the records to
-    resume from (the last one per config hash; {} without `config.resume`).
+def _read_layers(path: Path) -> dict[str, Sequence[LayerRow]]:
+    """The layer tables of earlier sweeps by baseline key (`layers.json`: a cache, rebuilt from
+    the baselines when absent or unreadable)."""
+    if not path.exists():
+        return {}
+    try:
+        layers = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return layers if isinstance(layers, dict) else {}
 
-    - `config.overwrite`: an existing file is renamed to `results.jsonl.old-<UTC time>`.
+
+def prepare_results(output: Output, stream: TextIO | None = None) -> dict[str, Record]:
+    """Get `results.jsonl` ready for appending, before any work, and return the records to
+    resume from (the last one per config hash; {} without `output.resume`).
+
+    - `output.overwrite`: an existing file is renamed to `results.jsonl.old-<UTC time>`.
     - A torn last line (a crash mid-write) is moved to `results.jsonl.torn-<UTC time>`; every
       complete record is kept. Said on `stream` (default stderr).
     - Any other bad line raises `ResultsFileError` (file and line; the file is not changed),
-      unless `config.skip_bad_lines`: then the bad lines are skipped (their runs are computed
+      unless `output.skip_bad_lines`: then the bad lines are skipped (their runs are computed
       again) with a warning on `stream`, and left in the file.
     """
     stream = stream if stream is not None else sys.stderr
-    path = out / "results.jsonl"
-    if config.overwrite and path.exists():
+    path = output.results
+    if output.overwrite and path.exists():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         old = path.with_name(f"{path.name}.old-{stamp}")
         n = 1
@@ -617,7 +640,7 @@ def prepare_results(
             old = path.with_name(f"{path.name}.old-{stamp}-{n}")
         os.replace(path, old)
         print(f"mpq sweep: --overwrite: moved the previous results to {old}", file=stream)
-    scan = scan_results(path, skip_bad_lines=config.skip_bad_lines)
+    scan = scan_results(path, skip_bad_lines=output.skip_bad_lines)
     aside = set_aside_torn_tail(path, scan)
     if aside is not None:
         print(
@@ -633,22 +656,104 @@ def prepare_results(
             f"{shown}{more}: {scan.bad_lines[0][1]}); their runs are computed again",
             file=stream,
         )
-    return latest_by_hash(scan.records) if config.resume else {}
+    if not output.resume:
+        return {}
+    return {h: Record.from_dict(r) for h, r in latest_by_hash(scan.records).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The execute step of `mpq.sweep.run`
+# --------------------------------------------------------------------------------------------
+def prepare_output(out: str | os.PathLike[str]) -> Path:
+    """Create `out` and check that it is writable, before any work (clear error otherwise)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"Expected --out to be a directory. Received: {str(path)!r}, which is a file"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"Expected a writable output directory. Received: out={str(path)!r} ({e.strerror or e})"
+        ) from None
+    return path
+
+
+def check_environment(plan: Plan | SweepConfig, executor: cf.Executor | None = None) -> None:
+    """Checks that need more than the config itself, done before any work: CUDA for
+    `device="cuda"`, Ray for `executor="ray"`, picklable factories for process pools and Ray."""
+    if isinstance(plan, SweepConfig):
+        plan = make_plan(plan)
+    ex = plan.execution
+    if ex.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"Expected a CUDA device for device={ex.device!r}. "
+                "Received: torch.cuda.is_available() is False"
+            )
+    if executor is None and ex.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ModuleNotFoundError(
+                "Expected Ray for executor='ray' (`pip install mpq[ray]`). "
+                "Received: no module named 'ray'"
+            )
+    pickled = (executor is None and ex.executor != "serial") or isinstance(
+        executor, cf.ProcessPoolExecutor
+    )
+    if pickled:
+        plan.check_picklable()
 
 
 def execute(
-    config: SweepConfig,
-    executor: cf.Executor,
-    out: Path,
-    progress: Progress,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    previous: dict[str, dict[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, list[Any]], list[str]]:
-    """Run every task of `config` on `executor`; returns `(records, suggestions, errors)` where
-    errors are failures outside any run (a per-layer expansion whose baseline failed).
-    `previous`: the records to resume from (`prepare_results`, which runs here when None)."""
-    if previous is None:
-        previous = prepare_results(config, out, progress.stream)
-    sched = _Scheduler(config, executor, out, progress, on_record, previous)
-    records = sched.run()
-    return records, sched.suggestions, sched.failed_expansions
+    plan: Plan,
+    executor: cf.Executor | None = None,
+    *,
+    verbose: bool = True,
+    stream: TextIO | None = None,
+    on_record: Callable[[Record], None] | None = None,
+) -> Outcome:
+    """Run every task of `plan` and hand on the `Outcome`: check the output directory and the
+    environment, read the records to resume from (a bad results file raises here, before any
+    work), then run on `executor` (None: the one the plan names, shut down afterwards) with a
+    progress bar on `stream` (default stderr) when `verbose`. On Ctrl-C (KeyboardInterrupt)
+    the workers are stopped at once and the exception propagates."""
+    prepare_output(plan.output.out)
+    check_environment(plan, executor)
+    progress = Progress(
+        len(plan.runs), stream=stream if stream is not None else sys.stderr, enabled=verbose
+    )
+    previous = prepare_results(plan.output, progress.stream)
+    own = executor is None
+    pool = make_executor(plan.execution) if executor is None else executor
+    if verbose:
+        _announce(plan, type(pool).__name__ if not own else plan.execution.executor, progress)
+    try:
+        outcome = _Scheduler(plan, pool, progress, on_record, previous).run()
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) above all: stop the workers now
+        progress.close()
+        if own:
+            stop_now(pool)
+        raise
+    progress.close()
+    if own:
+        pool.shutdown(wait=True)
+    return outcome
+
+
+def _announce(plan: Plan, how: str, progress: Progress) -> None:
+    extra = " + per-layer runs" if plan.per_layer else ""
+    n_variants = len({r.variant.label for r in plan.runs})
+    print(
+        f"mpq sweep: {len(plan.models)} model(s) x {n_variants} policies x "
+        f"{len(plan.seeds)} seed(s) = {len(plan.runs)} runs{extra} on {plan.execution.device}, "
+        f"executor {how} -> {plan.output.out}/",
+        file=progress.stream,
+        flush=True,
+    )

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpq.policy import DTypePolicyMap
 
 __all__ = ["Suggestion", "per_layer_matrix", "per_layer_rows", "predicted_sqnr", "suggest"]
 
@@ -17,8 +20,8 @@ EXHAUSTIVE_LIMIT = 50_000
 
 
 def per_layer_rows(
-    records: Iterable[dict[str, Any]], model: str, seed: int, ok_only: bool = True
-) -> list[dict[str, Any]]:
+    records: Iterable[Mapping[str, Any]], model: str, seed: int, ok_only: bool = True
+) -> list[Mapping[str, Any]]:
     """The per-layer records of one (model, seed) (only the ok ones by default), in order."""
     return [
         r
@@ -31,7 +34,7 @@ def per_layer_rows(
 
 
 def per_layer_matrix(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
 ) -> tuple[list[str], list[str], list[list[float | None]]]:
     """`(layers, variants, sqnr[layer][variant])` in dB (inf: exact; None: failed or missing)."""
     layers: list[str] = []
@@ -69,7 +72,7 @@ class Suggestion:
     predicted_sqnr_db: float
     weight_bytes: int
 
-    def policy_map(self, policies: dict[str, str]):
+    def policy_map(self, policies: Mapping[str, str]) -> DTypePolicyMap:
         """The `mpq.policy.DTypePolicyMap` (default float32; one exact key per non-float32 layer)."""
         from mpq.policy import DTypePolicyMap
 
@@ -79,7 +82,7 @@ class Suggestion:
 
 
 def suggest(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     target_sqnr: float,
     top_k: int = 3,
     base_bytes: int | None = None,
@@ -132,9 +135,9 @@ def suggest(
     # One candidate per size (the one predicted best at that size): if the cheapest fails
     # verification, the next candidates are larger, safer ones, not near-copies of it.
     unique: list[Suggestion] = []
-    for s in found:
-        if not unique or s.weight_bytes != unique[-1].weight_bytes:
-            unique.append(s)
+    for cand in found:
+        if not unique or cand.weight_bytes != unique[-1].weight_bytes:
+            unique.append(cand)
         if len(unique) == top_k:
             break
     return unique

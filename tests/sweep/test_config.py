@@ -268,3 +268,83 @@ def test_unpicklable_factory_is_reported_before_work():
 def test_more_bad_inputs(make, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make()
+
+
+# -- configs are values: parsed once, built whole, never changed -----------------------------
+def test_variant_holds_the_parsed_policy():
+    import dataclasses
+
+    import mpq
+
+    v = resolve_variant("int4-g32")
+    assert isinstance(v.dtype_policy, mpq.policy.QuantizedDTypePolicy)
+    assert (v.dtype_policy.block_size, v.policy) == (32, "int4/32_from_float32")
+    from_object = Variant("g32", mpq.policy.get("int4/32_from_float32"))
+    assert from_object.policy == "int4/32_from_float32"
+    assert from_object.dtype_policy == v.dtype_policy
+    # `policy` keeps the name as given: the run's identity in records and hashes
+    assert Variant("i4", "int4_from_float32").policy == "int4_from_float32"
+    changed = dataclasses.replace(v, policy="int8_from_float32", quantize_config=None)
+    assert changed.dtype_policy.quantization_mode == "int8" and changed.label == "int4-g32"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.policy = "float16"
+
+
+def test_a_policy_map_is_not_a_variant():
+    import mpq
+
+    pmap = mpq.policy.DTypePolicyMap("float32", {"dense": "int8_from_float32"})
+    with pytest.raises(TypeError, match=r"Received: policy=.*\(of type DTypePolicyMap\)"):
+        Variant("map", pmap)
+
+
+def test_a_run_parses_no_policy_name_of_its_variant(monkeypatch):
+    """The variant's policy is parsed once, by its constructor: no code of the sweep parses the
+    name again while planning and running (the layers may resolve their own policies)."""
+    import sys
+
+    import mpq
+    from mpq.sweep.experiment import run_one
+    from mpq.sweep.plan import make_plan
+
+    cfg = SweepConfig(models=[{"name": "t", "factory": "tests.sweep._helpers:tiny_mpq_factory",
+                               "epochs": 1}], policies=["int8"], quick=True)  # fmt: skip
+    sweep_dir = str(Path(sweep.__file__).parent)
+    real_get, parsed = mpq.policy.get, []
+
+    def counting_get(identifier=None):
+        caller = sys._getframe(1).f_code.co_filename
+        if caller.startswith(sweep_dir) and identifier == "int8_from_float32":
+            parsed.append(caller)
+        return real_get(identifier)
+
+    monkeypatch.setattr(mpq.policy, "get", counting_get)
+    (rc,) = make_plan(cfg).runs
+    record = run_one(rc)
+    assert record.status == "ok", record.error
+    assert parsed == []
+
+
+def test_sweep_config_is_built_whole_and_replaced_not_changed(tmp_path):
+    import dataclasses
+
+    cfg = SweepConfig(models="digits_mlp", policies="float32,int8", seeds=3, out=tmp_path)
+    assert (cfg.seeds, cfg.out, cfg.policies) == ((3,), str(tmp_path), ("float32", "int8"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seeds = (1,)
+    again = dataclasses.replace(cfg, quick=True)
+    assert again.quick and again.variants == cfg.variants and again.models == cfg.models
+    assert [r.config_hash for r in again.replace(quick=False).run_configs()] == [
+        r.config_hash for r in cfg.run_configs()
+    ]
+    assert resolve_model("digits_cnn") == resolve_model(ModelSpec("digits_cnn", data="digits"))
+
+
+def test_a_name_that_resolves_to_a_policy_map_is_refused(monkeypatch):
+    import mpq
+
+    pmap = mpq.policy.DTypePolicyMap("float32", {"dense": "int8_from_float32"})
+    monkeypatch.setattr(mpq.policy, "get", lambda identifier=None: pmap)
+    with pytest.raises(TypeError, match=r"Expected one policy per variant .* Received: "
+                                        r"policy='my_map'"):  # fmt: skip
+        Variant("map", "my_map")

@@ -176,3 +176,13 @@ def test_float8_static_variant_is_calibrated_and_smaller_than_float32():
     amax = [m._parameters["inputs_amax"] for m in model.layers]
     assert all(float(a) > 0 for a in amax)
     assert mpq.quantization.weight_bytes(model) < 0.35 * float_bytes
+
+
+def test_quantizing_under_a_float_variant_is_refused():
+    from mpq.sweep.config import resolve_variant
+    from mpq.sweep.experiment import _quantize
+    from mpq.sweep.models import digits_mlp
+
+    with pytest.raises(ValueError, match=r"Expected a variant with a quantized policy .* "
+                                         r"Received: variant 'bfloat16' with policy='bfloat16'"):  # fmt: skip
+        _quantize(digits_mlp(dtype="float32"), resolve_variant("bfloat16"), None)

@@ -4,7 +4,9 @@ plots, weight bytes."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +252,101 @@ def test_plots_write_pngs(tmp_path):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data) > 10_000
+
+
+# -- the Record, declared once ---------------------------------------------------------------
+DATA = Path(__file__).parent / "data"
+
+#: The columns of summary.csv as the previous version wrote them (the file format's oracle).
+OLD_CSV_COLUMNS = [
+    "model", "variant", "policy", "n", "accuracy", "accuracy_delta", "loss", "sqnr_db",
+    "weight_bytes", "bytes_ratio", "latency_ms", "finetune_accuracy", "float32_accuracy", "task",
+    "metric", "metric_value", "metric_delta", "metric_delta_pct", "float32_metric", "perplexity",
+    "bits_per_byte", "mse", "status", "error",
+]  # fmt: skip
+
+
+def _old_lines():
+    import json
+
+    return [json.loads(line) for line in (DATA / "results_v0.jsonl").read_text().splitlines()]
+
+
+def test_records_of_the_previous_version_read_back_key_for_key():
+    from mpq.sweep.records import Record
+
+    for line in _old_lines():
+        rec = Record.from_dict(line)
+        assert rec.extra == {}  # every key of the old format is a field
+        assert list(rec) == list(line)  # same keys, same order (traceback only on errors)
+        assert dict(rec) == line
+
+
+def test_record_fields_are_the_jsonl_keys_and_the_csv_derives_from_one_row(tmp_path):
+    from mpq.sweep.records import CSV_COLUMNS, RECORD_KEYS, Record, SummaryRow
+
+    assert RECORD_KEYS == ("config_hash", "model", "variant", "seed", "status")
+    ok = next(line for line in _old_lines() if line["status"] == "ok")
+    rec = Record.from_dict(ok)
+    assert rec.sqnr_db is None and rec.weight_bytes == 268 and rec.variant == "float32"
+    assert list(CSV_COLUMNS) == OLD_CSV_COLUMNS
+    (row,) = summarize([rec])
+    assert isinstance(row, SummaryRow) and row["n"] == 1 and row.sqnr_db == math.inf
+    write_csv([row], tmp_path / "s.csv", CSV_COLUMNS)
+    with (tmp_path / "s.csv").open() as f:
+        assert next(csv.reader(f)) == OLD_CSV_COLUMNS
+
+
+def test_unknown_keys_are_kept_and_missing_ones_refused(tmp_path):
+    from mpq.sweep.records import Record
+
+    rec = Record.from_dict({**_rec("m", "int8"), "from_the_future": [1, 2]})
+    assert rec.extra == {"from_the_future": [1, 2]} and rec["from_the_future"] == [1, 2]
+    with JsonlWriter(tmp_path / "r.jsonl") as w:
+        w.write(rec)
+    assert read_jsonl(tmp_path / "r.jsonl")[0]["from_the_future"] == [1, 2]
+    with pytest.raises(ValueError, match=r"Expected a record with the keys \['config_hash', "
+                                         r"'model', 'variant', 'seed', 'status'\]. Received: a "
+                                         r"record without \['seed'\]"):  # fmt: skip
+        Record.from_dict({"config_hash": "x", "model": "m", "variant": "v", "status": "ok"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.status = "error"
+
+
+def test_a_results_file_of_the_previous_version_resumes(tmp_path, monkeypatch):
+    """tests/sweep/data/results_v0.jsonl was written by the previous version of the sweep (the
+    same tiny sweep as below, its host name and traceback shortened): its ok runs are reused
+    as they are, its failed run (int8 on a plain torch module) runs again."""
+    import shutil
+
+    import mpq
+    import mpq.sweep as sweep
+    from tests.sweep._helpers import tiny_config
+
+    old = _old_lines()
+    monkeypatch.setattr(mpq, "__version__", old[0]["mpq_version"])  # hashes include it
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(DATA / "results_v0.jsonl", out / "results.jsonl")
+    cfg = tiny_config(tmp_path, policies=["float32", "bfloat16", "mixed_bfloat16", "int8"])
+    new = []
+    records = sweep.run(cfg, verbose=False, on_record=new.append)
+    assert [r.variant for r in new] == ["int8"]
+    assert [dict(r) for r in records[:3]] == old[:3]
+    assert records[3].status == "error" and records[3].config_hash == old[3]["config_hash"]
+    with (out / "summary.csv").open() as f:
+        assert next(csv.reader(f)) == OLD_CSV_COLUMNS
+
+
+def test_sweep_plot_of_a_task_without_accuracy(tmp_path):
+    """A regression task has no accuracy: its points go on the SQNR panel only."""
+    pytest.importorskip("matplotlib")
+    from mpq.sweep.plots import plot_sweep
+
+    rows = summarize([
+        _rec("reg", "float32", metric="mse", metric_value=0.1, weight_bytes=4000, sqnr_db=None),
+        _rec("reg", "int8", metric="mse", metric_value=0.2, weight_bytes=1000, sqnr_db=30.0),
+    ])  # fmt: skip
+    assert all(r.accuracy is None for r in rows)
+    plot_sweep(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

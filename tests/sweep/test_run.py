@@ -327,3 +327,18 @@ def test_run_accepts_a_dict_or_a_file_and_rejects_the_rest(tmp_path):
     assert rec_file["config_hash"] == rec["config_hash"]
     with pytest.raises(TypeError, match=r"Received: config=42 \(of type int\)"):
         sweep.run(42)
+
+
+def test_a_task_without_accuracy_sweeps_end_to_end(tmp_path):
+    """A regression model (its metric: MSE; no accuracy) goes through training, the progress
+    note, every run, the table and the plots."""
+    pytest.importorskip("matplotlib")
+    stream = io.StringIO()
+    cfg = SweepConfig(
+        models=[{"factory": "regression_mlp", "epochs": 1}], policies=["float32", "bfloat16"],
+        quick=True, executor="serial", out=str(tmp_path / "out"),
+    )  # fmt: skip
+    records = sweep.run(cfg, stream=stream)
+    assert [(r.status, r.metric, r.accuracy) for r in records] == [("ok", "mse", None)] * 2
+    assert "trained regression_mlp (seed 0): float32 mse " in stream.getvalue()
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 10_000

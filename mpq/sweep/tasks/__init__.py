@@ -11,34 +11,36 @@ which metric leads the tables, and which data a built-in task name brings.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsFloat
+
+import torch
 
 from mpq._errors import describe as _describe
 
-__all__ = ["TASKS", "Task", "resolve_task", "task_for_data"]
+__all__ = ["TASKS", "Task", "TaskSpec", "resolve_task", "task_for_data"]
 
 
 # Module-level functions (not lambdas), so tasks pickle into process pools and Ray workers.
-def _ce(outputs: Any, targets: Any):
+def _ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
     return F.cross_entropy(outputs.float().reshape(-1, outputs.shape[-1]), targets.reshape(-1))
 
 
-def _mse(outputs: Any, targets: Any):
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ((outputs.float().reshape(targets.shape) - targets.float()) ** 2).mean()
 
 
-def _classification_metrics(outputs: Any, targets: Any) -> dict[str, float]:
+def _classification_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     return {
         "accuracy": float((outputs.argmax(-1) == targets).float().mean()),
         "loss": float(_ce(outputs, targets)),
     }
 
 
-def _lm_metrics(outputs: Any, targets: Any) -> dict[str, float]:
+def _lm_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Mean next-byte cross-entropy (nats) -> perplexity `exp(ce)` and bits per byte `ce / ln 2`
     (a byte-level vocabulary: one token is one byte)."""
     ce = float(_ce(outputs, targets))
@@ -50,7 +52,7 @@ def _lm_metrics(outputs: Any, targets: Any) -> dict[str, float]:
     }
 
 
-def _regression_metrics(outputs: Any, targets: Any) -> dict[str, float]:
+def _regression_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     mse = float(_mse(outputs, targets))
     return {"mse": mse, "loss": mse}
 
@@ -78,8 +80,8 @@ class Task:
     name: str
     metric: str
     higher_is_better: bool
-    loss: Callable[[Any, Any], Any]
-    score: Callable[[Any, Any], dict[str, float]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    score: Callable[[torch.Tensor, torch.Tensor], Mapping[str, SupportsFloat] | SupportsFloat]
     data: str | None = None
     description: str = ""
 
@@ -98,12 +100,11 @@ class Task:
                     f"Expected `{key}` to be callable. Received: {key}={_describe(getattr(self, key))}"
                 )
 
-    def evaluate(self, outputs: Any, targets: Any) -> dict[str, float]:
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """`score(outputs, targets)`, checked: a dict holding `metric`, every value a finite
         number (a NaN metric is an error, not a number in a table)."""
-        values = self.score(outputs, targets)
-        if not isinstance(values, dict):
-            values = {self.metric: values}
+        scored = self.score(outputs, targets)
+        values = scored if isinstance(scored, Mapping) else {self.metric: scored}
         if self.metric not in values:
             raise ValueError(
                 f"Expected task {self.name!r} to score a {self.metric!r} value. "
@@ -129,40 +130,34 @@ class Task:
         return {"name": self.name, "metric": self.metric, "higher_is_better": self.higher_is_better}
 
 
+#: What names a task: a built-in name, a `Task`, a `metric(outputs, targets)` callable, or
+#: None (the task the data brings, else classification).
+TaskSpec = str | Task | Callable[[torch.Tensor, torch.Tensor], SupportsFloat] | None
+
+
 class _UserMetric:
     """A user's `metric(outputs, targets) -> float` as a task's score (picklable when the
     function is a module-level one)."""
 
-    def __init__(self, fn: Callable[[Any, Any], Any], name: str):
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], SupportsFloat], name: str):
         self.fn, self.name = fn, name
 
-    def __call__(self, outputs: Any, targets: Any) -> dict[str, float]:
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, SupportsFloat]:
         return {self.name: self.fn(outputs, targets)}
 
 
-_CLASSIFICATION = dict(
-    metric="accuracy", higher_is_better=True, loss=_ce, score=_classification_metrics
-)
+def _classification(name: str, description: str, data: str | None = None) -> Task:
+    """A classification task: cross-entropy, scored by accuracy."""
+    return Task(name, "accuracy", True, _ce, _classification_metrics, data, description)
+
 
 #: Built-in tasks by name: the scoring and, for data tasks, the data they bring.
 TASKS: dict[str, Task] = {
-    "classification": Task(
-        "classification", **_CLASSIFICATION, description="accuracy on the model spec's own data"
-    ),
-    "digits": Task(
-        "digits", **_CLASSIFICATION, data="digits", description="8x8 digits images, accuracy"
-    ),
-    "digits_flat": Task(
-        "digits_flat",
-        **_CLASSIFICATION,
-        data="digits_flat",
-        description="digits as 64 features, accuracy",
-    ),
-    "synthetic": Task(
-        "synthetic",
-        **_CLASSIFICATION,
-        data="synthetic",
-        description="synthetic 512-feature classes, accuracy",
+    "classification": _classification("classification", "accuracy on the model spec's own data"),
+    "digits": _classification("digits", "8x8 digits images, accuracy", "digits"),
+    "digits_flat": _classification("digits_flat", "digits as 64 features, accuracy", "digits_flat"),
+    "synthetic": _classification(
+        "synthetic", "synthetic 512-feature classes, accuracy", "synthetic"
     ),
     "lm": Task(
         "lm",
@@ -185,7 +180,7 @@ TASKS: dict[str, Task] = {
 }
 
 
-def task_for_data(data: Any) -> Task:
+def task_for_data(data: object) -> Task:
     """The built-in task whose data is `data` (a built-in data name); classification otherwise."""
     if isinstance(data, str):
         for task in TASKS.values():
@@ -194,7 +189,7 @@ def task_for_data(data: Any) -> Task:
     return TASKS["classification"]
 
 
-def resolve_task(spec: Any, data: Any = None) -> Task:
+def resolve_task(spec: TaskSpec, data: object = None) -> Task:
     """A `Task` from a built-in name (`"lm"`, `"digits"`, `"regression"`, ...), a Task, a
     `metric(outputs, targets) -> float` callable (higher is better unless the function has
     `higher_is_better = False`; trained with cross-entropy), or None (from `data`)."""

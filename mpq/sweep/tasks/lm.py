@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from mpq.layers import Dense, Embedding, Layer, LayerNormalization, register_layer
+from mpq.policy import DTypePolicy
 
 __all__ = ["VOCAB", "CausalSelfAttention", "TinyLM", "TransformerBlock", "tiny_lm"]
 
@@ -34,7 +37,7 @@ class CausalSelfAttention(Layer):
         self.qkv = Dense(3 * dim, name="qkv")
         self.out = Dense(dim, name="out")
 
-    def call(self, x):
+    def call(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
         b, t, _ = x.shape
@@ -42,7 +45,8 @@ class CausalSelfAttention(Layer):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, head_dim]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(b, t, self.dim).to(x.dtype)
-        return self.out(y)
+        out: torch.Tensor = self.out(y)
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "dim": self.dim, "heads": self.heads}
@@ -61,9 +65,10 @@ class TransformerBlock(Layer):
         self.mlp_in = Dense(4 * dim, activation="gelu", name="mlp_in")
         self.mlp_out = Dense(dim, name="mlp_out")
 
-    def call(self, x):
+    def call(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp_out(self.mlp_in(self.ln_2(x)))
+        out: torch.Tensor = x + self.mlp_out(self.mlp_in(self.ln_2(x)))
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "dim": self.dim, "heads": self.heads}
@@ -74,7 +79,9 @@ class TinyLM(Layer):
     """Decoder-only byte-level transformer: token + learned position embeddings, `depth` blocks,
     a final LayerNormalization and a Dense head. `[B, T] int64 -> [B, T, 256]` logits."""
 
-    def __init__(self, dim: int = 48, depth: int = 2, heads: int = 4, context: int = 32, **kwargs):
+    def __init__(
+        self, dim: int = 48, depth: int = 2, heads: int = 4, context: int = 32, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.dim, self.depth, self.heads, self.context = dim, depth, heads, context
         self.tok = Embedding(VOCAB, dim, name="tok")
@@ -85,9 +92,7 @@ class TinyLM(Layer):
         self.ln_f = LayerNormalization(name="ln_f")
         self.head = Dense(VOCAB, name="head")
 
-    def call(self, ids):
-        import torch
-
+    def call(self, ids: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
         if t > self.context:
             raise ValueError(
@@ -96,7 +101,8 @@ class TinyLM(Layer):
         x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device))[None]
         for i in range(self.depth):
             x = getattr(self, f"block_{i}")(x)
-        return self.head(self.ln_f(x))
+        logits: torch.Tensor = self.head(self.ln_f(x))
+        return logits
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -108,7 +114,13 @@ class TinyLM(Layer):
         }
 
 
-def tiny_lm(dtype: Any = None, dim: int = 48, depth: int = 2, heads: int = 4, context: int = 32):
+def tiny_lm(
+    dtype: str | DTypePolicy | None = None,
+    dim: int = 48,
+    depth: int = 2,
+    heads: int = 4,
+    context: int = 32,
+) -> TinyLM:
     """The language-model task's model (about 82k parameters at the defaults; `context` must
     not be less than the data's)."""
     return TinyLM(dim=dim, depth=depth, heads=heads, context=context, dtype=dtype, name="tiny_lm")
