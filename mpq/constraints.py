@@ -146,11 +146,10 @@ def apply_constraints(module: torch.nn.Module) -> None:
 
     Call after ``optimizer.step()``: ``apply_constraints(model)``.
     """
-    from mpq.layers.variables import Variable
-
     with torch.no_grad():
         for p in module.parameters():
-            if isinstance(p, Variable) and p.constraint is not None:
+            # mpq variables carry a ``constraint`` attribute (None when unconstrained).
+            if getattr(p, "constraint", None) is not None:
                 p.copy_(p.constraint(p))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
+from mpq import dtypes as _dtypes
 from mpq._catalog import Catalog
 from mpq.dtypes import DTypeLike
 
@@ -61,9 +62,7 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:
-    from mpq.layers.variables import to_torch_dtype
-
-    return to_torch_dtype(dtype if dtype is not None else "float32")
+    return _dtypes.to_torch_dtype(dtype if dtype is not None else "float32")
 
 
 def _check_seed(seed: object) -> int | None:

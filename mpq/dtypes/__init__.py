@@ -15,6 +15,7 @@ Example:
 from mpq.dtypes._convert import decode, from_numpy, to_numpy
 from mpq.dtypes._encode import encode
 from mpq.dtypes._formats import FORMATS, DTypeLike, Format, format_table, get, names
+from mpq.dtypes._torch import to_torch_dtype
 
 __all__ = [
     "FORMATS",
@@ -27,4 +28,5 @@ __all__ = [
     "get",
     "names",
     "to_numpy",
+    "to_torch_dtype",
 ]

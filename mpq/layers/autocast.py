@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpq import dtypes as _dtypes
+
 __all__ = [
     "STATE",
     "Frame",
@@ -20,6 +22,7 @@ __all__ = [
     "convert_structure",
     "read",
     "stateless_value",
+    "to_tensor",
 ]
 
 
@@ -159,8 +162,6 @@ def _convert(x: Any, dtype: torch.dtype | None) -> Any:
             return x.to(dtype)
         return x
     if isinstance(x, (np.ndarray, np.generic)) and not isinstance(x, (np.str_, np.bytes_)):
-        from mpq.layers.variables import to_tensor
-
         return _convert(to_tensor(x), dtype)
     if isinstance(x, (list, tuple)):
         items = [_convert(i, dtype) for i in x]
@@ -210,3 +211,28 @@ def index_input(x: torch.Tensor, layer: str) -> torch.Tensor:
             )
         return x.to(torch.int64)
     return x
+
+
+def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor from a tensor, numpy array (incl. ml_dtypes) or Python scalar; cast if asked."""
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, (np.ndarray, np.generic)):
+        t = _from_numpy(np.asarray(value))
+    else:
+        t = torch.as_tensor(value)
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    return t
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    if a.dtype.kind in "biufc":
+        # Shares memory when it can; copies (keeping 0-d shapes, unlike np.ascontiguousarray)
+        # when the array is strided or read-only, which torch.from_numpy refuses or warns on.
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            a = a.copy(order="C")
+        return torch.from_numpy(a)
+    if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
+        return _dtypes.from_numpy(a)
+    raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")

@@ -225,8 +225,9 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         d["_autocast"] = bool(autocast)
         d["_losses"] = []
         d["_parent"] = None
-        d["_scheme"] = None
-        d["_quantization_config"] = quantization_config
+        # The attached quantization scheme (mpq.layers.quantization), None while float.
+        d["quantization_scheme"] = None
+        d["_pending_quantization_config"] = quantization_config
         d["_build_shapes_dict"] = None
         d["input_spec"] = None
         d["supports_masking"] = False
@@ -302,14 +303,19 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             policy = source
         mode = policy.quantization_mode
         current = d.get("_dtype_policy")
-        if d["_scheme"] is not None and policy != current:
+        if d["quantization_scheme"] is not None and policy != current:
             raise ValueError(
                 f"Layer {self.name!r} is quantized with policy {current.name!r}; its policy "
                 f"cannot be changed. Received: dtype_policy={policy.name!r}"
             )
-        if mode is not None and d["built"] and d["_scheme"] is None and self._parameters:
+        if (
+            mode is not None
+            and d["built"]
+            and d["quantization_scheme"] is None
+            and self._parameters
+        ):
             scheme = _quantization.get_scheme(self, mode, type_check=False)
-            _quantization.apply_quantized_policy(self, scheme, policy, None)
+            _quantization.attach(self, scheme, policy, None)
         else:
             self._set_resolved_policy(policy)
         for child in _tracking.direct_sublayers(self):
@@ -673,11 +679,16 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             self._clear_losses()
         state.frame = _autocast.Frame(d["_var_cast_dtype"], training, not_stateless)
         try:
-            fn = self.call if d["_scheme"] is None else self.quantized_call
+            scheme = d["quantization_scheme"]
             if d.get("_special_call"):  # dynamic=True, or created in a RematScope
+                fn = self.call if scheme is None else self.quantized_call
                 outputs = _extras.run_call(self, fn, args, kwargs)
+            elif scheme is None:
+                outputs = self.call(*args, **kwargs)
+            elif type(self).quantized_call is Layer.quantized_call:
+                outputs = scheme.call(self, *args, **kwargs)  # (what quantized_call does)
             else:
-                outputs = fn(*args, **kwargs)
+                outputs = self.quantized_call(*args, **kwargs)
         finally:
             state.frame = parent
         if outputs is None:
@@ -745,8 +756,20 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         _quantization.quantized_build(self, input_shape, mode)
 
     def quantized_call(self, *args: Any, **kwargs: Any) -> Any:
-        """Forward pass of a quantized layer (the registered scheme's ``call``)."""
+        """Forward pass of a quantized layer (the attached scheme's ``call``)."""
         return _quantization.quantized_call(self, *args, **kwargs)
+
+    def _set_quantization_scheme(
+        self, scheme: Any, policy: Any = None, explicit: bool = True
+    ) -> None:
+        """Attach ``scheme`` (None: detach) and, if given, set the layer's resolved ``policy``
+        (``explicit``: a parent does not hand the layer its policy afterwards). The one place
+        the quantized state of a layer changes (quantize, build, a rolled-back quantize)."""
+        d = self.__dict__
+        d["quantization_scheme"] = scheme
+        if policy is not None:
+            d["_policy_explicit"] = explicit
+            self._set_resolved_policy(policy)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
@@ -760,7 +783,10 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
         if self.__dict__.get("_dynamic"):
             config["dynamic"] = True
-        qconfig = self.__dict__.get("_quantization_config")
+        scheme = self.__dict__["quantization_scheme"]
+        qconfig = None if scheme is None else scheme.get_config()
+        if qconfig is None:
+            qconfig = self.__dict__["_pending_quantization_config"]
         if qconfig is not None and self.dtype_policy.quantization_mode is not None:
             config["quantization_config"] = (
                 qconfig.get_config() if hasattr(qconfig, "get_config") else dict(qconfig)
@@ -885,3 +911,6 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 
 
 Layer.build = _building.wrap_build(Layer.__dict__["build"])
+
+
+_tracking.register_layer_base(Layer)

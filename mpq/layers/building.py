@@ -106,7 +106,7 @@ def wrap_build(fn):
             if (
                 depth == 0
                 and mode is not None
-                and d["_scheme"] is None
+                and d["quantization_scheme"] is None
                 and not d.get("_float_build_depth")
                 and not _is_plain_container(self, mode)
             ):
@@ -114,7 +114,7 @@ def wrap_build(fn):
                 self.quantized_build(shape, mode=mode)
             else:
                 fn(self, *args, **kwargs)
-                if mode is not None and d["_scheme"] is None and self._parameters:
+                if mode is not None and d["quantization_scheme"] is None and self._parameters:
                     # A container without a scheme passes a quantized policy on to its
                     # layers; it must not silently keep float weights of its own.
                     _quantization.get_scheme(self, mode)

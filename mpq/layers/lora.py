@@ -13,13 +13,14 @@ and activation. This module imports no layer (the layers import it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from mpq import initializers
 from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
+from mpq.layers.variables import Variable
 
 __all__ = ["LoRAMixin"]
 
@@ -44,7 +45,15 @@ def check_alpha(alpha: Any) -> float | None:
     return alpha
 
 
-class LoRAMixin:
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
+
+    _MixinBase = Layer
+else:
+    _MixinBase = object
+
+
+class LoRAMixin(_MixinBase):
     """LoRA and QAT hooks for a layer with a ``kernel`` whose last axis is the output axis.
 
     The layer implements ``_linear(inputs, kernel)``: its op without bias or activation (the
@@ -55,6 +64,14 @@ class LoRAMixin:
 
     _call_hooks = False
     lora_enabled = False
+    lora_rank: int | None
+    lora_alpha: float | None
+    if TYPE_CHECKING:  # provided by the layers that mix LoRA in
+        kernel_constraint: Any
+
+        def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor: ...
+
+    _qat: Any = None  # QAT's per-layer state while prepared (mpq.training.qat)
 
     # ------------------------------------------------------------------ public
     def enable_lora(
@@ -103,15 +120,16 @@ class LoRAMixin:
             )
         with torch.no_grad():
             delta = self._lora_delta(torch.float32)
-            if self.__dict__.get("_scheme") is None:
-                kernel = self._parameters["kernel"]
+            scheme = self.quantization_scheme
+            if scheme is None:
+                kernel = cast(torch.nn.Parameter, self._parameters["kernel"])
                 kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
             else:
-                self._requantize_with_delta(delta)
-        kernel = self._parameters.get("kernel")
+                scheme.requantize(self, delta)
+        merged = self._parameters.get("kernel")
         was_trainable = self.__dict__.get("_lora_kernel_was_trainable", False)
-        if kernel is not None and kernel.is_floating_point() and was_trainable:
-            kernel.trainable = self.trainable
+        if isinstance(merged, Variable) and merged.is_floating_point() and was_trainable:
+            merged.trainable = self.trainable
         del self.lora_kernel_a
         del self.lora_kernel_b
         d = self.__dict__
@@ -151,7 +169,7 @@ class LoRAMixin:
         kernel = self._parameters.get("kernel")
         d = self.__dict__
         d["_lora_kernel_was_trainable"] = kernel is not None and kernel.requires_grad
-        if kernel is not None:
+        if isinstance(kernel, Variable):
             kernel.trainable = False
         device = next((p.device for p in self._parameters.values() if p is not None), None)
         self.lora_kernel_a = self.add_weight(
@@ -175,57 +193,41 @@ class LoRAMixin:
 
     def _lora_kernel_shape(self) -> tuple[int, ...]:
         """The float kernel's shape (a quantized layer may store it packed)."""
-        form = self.__dict__.get("_quant_form")  # set by the quantized schemes
-        if form is not None and self.__dict__.get("_scheme") is not None:
-            return tuple(form.kernel_shape)
-        return tuple(self._parameters["kernel"].shape)
+        scheme = self.quantization_scheme
+        shape = None if scheme is None else scheme.kernel_shape()
+        if shape is not None:
+            return tuple(shape)
+        return tuple(cast(torch.nn.Parameter, self._parameters["kernel"]).shape)
 
     def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(lora_alpha / rank) * A @ B`` with the kernel's shape (read through autocast)."""
-        a = self.lora_kernel_a
-        b = self.lora_kernel_b
+        a: torch.Tensor = self.lora_kernel_a
+        b: torch.Tensor = self.lora_kernel_b
         if dtype is not None:
             a, b = a.to(dtype), b.to(dtype)
-        scaling = self.lora_alpha / self.lora_rank
+        scaling = cast(float, self.lora_alpha) / cast(int, self.lora_rank)  # (enabled)
         lead = a.shape[:-1]
         ab = torch.mm(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[-1])
         return ab * scaling if scaling != 1 else ab
 
     def _refresh_call_hooks(self) -> None:
-        d = self.__dict__
-        d["_call_hooks"] = bool(d.get("lora_enabled")) or d.get("_qat") is not None
+        self._call_hooks = bool(self.lora_enabled) or self._qat is not None
 
     def _call_kernel_and_inputs(
         self, kernel: torch.Tensor, inputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel and inputs ``call`` computes with: QAT fake quantization, then LoRA."""
-        qat = self.__dict__.get("_qat")
+        qat = self._qat
         if qat is not None:
             kernel, inputs = qat.apply(self, kernel, inputs)
         if self.lora_enabled:
             kernel = kernel + self._lora_delta().to(kernel.dtype)
         return kernel, inputs
 
-    def quantized_call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        """The scheme's forward pass, plus the LoRA term before bias and activation: it is
-        handed to the scheme's output step through ``__dict__["_lora_term"]``."""
+    def lora_output(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """The low-rank term on the input path, ``op(inputs, scaling * A @ B)``, or None without
+        LoRA: a quantized layer's scheme adds it before bias and activation."""
         if not self.lora_enabled:
-            return super().quantized_call(inputs, *args, **kwargs)
-        d = self.__dict__
-        d["_lora_term"] = self._lora_output(inputs)
-        try:
-            return super().quantized_call(inputs, *args, **kwargs)
-        finally:
-            d["_lora_term"] = None
-
-    def _lora_output(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The low-rank term on the input path: ``op(inputs, scaling * A @ B)`` (quantized
-        layers add it before bias and activation)."""
+            return None
         delta = self._lora_delta()
         return self._linear(inputs, delta.to(inputs.dtype))
-
-    def _requantize_with_delta(self, delta: torch.Tensor) -> None:
-        # Requantizing is the quantization schemes' business (a row above the layers).
-        from mpq.quantization import _requantize
-
-        _requantize.requantize_with_delta(self, delta)

@@ -1,24 +1,75 @@
-"""Quantization-scheme registry: one scheme object per (layer class, mode), e.g. (Dense, "int8").
+"""Quantization schemes as seen from the layers: the scheme base class, the registry of
+(layer class, mode) -> scheme, and the few hooks ``Layer`` delegates to.
 
-``Layer.quantize``, ``Layer.quantized_build``, ``Layer.quantized_call``, the ``dtype_policy``
-setter (quantized policy on a built layer), building under a quantized policy and deserializing
-a quantized layer all resolve their scheme here. A new scheme is a new file that registers itself.
+A layer knows one thing about quantization: a scheme may be attached to it
+(``layer.quantization_scheme``, None for a float layer). The registry maps (layer class, mode)
+to a registered scheme object; quantizing a layer asks it for the scheme to attach (mpq's own
+schemes return a new object per layer that holds the layer's quantization config and kernel
+form) and then calls that scheme for the layer's forward pass. The schemes themselves live in
+``mpq.quantization``, a package above this one, which registers them when it is imported; they
+reach a layer through the small :class:`QuantizableLayer` protocol, and this package never
+imports them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+import torch
+
+from mpq import policy as _policy
 
 if TYPE_CHECKING:
     from mpq.layers.base import Layer
 
 __all__ = [
+    "QuantizableLayer",
     "QuantizationScheme",
     "get_scheme",
     "register_scheme",
     "registered_schemes",
     "unregister_scheme",
 ]
+
+
+@runtime_checkable
+class QuantizableLayer(Protocol):
+    """What a quantization scheme needs from a weighted layer (Dense, EinsumDense, Conv1D,
+    Conv2D, Embedding): its policy, its variables (``_parameters``, ``add_weight``), building
+    and config, and the activation applied after the contraction. Layer-kind specifics (the
+    einsum equation, conv strides and padding) are read by the form of that kind."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype_policy(self) -> Any: ...
+
+    built: bool
+    training: bool
+    _parameters: dict[str, torch.nn.Parameter | None]
+    _pending_quantization_config: Any
+    quantization_scheme: Any
+    """The attached scheme (None: float)."""
+    """The ``quantization_config`` the layer was constructed with (None: none)."""
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def build(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def quantize(self, mode: Any, type_check: bool = True, config: Any = None) -> None: ...
+
+    def get_config(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any: ...
+
+    def get_build_config(self) -> dict[str, Any] | None: ...
+
+    def build_from_config(self, config: dict[str, Any]) -> None: ...
+
+    def _update_cast_dtypes(self) -> None: ...
 
 
 class QuantizationScheme:
@@ -30,31 +81,75 @@ class QuantizationScheme:
             def quantize(self, layer, config=None): ...              # convert a built float layer
             def call(self, layer, inputs, *args, **kwargs): ...      # forward pass
 
-    ``config`` is the quantization config given to ``Layer.quantize`` (or to the layer's
-    constructor as ``quantization_config``), else the target quantized policy: a scheme reads
-    its options (block size, ...) from either.
-    ``build`` may create the float weights first with :func:`float_build`.
-    The layer's quantized variables must be added with ``layer.add_weight`` so that
-    weights, get/set_weights, saving and state_dict see them.
+    ``build`` and ``quantize`` return the scheme object to attach to the layer
+    (``layer.quantization_scheme``): a new object per layer that holds the layer's state
+    (mpq's schemes: its config and kernel form), or None to attach the registered object
+    itself (a stateless scheme that reads everything from the layer).
+
+    ``config`` is what :meth:`resolve` returned: by default the quantization config given to
+    ``Layer.quantize`` (or to the layer's constructor as ``quantization_config``), else the
+    target quantized policy. ``build`` may create the float weights first with
+    :func:`float_build`. The layer's quantized variables must be added with
+    ``layer.add_weight`` so that weights, get/set_weights, saving and state_dict see them.
     """
 
     mode: str = ""
 
-    def build(self, layer: Layer, input_shape: Any, config: Any = None) -> None:
+    def resolve(self, layer: QuantizableLayer, mode: str, config: Any) -> tuple[Any, Any]:
+        """``(config, target policy)`` for ``layer.quantize(mode, config=config)``, resolved
+        once: the config the scheme's ``quantize`` gets and the layer's quantized policy. By
+        default the policy is ``"{mode}_from_{source}"`` (or ``config.to_policy(source)``) and
+        the config is ``config`` itself, else that policy."""
+        source = layer.dtype_policy.name
+        if config is not None:
+            return config, config.to_policy(source)
+        policy = _policy.get(f"{mode}_from_{source}")
+        return policy, policy
+
+    def build(
+        self, layer: QuantizableLayer, input_shape: Any, config: Any = None
+    ) -> QuantizationScheme | None:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement build() for layer {type(layer).__name__}."
         )
 
-    def quantize(self, layer: Layer, config: Any = None) -> None:
+    def quantize(self, layer: QuantizableLayer, config: Any = None) -> QuantizationScheme | None:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement quantize() for layer {type(layer).__name__}."
         )
 
-    def call(self, layer: Layer, *args: Any, **kwargs: Any) -> Any:
+    def call(self, layer: Any, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement call() for layer {type(layer).__name__}."
         )
 
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """The float32 kernel the quantized layer computes with, in the float layer's layout."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement dequantized_kernel() for layer "
+            f"{type(layer).__name__}."
+        )
+
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
+        """Replace the quantized kernel by the quantization of ``dequantized_kernel + delta``
+        (``merge_lora`` on a quantized layer)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement requantize() (merge_lora) for layer "
+            f"{type(layer).__name__}."
+        )
+
+    def kernel_shape(self) -> tuple[int, ...] | None:
+        """The float kernel's shape, when the scheme stores it in another shape (packed,
+        transposed); None: the layer's ``kernel`` has it."""
+        return None
+
+    def get_config(self) -> dict[str, Any] | None:
+        """The layer's quantization config as a dict (``get_config`` of the layer writes it as
+        ``quantization_config``); None when the scheme has none of its own."""
+        return None
+
+
+_S = TypeVar("_S", bound="QuantizationScheme | type[QuantizationScheme]")
 
 _SCHEMES: dict[tuple[type, str], QuantizationScheme] = {}
 
@@ -68,7 +163,7 @@ def _check_mode(mode: Any) -> str:
     return mode
 
 
-def register_scheme(layer_cls: type, mode: str, scheme: QuantizationScheme | type | None = None):
+def register_scheme(layer_cls: type, mode: str, scheme: Any = None) -> Callable[[Any], Any] | Any:
     """Register ``scheme`` for ``(layer_cls, mode)``; without ``scheme``, a class decorator.
 
     Registering twice for the same key raises ValueError (unregister first).
@@ -80,7 +175,7 @@ def register_scheme(layer_cls: type, mode: str, scheme: QuantizationScheme | typ
             f"(of type {type(layer_cls).__name__})"
         )
 
-    def add(s):
+    def add(s: Any) -> Any:
         instance = s() if isinstance(s, type) else s
         if not isinstance(instance, QuantizationScheme):
             raise TypeError(
@@ -117,9 +212,8 @@ def registered_schemes() -> dict[tuple[type, str], QuantizationScheme]:
 
 
 def get_scheme(layer: Any, mode: str, type_check: bool = False) -> QuantizationScheme:
-    """The scheme for ``layer``'s class (exact class if ``type_check``, else nearest base class).
-
-    Raises NotImplementedError naming the class and the mode when there is none.
+    """The registered scheme for ``layer``'s class (exact class if ``type_check``, else nearest
+    base class). Raises NotImplementedError naming the class and the mode when there is none.
     """
     mode = _check_mode(mode)
     cls = layer if isinstance(layer, type) else type(layer)
@@ -150,11 +244,8 @@ def _is_config(obj: Any) -> bool:
     return isinstance(getattr(obj, "mode", None), str) and callable(getattr(obj, "to_policy", None))
 
 
-def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = None) -> None:
-    """``layer.quantize(mode, type_check, config)``: everything is checked before the layer is
-    touched; the scheme gets ``config``, or the target quantized policy when none was given."""
-    from mpq import policy as _policy
-
+def _check_request(mode: Any, config: Any) -> tuple[str, str, Any]:
+    """``(mode, base mode, config)`` of ``Layer.quantize(mode, config=config)``, checked."""
     if _is_config(mode):
         if config is not None:
             raise ValueError(
@@ -181,49 +272,51 @@ def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = Non
                 f"Expected a config for mode {base!r}. Received: config={config!r} "
                 f"(mode {config.mode!r})"
             )
-    scheme = get_scheme(layer, base, type_check=type_check)
+    return mode, base, config
+
+
+def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = None) -> None:
+    """``layer.quantize(mode, type_check, config)``: the request is checked and resolved once
+    (the registered scheme's ``resolve``) before the layer is touched, then handed to the
+    scheme."""
+    mode, base, config = _check_request(mode, config)
+    registered = get_scheme(layer, base, type_check=type_check)
     if not layer.built:
         raise ValueError(
             f"Cannot quantize layer {layer.name!r}: it is not built yet. Call it on an input or "
             f"`build(input_shape)` first. Received: built=False"
         )
-    if layer._scheme is not None:
+    if layer.quantization_scheme is not None:
         raise ValueError(
             f"Layer {layer.name!r} is already quantized "
             f"(policy {layer.dtype_policy.name!r}). Received: mode={mode!r}"
         )
-    source = layer.dtype_policy.name
-    if config is not None:
-        target = config.to_policy(source)
-    else:
-        target = _policy.get(f"{mode}_from_{source}")
-    apply_quantized_policy(layer, scheme, target, config)
+    resolved, policy = registered.resolve(layer, mode, config)
+    attach(layer, registered, policy, resolved)
 
 
-def apply_quantized_policy(layer: Layer, scheme: QuantizationScheme, policy: Any, config: Any):
-    """Quantize ``layer`` with ``scheme`` and give it ``policy``. Without ``config`` the scheme
-    gets the config the layer was constructed with, else ``policy`` itself."""
+def attach(layer: Layer, registered: QuantizationScheme, policy: Any, config: Any) -> None:
+    """Quantize ``layer`` with ``registered`` and give it ``policy`` (without ``config``: the
+    config the layer was constructed with, else ``policy``)."""
     if config is None:
-        config = layer.__dict__.get("_quantization_config") or policy
-    scheme.quantize(layer, config)
-    layer.__dict__["_scheme"] = scheme
+        config = layer._pending_quantization_config or policy
+    scheme = registered.quantize(layer, config)
     # A quantized layer's policy is its own from now on: a parent it is later added to does not
     # hand it its policy (a quantized policy cannot change anyway).
-    layer.__dict__["_policy_explicit"] = True
-    layer._set_resolved_policy(policy)
+    layer._set_quantization_scheme(registered if scheme is None else scheme, policy)
 
 
 def quantized_build(layer: Layer, input_shape: Any, mode: str, config: Any = None) -> None:
     """Build ``layer`` quantized (its policy is already quantized). The scheme gets ``config``,
     else the config the layer was constructed with, else the layer's policy."""
-    scheme = get_scheme(layer, mode, type_check=False)
+    registered = get_scheme(layer, mode, type_check=False)
     if config is None:
-        config = layer.__dict__.get("_quantization_config") or layer.dtype_policy
-    scheme.build(layer, input_shape, config)
-    layer.__dict__["_scheme"] = scheme
+        config = layer._pending_quantization_config or layer.dtype_policy
+    scheme = registered.build(layer, input_shape, config)
+    layer._set_quantization_scheme(registered if scheme is None else scheme)
 
 
-def float_build(layer: Layer, *args: Any, **kwargs: Any) -> None:
+def float_build(layer: QuantizableLayer, *args: Any, **kwargs: Any) -> None:
     """Run the layer's own (float) ``build`` from inside a scheme's ``build``."""
     d = layer.__dict__
     d["_float_build_depth"] = d.get("_float_build_depth", 0) + 1
@@ -234,7 +327,7 @@ def float_build(layer: Layer, *args: Any, **kwargs: Any) -> None:
 
 
 def quantized_call(layer: Layer, *args: Any, **kwargs: Any) -> Any:
-    scheme = layer._scheme
+    scheme = layer.quantization_scheme
     if scheme is None:
         mode = layer.quantization_mode
         raise NotImplementedError(

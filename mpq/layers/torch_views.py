@@ -77,7 +77,7 @@ def no_float_weight(shape: tuple[int, ...], dtype: torch.dtype) -> NoFloatWeight
 def _variable_view(layer: Any, name: str, to_torch: Any, torch_shape: Any) -> torch.Tensor:
     """``to_torch(variable)`` for a float layer; a :class:`NoFloatWeight` once quantized."""
     var = layer._parameters.get(name)
-    if var is not None and layer.__dict__.get("_scheme") is None:
+    if var is not None and layer.quantization_scheme is None:
         return to_torch(var)
     return no_float_weight(tuple(torch_shape()), layer.dtype_policy.torch_variable_dtype)
 

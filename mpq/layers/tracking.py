@@ -10,7 +10,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 
@@ -43,10 +43,18 @@ def reset_name_counters() -> None:
         _NAME_COUNTS.clear()
 
 
-def _is_layer(m: object) -> bool:
-    from mpq.layers.base import Layer
+_LAYER_BASES: list[type] = []
+"""``mpq.layers.base.Layer``, registered by base.py at import (tracking sits below base)."""
 
-    return isinstance(m, Layer)
+
+def register_layer_base(cls: type) -> None:
+    """Make ``direct_sublayers`` and the tracking helpers treat instances of ``cls`` as layers."""
+    if cls not in _LAYER_BASES:
+        _LAYER_BASES.append(cls)
+
+
+def _is_layer(m: object) -> TypeGuard[Layer]:
+    return isinstance(m, tuple(_LAYER_BASES))
 
 
 def direct_sublayers(module: torch.nn.Module) -> Iterator[Layer]:

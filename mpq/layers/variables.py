@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from mpq import dtypes as _dtypes
+from mpq.dtypes import to_torch_dtype
 from mpq.layers import autocast as _autocast
+from mpq.layers.autocast import to_tensor
 
 __all__ = [
     "POSITIVE_FINITE",
@@ -26,43 +28,6 @@ __all__ = [
     "to_tensor",
     "to_torch_dtype",
 ]
-
-
-def to_torch_dtype(dtype: Any) -> torch.dtype:
-    """A torch dtype from a name (``"bfloat16"``), a torch dtype or a numpy/ml_dtypes dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        fmt = _dtypes.get(dtype)
-    except (TypeError, ValueError):  # not an mpq format (int64, bool, ...): torch's names
-        fmt = None
-    if fmt is not None and fmt.torch_dtype is not None:
-        return fmt.torch_dtype
-    name = dtype if isinstance(dtype, str) else _np_dtype_name(dtype)
-    if name in ("bool", "bool_"):
-        return torch.bool
-    candidate = _TORCH_DTYPES.get(name) if isinstance(name, str) else None
-    if candidate is not None:
-        return candidate
-    raise ValueError(
-        "Expected a dtype with a torch equivalent such as 'float32' or 'bfloat16'. "
-        f"Received: dtype={dtype!r} (of type {type(dtype).__name__})"
-    )
-
-
-# torch's dtypes by attribute name ("int64", "long", "bool", ...), read from the module's
-# namespace: a name from a config is never passed to getattr(torch, ...), which would import
-# torch's lazily loaded submodules (torch._inductor, torch.onnx, ...) for their names.
-_TORCH_DTYPES: dict[str, torch.dtype] = {
-    name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
-}
-
-
-def _np_dtype_name(dtype: Any) -> str | None:
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return None
 
 
 # torch dtypes numpy holds natively; the others (bfloat16, float8) go through mpq.dtypes.
@@ -87,31 +52,6 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype in _NUMPY_NATIVE:
         return t.numpy().copy()
     return _dtypes.to_numpy(t)
-
-
-def to_tensor(value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A tensor from a tensor, numpy array (incl. ml_dtypes) or Python scalar; cast if asked."""
-    if isinstance(value, torch.Tensor):
-        t = value
-    elif isinstance(value, (np.ndarray, np.generic)):
-        t = _from_numpy(np.asarray(value))
-    else:
-        t = torch.as_tensor(value)
-    if dtype is not None and t.dtype != dtype:
-        t = t.to(dtype)
-    return t
-
-
-def _from_numpy(a: np.ndarray) -> torch.Tensor:
-    if a.dtype.kind in "biufc":
-        # Shares memory when it can; copies (keeping 0-d shapes, unlike np.ascontiguousarray)
-        # when the array is strided or read-only, which torch.from_numpy refuses or warns on.
-        if not (a.flags.c_contiguous and a.flags.writeable):
-            a = a.copy(order="C")
-        return torch.from_numpy(a)
-    if a.dtype.kind == "V":  # ml_dtypes: bfloat16, float8, ...; bit-exact
-        return _dtypes.from_numpy(a)
-    raise TypeError(f"Expected a numeric numpy array. Received: array of dtype {a.dtype}")
 
 
 @dataclass(frozen=True)

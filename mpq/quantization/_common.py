@@ -7,14 +7,18 @@ schemes from these pieces and registers them.
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Callable
+from typing import Any, cast, overload
 
 import torch
 
 from mpq import activations, kernels
+from mpq import policy as _policy
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
 from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
@@ -32,12 +36,12 @@ def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _KERNEL_FLOATS else torch.float32
 
 
-def kernel_name(layer: Any) -> str:
+def kernel_name(layer: QuantizableLayer) -> str:
     return "embeddings" if isinstance(layer, Embedding) else "kernel"
 
 
 # ------------------------------------------------------------------------------ config
-def resolve_config(layer: Any, config: Any, mode: str) -> QuantizationConfig:
+def resolve_config(layer: QuantizableLayer, config: Any, mode: str) -> QuantizationConfig:
     """The ``QuantizationConfig`` a scheme of ``mode`` runs ``layer`` with.
 
     ``config``: a QuantizationConfig, its config dict, or a quantized policy (the target policy
@@ -102,23 +106,32 @@ def assign_valid(var: torch.Tensor, value: torch.Tensor) -> None:
     variable._write(variable._check_value(value, "assign"))
 
 
-def read(layer: Any, name: str) -> torch.Tensor:
+def variable(layer: QuantizableLayer, name: str) -> torch.nn.Parameter:
+    """The layer's variable ``name`` (a scheme reads only variables it created)."""
+    return cast(torch.nn.Parameter, layer._parameters[name])
+
+
+def read(layer: QuantizableLayer, name: str) -> torch.Tensor:
     """Read variable ``name`` for the running call (stateless values substituted)."""
-    return _autocast.read(layer._parameters[name])
+    return _autocast.read(variable(layer, name))
 
 
-def late_targets(layer: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
+def late_targets(layer: QuantizableLayer, names: tuple[str, ...]) -> list[torch.Tensor]:
     """Where an update that runs after the call returns (a backward pass) writes variables
     ``names``, fixed at call time: the variables themselves, or inside ``stateless_call``
     per-call buffers (copies of the given values) that it returns as their new values, so the
     layer is never written. The update writes them in place, under ``torch.no_grad()``."""
     scope = _autocast.STATE.stateless
     if scope is None:
-        return [layer._parameters[name] for name in names]
-    return [scope.deferred(layer._parameters[name]) for name in names]
+        return [variable(layer, name) for name in names]
+    return [scope.deferred(variable(layer, name)) for name in names]
 
 
-def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
+VariableSpec = tuple[tuple[int, ...], torch.dtype, "torch.Tensor | None", str, "ValueRule | None"]
+"""``(shape, dtype, value, initializer, rule)`` of a quantized variable (``replace_kernel``)."""
+
+
+def replace_kernel(layer: QuantizableLayer, new: dict[str, VariableSpec]) -> None:
     """Swap the float kernel for quantized variables, ``new[name] = (shape, dtype, value,
     initializer, rule)`` in creation order (value None: the initializer's placeholder, e.g.
     while building; rule: a ``ValueRule`` or None). The caller computes every value before
@@ -133,52 +146,165 @@ def replace_kernel(layer: Any, new: dict[str, tuple]) -> None:
     layer._update_cast_dtypes()
 
 
-def float_kernel(layer: Any) -> torch.Tensor:
-    return layer._parameters[kernel_name(layer)]
+def float_kernel(layer: QuantizableLayer) -> torch.Tensor:
+    return variable(layer, kernel_name(layer))
 
 
 # ------------------------------------------------------------------------------ scheme base
 class Scheme(_registry.QuantizationScheme):
-    """Base of mpq's schemes: ``build`` = the float build, then the same conversion as
-    ``quantize`` on placeholder values (zeros, unit scales); the variables (names, order,
-    shapes, dtypes) are then identical on both paths. Subclasses implement ``check``
-    (validate before anything changes), ``convert`` and ``call``."""
+    """Base of mpq's schemes. The registered object (one per (layer class, mode)) resolves a
+    quantize request and returns, from ``quantize`` / ``build``, a new instance per layer that
+    holds the layer's quantized state: ``config`` (a ``QuantizationConfig``) and ``form`` (how
+    the kernel maps to the matrices the kernels multiply). ``build`` = the float build, then
+    the same conversion as ``quantize`` on placeholder values (zeros, unit scales): the
+    variables (names, order, shapes, dtypes) are identical on both paths.
 
-    def check(self, layer: Any, cfg: QuantizationConfig) -> None:
+    Subclasses implement ``check`` (validate before anything changes), ``convert`` (replace the
+    float kernel by quantized variables), ``call`` and ``dequantized_kernel``; ``requantize``
+    (``merge_lora``) quantizes a float scratch twin of the layer, unless overridden."""
+
+    config: QuantizationConfig
+    form: Any
+
+    def __init__(self, config: QuantizationConfig | None = None, form: Any = None) -> None:
+        if config is not None:
+            self.config = config
+            self.form = form
+
+    # -- the registered object ----------------------------------------------------------
+    def resolve(self, layer: QuantizableLayer, mode: str, config: Any) -> tuple[Any, Any]:
+        """One ``QuantizationConfig`` and the target policy derived from it (a mode string
+        becomes a config once; the config the layer was constructed with, if any, is used as
+        before with the policy of the mode string)."""
+        source = layer.dtype_policy.name
+        if config is None:
+            pending = layer._pending_quantization_config
+            if pending is not None:
+                return pending, _policy.get(f"{mode}_from_{source}")
+            config = QuantizationConfig.get(mode)
+        return config, config.to_policy(source)
+
+    def scheme_class(self, cfg: QuantizationConfig) -> type[Scheme]:
+        """The class of the per-layer scheme for ``cfg`` (a variant of the mode, e.g. static
+        float8 scaling, may have its own)."""
+        return type(self)
+
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         """Raise before the layer is touched when ``cfg`` cannot run on ``layer``."""
 
-    def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
-        raise NotImplementedError
-
-    def _prepare(self, layer: Any, config: Any) -> tuple[QuantizationConfig, Any]:
+    def bind(self, layer: QuantizableLayer, config: Any) -> Scheme:
+        """The per-layer scheme for ``layer`` and ``config`` (checked; the layer is unchanged)."""
         cfg = resolve_config(layer, config, self.mode)
         form = form_of(layer, tuple(float_kernel(layer).shape))
         self.check(layer, cfg)
-        return cfg, form
+        scheme = self.scheme_class(cfg)(cfg, form)
+        scheme.mode = self.mode
+        return scheme
 
-    def quantize(self, layer: Any, config: Any = None) -> None:
-        cfg, form = self._prepare(layer, config)
-        self.convert(layer, cfg, form, values=float_kernel(layer).device.type != "meta")
-        layer.__dict__["_quantization_config"] = cfg
-        layer.__dict__["_quant_form"] = form
+    def quantize(self, layer: QuantizableLayer, config: Any = None) -> Scheme:
+        scheme = self.bind(layer, config)
+        values = float_kernel(layer).device.type != "meta"
+        scheme.convert(layer, scheme.config, scheme.form, values=values)
+        return scheme
 
-    def build(self, layer: Any, input_shape: Any, config: Any = None) -> None:
+    def build(self, layer: QuantizableLayer, input_shape: Any, config: Any = None) -> Scheme:
         _registry.float_build(layer, input_shape)
-        cfg, form = self._prepare(layer, config)
-        self.convert(layer, cfg, form, values=False)
-        layer.__dict__["_quantization_config"] = cfg
-        layer.__dict__["_quant_form"] = form
+        scheme = self.bind(layer, config)
+        scheme.convert(layer, scheme.config, scheme.form, values=False)
+        return scheme
+
+    # -- the per-layer scheme -----------------------------------------------------------
+    def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
+        raise NotImplementedError
+
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The stored variables (name -> value) for integer codes chosen by an algorithm (GPTQ):
+        ``q [S, N, K]`` int8, ``scale [S, N]`` or grouped ``[S, N, G]``, ``zero`` ``[S, N, G]``
+        (grouped) or None. Integer schemes only."""
+        raise NotImplementedError(
+            f"Expected an integer quantization scheme (int8, int4) to store integer codes. "
+            f"Received: {type(self).__name__} on layer {layer.name!r}"
+        )
+
+    def get_config(self) -> dict[str, Any] | None:
+        config: QuantizationConfig | None = getattr(self, "config", None)
+        return None if config is None else config.get_config()
+
+    def kernel_shape(self) -> tuple[int, ...] | None:
+        form = getattr(self, "form", None)
+        return None if form is None else tuple(form.kernel_shape)
+
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
+        """``merge_lora``: a float scratch twin of the layer (no LoRA) takes
+        ``dequantized_kernel + delta`` and is quantized with this scheme's config; its
+        quantized variables are copied back (lossy: one more rounding)."""
+        merged = self.dequantized_kernel(layer) + delta.float()
+        config = layer.get_config()
+        config.pop("quantization_config", None)
+        config["dtype"] = layer.dtype_policy.source_name
+        config["lora_rank"] = None
+        config["lora_alpha"] = None
+        with torch.random.fork_rng(devices=[]):
+            scratch = type(layer).from_config(config)
+            scratch.build_from_config(copy.deepcopy(layer.get_build_config()))
+        with torch.no_grad():
+            kernel = variable(scratch, "kernel")
+            kernel.copy_(merged.to(kernel.dtype))
+        scratch.quantize(self.config)
+        for name, value in scratch._parameters.items():
+            if name == "bias" or value is None:
+                continue
+            target = variable(layer, name)
+            target.copy_(value.detach().to(target.device))
+
+    # -- helpers of ``call`` --------------------------------------------------------------
+    def linear_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Dense/EinsumDense input -> ``[S, M, K]`` rows in a kernel-friendly float dtype."""
+        rows, meta = self.form.to_rows(x)
+        dtype = kernel_dtype(rows.dtype)
+        return (rows if rows.dtype == dtype else rows.to(dtype)), meta
+
+    def linear_output(
+        self,
+        layer: Any,
+        y: torch.Tensor,
+        meta: Any,
+        bias_fused: bool,
+        lora: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[S, M, N]`` -> the layer's output (bias if not fused, LoRA term, activation,
+        compute dtype)."""
+        y = self.form.from_rows(y, meta)
+        bias = layer._parameters.get("bias")
+        bias = None if (bias is None or bias_fused) else read(layer, "bias")
+        return finish(layer, y, bias, lora)
+
+    @overload
+    def as3(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def as3(self, t: None) -> None: ...
+
+    def as3(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """A stored ``[N, ...]`` tensor with a leading S axis of 1 when the form has none."""
+        if t is None:
+            return None
+        return t if self.form.S else t.unsqueeze(0)
 
 
-def config_of(layer: Any) -> QuantizationConfig:
-    return layer.__dict__["_quantization_config"]
+def lora_term(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor | None:
+    """LoRA's input-path term of a call (``mpq.layers.lora``), None without LoRA."""
+    term = getattr(layer, "lora_output", None)
+    return None if term is None else term(inputs)
 
 
-def form(layer: Any) -> Any:
-    return layer.__dict__["_quant_form"]
-
-
-def training_flag(kwargs: dict, layer: Any) -> bool:
+def training_flag(kwargs: dict[str, Any], layer: QuantizableLayer) -> bool:
     """``training`` of the running call: explicit > enclosing call's > torch's module mode."""
     training = kwargs.pop("training", None)
     if training is None:
@@ -189,16 +315,22 @@ def training_flag(kwargs: dict, layer: Any) -> bool:
     return bool(training)
 
 
-def compute_dtype(layer: Any) -> torch.dtype:
-    return layer.dtype_policy.torch_compute_dtype
+def compute_dtype(layer: QuantizableLayer) -> torch.dtype:
+    dtype: torch.dtype = layer.dtype_policy.torch_compute_dtype
+    return dtype
 
 
-def finish(layer: Any, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Add a bias that was not fused, apply the activation, return in the compute dtype."""
+def finish(
+    layer: Any,
+    y: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lora: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Add LoRA's term and a bias that was not fused, apply the activation, return in the
+    compute dtype."""
     dtype = compute_dtype(layer)
     if y.dtype != dtype:  # (a no-op .to still costs a dispatch per call)
         y = y.to(dtype)
-    lora = layer.__dict__.get("_lora_term")  # LoRA's input-path term (mpq.layers.lora)
     if lora is not None:
         y = y + lora
     if bias is not None:
@@ -214,13 +346,21 @@ class _QuantizedOp(torch.autograd.Function):
     the output gradient ``run.grad_hook(grad)`` (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, run, x, w, bias):
+    def forward(
+        ctx: Any,
+        run: Run,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
         ctx.run = run
         ctx.save_for_backward(x, w, bias)
         return run.forward(x, w, bias)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         x, w, bias = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[1:4]
         grad, gx, gw = ctx.run.input_grads(grad, x, w, need_x, need_w)
@@ -230,22 +370,38 @@ class _QuantizedOp(torch.autograd.Function):
         return None, gx, gw, gb
 
 
+def needs_graph(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd must record an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class Run:
     """One quantized forward pass; subclasses set ``forward`` and the backward pieces."""
 
-    def forward(self, x, w, bias):  # pragma: no cover - overridden
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    def backward_operands(self, x, w):  # pragma: no cover - overridden
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def float_op(self, x, w):  # pragma: no cover - overridden
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def input_grads(self, grad, x, w, need_x: bool, need_w: bool):
+    def input_grads(
+        self,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        need_x: bool,
+        need_w: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(grad used for the bias, grad_x, grad_w)``: by default the gradients of
         ``float_op`` at ``backward_operands(x, w)`` for the output gradient ``grad_hook(grad)``."""
         grad = self.grad_hook(grad)
@@ -261,35 +417,21 @@ class Run:
             if need_x:
                 gx = grads.pop(0).to(x.dtype)
             if need_w:
-                gw = grads.pop(0).to(w.dtype)
+                gw = grads.pop(0).to(wb.dtype if w is None else w.dtype)
         return grad, gx, gw
 
-    def apply(self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None):
-        if not torch.is_grad_enabled() or not any(
-            t is not None and t.requires_grad for t in (x, w, bias)
-        ):
+    def apply(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if not needs_graph(x, w, bias):
             # Nothing to differentiate: the forward pass without the autograd.Function's cost
             # (the same tensors, no graph either way).
             return self.forward(x, w, bias)
-        return _QuantizedOp.apply(self, x, w, bias)
+        out: torch.Tensor = _QuantizedOp.apply(self, x, w, bias)  # type: ignore[no-untyped-call]
+        return out
 
 
 # ------------------------------------------------------------------------------ linear ops
-def linear_rows(layer: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Dense/EinsumDense input -> ``[S, M, K]`` rows in a kernel-friendly float dtype."""
-    rows, meta = form(layer).to_rows(x)
-    dtype = kernel_dtype(rows.dtype)
-    return (rows if rows.dtype == dtype else rows.to(dtype)), meta
-
-
-def linear_output(layer: Any, y: torch.Tensor, meta: Any, bias_fused: bool) -> torch.Tensor:
-    """``[S, M, N]`` -> the layer's output (bias if not fused, activation, compute dtype)."""
-    y = form(layer).from_rows(y, meta)
-    bias = layer._parameters.get("bias")
-    bias = None if (bias is None or bias_fused) else read(layer, "bias")
-    return finish(layer, y, bias)
-
-
 def fusable_bias(layer: Any) -> torch.Tensor | None:
     """Dense's ``[N]`` bias goes into the kernel epilogue; EinsumDense's is added after."""
     if isinstance(layer, Dense) and layer._parameters.get("bias") is not None:
@@ -298,21 +440,19 @@ def fusable_bias(layer: Any) -> torch.Tensor | None:
     return None
 
 
-def as3(layer: Any, t: torch.Tensor | None) -> torch.Tensor | None:
-    """A stored ``[N, ...]`` tensor with a leading S axis of 1 when the form has none."""
-    if t is None:
-        return None
-    return t if form(layer).S else t.unsqueeze(0)
-
-
-def per_slice(fn, n: int) -> torch.Tensor:
+def per_slice(fn: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
     """``torch.stack([fn(s) for s in range(n)])``; one slice (Dense) is just unsqueezed."""
     if n == 1:
         return fn(0).unsqueeze(0)
     return torch.stack([fn(s) for s in range(n)])
 
 
-def float_linear(x_rows: torch.Tensor, w_mat: torch.Tensor, bias=None, out_dtype=None):
+def float_linear(
+    x_rows: torch.Tensor,
+    w_mat: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Differentiable ``x_rows [S, M, K] @ w_mat[s].T`` per slice -> ``[S, M, N]``."""
     return per_slice(
         lambda s: kernels.matmul(x_rows[s], w_mat[s].t(), bias=bias, out_dtype=out_dtype),
@@ -357,10 +497,10 @@ def conv_forward(
     x_cl: torch.Tensor,
     w_stored: torch.Tensor,
     *,
-    x_scale=None,
-    w_scale=None,
-    bias=None,
-    out_dtype=None,
+    x_scale: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``mpq.kernels.conv2d`` on channels-last inputs for Conv1D (as a 1 x W conv) and Conv2D;
     ``w_stored`` is ``[OC, KH, KW, C/groups]`` (Conv1D ``[OC, KW, C/groups]``)."""
@@ -405,8 +545,8 @@ def conv_bias(layer: Any) -> torch.Tensor | None:
     return b.to(kernel_dtype(b.dtype))
 
 
-def conv_output(layer: Any, y: torch.Tensor) -> torch.Tensor:
-    return finish(layer, layer._from_channels_last(y))
+def conv_output(layer: Any, y: torch.Tensor, lora: torch.Tensor | None = None) -> torch.Tensor:
+    return finish(layer, layer._from_channels_last(y), None, lora)
 
 
 __all__ = [
@@ -416,5 +556,6 @@ __all__ = [
     "POSITIVE_FINITE",
     "Run",
     "Scheme",
+    "ValueRule",
     "resolve_config",
 ]

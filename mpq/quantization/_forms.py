@@ -114,7 +114,7 @@ class EinsumForm:
             return None
         return self.matrix_shape[-1], tuple(self._size(c) for c in self.C)
 
-    def to_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def to_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
         """Input -> ``[S, M, K]`` rows (S = 1 without shared letters) and what ``from_rows``
         needs to restore the output shape."""
         plain = self._plain
@@ -144,7 +144,7 @@ class EinsumForm:
         k = _prod(self._size(c) for c in self.C)
         return x.reshape(s, _prod(b_sizes), k), (b_sizes, ell)
 
-    def from_rows(self, y: torch.Tensor, meta: tuple) -> torch.Tensor:
+    def from_rows(self, y: torch.Tensor, meta: tuple[Any, ...]) -> torch.Tensor:
         """``[S, M, N]`` -> output in the equation's output order."""
         b_sizes, ell = meta
         if b_sizes is None:  # the plain path of to_rows: ``ell`` holds the leading shape
@@ -229,7 +229,8 @@ def form_of(layer: Any, kernel_shape: tuple[int, ...]) -> Any:
     if isinstance(layer, (Conv1D, Conv2D)):
         return ConvForm(tuple(kernel_shape))
     if isinstance(layer, Embedding):
-        return EmbeddingForm(tuple(kernel_shape))
+        rows, dim = kernel_shape
+        return EmbeddingForm((rows, dim))
     raise NotImplementedError(
         f"Expected a Dense, EinsumDense, Conv1D, Conv2D or Embedding layer. "
         f"Received: {type(layer).__name__}"

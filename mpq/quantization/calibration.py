@@ -16,6 +16,7 @@ import torch
 
 from mpq._errors import describe as _describe
 from mpq.layers import Layer
+from mpq.quantization import _common as C
 from mpq.quantization import float8_static
 
 __all__ = ["CalibrationReport", "calibrate"]
@@ -107,7 +108,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any]) -> CalibrationRepo
             "Expected a model with float8 inference layers to calibrate (quantized with "
             "QuantizationConfig('float8', scaling='static')). Received: a model with none"
         )
-    variables = [(name, layer._parameters["inputs_amax"]) for name, layer in layers]
+    variables = [(name, C.variable(layer, "inputs_amax")) for name, layer in layers]
     before = [v.detach().clone() for _, v in variables]
     modes = {m: m.training for m in model.modules()}
     report = CalibrationReport()

@@ -208,8 +208,11 @@ class QuantizationConfig:
         if self.scaling == "static":  # the policy's history length plays no part
             return _policy.QuantizedFloat8DTypePolicy("float8", source_name)
         if self.mode == "float8":
+            length = self.amax_history_length
+            if length is None:  # __post_init__ sets it for float8
+                return _policy.QuantizedFloat8DTypePolicy("float8", source_name)
             return _policy.QuantizedFloat8DTypePolicy(
-                "float8", source_name, amax_history_length=self.amax_history_length
+                "float8", source_name, amax_history_length=length
             )
         return _policy.QuantizedDTypePolicy(self.mode_spec, source_name)
 

@@ -11,15 +11,17 @@ gradient's (under ``stateless_call``: into the returned values, never the layer)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 
 from mpq import kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import (
     delayed_scaling_update,
     dequantize_float8,
@@ -35,20 +37,26 @@ STATE_NAMES = ("inputs", "kernel", "outputs_grad")
 
 
 class _Float8Run(C.Run):
-    def __init__(self, layer: Any, training: bool):
+    # Set by the forward pass, read by the backward pass.
+    sx: torch.Tensor
+    sw: torch.Tensor
+    x8: torch.Tensor
+    w8: torch.Tensor
+
+    def __init__(self, layer: QuantizableLayer, training: bool) -> None:
         self.layer = layer
         self.training = training
-        self.sx = self.sw = None
         # The backward pass runs after the call (and after any stateless scope) has returned,
         # so what it reads and writes is fixed now. Training: the gradient history and scale
         # it updates in place (the layer's variables, or under stateless_call the buffers
         # returned as their new values); otherwise the scale read by this call.
+        self.grad_history: torch.Tensor | None = None
         if training:
-            self.grad_state = C.late_targets(
+            self.grad_history, self.grad_scale = C.late_targets(
                 layer, ("outputs_grad_amax_history", "outputs_grad_scale")
             )
         else:
-            self.grad_state = [None, C.read(layer, "outputs_grad_scale")]
+            self.grad_scale = C.read(layer, "outputs_grad_scale")
 
     def _update(self, prefix: str, t: torch.Tensor, fmt: str) -> None:
         history = C.read(self.layer, f"{prefix}_amax_history")
@@ -57,15 +65,20 @@ class _Float8Run(C.Run):
         C.assign_valid(history, new_history)
         C.assign_valid(scale, new_scale)  # valid by construction: no device sync per step
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # Delayed scaling: quantize with the scales of the past steps, then record this step.
+        w = cast(torch.Tensor, w)  # the float8 runs always get the float kernel
         sw = C.read(self.layer, "kernel_scale").detach().clone()
         w8 = quantize_float8(w, sw, FORWARD_FORMAT)
         if self.training:
             self._update("kernel", w, FORWARD_FORMAT)
         return self.forward_codes(x, w8, sw, bias)
 
-    def forward_codes(self, x, w8, sw, bias):
+    def forward_codes(
+        self, x: torch.Tensor, w8: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         """``forward`` with the kernel already quantized (codes ``w8``, scale ``sw``)."""
         sx = C.read(self.layer, "inputs_scale").detach().clone()
         x8 = quantize_float8(x, sx, FORWARD_FORMAT)
@@ -74,12 +87,23 @@ class _Float8Run(C.Run):
         self.sx, self.sw, self.x8, self.w8 = sx, sw, x8, w8
         return self.fp8_op(x8, w8, sx, sw, bias, x.dtype)
 
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _grad_fp8(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output gradient in e5m2 with the old gradient scale; records its amax."""
-        history, scale = self.grad_state
+        history, scale = self.grad_history, self.grad_scale
         sg = scale.detach().clone()
         g8 = quantize_float8(grad, sg, GRADIENT_FORMAT)
-        if self.training:
+        if history is not None:  # training
             new_history, new_scale = delayed_scaling_update(
                 grad.detach(), history, sg, GRADIENT_FORMAT
             )
@@ -92,10 +116,12 @@ class _Float8Run(C.Run):
         g8, sg = self._grad_fp8(grad)
         return dequantize_float8(g8, sg, grad.dtype)
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return (
             quantize_dequantize(x, self.sx, FORWARD_FORMAT),
-            quantize_dequantize(w, self.sw, FORWARD_FORMAT),
+            quantize_dequantize(cast(torch.Tensor, w), self.sw, FORWARD_FORMAT),
         )
 
 
@@ -103,7 +129,14 @@ class _LinearRun(_Float8Run):
     """Backward GEMMs in float8 too: ``grad_x = g8 @ w8`` (e5m2 x e4m3fn) and
     ``grad_w = g8.T @ x8`` (e5m2 x e4m3fn), scales in the epilogue, float32 accumulation."""
 
-    def input_grads(self, grad, x, w, need_x, need_w):
+    def input_grads(
+        self,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        w: torch.Tensor | None,
+        need_x: bool,
+        need_w: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         g8, sg = self._grad_fp8(grad)
         gx = gw = None
         if need_x:
@@ -128,14 +161,22 @@ class _LinearRun(_Float8Run):
                         self.x8[s].t().contiguous().t(),
                         a_scale=sg,
                         b_scale=self.sx,
-                        out_dtype=w.dtype,
+                        out_dtype=cast(torch.Tensor, w).dtype,
                     )
                     for s in range(g8.shape[0])
                 ]
             )
         return dequantize_float8(g8, sg, grad.dtype), gx, gw
 
-    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
         outs = [
             kernels.matmul(
                 x8[s].contiguous(),
@@ -149,25 +190,35 @@ class _LinearRun(_Float8Run):
         ]
         return torch.stack(outs)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
 class _ConvRun(_Float8Run):
-    def fp8_op(self, x8, w8, sx, sw, bias, out_dtype):
+    def fp8_op(
+        self,
+        x8: torch.Tensor,
+        w8: torch.Tensor,
+        sx: torch.Tensor,
+        sw: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
         return C.conv_forward(
             self.layer, x8, w8, x_scale=sx, w_scale=sw, bias=bias, out_dtype=out_dtype
         )
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
 class Float8Scheme(C.Scheme):
     """float8 delayed scaling for one layer kind (history length from the config)."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
-        length = cfg.amax_history_length
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
+        length = cast(int, cfg.amax_history_length)  # set for delayed scaling
         for prefix in STATE_NAMES:
             C.add_state(layer, f"{prefix}_scale", (), torch.float32, "ones", C.POSITIVE_FINITE)
             C.add_state(layer, f"{prefix}_amax_history", (length,), torch.float32, "zeros")
@@ -177,8 +228,8 @@ class Float8Scheme(C.Scheme):
             # Input and gradient scales start at 1 until training passes record them; for
             # inference use scaling="static" and mpq.calibrate (docs/quantization.md).
             kernel = C.float_kernel(layer).detach()
-            history = layer._parameters["kernel_amax_history"]
-            scale = layer._parameters["kernel_scale"]
+            history = C.variable(layer, "kernel_amax_history")
+            scale = C.variable(layer, "kernel_scale")
             new_history, new_scale = delayed_scaling_update(
                 kernel, history.detach(), scale.detach(), FORWARD_FORMAT
             )
@@ -187,9 +238,19 @@ class Float8Scheme(C.Scheme):
                 scale.copy_(new_scale)
         layer._update_cast_dtypes()
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    variants: ClassVar[dict[str, type[C.Scheme]]] = {}
+    """Per-layer scheme classes of the float8 scaling variants other than delayed scaling,
+    by ``QuantizationConfig.scaling`` (``float8_static.py`` adds ``"static"``)."""
+
+    def scheme_class(self, cfg: QuantizationConfig) -> type[C.Scheme]:
+        return self.variants.get(cfg.scaling or "delayed", type(self))
+
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         training = C.training_flag(kwargs, layer)
-        form = C.form(layer)
+        form = self.form
+        lora = C.lora_term(layer, inputs)
         kernel = C.read(layer, "kernel")
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
@@ -197,18 +258,37 @@ class Float8Scheme(C.Scheme):
             run = _ConvRun(layer, training)
             if _inference(training, x, kernel, bias):
                 w8, sw = _kernel_codes(layer, kernel, x.dtype)
-                return C.conv_output(layer, run.forward_codes(x, form.to_stored(w8), sw, bias))
+                y = run.forward_codes(x, form.to_stored(w8), sw, bias)
+                return C.conv_output(layer, y, lora)
             y = run.apply(x, form.to_stored(kernel).to(x.dtype), bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         bias = C.fusable_bias(layer)
-        run = _LinearRun(layer, training)
+        linear = _LinearRun(layer, training)
         if _inference(training, x, kernel, bias):
             w8, sw = _kernel_codes(layer, kernel, x.dtype)
-            y = run.forward_codes(x, C.as3(layer, form.to_matrix(w8)), sw, bias)
+            y = linear.forward_codes(x, self.as3(form.to_matrix(w8)), sw, bias)
         else:
-            y = run.apply(x, C.as3(layer, form.to_matrix(kernel)).to(x.dtype), bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+            y = linear.apply(x, self.as3(form.to_matrix(kernel)).to(x.dtype), bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """Delayed scaling keeps the float kernel: returned as is (float32)."""
+        return C.float_kernel(layer).detach().float()
+
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
+        """The float kernel gets ``+ delta``; its scale records the merged kernel's amax (one
+        delayed-scaling step) so that it does not saturate."""
+        merged = self.dequantized_kernel(layer) + delta.float()
+        kernel = C.variable(layer, "kernel")
+        kernel.copy_(merged.to(kernel.dtype))
+        history = C.variable(layer, "kernel_amax_history")
+        scale = C.variable(layer, "kernel_scale")
+        new_history, new_scale = delayed_scaling_update(
+            kernel.detach(), history.detach(), scale.detach(), FORWARD_FORMAT
+        )
+        history.copy_(new_history)
+        scale.copy_(new_scale)
 
 
 def _inference(training: bool, x: torch.Tensor, kernel: torch.Tensor, bias: Any) -> bool:
@@ -219,7 +299,9 @@ def _inference(training: bool, x: torch.Tensor, kernel: torch.Tensor, bias: Any)
     )
 
 
-def _kernel_codes(layer: Any, kernel: torch.Tensor, dtype: torch.dtype):
+def _kernel_codes(
+    layer: QuantizableLayer, kernel: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scale)`` of the kernel in its own (float) layout. Quantization is elementwise,
     so these are the codes of the transposed copy the kernels take; transposing the 1-byte
     codes afterwards moves 4x fewer bytes than transposing the float kernel first."""

@@ -15,7 +15,9 @@ import torch
 
 from mpq.layers import Embedding
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import dequantize_float8, float8_max, quantize_float8
 
 __all__ = ["TABLE_FORMAT", "Float8EmbeddingScheme", "quantize_table"]
@@ -68,7 +70,9 @@ def quantize_table(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Float8EmbeddingScheme(C.Scheme):
     """Embedding in float8: the table as float8_e4m3fn codes with per-row float32 scales."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         shape = tuple(form.stored_shape)
         q = scale = None
         if values:
@@ -81,7 +85,9 @@ class Float8EmbeddingScheme(C.Scheme):
             },
         )
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         kwargs.pop("training", None)  # nothing to update: the table's scales are fixed
         ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
         table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")

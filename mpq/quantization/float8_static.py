@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
-from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.layers.variables import ValueRule
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
-from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _LinearRun
+from mpq.quantization.config import QuantizationConfig
+from mpq.quantization.float8 import FORWARD_FORMAT, Float8Scheme, _ConvRun, _Float8Run, _LinearRun
 from mpq.quantizers import (
     compute_float8_scale,
     dequantize_float8,
@@ -37,20 +37,16 @@ from mpq.quantizers import (
     quantize_float8,
 )
 
-__all__ = ["Float8Schemes", "dequantized_kernel", "is_static", "observing", "quantize_kernel"]
+__all__ = ["Float8StaticScheme", "is_static", "observing", "quantize_kernel"]
 
 _STATE = threading.local()
 # inputs_amax: a finite range >= 0 (0: not calibrated; NaN and inf are refused on every write).
 INPUTS_AMAX_RULE = ValueRule("input ranges", low=0.0, high=float(torch.finfo(torch.float32).max))
 
 
-def is_static(layer: Any) -> bool:
+def is_static(layer: QuantizableLayer) -> bool:
     """True for a layer quantized with ``QuantizationConfig("float8", scaling="static")``."""
-    cfg = layer.__dict__.get("_quantization_config")
-    return (
-        isinstance(layer.__dict__.get("_scheme"), Float8Schemes)
-        and getattr(cfg, "scaling", None) == "static"
-    )
+    return isinstance(layer.quantization_scheme, Float8StaticScheme)
 
 
 @contextmanager
@@ -81,7 +77,7 @@ def quantize_kernel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_float8(w32, scale, FORWARD_FORMAT), scale
 
 
-def _input_scale(layer: Any, x: torch.Tensor) -> torch.Tensor:
+def _input_scale(layer: QuantizableLayer, x: torch.Tensor) -> torch.Tensor:
     amax_var = C.read(layer, "inputs_amax")
     x_amax = x.detach().abs().amax().to(torch.float32)
     if getattr(_STATE, "observing", False):
@@ -94,23 +90,27 @@ def _input_scale(layer: Any, x: torch.Tensor) -> torch.Tensor:
     return compute_float8_scale(amax, one, FORWARD_FORMAT)
 
 
-class _StaticMixin:
+class _StaticMixin(_Float8Run):
     """Forward with the stored codes; backward: plain straight-through float gradients."""
 
-    def __init__(self, layer: Any, w8: torch.Tensor, sw: torch.Tensor):
+    def __init__(self, layer: QuantizableLayer, w8: torch.Tensor, sw: torch.Tensor) -> None:
         self.layer = layer
         self.w8 = w8
         self.sw = sw
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         self.sx = _input_scale(self.layer, x)
         self.x8 = quantize_float8(x, self.sx, FORWARD_FORMAT)
         return self.fp8_op(self.x8, self.w8, self.sx, self.sw, bias, x.dtype)
 
-    def grad_hook(self, grad):
+    def grad_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = dequantize_float8(self.w8, self.sw, x.dtype)
         return quantize_dequantize(x, self.sx, FORWARD_FORMAT), w
 
@@ -125,62 +125,58 @@ class _StaticConvRun(_StaticMixin, _ConvRun):
     pass
 
 
-def convert(layer: Any, cfg: Any, form: Any, values: bool) -> None:
-    """Replace the float kernel by codes + scale and add ``inputs_amax`` (0: not calibrated)."""
-    kernel = C.float_kernel(layer)
-    codes = scale = None
-    if values:
-        codes, scale = quantize_kernel(kernel)
-        codes = form.to_stored(codes)
-    C.replace_kernel(
-        layer,
-        {
-            "kernel": (tuple(form.stored_shape), torch.float8_e4m3fn, codes, "zeros", None),
-            "kernel_scale": ((), torch.float32, scale, "ones", C.POSITIVE_FINITE),
-            "inputs_amax": ((), torch.float32, None, "zeros", INPUTS_AMAX_RULE),
-        },
-    )
+class Float8StaticScheme(Float8Scheme):
+    """float8 inference with calibrated static scales (``QuantizationConfig("float8",
+    scaling="static")``): the per-layer scheme ``Float8Scheme`` picks for that config."""
+
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
+        """Replace the float kernel by codes + scale and add ``inputs_amax`` (0: not
+        calibrated)."""
+        kernel = C.float_kernel(layer)
+        codes = scale = None
+        if values:
+            codes, scale = quantize_kernel(kernel)
+            codes = form.to_stored(codes)
+        C.replace_kernel(
+            layer,
+            {
+                "kernel": (tuple(form.stored_shape), torch.float8_e4m3fn, codes, "zeros", None),
+                "kernel_scale": ((), torch.float32, scale, "ones", C.POSITIVE_FINITE),
+                "inputs_amax": ((), torch.float32, None, "zeros", INPUTS_AMAX_RULE),
+            },
+        )
+
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        kwargs.pop("training", None)  # nothing is updated by training passes
+        form = self.form
+        lora = C.lora_term(layer, inputs)
+        codes = C.read(layer, "kernel")
+        sw = C.read(layer, "kernel_scale").detach()
+        if isinstance(form, ConvForm):
+            x = C.conv_input(layer, inputs)
+            y = _StaticConvRun(layer, codes, sw).apply(x, None, C.conv_bias(layer))
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
+        w8 = self.as3(codes)  # [S, N, K]: b = w8[s].t() is K-major, no copy
+        bias = C.fusable_bias(layer)
+        y = _StaticLinearRun(layer, w8, sw).apply(x, None, bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """The float32 kernel (float layout) the layer computes with: ``codes * scale``."""
+        codes = C.variable(layer, "kernel").detach()
+        w = dequantize_float8(codes, C.variable(layer, "kernel_scale").detach(), torch.float32)
+        kernel: torch.Tensor = self.form.from_matrix(w)  # stored (K-major) -> float layout
+        return kernel
+
+    def requantize(self, layer: QuantizableLayer, delta: torch.Tensor) -> None:
+        codes, scale = quantize_kernel(self.dequantized_kernel(layer) + delta.float())
+        C.variable(layer, "kernel").copy_(self.form.to_stored(codes))
+        C.variable(layer, "kernel_scale").copy_(scale)
 
 
-def call(layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    kwargs.pop("training", None)  # nothing is updated by training passes
-    form = C.form(layer)
-    codes = C.read(layer, "kernel")
-    sw = C.read(layer, "kernel_scale").detach()
-    if isinstance(form, ConvForm):
-        x = C.conv_input(layer, inputs)
-        y = _StaticConvRun(layer, codes, sw).apply(x, None, C.conv_bias(layer))
-        return C.conv_output(layer, y)
-    x, meta = C.linear_rows(layer, inputs)
-    w8 = C.as3(layer, codes)  # [S, N, K]: b = w8[s].t() is K-major, no copy
-    bias = C.fusable_bias(layer)
-    y = _StaticLinearRun(layer, w8, sw).apply(x, None, bias)
-    return C.linear_output(layer, y, meta, bias_fused=bias is not None)
-
-
-def dequantized_kernel(layer: Any) -> torch.Tensor:
-    """The float32 kernel (float layout) the layer computes with: ``codes * scale``."""
-    codes = layer._parameters["kernel"].detach()
-    w = dequantize_float8(codes, layer._parameters["kernel_scale"].detach(), torch.float32)
-    return C.form(layer).from_matrix(w)  # stored (K-major) -> the float kernel's layout
-
-
-class Float8Schemes(Float8Scheme):
-    """The registered ``"float8"`` scheme: delayed scaling (``Float8Scheme``) or, for a config
-    with ``scaling="static"``, this file's inference variant."""
-
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
-        if cfg.scaling == "static":
-            convert(layer, cfg, form, values)
-        else:
-            super().convert(layer, cfg, form, values)
-
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if C.config_of(layer).scaling == "static":
-            return call(layer, inputs, *args, **kwargs)
-        return super().call(layer, inputs, *args, **kwargs)
-
-
-for _cls in (Dense, EinsumDense, Conv1D, Conv2D):
-    _registry.unregister_scheme(_cls, "float8")
-    _registry.register_scheme(_cls, "float8", Float8Schemes())
+Float8Scheme.variants["static"] = Float8StaticScheme

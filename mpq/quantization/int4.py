@@ -6,15 +6,17 @@ activations with ``weight_only=False``. See docs/quantization.md, "Layer modes".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from mpq import kernels
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm, EinsumForm, EmbeddingForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import (
     dequantize,
     pack_int4,
@@ -48,25 +50,35 @@ def dequantize_int4(
     if block_size == -1:
         return (q.to(torch.float32) * scale.unsqueeze(-1)).to(dtype)
     if layout == "GN":
-        scale, zero = scale.transpose(-1, -2), zero.transpose(-1, -2)
+        scale = scale.transpose(-1, -2)
+        zero = None if zero is None else zero.transpose(-1, -2)
     return dequantize(q, scale, zero, group_size=block_size, group_axis=-1, dtype=dtype)
 
 
 class _LinearWeightOnly(C.Run):
     """``mpq.kernels.matmul_int4`` per slice (K-major packed weight ``packed[s].t()``)."""
 
-    def __init__(self, packed, scale, zero, k, block_size):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        k: int,
+        block_size: int,
+    ) -> None:
         self.packed, self.scale, self.zero = packed, scale, zero  # [S, N, K/2], [S, (G,) N]
         self.k, self.block_size = k, block_size
 
-    def forward(self, x, w, bias):
-        grouped = self.block_size != -1
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        grouped = self.block_size != -1  # (zero points exactly when grouped)
         outs = [
             kernels.matmul_int4(
                 x[s],
                 self.packed[s].t(),
                 self.scale[s],
-                b_zero=self.zero[s] if grouped else None,
+                b_zero=self.zero[s] if self.zero is not None else None,
                 group_size=self.block_size if grouped else None,
                 bias=bias,
                 out_dtype=x.dtype,
@@ -75,7 +87,9 @@ class _LinearWeightOnly(C.Run):
         ]
         return torch.stack(outs)
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         grouped = self.block_size != -1
         w = dequantize_int4(
             self.packed,
@@ -88,7 +102,7 @@ class _LinearWeightOnly(C.Run):
         )
         return x, w
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
@@ -98,7 +112,9 @@ class _LinearA8(_LinearWeightOnly):
     Per channel: one int8 matmul with ``b_scale = scale``. Grouped: one int8 matmul per group
     of ``q - zero`` (in [-15, 15]) with that group's scale, summed in float32."""
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         xq, xs = C.quantize_rows_int8(x)
         outs = []
         for s in range(x.shape[0]):
@@ -114,10 +130,11 @@ class _LinearA8(_LinearWeightOnly):
                 )
             else:
                 g = self.block_size
-                acc = None
+                zero = cast(torch.Tensor, self.zero)  # grouped int4 has zero points
+                acc: torch.Tensor | None = None
                 for j, start in enumerate(range(0, self.k, g)):
                     stop = min(start + g, self.k)
-                    centred = (wq[:, start:stop].to(torch.int16) - self.zero[s][j][:, None]).to(
+                    centred = (wq[:, start:stop].to(torch.int16) - zero[s][j][:, None]).to(
                         torch.int8
                     )
                     part = kernels.matmul(
@@ -128,6 +145,7 @@ class _LinearA8(_LinearWeightOnly):
                         out_dtype=torch.float32,
                     )
                     acc = part if acc is None else acc + part
+                acc = cast(torch.Tensor, acc)  # K >= 1: at least one group
                 if bias is not None:
                     acc = acc + bias.to(torch.float32)
                 y = acc.to(x.dtype)
@@ -138,11 +156,20 @@ class _LinearA8(_LinearWeightOnly):
 class _ConvA8(C.Run):
     """int8 dynamic per-tensor inputs x per-channel int4 weights (as int8) on the int8 conv."""
 
-    def __init__(self, layer, packed, scale, k, stored_shape):
+    def __init__(
+        self,
+        layer: QuantizableLayer,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        k: int,
+        stored_shape: tuple[int, ...],
+    ) -> None:
         self.layer, self.packed, self.scale = layer, packed, scale
         self.k, self.stored_shape = k, stored_shape
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         xq, xs = quantize_symmetric(x, "int8", check_finite=False)
         wq = unpack_int4(self.packed, axis=-1, size=self.k).reshape(self.stored_shape)
         return C.conv_forward(
@@ -155,18 +182,20 @@ class _ConvA8(C.Run):
             out_dtype=x.dtype,
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = dequantize_int4(self.packed, self.scale, None, self.k, -1, "NG", x.dtype)
         return x, w.reshape(self.stored_shape)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
 class Int4Scheme(C.Scheme):
     """int4 for one layer kind (block size and activations from the config)."""
 
-    def check(self, layer: Any, cfg: Any) -> None:
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         if isinstance(layer, (Conv1D, Conv2D)) and cfg.block_size != -1 and not cfg.weight_only:
             raise NotImplementedError(
                 f"Layer {type(layer).__name__} supports int4 with int8 activations only per "
@@ -174,7 +203,9 @@ class Int4Scheme(C.Scheme):
                 f"Received: mode={cfg.mode_spec!r}, weight_only=False"
             )
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         name = C.kernel_name(layer)
         shape = tuple(form.matrix_shape)  # [..., N, K]
         lead, k = shape[:-1], shape[-1]
@@ -193,7 +224,7 @@ class Int4Scheme(C.Scheme):
                     zero = zero.transpose(-1, -2).contiguous()
             packed = pack_int4(q, axis=-1)
         # Packed bytes: any uint8 holds two int4 codes (the dtype's [0, 255] is checked on write).
-        new = {name: (packed_shape, torch.uint8, packed, "zeros", None)}
+        new: dict[str, C.VariableSpec] = {name: (packed_shape, torch.uint8, packed, "zeros", None)}
         if g == -1:
             new[f"{name}_scale"] = (lead, torch.float32, scale, "ones", C.POSITIVE_FINITE)
         else:
@@ -205,10 +236,12 @@ class Int4Scheme(C.Scheme):
             new[f"{name}_zero"] = (param_shape, torch.int8, zero, "zeros", C.INT4_ZERO_POINTS)
         C.replace_kernel(layer, new)
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
-        form = C.form(layer)
-        g = cfg.block_size
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        cfg = self.config
+        form = self.form
+        g = cast(int, cfg.block_size)  # int4 configs always have one (-1: per channel)
         name = C.kernel_name(layer)
         packed = C.read(layer, name)
         scale = C.read(layer, f"{name}_scale")
@@ -226,6 +259,7 @@ class Int4Scheme(C.Scheme):
                 torch.float32,
             )
             return rows.to(C.compute_dtype(layer))
+        lora = C.lora_term(layer, inputs)
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
             bias = C.conv_bias(layer)
@@ -234,13 +268,43 @@ class Int4Scheme(C.Scheme):
                 y = C.conv_forward(layer, x, w.reshape(form.stored_shape), bias=bias)
             else:
                 y = _ConvA8(layer, packed, scale, k, form.stored_shape).apply(x, None, bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         bias = C.fusable_bias(layer)
         run_cls = _LinearWeightOnly if cfg.weight_only else _LinearA8
-        run = run_cls(C.as3(layer, packed), C.as3(layer, scale), C.as3(layer, zero), k, g)
+        run = run_cls(self.as3(packed), self.as3(scale), self.as3(zero), k, g)
         y = run.apply(x, None, bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        name = C.kernel_name(layer)
+        new = {name: pack_int4(q, axis=-1)}
+        if zero is None:
+            new[f"{name}_scale"] = scale
+        else:  # Dense/EinsumDense keep grouped scales and zeros as [..., G, N]
+            new[f"{name}_scale"] = scale.transpose(-1, -2)
+            new[f"{name}_zero"] = zero.transpose(-1, -2)
+        return new
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """The unpacked codes times their scales (minus zero points per group) in float32, in
+        the float layer's layout."""
+        form = self.form
+        g = cast(int, self.config.block_size)
+        name = C.kernel_name(layer)
+        q = C.variable(layer, name).detach()
+        scale = C.variable(layer, f"{name}_scale").detach()
+        zero = C.variable(layer, f"{name}_zero").detach() if g != -1 else None
+        layout = _grouped_scale_layout(form)
+        m = dequantize_int4(q, scale, zero, form.matrix_shape[-1], g, layout, torch.float32)
+        kernel: torch.Tensor = form.from_matrix(m)
+        return kernel
 
 
 for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):

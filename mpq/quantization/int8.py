@@ -16,8 +16,10 @@ from mpq import kernels
 from mpq.kernels import _cpu
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm, EmbeddingForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import quantize_symmetric
 
 __all__ = ["Int8Scheme"]
@@ -31,10 +33,12 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 
 
 class _LinearW8A8(C.Run):
-    def __init__(self, wq: torch.Tensor, ws: torch.Tensor):
+    def __init__(self, wq: torch.Tensor, ws: torch.Tensor) -> None:
         self.wq, self.ws = wq, ws  # [S, N, K] int8, [S, N] float32
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         q, xs = C.quantize_rows_int8(x)
         if C.prevalidated_int8(x, self.wq, self.ws):
             # The checks of kernels.matmul hold by construction: its CPU path, unchecked.
@@ -65,18 +69,22 @@ class _LinearW8A8(C.Run):
             x.shape[0],
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.float_linear(x, w)
 
 
 class _ConvW8A8(C.Run):
-    def __init__(self, layer: Any, wq: torch.Tensor, ws: torch.Tensor):
+    def __init__(self, layer: QuantizableLayer, wq: torch.Tensor, ws: torch.Tensor) -> None:
         self.layer, self.wq, self.ws = layer, wq, ws
 
-    def forward(self, x, w, bias):
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # Per-tensor dynamic input scale: the int8 conv kernel takes one input scale.
         q, xs = quantize_symmetric(x, "int8", check_finite=False)
         return C.conv_forward(
@@ -89,17 +97,21 @@ class _ConvW8A8(C.Run):
             out_dtype=x.dtype,
         )
 
-    def backward_operands(self, x, w):
+    def backward_operands(
+        self, x: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return x, dequantize_int8(self.wq, self.ws, x.dtype)
 
-    def float_op(self, x, w):
+    def float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return C.conv_forward(self.layer, x, w)
 
 
 class Int8Scheme(C.Scheme):
     """int8 for one layer kind: kernel per output channel (symmetric, [-127, 127])."""
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         name = C.kernel_name(layer)
         shape = tuple(form.stored_shape)
         channels = shape[: form.channel_axes]
@@ -118,29 +130,55 @@ class Int8Scheme(C.Scheme):
             },
         )
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
-        form = C.form(layer)
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        form = self.form
         if isinstance(form, EmbeddingForm):
             return _embedding_call(layer, inputs)
+        lora = C.lora_term(layer, inputs)
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)
             wq, ws = C.read(layer, "kernel"), C.read(layer, "kernel_scale")
             bias = C.conv_bias(layer)
-            if cfg.weight_only:
+            if self.config.weight_only:
                 y = C.conv_forward(layer, x, dequantize_int8(wq, ws, x.dtype), bias=bias)
             else:
                 y = _ConvW8A8(layer, wq, ws).apply(x, None, bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
-        wq = C.as3(layer, C.read(layer, "kernel"))
-        ws = C.as3(layer, C.read(layer, "kernel_scale"))
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
+        wq = self.as3(C.read(layer, "kernel"))
+        ws = self.as3(C.read(layer, "kernel_scale"))
         bias = C.fusable_bias(layer)
-        if cfg.weight_only:
+        if self.config.weight_only:
             y = _weight_only_linear(x, wq, ws, bias)
         else:
-            y = _LinearW8A8(wq, ws).apply(x, None, bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+            run = _LinearW8A8(wq, ws)
+            # Without a graph to record, the forward pass itself (Run.apply's shortcut, one
+            # frame less on the hot path).
+            y = run.apply(x, None, bias) if C.needs_graph(x, bias) else run.forward(x, None, bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def code_variables(
+        self,
+        layer: QuantizableLayer,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        name = C.kernel_name(layer)
+        return {name: q, f"{name}_scale": scale}
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """``q * scale`` in float32, in the float layer's layout."""
+        name = C.kernel_name(layer)
+        q = C.variable(layer, name).detach()
+        stored = dequantize_int8(q, C.variable(layer, f"{name}_scale").detach(), torch.float32)
+        form = self.form
+        kernel: torch.Tensor = (
+            form.from_stored(stored) if isinstance(form, ConvForm) else form.from_matrix(stored)
+        )
+        return kernel
 
 
 WEIGHT_CHUNK = 1 << 19
@@ -149,7 +187,9 @@ the kernel is multiplied in N-chunks of at most this many elements (2 MiB of flo
 for every chunk), so no float copy of the whole kernel is made."""
 
 
-def _weight_only_linear(x, wq, ws, bias):
+def _weight_only_linear(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """``x [S, M, K] @ (wq * ws)[s].T`` per slice (+ ``bias``) -> ``[S, M, N]``; in N-chunks of
     ``WEIGHT_CHUNK`` elements when nothing needs a gradient (same weight values per chunk)."""
     S, N, K = wq.shape
@@ -171,7 +211,9 @@ def _weight_only_linear(x, wq, ws, bias):
     return out
 
 
-def _weight_only_chunks(x, wq, ws, bias, rows):
+def _weight_only_chunks(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, rows: int
+) -> torch.Tensor:
     """float32 ``_weight_only_linear`` without gradients: each N-chunk of the kernel is
     dequantized in place in one reused float32 buffer (``copy_`` int8 -> float32 is exact and
     the fast conversion on CPU; then ``* scale``, the values of ``dequantize_int8``), then
@@ -199,7 +241,7 @@ def _weight_only_chunks(x, wq, ws, bias, rows):
     return out
 
 
-def _embedding_call(layer: Any, inputs: torch.Tensor) -> torch.Tensor:
+def _embedding_call(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor:
     ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
     table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
     rows = table[ids]  # [..., output_dim] int8: only the looked-up rows are dequantized

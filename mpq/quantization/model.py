@@ -21,17 +21,6 @@ from mpq.quantization.config import QuantizationConfig
 
 __all__ = ["QuantizationReport", "quantize", "weight_bytes"]
 
-# What Layer.quantize changes on a layer (restored if a later layer fails).
-_STATE_KEYS = (
-    "_scheme",
-    "_dtype_policy",
-    "_quantization_config",
-    "_quant_form",
-    "_input_cast_dtype",
-    "_var_cast_dtype",
-    "_op_dtypes",
-)
-
 
 def weight_bytes(layer: torch.nn.Module) -> int:
     """Bytes stored by all of ``layer``'s variables (sublayers included, each counted once):
@@ -268,7 +257,7 @@ def quantize(
                 "(mpq.from_torch(..., untie=True) gives each its own copy)"
             )
             continue
-        if layer.__dict__["_scheme"] is not None:
+        if layer.quantization_scheme is not None:
             report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
             continue
         try:
@@ -298,12 +287,20 @@ def quantize(
             continue
         checked.append(layer)
     todo = checked
-    snapshots: list[tuple[Layer, dict, dict]] = []
+    # What Layer.quantize changes on a layer, restored if a later layer fails: its variables,
+    # its attached scheme and its policy.
+    snapshots: list[tuple[Layer, dict[str, Any], Any, Any, bool]] = []
     values: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def quantize_layer(layer: Layer) -> None:
         snapshots.append(
-            (layer, dict(layer._parameters), {k: layer.__dict__.get(k) for k in _STATE_KEYS})
+            (
+                layer,
+                dict(layer._parameters),
+                layer.quantization_scheme,
+                layer.dtype_policy,
+                layer._policy_explicit,
+            )
         )
         layer.quantize(cfg)
         report.quantized.append(layer.path)
@@ -323,11 +320,10 @@ def quantize(
     try:
         algo.apply(ctx)
     except BaseException:
-        for layer, params, state in reversed(snapshots):
+        for layer, params, scheme, policy, explicit in reversed(snapshots):
             layer._parameters.clear()
             layer._parameters.update(params)
-            layer.__dict__.update(state)
-            layer._update_cast_dtypes()
+            layer._set_quantization_scheme(scheme, policy, explicit)
         with torch.no_grad():
             for param, saved in reversed(values):
                 param.copy_(saved)

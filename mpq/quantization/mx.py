@@ -9,15 +9,17 @@ and multiplied in float32. Weight-only by default; ``weight_only=False`` also qu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from mpq import dtypes
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense
 from mpq.layers import quantization as _registry
+from mpq.layers.quantization import QuantizableLayer
 from mpq.quantization import _common as C
 from mpq.quantization._forms import ConvForm
+from mpq.quantization.config import QuantizationConfig
 from mpq.quantizers import pack_int4, unpack_int4
 from mpq.quantizers.mx import (
     MX_BLOCK_SIZE,
@@ -99,7 +101,8 @@ def dequantize_codes(
     if fmt.packed:
         codes = _unpack(codes, k)
     if fmt.tensor_scale:
-        return dequantize_nvfp4(codes, scale, tensor_scale.reshape(()), torch.float32)
+        ts = cast(torch.Tensor, tensor_scale)  # NVFP4 layers always store one
+        return dequantize_nvfp4(codes, scale, ts.reshape(()), torch.float32)
     return dequantize_mx(codes, scale, fmt.elem, fmt.block_size, torch.float32)
 
 
@@ -122,7 +125,7 @@ class MXScheme(C.Scheme):
     is partial (the same codes as zero padding to a multiple of the block).
     """
 
-    def check(self, layer: Any, cfg: Any) -> None:
+    def check(self, layer: QuantizableLayer, cfg: QuantizationConfig) -> None:
         if isinstance(layer, (Conv1D, Conv2D)) and not cfg.weight_only:
             raise NotImplementedError(
                 f"Layer {type(layer).__name__} supports {cfg.mode} weight-only (the microscaling "
@@ -130,7 +133,9 @@ class MXScheme(C.Scheme):
                 f"Received: mode={cfg.mode!r}, weight_only=False"
             )
 
-    def convert(self, layer: Any, cfg: Any, form: Any, values: bool) -> None:
+    def convert(
+        self, layer: QuantizableLayer, cfg: QuantizationConfig, form: Any, values: bool
+    ) -> None:
         fmt = MX_FORMATS[cfg.mode]
         name = C.kernel_name(layer)
         shape = tuple(form.matrix_shape)  # [..., N, K]
@@ -163,29 +168,40 @@ class MXScheme(C.Scheme):
             new[f"{name}_tensor_scale"] = ((1,), torch.float32, t, "ones", C.POSITIVE_FINITE)
         C.replace_kernel(layer, new)
 
-    def weight(self, layer: Any, fmt: MXFormat, form: Any) -> torch.Tensor:
+    def weight(self, layer: QuantizableLayer, fmt: MXFormat, form: Any) -> torch.Tensor:
         name = C.kernel_name(layer)
         t = C.read(layer, f"{name}_tensor_scale") if fmt.tensor_scale else None
         k = form.matrix_shape[-1]
         return dequantize_codes(fmt, C.read(layer, name), C.read(layer, f"{name}_scale"), t, k)
 
-    def call(self, layer: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        cfg = C.config_of(layer)
+    def call(
+        self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        cfg = self.config
         fmt = MX_FORMATS[cfg.mode]
-        form = C.form(layer)
+        form = self.form
+        lora = C.lora_term(layer, inputs)
         w = self.weight(layer, fmt, form)  # float32 [..., N, K]
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs).to(torch.float32)
             bias = C.conv_bias(layer)
             bias = None if bias is None else bias.to(torch.float32)
             y = C.conv_forward(layer, x, w.reshape(form.stored_shape), bias=bias)
-            return C.conv_output(layer, y)
-        x, meta = C.linear_rows(layer, inputs)
+            return C.conv_output(layer, y, lora)
+        x, meta = self.linear_rows(inputs)
         x = x.to(torch.float32) if cfg.weight_only else fake_quantize(fmt, x)
         bias = C.fusable_bias(layer)
         bias = None if bias is None else bias.to(torch.float32)
-        y = C.float_linear(x, C.as3(layer, w), bias=bias)
-        return C.linear_output(layer, y, meta, bias_fused=bias is not None)
+        y = C.float_linear(x, self.as3(w), bias=bias)
+        return self.linear_output(layer, y, meta, bias is not None, lora)
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """The decoded codes times their block scales in float32, in the float layer's
+        layout."""
+        with torch.no_grad():
+            w = self.weight(layer, MX_FORMATS[self.config.mode], self.form)
+        kernel: torch.Tensor = self.form.from_matrix(w.detach())
+        return kernel
 
 
 for _mode in MX_FORMATS:

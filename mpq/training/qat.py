@@ -58,7 +58,7 @@ class _ReplaceForward(torch.autograd.Function):
 
 
 class _QATState:
-    """Per-layer QAT state (in ``layer.__dict__["_qat"]``): the config and the kernel form.
+    """Per-layer QAT state (``layer._qat`` while prepared): the config and the kernel form.
     (No hook handle: it would tie a deep copy of the layer to the original's hook dict.)"""
 
     def __init__(self, layer: Layer, config: QuantizationConfig) -> None:
@@ -94,17 +94,16 @@ class _QATState:
 
 def _quantized_twin(layer: Layer, state: _QATState) -> Layer:
     """A quantized copy of ``layer`` with its current float weights (no QAT state, no hooks)."""
-    d = layer.__dict__
     saved_hooks = layer._forward_hooks
-    saved = d.pop("_qat"), d.pop("_call_hooks", None)
+    del layer._qat
+    layer._refresh_call_hooks()
     layer._forward_hooks = type(saved_hooks)()
     try:
         twin = copy.deepcopy(layer)
     finally:
         layer._forward_hooks = saved_hooks
-        d["_qat"] = saved[0]
-        if saved[1] is not None:
-            d["_call_hooks"] = saved[1]
+        layer._qat = state
+        layer._refresh_call_hooks()
     twin.quantize(state.config)
     return twin
 
@@ -112,7 +111,7 @@ def _quantized_twin(layer: Layer, state: _QATState) -> Layer:
 def _qat_forward_hook(
     layer: Layer, args: tuple[object, ...], kwargs: dict[str, object], output: torch.Tensor
 ) -> torch.Tensor:
-    state = layer.__dict__.get("_qat")
+    state = getattr(layer, "_qat", None)
     if state is None:
         return output
     with torch.no_grad():
@@ -144,7 +143,7 @@ def _resolve(mode_or_config: object) -> QuantizationConfig:
 
 def is_prepared(layer: torch.nn.Module) -> bool:
     """Whether ``layer`` was prepared for QAT (and not converted yet)."""
-    return isinstance(layer, Layer) and layer.__dict__.get("_qat") is not None
+    return isinstance(layer, Layer) and getattr(layer, "_qat", None) is not None
 
 
 def prepare(
@@ -186,8 +185,8 @@ def prepare(
             continue
         path = layer.path
         if is_prepared(layer):
-            report.skipped[path] = f"already prepared ({layer.__dict__['_qat'].config.name})"
-        elif layer.__dict__.get("_scheme") is not None:
+            report.skipped[path] = f"already prepared ({layer._qat.config.name})"
+        elif layer.quantization_scheme is not None:
             report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
         elif getattr(layer, "lora_enabled", False):
             report.skipped[path] = "LoRA enabled (merge_lora() first, or quantize then LoRA)"
@@ -203,7 +202,7 @@ def prepare(
         )
     states = [_QATState(layer, cfg) for layer in todo]  # validates every form first
     for layer, state in zip(todo, states, strict=True):
-        layer.__dict__["_qat"] = state
+        layer._qat = state
         layer._refresh_call_hooks()
         layer.register_forward_hook(_qat_forward_hook, with_kwargs=True)
         report.layers.append(layer.path)
@@ -221,9 +220,10 @@ def convert(model: torch.nn.Module) -> QATReport | None:
     prepared = [layer for layer in _layers(model) if is_prepared(layer)]
     if not prepared:
         return None
-    report = QATReport(config=prepared[0].__dict__["_qat"].config)
+    report = QATReport(config=prepared[0]._qat.config)
     for layer in prepared:
-        state = layer.__dict__.pop("_qat")
+        state = layer._qat
+        del layer._qat
         _remove_hook(layer)
         layer._refresh_call_hooks()
         layer.quantize(state.config)

@@ -434,3 +434,16 @@ def test_sweep_runs_algorithm_and_microscaling_policies(tmp_path):
     assert rtn["weight_bytes"] == gptq["weight_bytes"]  # the same layout
     assert gptq["sqnr_db"] > rtn["sqnr_db"] + 3  # calibrated on 4 training batches
     assert records["mxfp4_from_float32"]["weight_bytes"] < rtn["weight_bytes"]
+
+
+def test_only_integer_schemes_take_integer_codes_from_an_algorithm():
+    layer = Dense(4)
+    layer.build((None, 8))
+    layer.quantize("float8")
+    q = torch.zeros(1, 4, 8, dtype=torch.int8)
+    with pytest.raises(NotImplementedError) as e:
+        layer.quantization_scheme.code_variables(layer, q, torch.ones(1, 4), None)
+    assert str(e.value) == (
+        "Expected an integer quantization scheme (int8, int4) to store integer codes. "
+        f"Received: Float8Scheme on layer {layer.name!r}"
+    )

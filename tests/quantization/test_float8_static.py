@@ -11,7 +11,6 @@ import torch
 import mpq
 from mpq.layers import Conv2D, Dense, Dropout, Sequential
 from mpq.quantization import QuantizationConfig, weight_bytes
-from mpq.quantization._requantize import dequantized_kernel
 from mpq.testing import sqnr
 
 STATIC = QuantizationConfig("float8", scaling="static")
@@ -58,7 +57,7 @@ def test_static_layer_matches_its_definition_exactly():
     assert tuple(layer.kernel.shape) == (16, 32) and layer.kernel.is_contiguous()
     codes = layer.kernel.float().t()
     assert torch.equal(codes, _e4m3(w / sw))
-    assert torch.equal(dequantized_kernel(layer), codes * sw)
+    assert torch.equal(layer.quantization_scheme.dequantized_kernel(layer), codes * sw)
     assert float(layer.inputs_amax) == 0.0  # not calibrated
     assert weight_bytes(layer) == 32 * 16 + 16 * 4 + 4 + 4
     x = torch.randn(5, 32) * 3

@@ -343,3 +343,58 @@ def test_w8a16_chunks_match_the_reference_backend(chunk, monkeypatch):
             want = layer(x)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert_close(got, want, torch.float32, k=16)
+
+
+def _mpq_frames_at_int_mm(layer, x) -> list[str]:
+    """``file:function`` of the mpq frames from ``Layer.forward`` down to the kernel entry
+    (the outermost ``mpq.kernels`` frame) when ``torch._int_mm`` is called during ``layer(x)``,
+    outermost first."""
+    import os
+    import sys
+
+    import mpq
+
+    root = os.path.dirname(os.path.abspath(mpq.__file__)) + os.sep
+    kernels_dir = root + "kernels" + os.sep
+    found: list[str] = []
+
+    def probe(frame, event, arg):
+        if found or event != "c_call" or getattr(arg, "__name__", "") != "_int_mm":
+            return
+        stack = []
+        f = frame
+        while f is not None:
+            if f.f_code.co_filename.startswith(root):
+                stack.append(f)
+            f = f.f_back
+        stack.reverse()
+        for f in stack:
+            name = f.f_code.co_filename
+            found.append(f"{os.path.relpath(name, root)}:{f.f_code.co_name}")
+            if name.startswith(kernels_dir):
+                break
+
+    sys.setprofile(probe)
+    try:
+        layer(x)
+    finally:
+        sys.setprofile(None)
+    return found
+
+
+def test_int8_dense_forward_reaches_the_kernel_in_at_most_4_mpq_frames():
+    """Issue 18: Layer.__call__ (``forward``) -> scheme -> matmul -> kernel entry, no more
+    (frames that returned before the kernel runs, e.g. input quantization, do not count)."""
+    from mpq.kernels import use_backend
+
+    layer = Dense(16)
+    layer.build((None, 32))
+    layer.quantize("int8")
+    x = torch.randn(4, 32)
+    with torch.no_grad(), use_backend("cpu"):
+        layer(x)  # warm: lazy imports and caches are not the path being measured
+        frames = _mpq_frames_at_int_mm(layer, x)
+    assert frames, "the int8 forward pass did not reach torch._int_mm"
+    assert frames[0] == "layers/base.py:forward", frames
+    assert frames[-1].startswith("kernels/"), frames
+    assert len(frames) <= 4, frames

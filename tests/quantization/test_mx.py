@@ -535,3 +535,49 @@ def test_out_of_range_codes_and_scales_are_refused_on_write(mode, variable, bad)
     with pytest.raises(ValueError, match=r"Expected .*Received: "):
         var.assign(value)
     assert torch.equal(var.detach(), before)
+
+
+@pytest.mark.parametrize("mode", ["mxfp8", "mxfp4", "nvfp4"])
+def test_merge_lora_without_update_keeps_every_code(mode):
+    """The dequantized kernel is exact and in the float layout: requantizing it (LoRA B = 0)
+    gives back the same scales bit for bit and the same kernel values (a 4-bit code of -0 may
+    come back as +0: ``-0.0 + 0.0`` is ``+0.0``)."""
+    layer = Dense(8)
+    layer.build((None, 64))
+    layer.quantize(mode)
+    before = {k: v.detach().clone() for k, v in layer._parameters.items()}
+    kernel = layer.quantization_scheme.dequantized_kernel(layer)
+    assert kernel.shape == (64, 8) and kernel.dtype == torch.float32
+    layer.enable_lora(2)  # B starts at zero
+    layer.merge_lora()
+    assert set(layer._parameters) == set(before)
+    assert torch.equal(layer.quantization_scheme.dequantized_kernel(layer), kernel)
+    for name, value in before.items():
+        if name != "kernel":
+            assert torch.equal(layer._parameters[name], value), name
+
+
+@pytest.mark.parametrize("mode", ["mxfp8", "nvfp4"])
+def test_merge_lora_requantizes_the_merged_kernel(mode):
+    layer = Dense(8)
+    layer.build((None, 64))
+    layer.quantize(mode)
+    layer.enable_lora(2)
+    with torch.no_grad():
+        layer.lora_kernel_b.copy_(torch.randn(2, 8) * 0.1)
+        merged = layer.quantization_scheme.dequantized_kernel(layer) + layer._lora_delta(
+            torch.float32
+        )
+    bias = layer.bias.detach().clone()
+    layer.merge_lora()
+    ref = Dense(8)
+    ref.build((None, 64))
+    with torch.no_grad():
+        ref.kernel.copy_(merged)
+        ref.bias.copy_(bias)
+    ref.quantize(mode)
+    for name, value in ref._parameters.items():
+        assert torch.equal(layer._parameters[name], value), name
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert torch.equal(layer(x), ref(x))

@@ -89,7 +89,8 @@ class Algorithm:
         return self.algorithm
 
     def get_config(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        config: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Algorithm:
@@ -189,7 +190,7 @@ def capture(
     form = form_of(layer, tuple(C.float_kernel(layer).shape))
     seen = 0
 
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         nonlocal seen
         x = args[0] if args else next(iter(kwargs.values()))
         rows, _ = form.to_rows(torch.as_tensor(x).detach().to(torch.float64))
@@ -248,7 +249,7 @@ def inputs(model: torch.nn.Module, layer: Any, batches: list[torch.Tensor]) -> t
 def matrix(layer: Any) -> torch.Tensor:
     """The float kernel as ``[S, N, K]`` float64 (S = 1 for Dense)."""
     form = form_of(layer, tuple(C.float_kernel(layer).shape))
-    m = form.to_matrix(C.float_kernel(layer).detach()).to(torch.float64)
+    m: torch.Tensor = form.to_matrix(C.float_kernel(layer).detach()).to(torch.float64)
     return m if form.S else m.unsqueeze(0)
 
 
@@ -259,21 +260,9 @@ def store_int_codes(
     layout as round-to-nearest: ``q [S, N, K]`` int8, ``scale [S, N]`` or grouped ``[S, N, G]``
     float32, ``zero`` ``[S, N, G]`` int8 (grouped int4). Shapes are checked against the stored
     variables before anything is written."""
-    from mpq.quantizers import pack_int4
-
-    cfg = C.config_of(layer)
-    name = C.kernel_name(layer)
     params = layer._parameters
-    new = {}
-    if cfg.mode == "int4":
-        new[name] = pack_int4(q, axis=-1)
-    else:
-        new[name] = q
-    if zero is None:
-        new[f"{name}_scale"] = scale
-    else:  # Dense/EinsumDense keep grouped scales and zeros as [..., G, N]
-        new[f"{name}_scale"] = scale.transpose(-1, -2)
-        new[f"{name}_zero"] = zero.transpose(-1, -2)
+    # The scheme knows its stored layout (int4 packs the codes, grouped scales are [G, N]).
+    new = layer.quantization_scheme.code_variables(layer, q, scale, zero)
     for key, value in new.items():
         target = params[key]
         if math.prod(target.shape) != value.numel() or target.dtype != value.dtype:
@@ -315,7 +304,7 @@ def _foldable(pred: Any, k: int) -> str | None:
     from mpq import activations
     from mpq.layers import LayerNormalization
 
-    if pred is None or getattr(pred, "_scheme", None) is not None:
+    if pred is None or getattr(pred, "quantization_scheme", None) is not None:
         return None
     if type(pred) is Dense and pred.activation is activations.linear:
         return "dense" if pred.kernel.shape[-1] == k else None

@@ -8,12 +8,16 @@ kernel is quantized (int4, per channel or grouped). See docs/quantization.md, "A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mpq._errors import describe as _describe
 from mpq.quantization.algorithms import _base
 from mpq.quantizers import dequantize, quantize_asymmetric, quantize_symmetric
+
+if TYPE_CHECKING:
+    from mpq.quantization.config import QuantizationConfig
 
 __all__ = ["AWQConfig", "awq_search"]
 
@@ -48,7 +52,7 @@ class AWQConfig(_base.Algorithm):
                     f"Expected `{arg}` to be an int >= 1. Received: {arg}={_describe(value)}"
                 )
 
-    def check_layer(self, layer, cfg) -> None:
+    def check_layer(self, layer: Any, cfg: QuantizationConfig) -> None:
         _base.check_dense(self.algorithm, layer)
 
     def apply(self, ctx: _base.AlgorithmContext) -> None:

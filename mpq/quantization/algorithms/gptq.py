@@ -11,7 +11,7 @@ unchanged. See docs/quantization.md, "Algorithms".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -85,7 +85,11 @@ class GPTQConfig(_base.Algorithm):
             ctx.quantize_layer(layer)
             q = torch.stack([r[0] for r in results])
             scale = torch.stack([r[1] for r in results])
-            zero = None if results[0][2] is None else torch.stack([r[2] for r in results])
+            zero = (
+                None
+                if results[0][2] is None
+                else torch.stack([cast(torch.Tensor, r[2]) for r in results])
+            )
             _base.store_int_codes(layer, q, scale, zero)
             damping = max(r[3] for r in results)
             if damping > self.percdamp:
@@ -168,7 +172,8 @@ def gptq_quantize(
         if g is not None:  # static groups: parameters from the float weights up front
             for j in range(groups):
                 s, z = _params(w[:, j * g : (j + 1) * g], cfg)
-                scale[:, j : j + 1], zero[:, j : j + 1] = s, z
+                scale[:, j : j + 1] = s
+                cast(torch.Tensor, zero)[:, j : j + 1] = cast(torch.Tensor, z)  # grouped
                 fixed[j] = True
         w, h = w[:, perm], h[perm][:, perm]
     hinv, damp = _inverse_cholesky(h, options.percdamp, options.max_damping_tries)
@@ -188,7 +193,8 @@ def gptq_quantize(
             if not fixed[j]:  # group start (in order): parameters from the updated weights
                 window = torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :g]
                 s, z = _params(window, cfg)
-                scale[:, j : j + 1], zero[:, j : j + 1] = s, z
+                scale[:, j : j + 1] = s
+                cast(torch.Tensor, zero)[:, j : j + 1] = cast(torch.Tensor, z)  # grouped
                 fixed[j] = True
             s = scale[:, j]
             z = None if zero is None else zero[:, j].to(torch.float32)

@@ -4,9 +4,13 @@ default ``algorithm`` of ``mpq.quantize``); no calibration."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mpq.policy.policies import QUANTIZATION_MODES
 from mpq.quantization.algorithms import _base
+
+if TYPE_CHECKING:
+    from mpq.quantization.config import QuantizationConfig
 
 __all__ = ["RTNConfig"]
 
@@ -25,7 +29,7 @@ class RTNConfig(_base.Algorithm):
     modes = QUANTIZATION_MODES
     needs_calibration = False
 
-    def check_layer(self, layer, cfg) -> None:
+    def check_layer(self, layer: Any, cfg: QuantizationConfig) -> None:
         """Every layer with a scheme for the mode (checked by mpq.quantize)."""
 
     def apply(self, ctx: _base.AlgorithmContext) -> None:

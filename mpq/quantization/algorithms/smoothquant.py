@@ -7,11 +7,15 @@ See docs/quantization.md, "Algorithms".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mpq._errors import describe as _describe
 from mpq.quantization.algorithms import _base
+
+if TYPE_CHECKING:
+    from mpq.quantization.config import QuantizationConfig
 
 __all__ = ["SmoothQuantConfig", "smoothing_scale"]
 
@@ -39,7 +43,7 @@ class SmoothQuantConfig(_base.Algorithm):
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
             raise ValueError(f"Expected `alpha` in [0, 1]. Received: alpha={_describe(a)}")
 
-    def check_mode(self, cfg) -> None:
+    def check_mode(self, cfg: QuantizationConfig) -> None:
         super().check_mode(cfg)
         if cfg.weight_only:
             raise ValueError(
@@ -47,14 +51,14 @@ class SmoothQuantConfig(_base.Algorithm):
                 f"weight quantization. Received: mode={cfg.name!r}"
             )
 
-    def check_layer(self, layer, cfg) -> None:
+    def check_layer(self, layer: Any, cfg: QuantizationConfig) -> None:
         _base.check_dense(self.algorithm, layer)
 
     def apply(self, ctx: _base.AlgorithmContext) -> None:
         for layer in ctx.layers:
             amax: list[torch.Tensor] = []
 
-            def consume(rows: torch.Tensor, amax=amax) -> None:
+            def consume(rows: torch.Tensor, amax: list[torch.Tensor] = amax) -> None:
                 m = rows[0].abs().amax(0)
                 amax[:] = [m if not amax else torch.maximum(amax[0], m)]
 
