@@ -50,9 +50,9 @@ class QuantizableLayer(Protocol):
     training: bool
     _parameters: dict[str, torch.nn.Parameter | None]
     _pending_quantization_config: Any
+    """The ``quantization_config`` the layer was constructed with (None: none)."""
     quantization_scheme: Any
     """The attached scheme (None: float)."""
-    """The ``quantization_config`` the layer was constructed with (None: none)."""
 
     def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
 
