@@ -329,7 +329,7 @@ ALL_ACTIVATIONS.update(_ALIASES)
 _NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name not in _ALIASES}
 
 
-def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any]:
+def get(identifier: str | dict[str, Any] | Callable[..., Any] | None) -> Callable[..., Any]:
     """Resolve an activation: None -> `linear`, a name (e.g. "gelu", or the name of a function
     registered with `mpq.saving.register_serializable` or in a `custom_objects` scope), a
     callable (returned as is), or a dict produced by `serialize`.
@@ -364,7 +364,7 @@ def _callable(obj: Any) -> Callable[..., Any] | None:
     return obj if callable(obj) else None
 
 
-def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
+def serialize(activation: str | Callable[..., Any] | None) -> str | dict[str, str] | None:
     """The config form of an activation: its name for built-ins, else a dict
     `{"module": ..., "function_name": ...}` naming a module-level function, plus
     `"registered_name"` when it was registered with `mpq.saving.register_serializable`.
@@ -408,7 +408,7 @@ def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
 _CONFIG_KEYS = ("module", "function_name", "registered_name")
 
 
-def _from_config(config: dict) -> Callable[..., Any]:
+def _from_config(config: dict[str, Any]) -> Callable[..., Any]:
     if not {"module", "function_name"} <= set(config) <= set(_CONFIG_KEYS) or not all(
         isinstance(config[k], str) for k in config
     ):

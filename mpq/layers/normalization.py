@@ -46,6 +46,11 @@ def _resolve_axes(axes: Sequence[int], ndim: int, shape: Sequence[int | None]) -
     return tuple(sorted(out))
 
 
+def _as_shape(input_shape: Any) -> Shape:
+    """`input_shape` (a sequence of sizes, None for unknown ones) as a tuple."""
+    return tuple(input_shape)
+
+
 def _stats_dtype(layer: Layer, x: torch.Tensor) -> torch.dtype:
     # the "normalization" autocast rule: float32 (float64 for float64 inputs)
     return layer._op_dtype("normalization", x.dtype)
@@ -157,7 +162,7 @@ class LayerNormalization(LayerNormViews, Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if _is_int(axis):
+        if isinstance(axis, int) and not isinstance(axis, bool):
             self.axis: int | list[int] = axis
         elif isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
             self.axis = list(axis)
@@ -191,11 +196,11 @@ class LayerNormalization(LayerNormViews, Layer):
         _resolve_axes(self._axis_list(), len(input_shape), input_shape)
         return input_shape
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        input_shape = tuple(input_shape)
+    def build(self, input_shape: Any = None) -> None:
+        input_shape = _as_shape(input_shape)
         self._axes = _resolve_axes(self._axis_list(), len(input_shape), input_shape)
-        shape = tuple(input_shape[a] for a in self._axes)
-        if any(d is None for d in shape):
+        shape = tuple(d for d in (input_shape[a] for a in self._axes) if d is not None)
+        if len(shape) != len(self._axes):
             raise ValueError(
                 f"Expected the normalized axes {self._axes} to have known sizes. "
                 f"Received: input_shape={input_shape}"
@@ -210,11 +215,12 @@ class LayerNormalization(LayerNormViews, Layer):
             # Trailing axes given from the end (torch's LayerNorm): any rank that has them.
             n = len(input_shape)
             self.input_spec = InputSpec(
-                min_ndim=len(self._axes) + 1, axes={a - n: input_shape[a] for a in self._axes}
+                min_ndim=len(self._axes) + 1,
+                axes={a - n: d for a, d in zip(self._axes, shape, strict=True)},
             )
         else:
             self.input_spec = InputSpec(
-                ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
+                ndim=len(input_shape), axes=dict(zip(self._axes, shape, strict=True))
             )
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -384,8 +390,8 @@ class BatchNormalization(BatchNormViews, Layer):
         _resolve_axes([self.axis], len(input_shape), input_shape)
         return input_shape
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        input_shape = tuple(input_shape)
+    def build(self, input_shape: Any = None) -> None:
+        input_shape = _as_shape(input_shape)
         (self._channel_axis,) = _resolve_axes([self.axis], len(input_shape), input_shape)
         channels = input_shape[self._channel_axis]
         if channels is None:
@@ -511,7 +517,8 @@ class BatchNormalization(BatchNormViews, Layer):
         bshape = [1] * x.ndim
         bshape[self._channel_axis] = x.shape[self._channel_axis]
         inv = scale / std
-        return x * inv.reshape(bshape) + (offset - mean * inv).reshape(bshape)
+        y: torch.Tensor = x * inv.reshape(bshape) + (offset - mean * inv).reshape(bshape)
+        return y
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
