@@ -195,8 +195,9 @@ def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = Non
     source = layer.dtype_policy.name
     if config is not None:
         target = config.to_policy(source)
-    else:
-        target = _policy.get(f"{mode}_from_{source}")
+    else:  # quantize("int4") groups by 128 as Keras' does; the policy name says so explicitly
+        spec = f"int4/{_policy.DEFAULT_INT4_BLOCK_SIZE}" if mode == "int4" else mode
+        target = _policy.get(f"{spec}_from_{source}")
     apply_quantized_policy(layer, scheme, target, config)
 
 
