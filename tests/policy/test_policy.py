@@ -175,7 +175,8 @@ def test_int4_policy_names_against_live_keras():
     ):
         k = keras.dtype_policies.get(name)
         k_block = getattr(k, "block_size", -1)  # legacy QuantizedDTypePolicy: per channel
-        assert (get(name).block_size, get(name).source_name) == (k_block, k._source_name)
+        assert get(name).block_size == k_block == block
+        assert get(name).source_name == k._source_name
         k_config = keras.dtype_policies.serialize(k)
         assert get({"class_name": k_config["class_name"], "config": k_config["config"]}) == get(
             name
