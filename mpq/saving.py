@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from mpq import saving_keras
 from mpq._errors import LOAD_ERRORS, MAX_CONFIG_DEPTH
 from mpq._registry import custom_object_scope, register_serializable
 
@@ -239,6 +241,8 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
     from mpq.layers import serialization
 
     path = os.fspath(path)
+    if os.path.isfile(path) and saving_keras.is_keras_file(path):
+        return _load_keras(path, custom_objects)
     config, tensors = _read(path)
     if isinstance(config, dict) and config.get("class_name") == TORCH_MODULE:
         raise ValueError(
@@ -247,6 +251,18 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
             "mpq.from_torch: build it again (from_torch, then the same quantize calls) and call "
             "mpq.saving.load_weights(model, path)"
         )
+    skeleton = _build_on_meta(config, custom_objects, path)
+    _check_match(skeleton, tensors, path)
+    del skeleton
+    model = serialization.deserialize(config, custom_objects=custom_objects)
+    _check_and_assign(model, tensors, path)
+    return model
+
+
+def _build_on_meta(config: Any, custom_objects: dict[str, Any] | None, path: str) -> Any:
+    """The model of ``config`` built on the meta device (shapes only, nothing allocated)."""
+    from mpq.layers import serialization
+
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)
@@ -265,9 +281,65 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
             "allocating, so every layer's build must not read values (docs/security.md). "
             f"Received: a build that failed with {type(error).__name__}: {str(error)[:500]}"
         ) from error
-    _check_match(skeleton, tensors, path)
-    del skeleton
-    model = serialization.deserialize(config, custom_objects=custom_objects)
+    return skeleton
+
+
+def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
+    """``load`` for a Keras 3 ``.keras`` file (mpq.saving_keras): the config translated as
+    data, the model built on the meta device, every dataset's size and dtype checked against
+    it, then the real model built and its weights written (nothing half-loaded)."""
+    from mpq.layers import serialization
+
+    text, archive = saving_keras.read_keras(path)
+    with archive:
+        _check_json_depth(text, path)
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"The config.json in {path!r} is not valid JSON.") from e
+        skeleton = _build_on_meta(config, custom_objects, path)
+        plan = [
+            (prefix, saving_keras.expected_keras_vars(layer), dict(layer._own_variables()))
+            for prefix, layer in saving_keras.keras_layer_paths(skeleton)
+        ]
+        expected_bytes = sum(
+            saving_keras.nbytes(tuple(own[n].shape), own[n].dtype)
+            for _, names, own in plan
+            for n in names
+        )
+        with saving_keras.open_weights(archive, path, expected_bytes) as weights:
+            datasets = weights.datasets()
+            wanted = {
+                f"{prefix}vars/{i}": own[n]
+                for prefix, names, own in plan
+                for i, n in enumerate(names)
+            }
+            missing = sorted(set(wanted) - set(datasets))
+            extra = sorted(set(datasets) - set(wanted))
+            if missing or extra:
+                raise ValueError(
+                    f"The weights in {path!r} do not match the model its config describes: "
+                    f"missing {missing[:10]}, unexpected {extra[:10]}."
+                )
+            for key, target in wanted.items():
+                shape, dtype, _ = datasets[key]
+                if math.prod(shape) != target.numel() or dtype.itemsize != target.element_size():
+                    raise ValueError(
+                        f"The weights in {path!r} do not match the model: {key} holds {shape} "
+                        f"{dtype}, the model expects {tuple(target.shape)} {target.dtype}."
+                    )
+            del skeleton
+            model = serialization.deserialize(config, custom_objects=custom_objects)
+            where = {id(m): prefix for prefix, m in model.named_modules()}
+            tensors: dict[str, torch.Tensor] = {}
+            for prefix, layer in saving_keras.keras_layer_paths(model):
+                own = dict(layer._own_variables())
+                module_path = where[id(layer)]
+                for i, name in enumerate(saving_keras.expected_keras_vars(layer)):
+                    array = datasets[f"{prefix}vars/{i}"][2][()]
+                    tensors[f"{module_path}/{name}" if module_path else name] = (
+                        saving_keras.convert(layer, name, array, own[name])
+                    )
     _check_and_assign(model, tensors, path)
     return model
 
