@@ -336,7 +336,7 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
                 own = dict(layer._own_variables())
                 module_path = where[id(layer)]
                 for i, name in enumerate(saving_keras.expected_keras_vars(layer)):
-                    array = datasets[f"{prefix}vars/{i}"][2][()]
+                    array = weights.read(f"{prefix}vars/{i}")
                     tensors[f"{module_path}/{name}" if module_path else name] = (
                         saving_keras.convert(layer, name, array, own[name])
                     )

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,8 +74,28 @@ class KerasArchive:
                 f"Could not read {_WEIGHTS} in {self.path!r} as HDF5: it is truncated or "
                 f"corrupted. Received error: {e}"
             ) from e
-        self._datasets = dict(_walk(self._h5, self.path))
+        try:
+            self._datasets = dict(_walk(self._h5, self.path))
+        except (OSError, KeyError, RuntimeError) as e:
+            self._h5.close()
+            raise ValueError(
+                f"Could not read {_WEIGHTS} in {self.path!r}: it is corrupted. Received error: {e}"
+            ) from e
+        except BaseException:
+            self._h5.close()
+            raise
         return self
+
+    def read(self, name: str) -> np.ndarray[Any, Any]:
+        """The values of dataset `name` (its size was checked by the caller)."""
+        try:
+            value: np.ndarray[Any, Any] = np.array(self._datasets[name][2][()], order="C")
+        except (OSError, KeyError, RuntimeError) as e:
+            raise ValueError(
+                f"Could not read {name!r} from {_WEIGHTS} in {self.path!r}: it is corrupted. "
+                f"Received error: {e}"
+            ) from e
+        return value
 
     def __exit__(self, *exc: object) -> None:
         self._h5.close()
@@ -165,7 +186,7 @@ def _read_entry(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> b
     try:
         with archive.open(name) as f:
             data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
         raise ValueError(f"Could not read {name!r} in {path!r}: the zip is damaged. {e}") from e
     if len(data) > limit:
         raise ValueError(f"Expected {name!r} of at most {limit} bytes in {path!r}.")
@@ -276,7 +297,7 @@ def convert(
     """Keras' stored value -> mpq's tensor for variable `name` of `layer` (same bits where the
     layouts agree; int8: the kernel permuted to mpq's layout, the scale inverted, since Keras
     stores `1 / scale`)."""
-    t = torch.from_numpy(np.array(array, order="C"))  # (ascontiguousarray makes 0-d 1-d)
+    t = torch.from_numpy(array)
     mode = layer.dtype_policy.quantization_mode
     if mode == "int8" and name in ("kernel", "embeddings") and type(layer).__name__ != "Embedding":
         from mpq.quantization._forms import form_of

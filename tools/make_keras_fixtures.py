@@ -144,6 +144,7 @@ def make(name: str) -> tuple[Any, Any, Any]:
     """(model, x, y) of fixture `name`, built afresh with Keras' seeds set."""
     import keras
 
+    keras.backend.clear_session()  # layer names count from zero whatever ran before
     keras.utils.set_random_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rms_scaling's deprecation, Keras' own notices
