@@ -299,21 +299,13 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
             raise ValueError(f"The config.json in {path!r} is not valid JSON.") from e
         skeleton = _build_on_meta(config, custom_objects, path)
         plan = [
-            (prefix, saving_keras.expected_keras_vars(layer), dict(layer._own_variables()))
+            (prefix, saving_keras.keras_vars(layer))
             for prefix, layer in saving_keras.keras_layer_paths(skeleton)
         ]
-        expected_bytes = sum(
-            saving_keras.nbytes(tuple(own[n].shape), own[n].dtype)
-            for _, names, own in plan
-            for n in names
-        )
+        wanted = {f"{prefix}vars/{i}": var for prefix, specs in plan for i, var in enumerate(specs)}
+        expected_bytes = sum(var.numel * var.itemsize for var in wanted.values())
         with saving_keras.open_weights(archive, path, expected_bytes) as weights:
             datasets = weights.datasets()
-            wanted = {
-                f"{prefix}vars/{i}": own[n]
-                for prefix, names, own in plan
-                for i, n in enumerate(names)
-            }
             missing = sorted(set(wanted) - set(datasets))
             extra = sorted(set(datasets) - set(wanted))
             if missing or extra:
@@ -321,12 +313,12 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
                     f"The weights in {path!r} do not match the model its config describes: "
                     f"missing {missing[:10]}, unexpected {extra[:10]}."
                 )
-            for key, target in wanted.items():
+            for key, var in wanted.items():
                 shape, dtype, _ = datasets[key]
-                if math.prod(shape) != target.numel() or dtype.itemsize != target.element_size():
+                if math.prod(shape) != var.numel or dtype.itemsize != var.itemsize:
                     raise ValueError(
                         f"The weights in {path!r} do not match the model: {key} holds {shape} "
-                        f"{dtype}, the model expects {tuple(target.shape)} {target.dtype}."
+                        f"{dtype}, the model expects {var.numel} values of {var.itemsize} bytes."
                     )
             del skeleton
             model = serialization.deserialize(config, custom_objects=custom_objects)
@@ -335,10 +327,14 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
             for prefix, layer in saving_keras.keras_layer_paths(model):
                 own = dict(layer._own_variables())
                 module_path = where[id(layer)]
-                for i, name in enumerate(saving_keras.expected_keras_vars(layer)):
+                for i, var in enumerate(saving_keras.keras_vars(layer)):
                     array = weights.read(f"{prefix}vars/{i}")
-                    tensors[f"{module_path}/{name}" if module_path else name] = (
-                        saving_keras.convert(layer, name, array, own[name])
+                    if var.mpq_name is None:
+                        saving_keras.check_g_idx(layer, array)
+                        continue
+                    key = f"{module_path}/{var.mpq_name}" if module_path else var.mpq_name
+                    tensors[key] = saving_keras.convert(
+                        layer, var.mpq_name, array, own[var.mpq_name]
                     )
     _check_and_assign(model, tensors, path)
     return model

@@ -11,7 +11,6 @@ Needs h5py (`pip install mpq[keras]`).
 from __future__ import annotations
 
 import io
-import math
 import os
 import zipfile
 import zlib
@@ -265,9 +264,19 @@ def keras_layer_paths(model: Any) -> Iterator[tuple[str, Any]]:
             stack.extend(reversed(children))
 
 
-def expected_keras_vars(layer: Any) -> list[str]:
-    """The mpq variable names of `layer` in the order Keras writes them; ValueError for a
-    layer or mode mpq cannot read from Keras."""
+class KerasVar:
+    """One dataset Keras writes for a layer: the mpq variable it fills (None: Keras-only, e.g.
+    int4's `g_idx`, checked and dropped), and how many elements of which size it must hold."""
+
+    __slots__ = ("itemsize", "mpq_name", "numel")
+
+    def __init__(self, mpq_name: str | None, numel: int, itemsize: int):
+        self.mpq_name, self.numel, self.itemsize = mpq_name, numel, itemsize
+
+
+def keras_vars(layer: Any) -> list[KerasVar]:
+    """The datasets Keras 3.15 writes for `layer`, in order; ValueError for a layer or mode
+    whose Keras layout mpq cannot read."""
     own = dict(layer._own_variables())
     mode = layer.dtype_policy.quantization_mode
     cls = type(layer).__name__
@@ -277,6 +286,8 @@ def expected_keras_vars(layer: Any) -> list[str]:
         order = _EMBEDDING_QUANTIZED_VARS.get(mode, ())
     elif cls in ("Dense", "EinsumDense"):
         order = _QUANTIZED_VARS.get(mode, ())
+        if mode == "int4" and cls == "Dense":
+            order = ("kernel", "bias", "kernel_scale", "kernel_zero")
     else:
         order = ()
     names = [n for n in order if n in own]
@@ -284,29 +295,66 @@ def expected_keras_vars(layer: Any) -> list[str]:
         raise ValueError(
             "Expected a layer whose Keras weights mpq can read (Dense, EinsumDense, Conv1D, "
             "Conv2D, Embedding, LayerNormalization, BatchNormalization; quantized: int8 and "
-            "float8 Dense/EinsumDense, int8 Embedding). Received: "
+            "float8 Dense/EinsumDense, int8 Embedding, int4 Dense). Received: "
             f"{cls} {layer.name!r} with policy {layer.dtype_policy.name!r} and variables "
             f"{sorted(own)}"
         )
-    return names
+    out = [KerasVar(n, own[n].numel(), own[n].element_size()) for n in names]
+    if mode == "int4":  # Keras packs [in, ceil(out / 2)]; groups carry g_idx [in] float32
+        k, n = _int4_dims(layer)
+        out[0] = KerasVar("kernel", k * ((n + 1) // 2), 1)
+        if layer.dtype_policy.block_size != -1:
+            out.append(KerasVar(None, k, 4))
+    return out
+
+
+def _int4_dims(layer: Any) -> tuple[int, int]:
+    """(input_dim, units) of an int4 Dense."""
+    shape = layer.get_build_config()["input_shape"]
+    return int(shape[-1]), int(layer.units)
 
 
 def convert(
     layer: Any, name: str, array: np.ndarray[Any, Any], target: torch.Tensor
 ) -> torch.Tensor:
-    """Keras' stored value -> mpq's tensor for variable `name` of `layer` (same bits where the
-    layouts agree; int8: the kernel permuted to mpq's layout, the scale inverted, since Keras
-    stores `1 / scale`)."""
+    """Keras' stored value -> mpq's tensor for variable `name` of `layer`: the same bits where
+    the layouts agree; int8: the kernel permuted to mpq's layout and the scale inverted (Keras
+    stores `1 / scale`); int4: the codes unpacked from Keras' [in, out/2] and packed in mpq's
+    [out, in/2], the per-channel scale inverted, grouped scales and zero points as they are
+    (both compute `(q - zero) * scale`). ValueError when the result does not fit `target`."""
     t = torch.from_numpy(array)
     mode = layer.dtype_policy.quantization_mode
-    if mode == "int8" and name in ("kernel", "embeddings") and type(layer).__name__ != "Embedding":
+    if mode == "int8" and name == "kernel":
         from mpq.quantization._forms import form_of
 
         t = form_of(layer, tuple(t.shape)).to_stored(t).contiguous()
     elif mode == "int8" and name.endswith("_scale"):
         t = (1.0 / t.to(torch.float32)).reshape(target.shape)
+    elif mode == "int4" and name == "kernel":
+        from mpq.quantizers import pack_int4, unpack_int4
+
+        k, n = _int4_dims(layer)
+        codes = unpack_int4(t.reshape(k, (n + 1) // 2), axis=-1, size=n)  # [in, out]
+        t = pack_int4(codes.t().contiguous(), axis=-1)
+    elif mode == "int4" and name == "kernel_scale" and layer.dtype_policy.block_size == -1:
+        t = 1.0 / t.to(torch.float32)
+    if tuple(t.shape) != tuple(target.shape):
+        t = t.reshape(target.shape) if t.numel() == target.numel() else t
+    if tuple(t.shape) != tuple(target.shape):
+        raise ValueError(
+            f"Expected Keras' {name!r} of {layer.name!r} to fit mpq's {tuple(target.shape)}. "
+            f"Received: shape {tuple(array.shape)}"
+        )
     return t.to(target.dtype) if t.dtype != target.dtype else t
 
 
-def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+def check_g_idx(layer: Any, array: np.ndarray[Any, Any]) -> None:
+    """Keras' `g_idx` must be the contiguous groups mpq stores (`i // block_size`)."""
+    k, _ = _int4_dims(layer)
+    expected = np.arange(k) // layer.dtype_policy.block_size
+    if array.shape != (k,) or not np.array_equal(array, expected):
+        raise ValueError(
+            f"Expected the int4 group index g_idx of {layer.name!r} to be arange({k}) // "
+            f"{layer.dtype_policy.block_size} (contiguous groups; mpq has no reordered groups). "
+            f"Received: {array[:8].tolist()}..."
+        )

@@ -107,13 +107,23 @@ def text() -> tuple[Any, Any]:
     return model, np.random.default_rng(5).integers(0, 20, size=(3, 6)).astype("int32")
 
 
-def _quantized(make: Callable[[], tuple[Any, Any]], mode: str) -> Callable[[], tuple[Any, Any]]:
+def _quantized(
+    make: Callable[[], tuple[Any, Any]], mode: str, block_size: int | None = 0
+) -> Callable[[], tuple[Any, Any]]:
+    """`make`'s model quantized with `mode` (int4: `block_size` None per channel, 0 Keras'
+    default 128)."""
+
     def build() -> tuple[Any, Any]:
+        import keras
+
         model, x = make()
-        model.quantize(mode)
+        if mode == "int4" and block_size != 0:
+            config = keras.quantizers.Int4QuantizationConfig(block_size=block_size)
+            model.quantize(mode, config=config)
+        else:
+            model.quantize(mode)
         return model, x
 
-    build.__name__ = f"{make.__name__}_{mode}"
     return build
 
 
@@ -137,6 +147,9 @@ FIXTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "dense_int8": _quantized(quant_mlp, "int8"),
     "dense_float8": _quantized(quant_mlp, "float8"),
     "text_int8": _quantized(text, "int8"),
+    "dense_int4": _quantized(quant_mlp, "int4"),
+    "dense_int4_g8": _quantized(quant_mlp, "int4", 8),
+    "dense_int4_pc": _quantized(quant_mlp, "int4", None),
 }
 
 

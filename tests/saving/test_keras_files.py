@@ -24,7 +24,6 @@ h5py = pytest.importorskip("h5py")
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "keras")
 FLOAT_FIXTURES = ["mlp", "cnn", "text"]
-QUANTIZED_FIXTURES = ["dense_int8", "text_int8", "dense_float8"]
 EPS32 = torch.finfo(torch.float32).eps
 
 
@@ -68,6 +67,57 @@ def test_int8_keras_model_loads_with_its_codes(name):
         assert torch.equal(model.layers[0].kernel.detach(), torch.from_numpy(codes).t())
     out = model(x, training=False)
     torch.testing.assert_close(out, y, rtol=0, atol=_float32_tolerance(y))
+
+
+@pytest.mark.parametrize(
+    ("name", "policy"),
+    [
+        ("dense_int4", "int4/128_from_float32"),
+        ("dense_int4_g8", "int4/8_from_float32"),
+        ("dense_int4_pc", "int4/-1_from_float32"),
+    ],
+)
+def test_int4_keras_model_loads_with_its_codes(name, policy):
+    """Keras 3.15 int4 Dense: codes packed along the output axis ([in, ceil(out/2)]), per
+    channel with `kernel_scale = 1 / scale`, or in groups with `(q - zero) * scale` and a
+    `g_idx`; mpq holds the same codes packed along the input axis."""
+    from mpq.quantizers import unpack_int4
+
+    path, x, y = _fixture(name)
+    model = mpq.saving.load(path)
+    assert [layer.dtype_policy for layer in model.layers] == [mpq.policy.get(policy)] * 2
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        packed = torch.from_numpy(f["layers/dense/vars/0"][()])
+    keras_codes = unpack_int4(packed, axis=-1, size=16)  # [in=32, out=16]
+    mpq_codes = unpack_int4(model.layers[0].kernel.detach(), axis=-1, size=32)  # [out, in]
+    assert torch.equal(mpq_codes, keras_codes.t())
+    out = model(x, training=False)
+    torch.testing.assert_close(out, y, rtol=0, atol=_float32_tolerance(y))
+
+
+def test_int4_reordered_groups_are_refused(tmp_path):
+    def build(f):
+        path, _, _ = _fixture("dense_int4_g8")
+        with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as src:
+
+            def copy(name, obj):  # (visititems stops at a callback's first non-None result)
+                if isinstance(obj, h5py.Dataset):
+                    value = obj[()]
+                    if name == "layers/dense/vars/4":
+                        value = value[::-1].copy()
+                    f.create_dataset(name, data=value)
+
+            src.visititems(copy)
+
+    path = _rewrite(
+        _fixture("dense_int4_g8")[0], tmp_path / "m.keras", model__weights__h5=_h5(build)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Expected the int4 group index g_idx of '.*' to be arange\(32\) // 8 \(contiguous "
+        r"groups; mpq has no reordered groups\)\. Received: \[3\.0, 3\.0",
+    ):
+        mpq.saving.load(path)
 
 
 def test_float8_keras_model_loads():
@@ -229,7 +279,7 @@ def test_weights_larger_than_the_model_are_refused_before_reading(tmp_path):
         ({"extra": True}, r"missing \[\], unexpected \['layers/dense/vars/9'\]"),
         (
             {"shape_change": "layers/dense/vars/0"},
-            r"layers/dense/vars/0 holds \(129,\) float32, the model expects \(8, 16\)",
+            r"layers/dense/vars/0 holds \(129,\) float32, the model expects 128 values of 4 bytes",
         ),
     ],
 )
@@ -270,20 +320,20 @@ def test_damaged_weights(tmp_path):
 
 
 def test_unsupported_keras_layout_is_refused(tmp_path):
-    """Keras' int4 layouts (packed along the output axis, `g_idx`) are not read yet: a clear
-    error, never a wrong number."""
-    path, _, _ = _fixture("dense_int8")
+    """Keras' int4 EinsumDense layout is not read yet: a clear error, never a wrong number."""
+    path, _, _ = _fixture("text_int8")
     with zipfile.ZipFile(path) as z:
         config = json.loads(z.read("config.json"))
-    dense = config["config"]["layers"][1]["config"]
-    dense["dtype"]["config"]["mode"] = "int4/-1"
-    dense["dtype"]["class_name"] = "Int4DTypePolicy"
-    dense["quantization_config"] = None
+    einsum = config["config"]["layers"][2]["config"]
+    assert config["config"]["layers"][2]["class_name"] == "EinsumDense"
+    einsum["dtype"]["config"]["mode"] = "int4/-1"
+    einsum["dtype"]["class_name"] = "Int4DTypePolicy"
+    einsum["quantization_config"] = None
     bad = _rewrite(path, tmp_path / "m.keras", config__json=json.dumps(config).encode())
     with pytest.raises(
         ValueError,
-        match=r"Expected a layer whose Keras weights mpq can read .* Received: Dense .* with "
-        r"policy 'int4/-1_from_float32'",
+        match=r"Expected a layer whose Keras weights mpq can read .* Received: EinsumDense .* "
+        r"with policy 'int4/-1_from_float32'",
     ):
         mpq.saving.load(bad)
 
