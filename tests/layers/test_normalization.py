@@ -439,3 +439,37 @@ def test_batch_norm_renorm_config_round_trip_and_weights():
 def test_batch_norm_renorm_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         BatchNormalization(renorm=True, **kwargs)
+
+
+def test_batch_norm_renorm_matches_live_keras():
+    """Keras 3.15 `BatchNormalization(renorm=True, ...)` (torch backend): the same outputs and
+    the same moving statistics after two training steps, float32, within float32 rounding."""
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    torch.manual_seed(0)
+    kwargs = {
+        "renorm": True,
+        "renorm_clipping": {"rmax": 1.5, "rmin": 0.8, "dmax": 0.5},
+        "renorm_momentum": 0.9,
+        "momentum": 0.8,
+    }
+    k_bn = keras.layers.BatchNormalization(**kwargs)
+    k_bn.build((None, 3))
+    bn = BatchNormalization(**kwargs)
+    bn.build((None, 3))
+    gamma, beta = torch.randn(3), torch.randn(3)
+    k_bn.gamma.assign(gamma.numpy())
+    k_bn.beta.assign(beta.numpy())
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    eps = torch.finfo(torch.float32).eps
+    for step in range(2):
+        x = torch.randn(16, 3) * (2 + step) + step
+        expected = torch.as_tensor(k_bn(x.numpy(), training=True)).detach()
+        torch.testing.assert_close(bn(x, training=True), expected, rtol=64 * eps, atol=64 * eps)
+    for name in ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev"):
+        k_value = getattr(k_bn, name).value.detach()
+        torch.testing.assert_close(
+            getattr(bn, name).detach(), k_value, rtol=64 * eps, atol=64 * eps
+        )
