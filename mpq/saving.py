@@ -27,6 +27,7 @@ __all__ = [
     "LOAD_ERRORS",
     "MAX_CONFIG_DEPTH",
     "custom_object_scope",
+    "deserialize",
     "load",
     "load_weights",
     "register_serializable",
@@ -263,17 +264,16 @@ def _build_on_meta(config: Any, custom_objects: dict[str, Any] | None, path: str
     """The model of ``config`` built on the meta device (shapes only, nothing allocated)."""
     from mpq.layers import serialization
 
+    error: BaseException | None = None
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)
     except LOAD_ERRORS as e:
         if not isinstance(e.__cause__, (NotImplementedError, RuntimeError)):
             raise
-        error: BaseException = e
+        error = e
     except (NotImplementedError, RuntimeError, ArithmeticError) as e:
         error = e
-    else:
-        error = None
     if error is not None:
         raise ValueError(
             f"Expected a config in {path!r} that builds on the meta device: load builds the "
@@ -338,6 +338,15 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
                     )
     _check_and_assign(model, tensors, path)
     return model
+
+
+def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Any:
+    """A layer or model from its serialized config, mpq's (``mpq.layers.serialize``) or Keras
+    3.15's (``serialize_keras_object``), built when the config has a ``build_config``; the
+    same rules as ``load`` (nothing imported, LOAD_ERRORS only). No weights are read."""
+    from mpq.layers import serialization
+
+    return serialization.deserialize(config, custom_objects=custom_objects)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -47,8 +47,10 @@ _KERAS_DTYPES = {
 
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
-    """True when `path` is a zip archive (Keras' `.keras` format) rather than an mpq file."""
-    return zipfile.is_zipfile(os.fspath(path))
+    """True when `path` starts like a zip archive (Keras' `.keras` format: a local file header,
+    `PK\\x03\\x04`) rather than a safetensors file (an 8-byte header length, then JSON)."""
+    with open(os.fspath(path), "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 class KerasArchive:

@@ -290,3 +290,14 @@ def test_mpq_configs_pass_through_unchanged():
     layer = mpq.layers.Dense(2, kernel_initializer="he_normal", dtype="mixed_bfloat16")
     config = layer.get_config()
     assert translate_layer_config("Dense", config) == config
+
+
+def test_saving_deserialize_takes_mpq_and_keras_configs():
+    """`mpq.saving.deserialize`: the config half of `load`, for either format."""
+    keras_layer = mpq.saving.deserialize(_keras_dense_config())
+    assert keras_layer.built and keras_layer.units == 2
+    own = mpq.layers.serialize(keras_layer)
+    again = mpq.saving.deserialize(own)
+    assert again.get_config() == keras_layer.get_config()
+    with pytest.raises(ValueError, match=r"Unknown layer class 'InputLayer'"):
+        mpq.saving.deserialize({"module": "keras.layers", "class_name": "InputLayer", "config": {}})
