@@ -104,6 +104,11 @@ def translate_object(config: dict[str, Any]) -> dict[str, Any]:
     inner = config.get("config")
     if isinstance(inner, dict):
         inner = _translate_args(str(class_name), inner)
+        if class_name == "DTypePolicyMap" and isinstance(inner.get("policy_map"), dict):
+            inner["policy_map"] = {
+                key: translate_object(p) if is_keras_object(p) else p
+                for key, p in inner["policy_map"].items()
+            }
     if isinstance(class_name, str):
         class_name = _CLASS_ALIASES.get(class_name, class_name)
     return {"class_name": class_name, "config": inner}

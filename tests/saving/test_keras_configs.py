@@ -301,3 +301,30 @@ def test_saving_deserialize_takes_mpq_and_keras_configs():
     assert again.get_config() == keras_layer.get_config()
     with pytest.raises(ValueError, match=r"Unknown layer class 'InputLayer'"):
         mpq.saving.deserialize({"module": "keras.layers", "class_name": "InputLayer", "config": {}})
+
+
+def test_keras_dtype_policy_map_config():
+    """Keras 3.15 `DTypePolicyMap` configs (`default_policy`, `policy_map` of Keras policy
+    configs) translate to mpq's map, in a layer config too."""
+    keras = import_keras()
+    from keras.saving import serialize_keras_object
+
+    from mpq.layers.keras_config import translate_object
+
+    k_map = keras.dtype_policies.DTypePolicyMap(
+        default_policy="mixed_bfloat16", policy_map={"seq/dense": "int8_from_mixed_bfloat16"}
+    )
+    wrapped = json.loads(json.dumps(serialize_keras_object(k_map)))
+    policy_map = mpq.policy.deserialize(translate_object(wrapped))
+    assert isinstance(policy_map, mpq.policy.DTypePolicyMap)
+    assert policy_map.get_config() == {
+        "default_policy": {"class_name": "DTypePolicy", "config": {"name": "mixed_bfloat16"}},
+        "policy_map": {
+            "seq/dense": {
+                "class_name": "QuantizedDTypePolicy",
+                "config": {"mode": "int8", "source_name": "mixed_bfloat16"},
+            }
+        },
+    }
+    layer = mpq.layers.Dense.from_config({"name": "other", "units": 2, "dtype": wrapped})
+    assert layer.dtype_policy.name == "mixed_bfloat16"  # its path is not in the map
