@@ -216,6 +216,7 @@ _FLOAT_VARS: dict[str, tuple[str, ...]] = {
     "Conv2D": ("kernel", "bias"),
     "Embedding": ("embeddings",),
     "LayerNormalization": ("gamma", "beta"),
+    "RMSNormalization": ("gamma",),  # Keras' `scale`
     "BatchNormalization": (
         "gamma",
         "beta",
@@ -296,7 +297,8 @@ def keras_vars(layer: Any) -> list[KerasVar]:
     if sorted(names) != sorted(own):
         raise ValueError(
             "Expected a layer whose Keras weights mpq can read (Dense, EinsumDense, Conv1D, "
-            "Conv2D, Embedding, LayerNormalization, BatchNormalization; quantized: int8 and "
+            "Conv2D, Embedding, LayerNormalization, RMSNormalization, BatchNormalization; "
+            "quantized: int8 and "
             "float8 Dense/EinsumDense, int8 Embedding, int4 Dense). Received: "
             f"{cls} {layer.name!r} with policy {layer.dtype_policy.name!r} and variables "
             f"{sorted(own)}"

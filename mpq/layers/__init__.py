@@ -12,7 +12,7 @@ from mpq.layers.embedding import Embedding
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.masking import get_mask
 from mpq.layers.merging import Add, Concatenate
-from mpq.layers.normalization import BatchNormalization, LayerNormalization
+from mpq.layers.normalization import BatchNormalization, LayerNormalization, RMSNormalization
 from mpq.layers.quantization import QuantizationScheme, get_scheme, register_scheme
 from mpq.layers.sequential import Sequential
 from mpq.layers.serialization import deserialize, get_registered_layer, register_layer, serialize
@@ -35,6 +35,7 @@ __all__ = [
     "Layer",
     "LayerNormalization",
     "QuantizationScheme",
+    "RMSNormalization",
     "Reshape",
     "Sequential",
     "Variable",

@@ -20,7 +20,7 @@ from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import BatchNormViews, LayerNormViews
 
-__all__ = ["BatchNormalization", "LayerNormalization"]
+__all__ = ["BatchNormalization", "LayerNormalization", "RMSNormalization"]
 
 Shape = tuple[int | None, ...]
 
@@ -145,6 +145,7 @@ class LayerNormalization(LayerNormViews, Layer):
     """
 
     _input_kind = "float"  # see Layer._input_kind
+    _true_rms = False  # RMSNormalization: the root mean square, not Keras' rms_scaling
 
     def __init__(
         self,
@@ -234,6 +235,9 @@ class LayerNormalization(LayerNormViews, Layer):
         gamma = None if self.gamma is None else self.gamma.to(stats)
         beta = None if self.beta is None else self.beta.to(stats)
         trailing = axes == tuple(range(ndim - len(axes), ndim))
+        if trailing and self._true_rms:
+            y = F.rms_norm(x, x.shape[ndim - len(axes) :], gamma, self.epsilon)
+            return y.to(out_dtype)
         if trailing and not self.rms_scaling:
             normalized_shape = x.shape[ndim - len(axes) :]
             y = F.layer_norm(x, normalized_shape, gamma, beta, self.epsilon)
@@ -241,7 +245,9 @@ class LayerNormalization(LayerNormViews, Layer):
         bshape = [1] * ndim
         for a in axes:
             bshape[a] = x.shape[a]
-        if self.rms_scaling:
+        if self._true_rms:  # RMSNormalization: x * rsqrt(mean(x**2) + epsilon)
+            y = x * torch.rsqrt(x.square().mean(axes, keepdim=True) + self.epsilon)
+        elif self.rms_scaling:
             # Keras 3 (ops.layer_normalization, rms_scaling=True): x * rsqrt(var(x) + epsilon)
             var = torch.var(x, axes, correction=0, keepdim=True)
             y = x * torch.rsqrt(var + self.epsilon)
@@ -271,6 +277,29 @@ class LayerNormalization(LayerNormViews, Layer):
                 "gamma_constraint": constraints.serialize(self.gamma_constraint),
             }
         )
+        return config
+
+
+@register_layer("mpq")
+class RMSNormalization(LayerNormalization):
+    """Keras 3.15 `RMSNormalization(axis=-1, epsilon=1e-6)`: `x * rsqrt(mean(x**2) + epsilon) *
+    scale` over `axis`, the true root mean square (what torch's `nn.RMSNorm`, Llama's and T5's
+    norms compute; `mpq.from_torch` converts them to this layer). The scale weight is `gamma`
+    (Keras calls it `scale`; `.keras` files map it), initialized to ones.
+
+    >>> RMSNormalization()(2 * torch.ones(2, 4)).detach()
+    tensor([[1.0000, 1.0000, 1.0000, 1.0000],
+            [1.0000, 1.0000, 1.0000, 1.0000]])
+    """
+
+    _true_rms = True
+
+    def __init__(self, axis: int | Sequence[int] = -1, epsilon: float = 1e-6, **kwargs: Any):
+        super().__init__(axis=axis, epsilon=epsilon, center=False, scale=True, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = Layer.get_config(self)
+        config.update({"axis": self.axis, "epsilon": self.epsilon})
         return config
 
 

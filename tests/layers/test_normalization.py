@@ -473,3 +473,45 @@ def test_batch_norm_renorm_matches_live_keras():
         torch.testing.assert_close(
             getattr(bn, name).detach(), k_value, rtol=64 * eps, atol=64 * eps
         )
+
+
+def test_rms_normalization_is_the_root_mean_square():
+    """Keras 3.15 `RMSNormalization`: "rms_normalization(x) = x * rsqrt(mean(square(x))) *
+    scale" (plus epsilon, default 1e-6), over `axis`."""
+    from mpq.layers import RMSNormalization
+
+    x = torch.randn(3, 4, 6, dtype=torch.float64) + 1.5
+    for axis, axes in ((-1, (2,)), ([1, 2], (1, 2)), (1, (1,))):
+        layer = RMSNormalization(axis=axis, dtype="float64")
+        layer.build(x.shape)
+        layer.gamma.assign(torch.randn(tuple(layer.gamma.shape), dtype=torch.float64))
+        shape = [1, 1, 1]
+        for a in axes:
+            shape[a] = x.shape[a]
+        expected = x / torch.sqrt((x * x).mean(axes, keepdim=True) + 1e-6)
+        expected = expected * layer.gamma.detach().reshape(shape)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    assert RMSNormalization().get_config()["epsilon"] == 1e-6
+    config = RMSNormalization(axis=[1, 2]).get_config()
+    assert RMSNormalization.from_config(config).get_config() == config
+
+
+def test_rms_normalization_matches_live_keras():
+    """Same outputs as `keras.layers.RMSNormalization` (Keras 3.15, torch backend), float32,
+    and Keras' config loads."""
+    from mpq.layers import RMSNormalization
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5) * 2 + 1.5
+    k_layer = keras.layers.RMSNormalization(axis=-1)
+    k_layer.build(tuple(x.shape))
+    scale = torch.randn(5)
+    k_layer.scale.assign(scale.numpy())
+    layer = RMSNormalization.from_config(k_layer.get_config())
+    layer.build(tuple(x.shape))
+    layer.gamma.assign(scale)
+    expected = torch.as_tensor(k_layer(x.numpy())).detach()
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(layer(x), expected, rtol=16 * eps, atol=16 * eps)
