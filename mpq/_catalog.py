@@ -7,15 +7,29 @@ passed in `custom_objects`; nothing is imported by name."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
+
+from typing_extensions import Self
 
 from mpq import _registry
 from mpq._errors import describe as _describe
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "Serializable"]
 
 
-class Catalog:
+class Serializable(Protocol):
+    """What a family's base class offers: a config dict and a constructor from one."""
+
+    def get_config(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self: ...
+
+
+_B = TypeVar("_B", bound=Serializable)
+
+
+class Catalog(Generic[_B]):
     """Names and classes of one family.
 
     Args:
@@ -28,16 +42,16 @@ class Catalog:
     def __init__(
         self,
         kind: str,
-        base: type,
-        aliases: Mapping[str, Callable[[], Any]],
-        classes: Iterable[type],
+        base: type[_B],
+        aliases: Mapping[str, Callable[[], _B]],
+        classes: Iterable[type[_B]],
     ):
         self.kind = kind
         self.base = base
         self.aliases = dict(aliases)
         self.classes = {cls.__name__: cls for cls in classes}
 
-    def serialize(self, obj: Any) -> dict[str, Any] | None:
+    def serialize(self, obj: object) -> dict[str, Any] | None:
         """``{"class_name": ..., "config": ...}`` (None stays None)."""
         if obj is None:
             return None
@@ -46,21 +60,19 @@ class Catalog:
                 f"Expected an mpq {self.base.__name__} to serialize. "
                 f"Received: {self.kind}={obj!r} (of type {type(obj).__name__})"
             )
-        config = {"class_name": type(obj).__name__, "config": obj.get_config()}
+        config: dict[str, Any] = {"class_name": type(obj).__name__, "config": obj.get_config()}
         registered = _registry.registered_name(type(obj))
         if registered is not None:
             config["registered_name"] = registered
         return config
 
-    def deserialize(self, config: Any) -> Any:
+    def deserialize(self, config: object) -> _B:
         """Inverse of `serialize`."""
         name = config.get("class_name") if isinstance(config, dict) else None
-        cls = self.classes.get(name) if isinstance(name, str) else None
-        if cls is None and isinstance(self.aliases.get(name), type):
-            cls = self.aliases[name]  # an alias that is a class ("glorot_uniform") is accepted
+        cls = self._class(name)
         if cls is None and isinstance(config, dict):
             cls = self._custom_class(config.get("registered_name"), name)
-        if cls is None:
+        if cls is None or not isinstance(config, dict):
             raise ValueError(
                 f"Expected a {self.kind} config with class_name one of {sorted(self.classes)}, "
                 "or naming a class registered with @mpq.saving.register_serializable() or "
@@ -76,7 +88,20 @@ class Catalog:
             )
         return cls.from_config(inner)
 
-    def _custom_class(self, *names: Any) -> type | None:
+    def _class(self, name: object) -> type[_B] | None:
+        """The family class a config's class_name names: a class name, or an alias that is a
+        class (``"glorot_uniform"``)."""
+        if not isinstance(name, str):
+            return None
+        cls = self.classes.get(name)
+        if cls is not None:
+            return cls
+        alias = self.aliases.get(name)
+        if isinstance(alias, type) and issubclass(alias, self.base):
+            return alias
+        return None
+
+    def _custom_class(self, *names: object) -> type[_B] | None:
         found = _registry.lookup(*names)
         if found is None:
             return None
@@ -87,9 +112,9 @@ class Catalog:
             )
         return found
 
-    def get(self, identifier: Any) -> Any:
+    def get(self, identifier: object) -> _B | Callable[..., Any] | None:
         """Resolve a name (alias or class name), a config dict, an instance or a callable;
-        None stays None."""
+        None stays None. (A plain callable is the user's: it is returned as it is.)"""
         if identifier is None or isinstance(identifier, self.base):
             return identifier
         if isinstance(identifier, str):

@@ -5,7 +5,7 @@ anything is allocated."""
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from collections.abc import Iterable
 
 __all__ = [
     "LOAD_ERRORS",
@@ -31,7 +31,7 @@ MAX_CONFIG_DEPTH = 100
 MAX_SIZE = 2**31 - 1
 
 
-def describe(value: Any) -> str:
+def describe(value: object) -> str:
     """``repr(value)`` and its type, as error messages show a received value.
 
     Example:
@@ -41,15 +41,16 @@ def describe(value: Any) -> str:
     return f"{value!r} (of type {type(value).__name__})"
 
 
-def check_config_depth(config: Any, limit: int = MAX_CONFIG_DEPTH) -> None:
+def check_config_depth(config: object, limit: int = MAX_CONFIG_DEPTH) -> None:
     """Raise ValueError if dicts and lists nest more than ``limit`` levels deep in ``config``
     (checked without recursion, so before anything recurses into it).
 
     >>> check_config_depth({"a": [1, {"b": 2}]})
     """
-    stack = [(config, 1)]
+    stack: list[tuple[object, int]] = [(config, 1)]
     while stack:
         value, depth = stack.pop()
+        children: Iterable[object]
         if isinstance(value, dict):
             children = value.values()
         elif isinstance(value, (list, tuple)):
@@ -65,7 +66,12 @@ def check_config_depth(config: Any, limit: int = MAX_CONFIG_DEPTH) -> None:
 
 
 def check_size(
-    value: Any, name: str, *, minimum: int = 1, maximum: int = MAX_SIZE, allow: tuple = ()
+    value: object,
+    name: str,
+    *,
+    minimum: int = 1,
+    maximum: int = MAX_SIZE,
+    allow: tuple[int, ...] = (),
 ) -> int:
     """``value`` as an int in ``[minimum, maximum]`` (or one of the special values ``allow``,
     e.g. -1); TypeError for a non-integer (bools included), ValueError out of range.
@@ -75,13 +81,13 @@ def check_size(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"Expected `{name}` to be an integer. Received: {name}={describe(value)}")
-    value = int(value)
-    if value in allow:
-        return value
-    if not minimum <= value <= maximum:
+    size = int(value)
+    if size in allow:
+        return size
+    if not minimum <= size <= maximum:
         also = f" (or one of {list(allow)})" if allow else ""
         raise ValueError(
             f"Expected `{name}` to be an integer in [{minimum}, {maximum}]{also}. "
-            f"Received: {name}={value}"
+            f"Received: {name}={size}"
         )
-    return value
+    return size

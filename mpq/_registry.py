@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from mpq._errors import describe as _describe
 
@@ -20,6 +20,7 @@ __all__ = [
     "registered_name",
 ]
 
+# Registered objects are the user's classes and functions: arbitrary callables, so `Any`.
 _GLOBAL: dict[str, Any] = {}  # "package>name" -> class or function
 _NAMES: dict[int, str] = {}  # id(object) -> "package>name" (the object is kept alive by _GLOBAL)
 
@@ -31,8 +32,12 @@ class _Scopes(threading.local):
 
 _SCOPES = _Scopes()
 
+_T = TypeVar("_T")
+# Classes get their registered name as this attribute (layers serialize it as "registered_name").
+_NAME_ATTR = "_registered_name"
 
-def register_serializable(package: str = "Custom", name: str | None = None) -> Callable[[Any], Any]:
+
+def register_serializable(package: str = "Custom", name: str | None = None) -> Callable[[_T], _T]:
     """Decorator: make a class or function loadable by name as ``"package>name"``.
 
     Registered activations, initializers, regularizers, constraints and layers are written to
@@ -56,12 +61,13 @@ def register_serializable(package: str = "Custom", name: str | None = None) -> C
             f"Received: name={_describe(name)}"
         )
 
-    def decorator(obj: Any) -> Any:
+    def decorator(obj: _T) -> _T:
+        is_class = isinstance(obj, type)
         if not callable(obj) or getattr(obj, "__name__", None) is None:
             raise TypeError(
                 f"Expected a class or a named function to register. Received: {_describe(obj)}"
             )
-        key = f"{package}>{name or obj.__name__}"
+        key = f"{package}>{name or getattr(obj, '__name__', '')}"
         existing = _GLOBAL.get(key)
         if (
             existing is not None
@@ -76,27 +82,27 @@ def register_serializable(package: str = "Custom", name: str | None = None) -> C
             _NAMES.pop(id(existing), None)
         _GLOBAL[key] = obj
         _NAMES[id(obj)] = key
-        if isinstance(obj, type):
-            obj._registered_name = key  # layers serialize it as "registered_name"
+        if is_class:
+            setattr(obj, _NAME_ATTR, key)
         return obj
 
     return decorator
 
 
-def _where(obj: Any) -> tuple[str, str]:
+def _where(obj: object) -> tuple[str, str]:
     return (
         str(getattr(obj, "__module__", "?")),
         str(getattr(obj, "__qualname__", getattr(obj, "__name__", "?"))),
     )
 
 
-def registered_name(obj: Any) -> str | None:
+def registered_name(obj: object) -> str | None:
     """``"package>name"`` of a registered object, else None."""
     key = _NAMES.get(id(obj))
     return key if key is not None and _GLOBAL.get(key) is obj else None
 
 
-def _check_custom_objects(custom_objects: Any) -> dict[str, Any]:
+def _check_custom_objects(custom_objects: object) -> dict[str, Any]:
     if custom_objects is None:
         return {}
     if not isinstance(custom_objects, Mapping) or not all(
@@ -133,7 +139,7 @@ def custom_objects_in_scope() -> dict[str, Any]:
     return _SCOPES.stack[-1] if _SCOPES.stack else {}
 
 
-def lookup(*names: Any) -> Any:
+def lookup(*names: object) -> Any:
     """The first object found for ``names`` in the custom objects in scope, then in the
     registered objects; None when there is none. Non-string names are skipped."""
     keys = [n for n in names if isinstance(n, str) and n]

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import Self
 
 from mpq._catalog import Catalog
 
@@ -29,7 +31,7 @@ __all__ = [
 _EPSILON = 1e-7  # Keras' backend.epsilon()
 
 
-def _norms(w: torch.Tensor, axis) -> torch.Tensor:
+def _norms(w: torch.Tensor, axis: int | list[int]) -> torch.Tensor:
     return torch.sqrt(torch.sum(w * w, dim=axis, keepdim=True))
 
 
@@ -43,7 +45,7 @@ class Constraint:
         return {}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Constraint:
+    def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(**config)
 
     def __repr__(self) -> str:
@@ -57,19 +59,19 @@ class MaxNorm(Constraint):
     def __init__(self, max_value: float = 2.0, axis: int | list[int] = 0):
         self.max_value, self.axis = max_value, axis
 
-    def __call__(self, w):
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
         norms = _norms(w, self.axis)
         desired = torch.clamp(norms, 0, self.max_value)
         return w * (desired / (_EPSILON + norms))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"max_value": self.max_value, "axis": self.axis}
 
 
 class NonNeg(Constraint):
     """Zero out negative entries."""
 
-    def __call__(self, w):
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return w * (w >= 0).to(w.dtype)
 
 
@@ -79,10 +81,10 @@ class UnitNorm(Constraint):
     def __init__(self, axis: int | list[int] = 0):
         self.axis = axis
 
-    def __call__(self, w):
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return w / (_EPSILON + _norms(w, self.axis))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"axis": self.axis}
 
 
@@ -98,13 +100,13 @@ class MinMaxNorm(Constraint):
     ):
         self.min_value, self.max_value, self.rate, self.axis = min_value, max_value, rate, axis
 
-    def __call__(self, w):
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
         norms = _norms(w, self.axis)
         desired = self.rate * torch.clamp(norms, self.min_value, self.max_value)
         desired = desired + (1 - self.rate) * norms
         return w * (desired / (_EPSILON + norms))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "min_value": self.min_value,
             "max_value": self.max_value,
@@ -134,7 +136,7 @@ def deserialize(config: dict[str, Any]) -> Constraint:
     return _CATALOG.deserialize(config)
 
 
-def get(identifier: Any) -> Constraint | Callable | None:
+def get(identifier: object) -> Constraint | Callable[..., Any] | None:
     """Resolve a name (``"max_norm"``, ``"non_neg"``, ...), a config dict, an object or a callable."""
     return _CATALOG.get(identifier)
 
@@ -152,6 +154,6 @@ def apply_constraints(module: torch.nn.Module) -> None:
                 p.copy_(p.constraint(p))
 
 
-def attach(optimizer: torch.optim.Optimizer, module: torch.nn.Module):
+def attach(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> RemovableHandle:
     """Apply ``module``'s constraints after every ``optimizer.step()``; returns the hook handle."""
     return optimizer.register_step_post_hook(lambda *_: apply_constraints(module))

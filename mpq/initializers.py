@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from typing_extensions import Self
 
 from mpq._catalog import Catalog
+from mpq.dtypes import DTypeLike
 
 __all__ = [
     "Constant",
@@ -64,7 +66,7 @@ def _torch_dtype(dtype: Any) -> torch.dtype:
     return to_torch_dtype(dtype if dtype is not None else "float32")
 
 
-def _check_seed(seed: Any) -> int | None:
+def _check_seed(seed: object) -> int | None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(
             f"Expected `seed` to be None or an int. Received: seed={seed!r} (of type {type(seed).__name__})"
@@ -75,17 +77,17 @@ def _check_seed(seed: Any) -> int | None:
 class Initializer:
     """Base class: ``init(shape, dtype=None) -> torch.Tensor`` on the default device."""
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(shape, dtype).")
 
     def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Initializer:
+    def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(**config)
 
-    def clone(self) -> Initializer:
+    def clone(self) -> Self:
         return type(self).from_config(self.get_config())
 
     def __repr__(self) -> str:
@@ -107,21 +109,23 @@ class _RandomInitializer(Initializer):
             self._generator = torch.Generator().manual_seed(self.seed)
         return self._generator
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         tdtype = _torch_dtype(dtype)
         if not tdtype.is_floating_point:
             raise ValueError(
                 f"{type(self).__name__} only produces floating values. Expected a float dtype. "
                 f"Received: dtype={dtype!r}"
             )
-        shape = tuple(int(d) for d in shape)
+        dims = tuple(int(d) for d in shape)
         # Draw in float32 (float64 for float64 variables) on the CPU, then cast: the values
         # then do not depend on the target dtype or device, and the seed stays reproducible.
         work = torch.float64 if tdtype == torch.float64 else torch.float32
-        values = self._draw(shape, work, self._gen())
+        values = self._draw(dims, work, self._gen())
         return values.to(device=torch.get_default_device(), dtype=tdtype)
 
-    def _draw(self, shape, dtype, gen) -> torch.Tensor:
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -131,14 +135,14 @@ class _RandomInitializer(Initializer):
 class Zeros(Initializer):
     """All zeros (any dtype)."""
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         return torch.zeros(tuple(shape), dtype=_torch_dtype(dtype))
 
 
 class Ones(Initializer):
     """All ones (any dtype)."""
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         return torch.ones(tuple(shape), dtype=_torch_dtype(dtype))
 
 
@@ -153,7 +157,7 @@ class Constant(Initializer):
             )
         self.value = value
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         return torch.full(tuple(shape), self.value, dtype=_torch_dtype(dtype))
 
     def get_config(self) -> dict[str, Any]:
@@ -166,7 +170,7 @@ class Identity(Initializer):
     def __init__(self, gain: float = 1.0):
         self.gain = gain
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike | None = None) -> torch.Tensor:
         if len(shape) != 2:
             raise ValueError(
                 f"Identity initializer requires a 2D shape. Received: shape={tuple(shape)}"
@@ -184,10 +188,12 @@ class RandomNormal(_RandomInitializer):
         super().__init__(seed)
         self.mean, self.stddev = mean, stddev
 
-    def _draw(self, shape, dtype, gen):
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype).normal_(self.mean, self.stddev, generator=gen)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"mean": self.mean, "stddev": self.stddev, **super().get_config()}
 
 
@@ -198,14 +204,22 @@ class RandomUniform(_RandomInitializer):
         super().__init__(seed)
         self.minval, self.maxval = minval, maxval
 
-    def _draw(self, shape, dtype, gen):
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype).uniform_(self.minval, self.maxval, generator=gen)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"minval": self.minval, "maxval": self.maxval, **super().get_config()}
 
 
-def _truncated_normal(shape, dtype, gen, mean, stddev):
+def _truncated_normal(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    gen: torch.Generator | None,
+    mean: float,
+    stddev: float,
+) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype)
     return torch.nn.init.trunc_normal_(
         out, mean, stddev, a=mean - 2 * stddev, b=mean + 2 * stddev, generator=gen
@@ -219,10 +233,12 @@ class TruncatedNormal(_RandomInitializer):
         super().__init__(seed)
         self.mean, self.stddev = mean, stddev
 
-    def _draw(self, shape, dtype, gen):
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         return _truncated_normal(shape, dtype, gen, self.mean, self.stddev)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"mean": self.mean, "stddev": self.stddev, **super().get_config()}
 
 
@@ -251,7 +267,9 @@ class VarianceScaling(_RandomInitializer):
             )
         self.scale, self.mode, self.distribution = scale, mode, distribution
 
-    def _draw(self, shape, dtype, gen):
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         fan_in, fan_out = compute_fans(shape)
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
         scale = self.scale / max(1.0, fan)
@@ -264,7 +282,7 @@ class VarianceScaling(_RandomInitializer):
         limit = math.sqrt(3.0 * scale)
         return torch.empty(shape, dtype=dtype).uniform_(-limit, limit, generator=gen)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "scale": self.scale,
             "mode": self.mode,
@@ -279,7 +297,7 @@ class _FixedVarianceScaling(VarianceScaling):
     def __init__(self, seed: int | None = None):
         super().__init__(*self._args, seed=seed)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
 
@@ -326,7 +344,9 @@ class Orthogonal(_RandomInitializer):
         super().__init__(seed)
         self.gain = gain
 
-    def _draw(self, shape, dtype, gen):
+    def _draw(
+        self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None
+    ) -> torch.Tensor:
         if len(shape) < 2:
             raise ValueError(
                 f"Orthogonal initializer requires a shape of rank >= 2. Received: shape={shape}"
@@ -334,13 +354,15 @@ class Orthogonal(_RandomInitializer):
         rows, cols = math.prod(shape[:-1]), shape[-1]
         flat = torch.empty((max(rows, cols), min(rows, cols)), dtype=torch.float64)
         flat.normal_(0.0, 1.0, generator=gen)
+        q: torch.Tensor
+        r: torch.Tensor
         q, r = torch.linalg.qr(flat)
         q = q * torch.sign(torch.diagonal(r))
         if rows < cols:
             q = q.T
         return (self.gain * q).reshape(shape).to(dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"gain": self.gain, **super().get_config()}
 
 
@@ -376,7 +398,7 @@ def deserialize(config: dict[str, Any]) -> Initializer:
     return _CATALOG.deserialize(config)
 
 
-def get(identifier: Any) -> Initializer | Callable | None:
+def get(identifier: object) -> Initializer | Callable[..., Any] | None:
     """Resolve a name, a config dict, an Initializer or a callable; None stays None.
 
     >>> get("he_normal")(( 4, 8)).shape

@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from typing_extensions import Self
 
 from mpq._catalog import Catalog
 
 __all__ = ["L1", "L1L2", "L2", "Regularizer", "deserialize", "get", "serialize"]
 
 
-def _check_factor(name: str, value: Any) -> float:
+def _check_factor(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(
             f"Expected `{name}` to be a non-negative float. Received: {name}={value!r}"
@@ -39,7 +40,7 @@ class Regularizer:
         return {}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Regularizer:
+    def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(**config)
 
     def __repr__(self) -> str:
@@ -107,7 +108,7 @@ def deserialize(config: dict[str, Any]) -> Regularizer:
     return _CATALOG.deserialize(config)
 
 
-def get(identifier: Any) -> Regularizer | Callable | None:
+def get(identifier: object) -> Regularizer | Callable[..., Any] | None:
     """Resolve a name (``"l1"``, ``"l2"``, ``"l1_l2"``), a config dict, an object or a callable.
 
     >>> round(float(get("l2")(torch.ones(3))), 6)

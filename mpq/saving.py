@@ -15,13 +15,16 @@ import math
 import os
 import re
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mpq import saving_keras
 from mpq._errors import LOAD_ERRORS, MAX_CONFIG_DEPTH
 from mpq._registry import custom_object_scope, register_serializable
+
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
 
 __all__ = [
     "LOAD_ERRORS",
@@ -68,7 +71,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (an ``mpq.layers.Layer``, e.g. a Sequential) to ``path``.
 
     A torch module holding mpq layers (``mpq.from_torch``) is saved too, weights only: fill a
@@ -124,9 +127,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
         raise
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -219,13 +221,13 @@ def _check_and_assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
                 module.load_own_variables(variables)
             elif variables:
                 for k, v in variables.items():
-                    module._parameters[k].copy_(v)
+                    module.get_parameter(k).copy_(v)
             for k, v in store.items():
                 if k.startswith("buffer:"):
-                    module._buffers[k.removeprefix("buffer:")].copy_(v)
+                    module.get_buffer(k.removeprefix("buffer:")).copy_(v)
 
 
-def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) -> Any:
+def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = None) -> Layer:
     """Rebuild the model saved at ``path`` (config -> layers -> build -> weights).
 
     Names in the config resolve from mpq's catalogs, from objects registered with
@@ -255,7 +257,7 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
     skeleton = _build_on_meta(config, custom_objects, path)
     _check_match(skeleton, tensors, path)
     del skeleton
-    model = serialization.deserialize(config, custom_objects=custom_objects)
+    model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
     _check_and_assign(model, tensors, path)
     return model
 
@@ -284,7 +286,7 @@ def _build_on_meta(config: Any, custom_objects: dict[str, Any] | None, path: str
     return skeleton
 
 
-def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
+def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Layer:
     """``load`` for a Keras 3 ``.keras`` file (mpq.saving_keras): the config translated as
     data, the model built on the meta device, every dataset's size and dtype checked against
     it, then the real model built and its weights written (nothing half-loaded)."""
@@ -321,7 +323,7 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
                         f"{dtype}, the model expects {var.numel} values of {var.itemsize} bytes."
                     )
             del skeleton
-            model = serialization.deserialize(config, custom_objects=custom_objects)
+            model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
             where = {id(m): prefix for prefix, m in model.named_modules()}
             tensors: dict[str, torch.Tensor] = {}
             for prefix, layer in saving_keras.keras_layer_paths(model):
@@ -336,6 +338,13 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Any:
                     tensors[key] = saving_keras.convert(
                         layer, var.mpq_name, array, own[var.mpq_name]
                     )
+            # Keras saves no seed-generator state (Dropout(seed=...)): it restarts from the
+            # seed in the config, as Keras' own load does.
+            from mpq.layers.random import SeedGenerator
+
+            for key, (module, _, t) in _collect(model).items():
+                if key not in tensors and isinstance(module, SeedGenerator):
+                    tensors[key] = t.detach().clone()
     _check_and_assign(model, tensors, path)
     return model
 
@@ -349,7 +358,7 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = 
     return serialization.deserialize(config, custom_objects=custom_objects)
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load the weights saved at ``path`` into an existing, built ``model`` (same structure).
 
     Every tensor is checked (names, shapes, dtypes) before the first write.

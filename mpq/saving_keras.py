@@ -249,13 +249,14 @@ def keras_layer_paths(model: Any) -> Iterator[tuple[str, Any]]:
     """(`h5 group`, layer) for `model` and every nested layer, named as Keras 3.15 names them
     (`layers/<snake_case class>[_<n>]`, counted per container)."""
     from mpq.layers import Sequential
+    from mpq.layers.functional import Functional
     from mpq.layers.tracking import to_snake_case
 
     stack: list[tuple[str, Any]] = [("", model)]
     while stack:
         prefix, layer = stack.pop()
         yield prefix, layer
-        if isinstance(layer, Sequential):
+        if isinstance(layer, (Sequential, Functional)):
             used: dict[str, int] = {}
             children = []
             for child in layer.layers:

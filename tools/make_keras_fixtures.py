@@ -107,6 +107,20 @@ def text() -> tuple[Any, Any]:
     return model, np.random.default_rng(5).integers(0, 20, size=(3, 6)).astype("int32")
 
 
+def functional() -> tuple[Any, Any]:
+    import keras
+    import numpy as np
+
+    layers = keras.layers
+    inputs = keras.Input((6,))
+    hidden = layers.Dense(8, activation="relu")(inputs)
+    merged = layers.Concatenate()([hidden, inputs])
+    outputs = layers.Dense(3)(layers.LayerNormalization()(merged))
+    model = keras.Model(inputs, outputs, name="functional")
+    _randomize(model, 8)
+    return model, np.random.default_rng(9).normal(size=(2, 6)).astype("float32")
+
+
 def _quantized(
     make: Callable[[], tuple[Any, Any]], mode: str, block_size: int | None = 0
 ) -> Callable[[], tuple[Any, Any]]:
@@ -144,6 +158,7 @@ FIXTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "mlp": mlp,
     "cnn": cnn,
     "text": text,
+    "functional": functional,
     "dense_int8": _quantized(quant_mlp, "int8"),
     "dense_float8": _quantized(quant_mlp, "float8"),
     "text_int8": _quantized(text, "int8"),

@@ -14,10 +14,11 @@ Example:
 
 from mpq.dtypes._convert import decode, from_numpy, to_numpy
 from mpq.dtypes._encode import encode
-from mpq.dtypes._formats import FORMATS, Format, format_table, get, names
+from mpq.dtypes._formats import FORMATS, DTypeLike, Format, format_table, get, names
 
 __all__ = [
     "FORMATS",
+    "DTypeLike",
     "Format",
     "decode",
     "encode",

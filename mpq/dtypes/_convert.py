@@ -7,11 +7,12 @@ through same-width integer views of the bits; nothing here rounds.
 from __future__ import annotations
 
 import functools
+from typing import overload
 
 import numpy as np
 import torch
 
-from mpq.dtypes._formats import Format, get
+from mpq.dtypes._formats import DTypeLike, Format, get
 
 __all__ = ["decode", "from_numpy", "to_numpy"]
 
@@ -88,7 +89,7 @@ def to_numpy(t: torch.Tensor, fmt: str | Format | None = None) -> np.ndarray:
         )
     t = t.detach().cpu()
     width = t.element_size()
-    bits = t.view(_TORCH_INT_OF_WIDTH[width]).contiguous().numpy().copy()
+    bits: np.ndarray = t.view(_TORCH_INT_OF_WIDTH[width]).contiguous().numpy().copy()
     if fmt.torch_dtype is not None:
         return bits.view(fmt.numpy_dtype)
     values = bits.view(np.int8 if fmt.container == torch.int8 else np.uint8)
@@ -153,11 +154,19 @@ def _default_float(fmt: Format) -> torch.dtype:
     return torch.float32 if exact_in_float32 else torch.float64
 
 
+@overload
 def decode(
-    q: torch.Tensor | np.ndarray,
+    q: torch.Tensor, fmt: str | Format | None = None, *, dtype: DTypeLike | None = None
+) -> torch.Tensor: ...
+@overload
+def decode(
+    q: np.ndarray | np.generic, fmt: str | Format | None = None, *, dtype: DTypeLike | None = None
+) -> np.ndarray: ...
+def decode(
+    q: torch.Tensor | np.ndarray | np.generic,
     fmt: str | Format | None = None,
     *,
-    dtype: torch.dtype | np.dtype | type | str | None = None,
+    dtype: DTypeLike | None = None,
 ) -> torch.Tensor | np.ndarray:
     """Values of ``q`` (held in ``fmt``) as floats: the inverse of `encode`, exact.
 
@@ -216,7 +225,7 @@ _FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def _torch_float(dtype: object) -> torch.dtype:
     """float32 / float64 from a torch dtype, numpy dtype or name."""
     try:
-        name = get(dtype).name  # type: ignore[arg-type]
+        name = get(dtype).name
     except (TypeError, ValueError):
         name = None
     if name not in _FLOAT_DTYPES:

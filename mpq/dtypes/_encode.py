@@ -8,6 +8,8 @@ whose torch cast is itself round-to-nearest-even (float32/16, bfloat16, the floa
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple, overload
+
 import numpy as np
 import torch
 
@@ -24,9 +26,36 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
     return ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
 
 
+class _Grid(NamedTuple):
+    """The float-only fields of a float format, known to be set."""
+
+    mantissa_bits: int
+    min_exponent: int
+    smallest_normal: float
+    smallest_subnormal: float
+
+
+def _grid(fmt: Format) -> _Grid:
+    if (
+        fmt.mantissa_bits is None
+        or fmt.min_exponent is None
+        or fmt.smallest_normal is None
+        or fmt.smallest_subnormal is None
+    ):
+        raise ValueError(f"Expected a float format. Received: fmt={fmt!r}")
+    return _Grid(fmt.mantissa_bits, fmt.min_exponent, fmt.smallest_normal, fmt.smallest_subnormal)
+
+
+def _nan_code(fmt: Format) -> int:
+    if fmt.nan_code is None:
+        raise ValueError(f"Expected a format with a NaN code. Received: fmt={fmt!r}")
+    return fmt.nan_code
+
+
 def _round_to_grid(a: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Round non-negative float64 ``a`` (already clamped to the format's range) onto its grid."""
-    nmant, emin = int(fmt.mantissa_bits), int(fmt.min_exponent)  # type: ignore[arg-type]
+    grid = _grid(fmt)
+    nmant, emin = grid.mantissa_bits, grid.min_exponent
     mant, e = torch.frexp(a)  # a = mant * 2**e with mant in [0.5, 1), or 0 with e = 0
     exp = torch.clamp(e.to(torch.int64) - 1, min=emin)  # exponent of a's binade, floored at emin
     # a / ulp = mant * 2**(e - exp + nmant). The shift is at most nmant + 1; below -64 the
@@ -40,16 +69,17 @@ def _round_to_grid(a: torch.Tensor, fmt: Format) -> torch.Tensor:
 
 def _float_codes(q: torch.Tensor, fmt: Format) -> torch.Tensor:
     """uint8 codes of float64 values ``q`` that lie on the grid of a format torch lacks."""
-    nmant, emin = int(fmt.mantissa_bits), int(fmt.min_exponent)  # type: ignore[arg-type]
+    grid = _grid(fmt)
+    nmant, emin = grid.mantissa_bits, grid.min_exponent
     a = q.abs()
     mant, e = torch.frexp(a)
-    normal = a >= fmt.smallest_normal
+    normal = a >= grid.smallest_normal
     # Normal: exponent field (e - 1) - emin + 1 (the field 0 is kept for subnormals; e8m0 has
     # none, so its field starts at 0), fraction mant * 2**(nmant + 1) - 2**nmant.
     # Subnormal: exponent field 0, fraction a / smallest_subnormal.
-    first_field = 1 if fmt.smallest_subnormal < fmt.smallest_normal else 0  # type: ignore[operator]
+    first_field = 1 if grid.smallest_subnormal < grid.smallest_normal else 0
     exp_field = torch.where(normal, e.to(torch.int64) - 1 - emin + first_field, 0)
-    frac = torch.where(normal, mant * 2.0 ** (nmant + 1) - 2.0**nmant, a / fmt.smallest_subnormal)
+    frac = torch.where(normal, mant * 2.0 ** (nmant + 1) - 2.0**nmant, a / grid.smallest_subnormal)
     codes = (exp_field << nmant) | frac.to(torch.int64)
     if fmt.is_signed:
         codes = codes | (torch.signbit(q).to(torch.int64) << (fmt.bits - 1))
@@ -71,7 +101,7 @@ def _encode_by_cast(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     out = torch.clamp(x32, float(fmt.min), float(fmt.max)).to(fmt.container)  # NaN stays NaN
     nan = torch.isnan(x32)
     if bool(nan.any()):
-        out.view(_TORCH_BITS_VIEW[out.element_size()])[nan] = fmt.nan_code
+        out.view(_TORCH_BITS_VIEW[out.element_size()])[nan] = _nan_code(fmt)
     return out
 
 
@@ -117,11 +147,11 @@ def _encode_tensor(x: torch.Tensor, fmt: Format) -> torch.Tensor:
         out = _float_codes(torch.where(nan, 0.0, q), fmt)
     if fmt.has_nan and bool(nan.any()):
         bits = out.view(_TORCH_BITS_VIEW[out.element_size()])
-        bits[nan] = fmt.nan_code  # the canonical NaN, whatever sign or payload came in
+        bits[nan] = _nan_code(fmt)  # the canonical NaN, whatever sign or payload came in
     return out
 
 
-def _is_float_numpy(dtype: np.dtype) -> bool:
+def _is_float_numpy(dtype: np.dtype[Any]) -> bool:
     if dtype.kind == "f":
         return dtype.itemsize <= 8  # float16/32/64 (not longdouble, which torch cannot hold)
     try:
@@ -130,7 +160,13 @@ def _is_float_numpy(dtype: np.dtype) -> bool:
         return False
 
 
-def encode(x: torch.Tensor | np.ndarray, fmt: str | Format) -> torch.Tensor | np.ndarray:
+@overload
+def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor: ...
+@overload
+def encode(x: np.ndarray | np.generic, fmt: str | Format) -> np.ndarray: ...
+def encode(
+    x: torch.Tensor | np.ndarray | np.generic, fmt: str | Format
+) -> torch.Tensor | np.ndarray:
     """Round floats to the nearest value of ``fmt``, ties to even, saturating at +-``fmt.max``.
 
     Rules (the same for torch and numpy inputs, bit for bit; see docs/formats.md):

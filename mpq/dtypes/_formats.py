@@ -10,13 +10,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 import torch
 
-__all__ = ["FORMATS", "Format", "format_table", "get", "names"]
+__all__ = ["FORMATS", "DTypeLike", "Format", "format_table", "get", "names"]
 
 Kind = Literal["float", "int", "uint"]
 _KINDS = ("float", "int", "uint")
@@ -117,7 +118,7 @@ def _float(
     *,
     bits: int,
     torch_dtype: torch.dtype | None,
-    numpy_dtype: Any,
+    numpy_dtype: npt.DTypeLike,
     triton: str | None,
     max: float,
     min: float,
@@ -164,7 +165,7 @@ def _integer(
     kind: Kind,
     torch_dtype: torch.dtype | None,
     container: torch.dtype,
-    numpy_dtype: Any,
+    numpy_dtype: npt.DTypeLike,
     triton: str | None,
     max: int,
     min: int,
@@ -306,7 +307,12 @@ def names(kind: Kind | None = None) -> tuple[str, ...]:
     return tuple(f.name for f in _TABLE if f.kind == kind)
 
 
-def get(identifier: str | Format | torch.dtype | np.dtype | type) -> Format:
+# What names a format: a canonical name, a torch dtype, a numpy/ml_dtypes dtype or scalar type,
+# or a Format.
+DTypeLike: TypeAlias = "str | Format | torch.dtype | np.dtype[Any] | type[np.generic[Any]]"
+
+
+def get(identifier: object) -> Format:
     """Resolve a format from a canonical name, a torch dtype, a numpy/ml_dtypes dtype, or a Format.
 
     Args:

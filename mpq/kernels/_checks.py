@@ -110,7 +110,7 @@ def check_float32(value: object, name: str, device: torch.device) -> torch.Tenso
     return t
 
 
-def check_activation(activation: str | None) -> str:
+def check_activation(activation: object) -> str:
     if activation is None:
         return "none"
     if not isinstance(activation, str) or activation not in ACTIVATION_CODES:
@@ -126,13 +126,15 @@ def resolve_out_dtype(out_dtype: object, default: torch.dtype, allow_int32: bool
     if out_dtype is None:
         return default
     allowed = (*OUT_DTYPES, torch.int32) if allow_int32 else OUT_DTYPES
-    resolved = out_dtype
-    if not isinstance(out_dtype, torch.dtype):
+    resolved: torch.dtype | None
+    if isinstance(out_dtype, torch.dtype):
+        resolved = out_dtype
+    else:
         try:
             resolved = dtypes.get(out_dtype).torch_dtype
         except (TypeError, ValueError):
             resolved = None
-    if resolved not in allowed:
+    if resolved is None or resolved not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
         raise ValueError(
             f"Expected `out_dtype` to be one of ({names}) or None. Received: out_dtype={out_dtype!r}"
@@ -175,7 +177,7 @@ def check_operands(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> 
 
 
 def float_out_dtype(
-    name: str, op_dtype: torch.dtype, out_dtype: object, scales: dict
+    name: str, op_dtype: torch.dtype, out_dtype: object, scales: dict[str, object]
 ) -> torch.dtype:
     """Float operands: refuse scales (they apply to 8-bit operands); resolve ``out_dtype``."""
     if any(v is not None for v in scales.values()):
@@ -189,7 +191,12 @@ def float_out_dtype(
 
 
 def eight_bit_out_dtype(
-    kind: str, out_dtype: object, scales: dict, modes: tuple[int, int], bias, activation: str
+    kind: str,
+    out_dtype: object,
+    scales: dict[str, object],
+    modes: tuple[int, int],
+    bias: object,
+    activation: str,
 ) -> torch.dtype:
     """8-bit operands: bfloat16 by default; int32 (int8 only) only for the raw accumulator."""
     out = resolve_out_dtype(out_dtype, torch.bfloat16, allow_int32=kind == "int8")
@@ -205,7 +212,12 @@ def eight_bit_out_dtype(
 
 
 def scale_mode(
-    scale: object, length: int, name: str, what: str, device: torch.device, shapes: tuple
+    scale: object,
+    length: int,
+    name: str,
+    what: str,
+    device: torch.device,
+    shapes: tuple[tuple[int, ...], ...],
 ) -> tuple[int, torch.Tensor | None]:
     """Validate a float32 scale; return (mode, flat 1-D scale or None).
 
@@ -241,7 +253,7 @@ def check_bias(bias: object, n: int, device: torch.device, name: str = "bias") -
     check_on_device(bias, name, device)
 
 
-def check_no_grad(op: str, tensors: tuple) -> None:
+def check_no_grad(op: str, tensors: tuple[tuple[str, object], ...]) -> None:
     """8-bit and int4 paths are forward-only: refuse inputs that carry autograd history."""
     if torch.is_grad_enabled():
         for name, t in tensors:
@@ -262,7 +274,7 @@ class MatmulSpec:
     M: int
     N: int
     K: int
-    lead: tuple  # leading dims of `a` (output shape is lead + (N,))
+    lead: tuple[int, ...]  # leading dims of `a` (output shape is lead + (N,))
     a_scale_mode: int
     a_scale: torch.Tensor | None
     b_scale_mode: int
@@ -276,7 +288,15 @@ def is_k_major(b: torch.Tensor) -> bool:
     return b.t().is_contiguous()
 
 
-def check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype) -> MatmulSpec:
+def check_matmul(
+    a: object,
+    b: object,
+    a_scale: object,
+    b_scale: object,
+    bias: object,
+    activation: object,
+    out_dtype: object,
+) -> MatmulSpec:
     """Validate a matmul call (see ``mpq.kernels.matmul``) and return its spec."""
     a = check_tensor(a, "a")
     b = check_tensor(b, "b")
@@ -333,7 +353,7 @@ class Int4Spec:
     M: int
     N: int
     K: int
-    lead: tuple
+    lead: tuple[int, ...]
     group_size: int  # == K (or more) for per-channel scales
     scale: torch.Tensor  # [G, N] float32
     zero: torch.Tensor | None  # [G, N] float32
@@ -341,7 +361,16 @@ class Int4Spec:
     out_dtype: torch.dtype
 
 
-def check_matmul_int4(a, b_packed, b_scale, b_zero, group_size, bias, activation, out_dtype):
+def check_matmul_int4(
+    a: object,
+    b_packed: object,
+    b_scale: object,
+    b_zero: object,
+    group_size: object,
+    bias: object,
+    activation: object,
+    out_dtype: object,
+) -> Int4Spec:
     """Validate a weight-only int4 matmul call (see ``mpq.kernels.matmul_int4``)."""
     a = check_tensor(a, "a")
     b_packed = check_tensor(b_packed, "b_packed")
@@ -438,6 +467,10 @@ def _pair(value: object, name: str, minimum: int) -> tuple[int, int]:
     return pair
 
 
+Padding = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
+"""A conv padding: one int, (ph, pw), or ((top, bottom), (left, right))."""
+
+
 def _padding(value: object) -> tuple[int, int, int, int]:
     """Return (top, bottom, left, right) from an int, (ph, pw) or ((top, bottom), (left, right))."""
     if (
@@ -484,7 +517,17 @@ class Conv2dSpec:
 
 
 def check_conv2d(
-    x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+    x: object,
+    w: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    x_scale: object,
+    w_scale: object,
+    bias: object,
+    activation: object,
+    out_dtype: object,
 ) -> Conv2dSpec:
     """Validate a conv2d call (see ``mpq.kernels.conv2d``) and return its spec."""
     x = check_tensor(x, "x")

@@ -6,15 +6,22 @@ dicts into ``triton.Config`` objects and prune them per call shape with ``prune`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+Config = dict[str, int]
+"""One config: tile sizes, grouped-ordering width, warps, stages, by name."""
+
 # One config: tile sizes, grouped-ordering width, warps, software-pipelining stages.
 _KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 TILE_KEYS = _KEYS[:4]  # the constexpr meta-parameters of the kernels
 
-INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1)
+INTERPRETER_CONFIG: Config = dict(
+    BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1
+)
 """The single config used under TRITON_INTERPRET=1 (fast tests; no autotuning)."""
 
 
-def _rows(rows) -> list[dict]:
+def _rows(rows: Iterable[tuple[int, int, int, int, int, int]]) -> list[Config]:
     return [dict(zip(_KEYS, row, strict=True)) for row in rows]
 
 
@@ -34,7 +41,7 @@ _SMALL_M = _rows(
 )
 
 
-def hopper_configs() -> list[dict]:
+def hopper_configs() -> list[Config]:
     """sm_90 (H100/H200): 228 KB shared memory, wgmma wants 64-row warpgroup tiles."""
     return (
         _rows(
@@ -54,7 +61,7 @@ def hopper_configs() -> list[dict]:
     )
 
 
-def ampere_configs() -> list[dict]:
+def ampere_configs() -> list[Config]:
     """sm_80/86/89 (A100, RTX 30/40, L4/L40): mma.sync tiles, 100-164 KB shared memory."""
     return (
         _rows(
@@ -73,14 +80,14 @@ def ampere_configs() -> list[dict]:
     )
 
 
-def generic_configs() -> list[dict]:
+def generic_configs() -> list[Config]:
     """Anything else (older NVIDIA, AMD): conservative tiles."""
     return (
         _rows([(128, 128, 32, 8, 4, 3), (64, 128, 32, 8, 4, 3), (64, 64, 32, 8, 4, 2)]) + _SMALL_M
     )
 
 
-def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
+def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
     """Candidate configs for a device of compute ``capability`` (or the interpreter's one)."""
     if interpret:
         return [dict(INTERPRETER_CONFIG)]
@@ -100,7 +107,7 @@ FMA_MAX_ACC_PER_THREAD = 64  # fp32 accumulator elements per thread, BLOCK_M*BLO
 
 
 def smem_estimate(
-    c: dict, elem_bytes: int, kn_extra_bytes: int = 0, stages: int | None = None
+    c: Config, elem_bytes: int, kn_extra_bytes: int = 0, stages: int | None = None
 ) -> int:
     """Shared memory of the pipelined loads of config ``c``, in bytes.
 
@@ -116,7 +123,7 @@ def smem_estimate(
 
 
 def prune(
-    configs: list[dict],
+    configs: list[Config],
     M: int,
     N: int,
     K: int,
@@ -124,7 +131,7 @@ def prune(
     smem_bytes: int,
     kn_extra_bytes: int = 0,
     keep_one: bool = True,
-) -> list[dict]:
+) -> list[Config]:
     """Drop configs that don't fit the shape or the shared memory; keep at least one (the
     smallest legal tile) unless ``keep_one=False``.
 
@@ -151,7 +158,7 @@ def prune(
             for c in configs
             if c["BLOCK_M"] * c["BLOCK_N"] <= FMA_MAX_ACC_PER_THREAD * 32 * c["num_warps"]
         ]
-    kept: list[dict] = []
+    kept: list[Config] = []
     for c in configs:
         if c["BLOCK_K"] < min_k:
             continue

@@ -187,17 +187,29 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.zeros(M, N, dtype=torch.int32, device=a.device)
     if not _ieee_float32():
         return reference._int32_accumulator(a.to(torch.float64) @ b.to(torch.float64))
-    acc = None
-    for start in range(0, K, EXACT_FLOAT32_K):
+
+    def chunk(start: int) -> torch.Tensor:
         stop = min(start + EXACT_FLOAT32_K, K)
-        part = (a[:, start:stop].to(torch.float32) @ b[start:stop].to(torch.float32)).to(
+        return (a[:, start:stop].to(torch.float32) @ b[start:stop].to(torch.float32)).to(
             torch.int64
         )
-        acc = part if acc is None else acc + part
+
+    acc = chunk(0)  # K >= 1 here
+    for start in range(EXACT_FLOAT32_K, K, EXACT_FLOAT32_K):
+        acc = acc + chunk(start)
     return acc.to(torch.int32)
 
 
-def matmul(a, b, *, a_scale=None, b_scale=None, bias=None, activation=None, out_dtype=None):
+def matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    a_scale: torch.Tensor | None = None,
+    b_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    out_dtype: torch.dtype | str | None = None,
+) -> torch.Tensor:
     """CPU fast path of ``mpq.kernels.matmul`` (same contract)."""
     if isinstance(a, torch.Tensor) and a.dtype in _checks.FLOAT_DTYPES:
         return reference.matmul(
@@ -217,7 +229,14 @@ def matmul(a, b, *, a_scale=None, b_scale=None, bias=None, activation=None, out_
     return out.reshape(*spec.lead, spec.N)
 
 
-def int8_linear(q, b, a_scale, b_scale, bias, out_dtype):
+def int8_linear(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """``mpq.kernels.matmul(q, b, a_scale=a_scale, b_scale=b_scale, bias=bias,
     out_dtype=out_dtype)`` on this backend without its argument checks, for mpq's int8 layers,
     whose operands satisfy them by construction: ``q`` [M, K] int8 row-major, ``b`` [K, N] int8
@@ -288,6 +307,7 @@ def _dequantize_int4_planes(
     q[:, 1].copy_(p >> 4)
     groups = spec.scale.shape[0]
     # Group j of K covers columns j*g/2 .. (j+1)*g/2 - 1 of each plane.
+    shape: tuple[int, ...]
     if groups == 1:
         g, shape = q.view(n, 2 * half), (n, 1)
     else:  # zero/scale made [n, 2, groups, 1] first: ~2x faster than a size-1 broadcast axis
@@ -317,16 +337,16 @@ float32 copy of the weight never exists whole (2 MiB at a time, one buffer reuse
 
 
 def matmul_int4(
-    a,
-    b_packed,
-    b_scale,
+    a: torch.Tensor,
+    b_packed: torch.Tensor,
+    b_scale: torch.Tensor,
     *,
-    b_zero=None,
-    group_size=None,
-    bias=None,
-    activation=None,
-    out_dtype=None,
-):
+    b_zero: torch.Tensor | None = None,
+    group_size: int | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    out_dtype: torch.dtype | str | None = None,
+) -> torch.Tensor:
     """CPU fast path of ``mpq.kernels.matmul_int4`` (same contract; up to ``_INT4_CHUNK``
     weight elements one float32 GEMM, larger weights in N-chunks)."""
     spec = _checks.check_matmul_int4(
@@ -358,33 +378,34 @@ def matmul_int4(
 
 
 def conv2d(
-    x,
-    w,
+    x: torch.Tensor,
+    w: torch.Tensor,
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
-    x_scale=None,
-    w_scale=None,
-    bias=None,
-    activation=None,
-    out_dtype=None,
-):
+    stride: int | tuple[int, int] = 1,
+    padding: _checks.Padding = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    x_scale: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    out_dtype: torch.dtype | str | None = None,
+) -> torch.Tensor:
     """CPU fast path of ``mpq.kernels.conv2d`` (same contract)."""
-    kwargs = dict(
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        x_scale=x_scale,
-        w_scale=w_scale,
-        bias=bias,
-        activation=activation,
-        out_dtype=out_dtype,
-    )
     if not isinstance(x, torch.Tensor) or x.dtype in _checks.FLOAT_DTYPES:
-        return reference.conv2d(x, w, **kwargs)
+        return reference.conv2d(
+            x,
+            w,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            x_scale=x_scale,
+            w_scale=w_scale,
+            bias=bias,
+            activation=activation,
+            out_dtype=out_dtype,
+        )
     spec = _checks.check_conv2d(
         x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
     )

@@ -11,8 +11,10 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any, Protocol
 
 import torch
+import torch.nn.grad
 
 from . import _checks, _cpu, reference
 
@@ -134,19 +136,52 @@ def _route(t: object) -> str:
     return _backend(t.device.type)
 
 
-_BACKEND_MODULES = {"cpu": _cpu, "reference": reference}
+class _Backend(Protocol):
+    """What a torch backend module (``_cpu``, ``reference``) offers: the public ops."""
+
+    def matmul(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        *,
+        a_scale: torch.Tensor | None = ...,
+        b_scale: torch.Tensor | None = ...,
+        bias: torch.Tensor | None = ...,
+        activation: str | None = ...,
+        out_dtype: torch.dtype | str | None = ...,
+    ) -> torch.Tensor: ...
+
+    def matmul_int4(
+        self,
+        a: torch.Tensor,
+        b_packed: torch.Tensor,
+        b_scale: torch.Tensor,
+        *,
+        b_zero: torch.Tensor | None = ...,
+        group_size: int | None = ...,
+        bias: torch.Tensor | None = ...,
+        activation: str | None = ...,
+        out_dtype: torch.dtype | str | None = ...,
+    ) -> torch.Tensor: ...
+
+    def conv2d(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        *,
+        stride: int | tuple[int, int] = ...,
+        padding: _checks.Padding = ...,
+        dilation: int | tuple[int, int] = ...,
+        groups: int = ...,
+        x_scale: torch.Tensor | None = ...,
+        w_scale: torch.Tensor | None = ...,
+        bias: torch.Tensor | None = ...,
+        activation: str | None = ...,
+        out_dtype: torch.dtype | str | None = ...,
+    ) -> torch.Tensor: ...
 
 
-def _triton_matmul():
-    from . import _triton_matmul as module
-
-    return module
-
-
-def _triton_conv():
-    from . import _triton_conv as module
-
-    return module
+_BACKEND_MODULES: dict[str, _Backend] = {"cpu": _cpu, "reference": reference}
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
@@ -158,6 +193,8 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 def _activation_grad(z: torch.Tensor, activation: str, grad: torch.Tensor) -> torch.Tensor:
     """d act(z) / dz * grad, through the reference activation (so both backends agree)."""
     fn = reference.activation_fn(activation)
+    if fn is None:  # no activation: the identity's derivative
+        return grad.to(torch.float32)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         (gz,) = torch.autograd.grad(fn(z), z, grad.to(torch.float32))
@@ -168,14 +205,24 @@ class _TritonMatmul(torch.autograd.Function):
     """Differentiable float matmul on the Triton backend; its backward goes through `matmul`."""
 
     @staticmethod
-    def forward(ctx, a, b, bias, spec):
-        out = _triton_matmul().matmul_checked(a, b, bias, spec)
+    def forward(
+        ctx: Any,  # torch's autograd context (its stubs lack saved_tensors)
+        a: torch.Tensor,
+        b: torch.Tensor,
+        bias: torch.Tensor | None,
+        spec: _checks.MatmulSpec,
+    ) -> torch.Tensor:
+        from . import _triton_matmul
+
+        out = _triton_matmul.matmul_checked(a, b, bias, spec)
         ctx.save_for_backward(a, b, bias)
         ctx.activation = spec.activation
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
         a, b, bias = ctx.saved_tensors
         K, N = b.shape
         a2 = a.reshape(-1, K)
@@ -239,10 +286,12 @@ def matmul(
             return _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype)
     backend = _route(a)
     if backend == "triton":
+        from . import _triton_matmul
+
         if a.dtype in _checks.FLOAT_DTYPES and _needs_grad(a, b, bias):
             spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
-            return _TritonMatmul.apply(a, b, bias, spec)
-        return _triton_matmul().matmul(
+            return _apply(_TritonMatmul, a, b, bias, spec)
+        return _triton_matmul.matmul(
             a,
             b,
             a_scale=a_scale,
@@ -262,7 +311,21 @@ def matmul(
     )
 
 
-def _exact_epilogue(acc: torch.Tensor, row_scale, col_scale, bias, activation, out_dtype, what):
+def _apply(fn: type[torch.autograd.Function], *args: object) -> torch.Tensor:
+    """``fn.apply(*args)``, typed (torch's ``Function.apply`` is unannotated)."""
+    out: torch.Tensor = fn.apply(*args)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _exact_epilogue(
+    acc: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    activation: str,
+    out_dtype: torch.dtype,
+    what: str,
+) -> torch.Tensor:
     """The kernels' store for an exact int64 accumulator ``acc`` [M, N]: int32 if it fits (for
     ``out_dtype=int32``), else the float32 epilogue (the same ``reference.epilogue``)."""
     if out_dtype == torch.int32:
@@ -270,20 +333,32 @@ def _exact_epilogue(acc: torch.Tensor, row_scale, col_scale, bias, activation, o
     return reference._store(acc, row_scale, col_scale, bias, activation, out_dtype)
 
 
-def _matmul_int8_split(a, b, a_scale, b_scale, bias, activation, out_dtype) -> torch.Tensor:
+def _matmul_int8_split(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    b_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    out_dtype: torch.dtype | str | None,
+) -> torch.Tensor:
     """int8 matmul with K > INT8_EXACT_K: int32-exact chunks along K on the selected backend,
     their partial sums added in int64, then the epilogue (never a wrapped accumulator)."""
     spec = _checks.check_matmul(a, b, a_scale, b_scale, bias, activation, out_dtype)
     a2 = a.reshape(spec.M, spec.K)
-    acc = None
-    for start, stop in _checks.split_k_for_int32(spec.K, _checks.INT8_EXACT_K):
+
+    def part(start: int, stop: int) -> torch.Tensor:
         # Each chunk in the layout the 8-bit kernels take: row-major a, K-major b.
-        part = matmul(
+        return matmul(
             a2[:, start:stop].contiguous(),
             b[start:stop].t().contiguous().t(),
             out_dtype=torch.int32,
         )
-        acc = part.to(torch.int64) if acc is None else acc.add_(part)
+
+    chunks = _checks.split_k_for_int32(spec.K, _checks.INT8_EXACT_K)  # two or more: K is long
+    acc = part(*chunks[0]).to(torch.int64)
+    for start, stop in chunks[1:]:
+        acc.add_(part(start, stop))
     out = _exact_epilogue(
         acc, spec.a_scale, spec.b_scale, bias, spec.activation, spec.out_dtype, "matmul"
     )
@@ -321,7 +396,9 @@ def matmul_int4(
     """
     backend = _route(a)
     if backend == "triton":
-        fn = _triton_matmul().matmul_int4
+        from . import _triton_matmul
+
+        fn = _triton_matmul.matmul_int4
     else:
         fn = _BACKEND_MODULES[backend].matmul_int4
     return fn(
@@ -340,20 +417,32 @@ class _TritonConv2d(torch.autograd.Function):
     """Differentiable float conv2d on the Triton backend (backward: torch's conv gradients)."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, spec):
-        out = _triton_conv().conv2d_checked(x, w, bias, spec)
+    def forward(
+        ctx: Any,  # torch's autograd context (its stubs lack saved_tensors)
+        x: torch.Tensor,
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        spec: _checks.Conv2dSpec,
+    ) -> torch.Tensor:
+        from . import _triton_conv
+
+        out = _triton_conv.conv2d_checked(x, w, bias, spec)
         ctx.save_for_backward(x, w, bias)
         ctx.spec = spec
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+        from . import _triton_conv
+
         x, w, bias = ctx.saved_tensors
-        spec = ctx.spec
+        spec: _checks.Conv2dSpec = ctx.spec
         g = grad.to(torch.float32)
         if spec.activation != "none":
             pre = dataclasses.replace(spec, activation="none", out_dtype=torch.float32)
-            z = _triton_conv().conv2d_checked(x, w, bias, pre)
+            z = _triton_conv.conv2d_checked(x, w, bias, pre)
             g = _activation_grad(z, spec.activation, g)
         top, bottom, left, right = spec.padding
         x_nchw = x.to(torch.float32).permute(0, 3, 1, 2)
@@ -363,13 +452,13 @@ class _TritonConv2d(torch.autograd.Function):
         g_nchw = g.permute(0, 3, 1, 2)
         grad_x = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            gx = torch.nn.grad.conv2d_input(
+            gx = torch.nn.grad.conv2d_input(  # type: ignore[no-untyped-call]  # torch: unannotated
                 x_nchw.shape, w_oihw, g_nchw, spec.stride, 0, spec.dilation, spec.groups
             )
             gx = gx[:, :, top : top + spec.H, left : left + spec.W]
             grad_x = gx.permute(0, 2, 3, 1).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            gw = torch.nn.grad.conv2d_weight(
+            gw = torch.nn.grad.conv2d_weight(  # type: ignore[no-untyped-call]  # torch: unannotated
                 x_nchw, w_oihw.shape, g_nchw, spec.stride, 0, spec.dilation, spec.groups
             )
             grad_w = gw.permute(0, 2, 3, 1).to(w.dtype)
@@ -383,7 +472,7 @@ def conv2d(
     w: torch.Tensor,
     *,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple = 0,
+    padding: _checks.Padding = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     x_scale: torch.Tensor | None = None,
@@ -419,12 +508,14 @@ def conv2d(
         )
     backend = _route(x)
     if backend == "triton":
+        from . import _triton_conv
+
         spec = _checks.check_conv2d(
             x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
         )
         if spec.kind == "float" and _needs_grad(x, w, bias):
-            return _TritonConv2d.apply(x, w, bias, spec)
-        return _triton_conv().conv2d_checked(x, w, bias, spec)
+            return _apply(_TritonConv2d, x, w, bias, spec)
+        return _triton_conv.conv2d_checked(x, w, bias, spec)
     return _BACKEND_MODULES[backend].conv2d(
         x,
         w,
@@ -441,7 +532,17 @@ def conv2d(
 
 
 def _conv2d_int8_split(
-    x, w, stride, padding, dilation, groups, x_scale, w_scale, bias, activation, out_dtype
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: int | tuple[int, int],
+    padding: _checks.Padding,
+    dilation: int | tuple[int, int],
+    groups: int,
+    x_scale: torch.Tensor | None,
+    w_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    out_dtype: torch.dtype | str | None,
 ) -> torch.Tensor:
     """int8 conv2d whose reduction length KH*KW*C/groups exceeds INT8_EXACT_K: chunks of the
     input channels of every group, each int32-exact on the selected backend, their partial sums
@@ -459,10 +560,10 @@ def _conv2d_int8_split(
     cg = spec.C // spec.groups
     top, bottom, left, right = spec.padding
     first = torch.arange(spec.groups, device=x.device)[:, None] * cg
-    acc = None
-    for start, stop in _checks.split_k_for_int32(cg, _checks.INT8_EXACT_K // taps):
+
+    def part(start: int, stop: int) -> torch.Tensor:
         channels = (first + torch.arange(start, stop, device=x.device)[None, :]).reshape(-1)
-        part = conv2d(
+        return conv2d(
             x.index_select(3, channels),
             w[..., start:stop].contiguous(),
             stride=spec.stride,
@@ -471,7 +572,12 @@ def _conv2d_int8_split(
             groups=spec.groups,
             out_dtype=torch.int32,
         )
-        acc = part.to(torch.int64) if acc is None else acc.add_(part)
+
+    # Two or more chunks: the reduction is longer than INT8_EXACT_K.
+    chunks = _checks.split_k_for_int32(cg, _checks.INT8_EXACT_K // taps)
+    acc = part(*chunks[0]).to(torch.int64)
+    for start, stop in chunks[1:]:
+        acc.add_(part(start, stop))
     out = _exact_epilogue(
         acc.reshape(-1, spec.OC),
         spec.x_scale,

@@ -6,6 +6,8 @@ Same semantics as the Triton kernels: same accumulation dtype, same epilogue ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -35,10 +37,17 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x / (1.0 + e), x * e / (1.0 + e))
 
 
-_ACTIVATIONS = {"none": None, "relu": torch.relu, "gelu": _gelu, "silu": _silu}
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+_ACTIVATIONS: dict[str, Activation | None] = {
+    "none": None,
+    "relu": torch.relu,
+    "gelu": _gelu,
+    "silu": _silu,
+}
 
 
-def activation_fn(name: str | None):
+def activation_fn(name: str | None) -> Activation | None:
     """The epilogue activation ``name`` as a torch function (None for "none"/None)."""
     return _ACTIVATIONS[_checks.check_activation(name)]
 
@@ -80,7 +89,14 @@ def _int32_accumulator(exact: torch.Tensor) -> torch.Tensor:
     return exact.to(torch.int64).to(torch.int32)
 
 
-def _store(acc, row_scale, col_scale, bias, activation: str, out_dtype: torch.dtype):
+def _store(
+    acc: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    activation: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """What the kernels store: the raw int32 accumulator for ``out_dtype=int32`` (the checks
     allow it only without scales, bias or activation), else the epilogue on fp32 ``acc``."""
     if out_dtype == torch.int32:
@@ -174,7 +190,9 @@ def unpack_int4(b_packed: torch.Tensor, k: int) -> torch.Tensor:
     return q[:k].to(torch.int8)
 
 
-def dequantize_int4(spec: _checks.Int4Spec, b_packed: torch.Tensor, dtype: torch.dtype):
+def dequantize_int4(
+    spec: _checks.Int4Spec, b_packed: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """The [K, N] weight the int4 kernel multiplies: ``((q - zero) * scale)`` cast to ``dtype``."""
     q = unpack_int4(b_packed, spec.K).to(torch.float32)
     group = torch.arange(spec.K, device=q.device) // spec.group_size
@@ -249,7 +267,7 @@ def conv2d(
     w: torch.Tensor,
     *,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple = 0,
+    padding: _checks.Padding = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     x_scale: torch.Tensor | None = None,

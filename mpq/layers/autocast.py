@@ -12,13 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE", "Frame", "StatelessScope", "VariableValue", "convert_structure", "read"]
+__all__ = [
+    "STATE",
+    "Frame",
+    "StatelessScope",
+    "VariableValue",
+    "convert_structure",
+    "read",
+    "stateless_value",
+]
 
 
 class _State(threading.local):
     frame: Frame | None = None  # innermost running layer call
     stateless: StatelessScope | None = None  # active stateless_call / meta shape inference
     meta_build: bool = False  # build variables on the meta device (shape inference)
+    name_scopes: tuple[str, ...] = ()  # active mpq.layers.name_scope names, outermost first
 
 
 STATE = _State()
@@ -46,10 +55,19 @@ class StatelessScope:
         self.values = mapping  # id(variable) -> (variable, value)
         self.losses: list[torch.Tensor] = []
         self.deferred_ids: set[int] = set()  # variables whose value is a `deferred` buffer
+        # A meta-device shape run: a variable created during the run (a sublayer built on its
+        # first call) is read as a meta stand-in, like those mapped up front.
+        self.meta = False
 
     def get(self, var: torch.Tensor) -> torch.Tensor:
         hit = self.values.get(id(var))
-        return var if hit is None else hit[1]
+        if hit is not None:
+            return hit[1]
+        if self.meta and var.device.type != "meta":
+            value = torch.empty_like(var, device="meta")
+            self.values[id(var)] = (var, value)
+            return value
+        return var
 
     def record(self, var: torch.Tensor, value: torch.Tensor) -> None:
         self.values[id(var)] = (var, value)
@@ -117,6 +135,21 @@ def read(var: torch.Tensor) -> torch.Tensor:
     out = (value.to(dtype) if cast else value).as_subclass(VariableValue)
     out.__dict__["_variable"] = var
     cache[key] = (value, value._version, out)
+    return out
+
+
+def stateless_value(var: torch.Tensor) -> torch.Tensor:
+    """``var`` as the running ``stateless_call`` sees it, in or out of a layer call (the variable
+    itself outside any scope); the result's ``assign``/``assign_add`` write the variable. For
+    state that is not read through a layer (metric and seed-generator state)."""
+    scope = STATE.stateless
+    if scope is None:
+        return var
+    value = scope.get(var)
+    if value is var:
+        return var
+    out = value.as_subclass(VariableValue)
+    out.__dict__["_variable"] = var
     return out
 
 

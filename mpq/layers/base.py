@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import weakref
 from typing import Any
 
 import torch
@@ -61,7 +60,9 @@ from mpq._errors import check_config_depth
 from mpq._errors import describe as _describe
 from mpq.layers import autocast as _autocast
 from mpq.layers import building as _building
+from mpq.layers import extras as _extras
 from mpq.layers import masking as _masking
+from mpq.layers import node as _node
 from mpq.layers import quantization as _quantization
 from mpq.layers import stateless as _stateless
 from mpq.layers import tracking as _tracking
@@ -70,7 +71,7 @@ from mpq.layers.variables import Variable, check_write, to_numpy, to_tensor, to_
 
 __all__ = ["Layer"]
 
-_LOSS_HOLDERS: weakref.WeakSet = weakref.WeakSet()  # layers with non-empty _losses
+_LOSS_HOLDERS = _extras.HOLDERS  # layers with per-call losses / updates to clear
 
 
 def _read_parameter(layer: Layer, name: str, p: Any) -> Any:
@@ -121,7 +122,7 @@ class _ParameterAttribute:
 _MISSING = object()
 
 
-class Layer(torch.nn.Module):
+class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ignore[misc]  # apply(): see extras
     """Keras 3 ``Layer`` on ``torch.nn.Module``: subclass it and implement ``build``/``call``.
 
     Args:
@@ -206,6 +207,7 @@ class Layer(torch.nn.Module):
         batch_size = kwargs.pop("batch_size", None)
         # A quantized layer's config (weight_only, ...) for its scheme; get_config writes it.
         quantization_config = kwargs.pop("quantization_config", None)
+        _extras.init_extras(self, kwargs)  # dynamic=, RematScope, name_scope
         if kwargs:
             raise ValueError(
                 f"Unrecognized keyword arguments passed to {type(self).__name__}: {kwargs}"
@@ -252,7 +254,11 @@ class Layer(torch.nn.Module):
         if params is not None and name in params:
             _ParameterAttribute.install(type(self), name)
             return _read_parameter(self, name, params[name])
-        return torch.nn.Module.__getattr__(self, name)
+        try:
+            return torch.nn.Module.__getattr__(self, name)
+        except AttributeError as e:
+            # A node accessor (`layer.input`, ...) raised: keep its message, not torch's.
+            raise _node.node_attribute_error(self, name) or e from None
 
     def __deepcopy__(self, memo: dict) -> Layer:
         new = object.__new__(type(self))
@@ -488,8 +494,9 @@ class Layer(torch.nn.Module):
 
     @property
     def weights(self) -> list[torch.nn.Parameter]:
-        """Own weights first, then sublayers' (registration order), without duplicates."""
-        return _tracking.collect_weights(self)
+        """Own weights first, then sublayers' (registration order), without duplicates; no
+        metric or seed-generator state (those are in ``variables``)."""
+        return [w for w in _tracking.collect_weights(self) if _tracking.is_weight(w)]
 
     @property
     def trainable_weights(self) -> list[torch.nn.Parameter]:
@@ -498,10 +505,6 @@ class Layer(torch.nn.Module):
     @property
     def non_trainable_weights(self) -> list[torch.nn.Parameter]:
         return [w for w in self.weights if not w.requires_grad]
-
-    variables = weights
-    trainable_variables = trainable_weights
-    non_trainable_variables = non_trainable_weights
 
     @property
     def trainable(self) -> bool:
@@ -558,39 +561,20 @@ class Layer(torch.nn.Module):
         return sum(w.numel() for w in self.weights)
 
     # ------------------------------------------------------------------ losses
-    def add_loss(self, loss: Any) -> None:
-        """Add a scalar loss tensor (cleared at the start of the next outermost call)."""
-        stateless = _autocast.STATE.stateless
-        if stateless is not None:
-            stateless.losses.append(loss)
-            return
-        self.__dict__["_losses"].append(loss)
-        _LOSS_HOLDERS.add(self)
+    def add_loss(self, loss: Any, inputs: Any = None) -> None:
+        """Add a loss: a scalar tensor (cleared at the start of the next outermost call), a
+        zero-argument callable (kept; evaluated each time ``losses`` is read) or a list of them.
+        ``inputs``: the inputs the loss is conditional on (TF1; see ``get_losses_for``)."""
+        _extras.add_loss(self, loss, inputs)
 
     def _clear_losses(self) -> None:
-        for m in self.modules():
-            if isinstance(m, Layer) and m.__dict__["_losses"]:
-                m.__dict__["_losses"].clear()
-                _LOSS_HOLDERS.discard(m)
+        _extras.clear_call_state(self)
 
     @property
     def losses(self) -> list[torch.Tensor]:
-        """Own and sublayers' added losses, then weight regularization penalties (trainable)."""
-        stateless = _autocast.STATE.stateless
-        if stateless is not None:
-            out = list(stateless.losses)
-        else:
-            out = [
-                loss
-                for m in self.modules()
-                if isinstance(m, Layer)
-                for loss in m.__dict__["_losses"]
-            ]
-        for w in self.trainable_weights:
-            reg = w.__dict__.get("regularizer")
-            if reg is not None:
-                out.append(reg(w if stateless is None else stateless.get(w)))
-        return out
+        """Own and sublayers' added losses, callable losses (evaluated now), then weight
+        regularization penalties (trainable weights)."""
+        return _extras.collect_losses(self)
 
     @property
     def activity_regularizer(self) -> Any:
@@ -627,6 +611,8 @@ class Layer(torch.nn.Module):
         """The Keras ``__call__`` (``layer(x)`` runs it through ``nn.Module.__call__``, hooks
         included): convert and autocast inputs, check ``input_spec``, build on first call,
         resolve ``training``, clear losses (outermost call), run ``call``/``quantized_call``."""
+        if _node.SYMBOLIC_SEEN and _node.is_symbolic_call(args, kwargs):  # functional graph
+            return _node.symbolic_call(self, args, kwargs)
         d = self.__dict__
         dtype = d["_input_cast_dtype"]
         # Keras masking: a mask rides on the tensor that carries it (read before any cast makes
@@ -687,12 +673,19 @@ class Layer(torch.nn.Module):
             self._clear_losses()
         state.frame = _autocast.Frame(d["_var_cast_dtype"], training, not_stateless)
         try:
-            if d["_scheme"] is None:
-                outputs = self.call(*args, **kwargs)
+            fn = self.call if d["_scheme"] is None else self.quantized_call
+            if d.get("_special_call"):  # dynamic=True, or created in a RematScope
+                outputs = _extras.run_call(self, fn, args, kwargs)
             else:
-                outputs = self.quantized_call(*args, **kwargs)
+                outputs = fn(*args, **kwargs)
         finally:
             state.frame = parent
+        if outputs is None:
+            # TF1 / tf.keras 2 `__call__`: "ValueError: if the layer's `call` method returns None".
+            raise ValueError(
+                f"Expected the `call` method of layer {self.name!r} ({type(self).__name__}) to "
+                "return a tensor or a structure of tensors. Received: None"
+            )
         if d["_activity_regularizer"] is not None:
             self._add_activity_losses(outputs)
         if mask is not None or self._computes_mask:
@@ -765,6 +758,8 @@ class Layer(torch.nn.Module):
         }
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
+        if self.__dict__.get("_dynamic"):
+            config["dynamic"] = True
         qconfig = self.__dict__.get("_quantization_config")
         if qconfig is not None and self.dtype_policy.quantization_mode is not None:
             config["quantization_config"] = (

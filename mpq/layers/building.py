@@ -51,8 +51,8 @@ def capture_init_args(cls: type, args: tuple, kwargs: dict) -> dict | None:
 
 def shape_of(value: Any) -> Any:
     """Tuple shape of a tensor, or a list/tuple/dict of them; None if not all tensors."""
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
+    if isinstance(value, torch.Tensor) or getattr(type(value), "_mpq_symbolic", False):
+        return tuple(value.shape)  # a tensor, or a symbolic one (None for unknown sizes)
     if isinstance(value, (list, tuple)) and value:
         shapes = [shape_of(v) for v in value]
         return None if any(s is None for s in shapes) else type(value)(shapes)

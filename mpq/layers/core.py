@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from mpq import activations
 from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
+from mpq.layers import random as _random
+from mpq.layers import tracking as _tracking
 from mpq.layers.base import Layer
 from mpq.layers.serialization import register_layer
 
@@ -33,8 +35,11 @@ class Dropout(Layer):
 
     Args (Keras 3): rate (float in [0, 1]), noise_shape=None (a shape broadcast against the
     inputs, None entries taken from the inputs: e.g. `(None, 1, None)` drops whole time
-    steps), seed=None (an int makes the sequence of masks reproducible: the layer keeps its
-    own generator per device, seeded with it).
+    steps), seed=None (an int makes the sequence of masks reproducible: the layer draws from
+    a ``SeedGenerator`` whose ``[seed, counter]`` state is a non-trainable variable, listed in
+    ``variables`` / ``non_trainable_variables`` so ``stateless_call`` takes and returns it; the
+    masks are exact integer hashes of the seed, not of the device's RNG). Without a seed:
+    torch's global RNG.
 
     >>> Dropout(0.5)(torch.ones(2, 3), training=False).tolist()
     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
@@ -68,18 +73,10 @@ class Dropout(Layer):
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.seed = seed
         self.supports_masking = True
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.seed_generator = None if seed is None else _random.SeedGenerator(seed)
+        if self.seed_generator is not None:
+            _tracking.set_owner(self.seed_generator.state, self)  # path: "<dropout path>/..."
         self.built = True
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None or device.type == "meta":  # no generator on meta (shape runs)
-            return None
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         if not training or self.rate == 0.0:
@@ -89,17 +86,21 @@ class Dropout(Layer):
         if self.noise_shape is None and self.seed is None:
             return F.dropout(inputs, self.rate, training=True)
         shape = inputs.shape if self.noise_shape is None else self._noise_shape(inputs.shape)
-        keep = torch.rand(shape, generator=self._generator(inputs.device), device=inputs.device)
+        if self.seed_generator is None:
+            keep = torch.rand(shape, device=inputs.device)
+        else:
+            keep = _random.uniform(tuple(shape), self.seed_generator.next(), inputs.device)
         keep = (keep >= self.rate).to(inputs.dtype)
         return inputs * keep * (1.0 / (1.0 - self.rate))
 
     def _noise_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        if len(self.noise_shape) != len(shape):
+        noise_shape = self.noise_shape if self.noise_shape is not None else tuple(shape)
+        if len(noise_shape) != len(shape):
             raise ValueError(
                 f"Expected `noise_shape` of rank {len(shape)} to match the inputs. "
                 f"Received: noise_shape={self.noise_shape} with inputs.shape={tuple(shape)}"
             )
-        return tuple(s if d is None else d for d, s in zip(self.noise_shape, shape, strict=True))
+        return tuple(s if d is None else d for d, s in zip(noise_shape, shape, strict=True))
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return tuple(input_shape)
@@ -126,7 +127,8 @@ class Activation(Layer):
         self.built = True
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.activation(inputs)
+        out: torch.Tensor = self.activation(inputs)
+        return out
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
         return tuple(input_shape)
@@ -174,8 +176,8 @@ class Flatten(Layer):
         return inputs.reshape(inputs.shape[0], -1)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
-        rest = tuple(input_shape)[1:]
-        if any(d is None for d in rest):
+        rest = [d for d in tuple(input_shape)[1:] if d is not None]
+        if len(rest) < len(input_shape) - 1:
             return (input_shape[0], None)
         return (input_shape[0], math.prod(rest))
 
@@ -222,8 +224,8 @@ class Reshape(Layer):
                     f"for target_shape={self.target_shape}. Received: input_shape={input_shape}"
                 )
             return (input_shape[0], *self.target_shape)
-        rest = input_shape[1:]
-        if any(d is None for d in rest):
+        rest = [d for d in input_shape[1:] if d is not None]
+        if len(rest) < len(input_shape) - 1:
             return (input_shape[0], *(None if d == -1 else d for d in self.target_shape))
         total = math.prod(rest)
         fixed = math.prod(d for d in self.target_shape if d != -1)
@@ -235,8 +237,8 @@ class Reshape(Layer):
         return (input_shape[0], *(total // fixed if d == -1 else d for d in self.target_shape))
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        out_shape = self.compute_output_shape(tuple(inputs.shape))
-        return inputs.reshape(out_shape)
+        out_shape = self.compute_output_shape(tuple(inputs.shape))  # no None: a real shape
+        return inputs.reshape([-1 if d is None else d for d in out_shape])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -32,7 +32,7 @@ class InputSpec:
         ndim: int | None = None,
         max_ndim: int | None = None,
         min_ndim: int | None = None,
-        axes: dict[int, int] | None = None,
+        axes: dict[int, int | None] | None = None,
         allow_last_axis_squeeze: bool = False,
         name: str | None = None,
         optional: bool = False,
@@ -56,7 +56,7 @@ class InputSpec:
         self._axes_items = tuple((k, v) for k, v in self.axes.items() if v is not None)
         if self.axes and (self.ndim is not None or self.max_ndim is not None):
             top = self.ndim if self.ndim is not None else self.max_ndim
-            if max(self.axes) >= top:
+            if top is not None and max(self.axes) >= top:
                 raise ValueError(
                     f"Axis {max(self.axes)} is greater than the maximum allowed value: "
                     f"{top - 1}. Received: axes={self.axes}"
@@ -111,7 +111,7 @@ class InputSpec:
         return cls(**config)
 
 
-def _fail(layer_name: str, index: int, what: str, shape: tuple) -> ValueError:
+def _fail(layer_name: str, index: int, what: str, shape: tuple[int, ...]) -> ValueError:
     return ValueError(
         f'Input {index} of layer "{layer_name}" is incompatible with the layer: {what}. '
         f"Full shape received: {shape}"

@@ -29,6 +29,7 @@ KERAS_MODULES: frozenset[str] = frozenset(
         "keras",
         "keras.layers",
         "keras.models",
+        "keras.src.models.functional",  # what Keras 3.15 writes for a functional Model
         "keras.initializers",
         "keras.regularizers",
         "keras.constraints",

@@ -95,17 +95,20 @@ class Add(Layer):
             out = _broadcast_pair(out, s[1:], shapes)
         return (batch.pop() if batch else None, *out)
 
-    def build(self, input_shape: Sequence[Sequence[int | None]]) -> None:
+    def build(self, input_shape: Any = None) -> None:  # a list of shapes
         self.compute_output_shape(input_shape)
 
     def call(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         tensors = _check_tensor_list(inputs, "Add")
         ndim = max(t.ndim for t in tensors)
-        out = None
+        expanded = []
         for t in tensors:
             while t.ndim < ndim:
                 t = t.unsqueeze(1)
-            out = t if out is None else out + t
+            expanded.append(t)
+        out = expanded[0]
+        for t in expanded[1:]:
+            out = out + t
         return out
 
     def compute_mask(
@@ -114,10 +117,11 @@ class Add(Layer):
         if mask is None:
             return None
         _check_mask_list(mask, inputs)
-        if any(m is None for m in mask):
+        masks = [m for m in mask if m is not None]
+        if len(masks) < len(mask):
             return None
-        out = mask[0]
-        for m in mask[1:]:
+        out = masks[0]
+        for m in masks[1:]:
             out = out | m
         return out
 
@@ -160,7 +164,8 @@ class Concatenate(Layer):
         for i in range(rank):
             dims = [s[i] for s in shapes]
             if i == axis:
-                out.append(None if None in dims else sum(dims))
+                sizes = [d for d in dims if d is not None]
+                out.append(None if len(sizes) < len(dims) else sum(sizes))
                 continue
             known = set(dims) - {None}
             if len(known) > 1:
@@ -171,7 +176,7 @@ class Concatenate(Layer):
             out.append(known.pop() if known else None)
         return tuple(out)
 
-    def build(self, input_shape: Sequence[Sequence[int | None]]) -> None:
+    def build(self, input_shape: Any = None) -> None:  # a list of shapes
         self.compute_output_shape(input_shape)
 
     def call(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:

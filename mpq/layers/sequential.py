@@ -6,7 +6,7 @@ Layers are registered as submodules ``"0"``, ``"1"``, ... so ``state_dict`` keys
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -16,9 +16,21 @@ from mpq._errors import describe as _describe
 from mpq.layers import serialization
 from mpq.layers.base import Layer
 from mpq.layers.building import as_shape as _as_shape
+from mpq.layers.functional import InputLayer
+from mpq.layers.node import SymbolicTensor
 from mpq.layers.serialization import register_layer
 
 __all__ = ["Sequential"]
+
+
+def _output_shape(layer: torch.nn.Module, shape: Any) -> Any:
+    """``layer``'s output shape: ``compute_output_shape`` for an mpq layer, a meta-device run
+    (unknown sizes as 1) for a plain torch module."""
+    if isinstance(layer, Layer):
+        return layer.compute_output_shape(shape)
+    dims = tuple(1 if d is None else d for d in shape)
+    with torch.no_grad():
+        return tuple(layer(torch.empty(dims, device="meta")).shape)
 
 
 @register_layer("mpq")
@@ -38,7 +50,7 @@ class Sequential(Layer):
 
     def __init__(
         self,
-        layers: list[Layer] | None = None,
+        layers: list[Any] | None = None,
         trainable: bool = True,
         name: str | None = None,
         **kwargs: Any,
@@ -49,8 +61,27 @@ class Sequential(Layer):
             self.add(layer)
 
     # ------------------------------------------------------------------ container
-    def add(self, layer: Layer) -> None:
-        """Append ``layer`` (an mpq Layer or any ``torch.nn.Module``)."""
+    def add(self, layer: Any) -> None:
+        """Append ``layer`` (an mpq Layer or any ``torch.nn.Module``). An ``Input(shape)``
+        tensor or an ``InputLayer``, first, gives the input shape (Keras
+        ``Sequential([Input((16,)), Dense(8)])``): the layers then build as they are added,
+        and the InputLayer itself is not one of ``layers``."""
+        if isinstance(layer, SymbolicTensor):
+            producer = layer.node.operation if layer.node is not None else None
+            if not isinstance(producer, InputLayer):
+                raise TypeError(
+                    "Expected the output of Input(...) to start a Sequential model. Received: "
+                    f"{layer!r}, made by {type(producer).__name__}"
+                )
+            layer = producer
+        if isinstance(layer, InputLayer):
+            if self._modules or self.__dict__["_build_input_shape"] is not None:
+                raise ValueError(
+                    "Expected an Input / InputLayer only as the first layer of a Sequential "
+                    f"model. Received: {layer.name!r} after {len(self._modules)} layer(s)"
+                )
+            self.__dict__["_build_input_shape"] = layer.batch_shape
+            return
         if not isinstance(layer, torch.nn.Module):
             raise TypeError(
                 "Only instances of mpq.layers.Layer (or torch.nn.Module) can be added to a "
@@ -81,20 +112,25 @@ class Sequential(Layer):
         layer = self._modules.pop(key)
         if isinstance(layer, Layer):
             layer.__dict__["_parent"] = None
+        if layer is None:
+            raise IndexError(f"Sequential {self.name!r} has no layer at position {key}.")
         return layer
 
+    def _children(self) -> list[torch.nn.Module]:
+        return [m for m in self._modules.values() if m is not None]
+
     @property
-    def layers(self) -> list[torch.nn.Module]:
-        return list(self._modules.values())
+    def layers(self) -> list[torch.nn.Module]:  # type: ignore[override]  # plain torch modules too
+        return self._children()
 
     def __len__(self) -> int:
         return len(self._modules)
 
     def __iter__(self) -> Iterator[torch.nn.Module]:
-        return iter(list(self._modules.values()))
+        return iter(self._children())
 
     def __getitem__(self, index: int | slice) -> Any:
-        layers = list(self._modules.values())
+        layers = self._children()
         if isinstance(index, slice):
             return layers[index]
         if isinstance(index, bool) or not isinstance(index, int):
@@ -116,19 +152,14 @@ class Sequential(Layer):
             )
         shape = _as_shape(input_shape)
         self.__dict__["_build_input_shape"] = shape
-        for layer in self._modules.values():
-            if isinstance(layer, Layer):
-                if not layer.built:
-                    layer.build(shape)
-                shape = layer.compute_output_shape(shape)
-            else:
-                dims = tuple(1 if d is None else d for d in shape)
-                with torch.no_grad():
-                    shape = tuple(layer(torch.empty(dims, device="meta")).shape)
+        for layer in self._children():
+            if isinstance(layer, Layer) and not layer.built:
+                layer.build(shape)
+            shape = _output_shape(layer, shape)
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
         x = inputs
-        for layer in self._modules.values():
+        for layer in self._children():
             if isinstance(layer, Layer):
                 x = layer(x, training=training) if training is not None else layer(x)
             else:
@@ -137,27 +168,29 @@ class Sequential(Layer):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         shape = _as_shape(input_shape)
-        for layer in self._modules.values():
-            shape = layer.compute_output_shape(shape)
+        for layer in self._children():
+            shape = _output_shape(layer, shape)
         return shape
 
     # ------------------------------------------------------------------ config / summary
     def get_config(self) -> dict[str, Any]:
-        for layer in self._modules.values():
+        for layer in self._children():
             if not isinstance(layer, Layer):
                 raise ValueError(
                     f"Sequential {self.name!r} holds a plain torch module "
                     f"({type(layer).__name__}); only mpq layers can be serialized."
                 )
         config = super().get_config()
-        config["layers"] = [serialization.serialize(layer) for layer in self._modules.values()]
+        config["layers"] = [serialization.serialize(layer) for layer in self._children()]
         shape = self.__dict__["_build_input_shape"]
         if shape is not None:
             config["build_input_shape"] = shape
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Sequential:
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> Sequential:
         check_config_depth(config)
         if not isinstance(config, dict):
             raise TypeError(
@@ -175,30 +208,36 @@ class Sequential(Layer):
             model.build(_as_shape(build_shape))
         return model
 
-    def summary(self, print_fn: Any = print) -> None:
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         """Print one row per layer: name (class), output shape, parameter count, policy."""
         shape = self.__dict__["_build_input_shape"]
         rows = []
-        for layer in self._modules.values():
+        for layer in self._children():
             out = "?"
             if shape is not None:
                 try:
-                    shape = layer.compute_output_shape(shape)
+                    shape = _output_shape(layer, shape)
                     out = str(shape)
                 except Exception:  # a layer that cannot infer shapes: show '?'
                     shape = None
-            is_layer = isinstance(layer, Layer)
-            built = layer.built if is_layer else True
-            params = sum(p.numel() for p in layer.parameters()) if built else "unbuilt"
-            name = layer.name if is_layer else type(layer).__name__.lower()
-            policy = layer.dtype_policy.name if is_layer else "-"
-            rows.append((f"{name} ({type(layer).__name__})", out, str(params), policy))
+            built = layer.built if isinstance(layer, Layer) else True
+            if not built:
+                params = "unbuilt"
+            elif isinstance(layer, Layer):  # weights only: no seed-generator or metric state
+                params = str(sum(w.numel() for w in layer.weights))
+            else:
+                params = str(sum(p.numel() for p in layer.parameters()))
+            if isinstance(layer, Layer):
+                name, policy = layer.name, layer.dtype_policy.name
+            else:
+                name, policy = type(layer).__name__.lower(), "-"
+            rows.append((f"{name} ({type(layer).__name__})", out, params, policy))
         header = ("Layer (type)", "Output Shape", "Param #", "Policy")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
         line = "  ".join("-" * w for w in widths)
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(w.numel() for w in self.weights)
+        trainable = sum(w.numel() for w in self.trainable_weights)
         print_fn(f'Model: "{self.name}"  (policy {self.dtype_policy.name})')
         print_fn(line)
         print_fn(fmt.format(*header))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mpq.layers import autocast as _autocast
+from mpq.layers import extras as _extras
 from mpq.layers.building import as_shape
 from mpq.layers.input_spec import InputSpec
 from mpq.layers.variables import Variable
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["compute_output_shape", "compute_output_spec", "stateless_call"]
 
 
-def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool):
+def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool, meta=False):
     """Call ``layer`` with Variables read from ``mapping``; plain torch parameters are swapped
     with ``torch.func.functional_call``. Returns (outputs, scope, losses or None)."""
     plain = {}
@@ -32,6 +33,7 @@ def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool
             plain[names[id(var)]] = value
             del mapping[key]
     scope = _autocast.StatelessScope(mapping)
+    scope.meta = meta
     state = _autocast.STATE
     previous = state.stateless
     state.stateless = scope
@@ -119,6 +121,9 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
     built on the meta device, so the layer itself is never modified.
     """
     args, kwargs = _to_meta(args), _to_meta(kwargs)
+    static = _extras.dynamic_output_spec(layer, args)  # dynamic=True: call is not run
+    if static is not None:
+        return static
     state = _autocast.STATE
     if not layer.built:
         # Copy the layer with meta stand-ins for every existing tensor (built sublayers'
@@ -136,9 +141,9 @@ def compute_output_spec(layer: Layer, *args: Any, **kwargs: Any) -> Any:
                 return target(*args, **kwargs)
         finally:
             state.meta_build = previous
-    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.weights}
+    mapping = {id(p): (p, torch.empty_like(p, device="meta")) for p in layer.variables}
     with torch.no_grad():
-        outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, return_losses=False)
+        outputs, _, _ = _run_in_scope(layer, mapping, args, kwargs, False, meta=True)
     return outputs
 
 

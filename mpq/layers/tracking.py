@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from mpq.layers.base import Layer
 
-__all__ = ["reset_name_counters", "to_snake_case", "unique_name"]
+__all__ = ["is_weight", "reset_name_counters", "to_snake_case", "unique_name"]
 
 _NAME_LOCK = threading.Lock()
 _NAME_COUNTS: dict[str, int] = {}
@@ -81,11 +81,16 @@ def retrack(parent: Layer) -> None:
 def layer_path(layer: Layer) -> str:
     names = [layer.name]
     seen = {id(layer)}
+    root = layer
     parent = layer.__dict__.get("_parent")
     while parent is not None and id(parent) not in seen:
         seen.add(id(parent))
         names.append(parent.name)
+        root = parent
         parent = parent.__dict__.get("_parent")
+    prefix = root.__dict__.get("_scope_prefix")  # the name_scope the root was created in
+    if prefix:
+        names.append(prefix)
     return "/".join(reversed(names))
 
 
@@ -113,6 +118,11 @@ def collect_weights(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
     visit(module)
     return out
+
+
+def is_weight(p: torch.nn.Parameter) -> bool:
+    """False for state that is not a weight: metric and seed-generator variables."""
+    return bool(p.__dict__.get("_kind", "weight") == "weight")
 
 
 def set_trainable(module: torch.nn.Module, value: bool) -> None:

@@ -261,9 +261,15 @@ class Variable(torch.nn.Parameter):
         autocast: bool = True,
         regularizer: Any = None,
         constraint: Any = None,
-        aggregation: str = "none",
+        aggregation: str | None = "none",
         overwrite_with_gradient: bool = False,
     ) -> Variable:
+        if aggregation not in _AGGREGATIONS:
+            raise ValueError(
+                "Expected `aggregation` to be one of None, 'none', 'mean', 'sum', "
+                f"'only_first_replica'. Received: aggregation={aggregation!r} (of type "
+                f"{type(aggregation).__name__}) for variable {name!r}"
+            )
         if data is None:
             data = torch.empty(0)
         if trainable is None:
@@ -282,9 +288,12 @@ class Variable(torch.nn.Parameter):
         d["_autocast_float"] = bool(autocast) and data.is_floating_point()
         d["regularizer"] = regularizer
         d["constraint"] = constraint
-        d["aggregation"] = aggregation
-        d["overwrite_with_gradient"] = overwrite_with_gradient
+        d["aggregation"] = aggregation or "none"
+        d["_overwrite_with_gradient"] = False
         d["_owner"] = None
+        scopes = _autocast.STATE.name_scopes  # mpq.layers.name_scope: path of unowned variables
+        d["_scope_prefix"] = "/".join(scopes) if scopes else None
+        self.overwrite_with_gradient = overwrite_with_gradient
         return self
 
     # --- identity -------------------------------------------------------------------------
@@ -294,10 +303,15 @@ class Variable(torch.nn.Parameter):
 
     @property
     def path(self) -> str:
-        """``"<layer path>/<name>"``, or just the name for a variable that no layer owns."""
+        """``"<layer path>/<name>"``; for a variable that no layer owns, its name, prefixed with
+        the ``name_scope`` it was created in."""
         owner = self.__dict__["_owner"]
         layer = owner() if owner is not None else None
-        return self._name if layer is None else f"{layer.path}/{self._name}"
+        if layer is not None:
+            return f"{layer.path}/{self.__dict__['_name']}"
+        prefix = self.__dict__.get("_scope_prefix")
+        name: str = self.__dict__["_name"]
+        return f"{prefix}/{name}" if prefix else name
 
     @property
     def trainable(self) -> bool:
@@ -316,6 +330,26 @@ class Variable(torch.nn.Parameter):
     @property
     def autocast(self) -> bool:
         return self._autocast
+
+    @property
+    def overwrite_with_gradient(self) -> bool:
+        """Whether a backward pass writes the gradient into the value (Keras 3: "overwrite the
+        variable with the computed gradient. This is useful for float8 training").
+
+        A post-accumulate-grad hook copies ``grad`` into the variable and leaves ``grad`` None,
+        so every torch optimizer (SGD with momentum or weight decay, Adam, ...) skips it: after
+        ``backward()`` and ``step()`` the value equals the gradient of that backward pass."""
+        return bool(self.__dict__["_overwrite_with_gradient"])
+
+    @overwrite_with_gradient.setter
+    def overwrite_with_gradient(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(
+                "Expected `overwrite_with_gradient` to be a bool. Received: "
+                f"overwrite_with_gradient={value!r} (of type {type(value).__name__})"
+            )
+        self.__dict__["_overwrite_with_gradient"] = value
+        _sync_gradient_hook(self)
 
     # --- reads ------------------------------------------------------------------------------
     @property
@@ -364,7 +398,9 @@ class Variable(torch.nn.Parameter):
         """The write of ``assign`` once ``t`` is checked (stateless calls record it)."""
         stateless = _autocast.STATE.stateless
         if stateless is not None:
-            stateless.record(self, t.detach().to(device=self.device, dtype=self.dtype))
+            # A meta value (shape inference) stays on meta: it has no data to copy.
+            device = t.device if t.device.type == "meta" else self.device
+            stateless.record(self, t.detach().to(device=device, dtype=self.dtype))
             return self
         with torch.no_grad():
             self.copy_(t)
@@ -406,15 +442,16 @@ class Variable(torch.nn.Parameter):
             type(self), self.data.clone(memory_format=torch.preserve_format), self.requires_grad
         )
         memo[id(self)] = result
-        state = {k: v for k, v in self.__dict__.items() if k != "_owner"}
+        state = {k: v for k, v in self.__dict__.items() if k not in _NOT_COPIED}
         result.__dict__.update(copy.deepcopy(state, memo))
         owner = self.__dict__["_owner"]
         new_owner = memo.get(id(owner())) if owner is not None and owner() is not None else None
         result.__dict__["_owner"] = weakref.ref(new_owner) if new_owner is not None else None
+        _sync_gradient_hook(result)
         return result
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_owner"}
+        return {k: v for k, v in self.__dict__.items() if k not in _NOT_COPIED}
 
     def __reduce_ex__(self, proto):
         return (_rebuild_variable, (type(self), self.data, self.requires_grad, self.__getstate__()))
@@ -430,4 +467,42 @@ def _rebuild_variable(cls, data, requires_grad, state):
     v = torch.Tensor._make_subclass(cls, data, requires_grad)
     v.__dict__.update(state)
     v.__dict__["_owner"] = None
+    _sync_gradient_hook(v)
     return v
+
+
+# Per-object state a copy or an unpickled variable makes anew (owner link, hook handle).
+_NOT_COPIED = frozenset({"_owner", "_gradient_hook"})
+
+_AGGREGATIONS = (None, "none", "mean", "sum", "only_first_replica")
+
+
+def _write_gradient(var: torch.Tensor) -> None:
+    """Post-accumulate-grad hook of ``overwrite_with_gradient`` variables: the gradient becomes
+    the value, and no gradient is left for an optimizer to apply."""
+    grad = var.grad
+    if grad is None:
+        return
+    with torch.no_grad():
+        var.copy_(grad)
+    var.grad = None
+
+
+def _sync_gradient_hook(var: Variable) -> None:
+    """Register (or remove) the ``overwrite_with_gradient`` hook to match the flag. Floating
+    variables only (others never get gradients); registered even while ``requires_grad`` is
+    off, so a variable made trainable later keeps the behaviour."""
+    d = var.__dict__
+    handle = d.pop("_gradient_hook", None)
+    if handle is not None:
+        handle.remove()
+    if not d.get("_overwrite_with_gradient") or not (var.is_floating_point() or var.is_complex()):
+        return
+    requires_grad = var.requires_grad
+    if not requires_grad:
+        var.requires_grad_(True)
+    try:
+        d["_gradient_hook"] = var.register_post_accumulate_grad_hook(_write_gradient)  # type: ignore[no-untyped-call]
+    finally:
+        if not requires_grad:
+            var.requires_grad_(False)

@@ -4,27 +4,16 @@ override (per thread and per asyncio task) that always restores on exit."""
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import threading
 from collections.abc import Iterator
-from typing import Any
 
-from mpq.policy.policies import DTypePolicy
+from mpq.policy import _state
+from mpq.policy._resolve import get
+from mpq.policy.policies import DTypePolicy, dtype_policy
 
 __all__ = ["dtype_policy", "policy_scope", "set_dtype_policy"]
 
-_lock = threading.Lock()
-_global_policy: DTypePolicy | None = None
-# A context variable, not a global: a scope opened in one thread (or task) is invisible to
-# the others, and `reset(token)` restores exactly what was there before, even on exceptions.
-_scoped: contextvars.ContextVar[DTypePolicy | None] = contextvars.ContextVar(
-    "mpq_policy_scope", default=None
-)
 
-
-def _as_policy(policy: Any) -> DTypePolicy:
-    from mpq.policy import get
-
+def _as_policy(policy: object) -> DTypePolicy:
     if policy is None:
         raise TypeError(
             "Expected a dtype policy (a name such as 'mixed_bfloat16', a config or a DTypePolicy). "
@@ -40,20 +29,7 @@ def _as_policy(policy: Any) -> DTypePolicy:
     return resolved
 
 
-def dtype_policy() -> DTypePolicy:
-    """The policy in force: the innermost `policy_scope`, else the global one (`float32`)."""
-    scoped = _scoped.get()
-    if scoped is not None:
-        return scoped
-    global _global_policy
-    if _global_policy is None:
-        with _lock:
-            if _global_policy is None:
-                _global_policy = DTypePolicy("float32")
-    return _global_policy
-
-
-def set_dtype_policy(policy: Any) -> None:
+def set_dtype_policy(policy: object) -> None:
     """Set the process-wide default policy (a name, a config dict or a policy).
 
     Example:
@@ -63,14 +39,11 @@ def set_dtype_policy(policy: Any) -> None:
         'bfloat16'
         >>> mpq.set_dtype_policy("float32")
     """
-    resolved = _as_policy(policy)
-    global _global_policy
-    with _lock:
-        _global_policy = resolved
+    _state.set_global(_as_policy(policy))
 
 
 @contextlib.contextmanager
-def policy_scope(policy: Any) -> Iterator[DTypePolicy]:
+def policy_scope(policy: object) -> Iterator[DTypePolicy]:
     """Use `policy` as the global policy inside the `with` block, in this thread/task only.
 
     Example:
@@ -80,8 +53,8 @@ def policy_scope(policy: Any) -> Iterator[DTypePolicy]:
         True
     """
     resolved = _as_policy(policy)
-    token = _scoped.set(resolved)
+    token = _state.set_scope(resolved)
     try:
         yield resolved
     finally:
-        _scoped.reset(token)
+        _state.reset_scope(token)

@@ -8,13 +8,14 @@ their name exactly once. The name is derived from the fields, never passed aroun
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from mpq import dtypes
 from mpq._errors import MAX_SIZE
 from mpq._errors import describe as _describe
+from mpq.policy import _state
 
 __all__ = [
     "DEFAULT_INT4_BLOCK_SIZE",
@@ -27,7 +28,10 @@ __all__ = [
     "QuantizedAlgorithmDTypePolicy",
     "QuantizedDTypePolicy",
     "QuantizedFloat8DTypePolicy",
+    "dtype_policy",
 ]
+
+_P = TypeVar("_P", bound="DTypePolicy")
 
 # (variable_dtype, compute_dtype) for every non-quantized policy name. Keras 3 allows exactly
 # these: a float dtype for both, or one of the two mixed policies with float32 variables.
@@ -43,7 +47,7 @@ FLOAT_POLICY_NAMES: tuple[str, ...] = tuple(_FLOAT_POLICIES)
 
 # The torch dtypes behind the four float names above, from the formats table.
 _TORCH_FLOAT: dict[str, torch.dtype] = {
-    name: dtypes.get(name).torch_dtype for name in ("float16", "bfloat16", "float32", "float64")
+    name: dtypes.get(name).container for name in ("float16", "bfloat16", "float32", "float64")
 }
 
 # Microscaling modes (mpq.quantization.mx): OCP MX v1.0 formats (e8m0 scale per 32) and NVFP4.
@@ -76,7 +80,7 @@ class _Frozen:
 
     __slots__ = ()
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError(
             f"{type(self).__name__} is immutable; build a new policy instead. "
             f"Received: an assignment to {key!r}"
@@ -85,7 +89,7 @@ class _Frozen:
     def __delattr__(self, key: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable. Received: del {key!r}")
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
         return (type(self).__name__, tuple(sorted(self.get_config().items())))
 
     def __eq__(self, other: object) -> bool:
@@ -96,20 +100,20 @@ class _Frozen:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[type[_Frozen], dict[str, Any]]]:
         return (_from_config, (type(self), self.get_config()))
 
-    def __copy__(self):
+    def __copy__(self) -> _Frozen:
         return self
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Frozen:
         return self
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
-def _from_config(cls, config):
+def _from_config(cls: type[DTypePolicy], config: dict[str, Any]) -> DTypePolicy:
     return cls.from_config(config)
 
 
@@ -129,12 +133,13 @@ class DTypePolicy(_Frozen):
     """
 
     __slots__ = ("_compute_dtype", "_name", "_variable_dtype")
+    _compute_dtype: str
+    _name: str
+    _variable_dtype: str
 
     def __init__(self, name: str | None = None):
         if name is None:
-            from mpq.policy.global_state import dtype_policy
-
-            name = dtype_policy()._source_float_name()
+            name = _current_float_name()
         if not isinstance(name, str):
             raise TypeError(
                 "Expected `name` to be a string such as 'mixed_bfloat16' or 'float32'. "
@@ -193,7 +198,7 @@ class DTypePolicy(_Frozen):
         return {"name": self._name}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]):
+    def from_config(cls: type[_P], config: object) -> _P:
         if not isinstance(config, dict):
             raise TypeError(f"Expected a config dict. Received: config={_describe(config)}")
         return cls(**config)
@@ -208,6 +213,26 @@ class DTypePolicy(_Frozen):
 
 def _short(float_name: str) -> str:
     return float_name.replace("bfloat", "bf").replace("float", "f")
+
+
+# The policy in force when none was ever set (one object, so `dtype_policy()` is stable).
+_DEFAULT_POLICY = DTypePolicy("float32")
+
+
+def dtype_policy() -> DTypePolicy:
+    """The policy in force: the innermost `policy_scope`, else the global one (`float32`).
+
+    Example:
+        >>> dtype_policy().name
+        'float32'
+    """
+    current = _state.current()
+    return current if current is not None else _DEFAULT_POLICY
+
+
+def _current_float_name() -> str:
+    """The float policy name behind the policy in force (`DTypePolicy(None)` takes it)."""
+    return dtype_policy()._source_float_name()
 
 
 class QuantizedDTypePolicy(DTypePolicy):
@@ -236,6 +261,8 @@ class QuantizedDTypePolicy(DTypePolicy):
     """
 
     __slots__ = ("_block_size", "_mode")
+    _block_size: int | None
+    _mode: str
     _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4", *MX_MODES)
 
     def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
@@ -243,9 +270,7 @@ class QuantizedDTypePolicy(DTypePolicy):
             mode, block_size, self._allowed_modes, type(self).__name__, int4_default=PER_CHANNEL
         )
         if source_name is None:
-            from mpq.policy.global_state import dtype_policy
-
-            source_name = dtype_policy()._source_float_name()
+            source_name = _current_float_name()
         if not isinstance(source_name, str):
             raise TypeError(
                 "Expected `source_name` to be a float policy name such as 'mixed_bfloat16'. "
@@ -287,9 +312,6 @@ class QuantizedDTypePolicy(DTypePolicy):
     @property
     def quantization_mode(self) -> str:
         return self._mode
-
-    def _source_float_name(self) -> str:
-        return self._name
 
     def get_config(self) -> dict[str, Any]:
         return {"mode": self.mode_spec, "source_name": self._name}
@@ -341,6 +363,7 @@ class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
     """
 
     __slots__ = ("_amax_history_length",)
+    _amax_history_length: int
     _allowed_modes: ClassVar[tuple[str, ...]] = ("float8",)
 
     def __init__(
@@ -393,6 +416,9 @@ class QuantizedAlgorithmDTypePolicy(QuantizedDTypePolicy):
     """
 
     __slots__ = ("_algorithm", "_bits", "_group_size")
+    _algorithm: str
+    _bits: int
+    _group_size: int
 
     def __init__(self, mode: str, source_name: str | None = None):
         algorithm, bits, group = _parse_algorithm_mode(mode)
@@ -440,7 +466,7 @@ class QuantizedAlgorithmDTypePolicy(QuantizedDTypePolicy):
         return f"{self._algorithm}{self._bits}{group}<-{_short(self._name)}"
 
 
-def _parse_algorithm_mode(mode: Any) -> tuple[str, int, int]:
+def _parse_algorithm_mode(mode: object) -> tuple[str, int, int]:
     expected = (
         "Expected a calibrated-algorithm mode 'gptq/<bits>/<group>' (bits 2, 3, 4 or 8) or "
         "'awq/4/<group>', with group a positive even size or -1"
@@ -464,8 +490,8 @@ def _parse_algorithm_mode(mode: Any) -> tuple[str, int, int]:
 
 
 def _resolve_mode(
-    mode: Any,
-    block_size: Any,
+    mode: object,
+    block_size: object,
     allowed: tuple[str, ...],
     cls_name: str,
     *,
@@ -487,7 +513,7 @@ def _resolve_mode(
     return mode, _check_block_size(mode, block_size)
 
 
-def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:
+def _parse_mode(mode: object, allowed: tuple[str, ...], cls_name: str) -> tuple[str, int | None]:
     if not isinstance(mode, str):
         raise TypeError(
             f"Expected `mode` to be a string, one of {list(allowed)}. Received: mode={_describe(mode)}"
@@ -522,7 +548,7 @@ def _parse_mode(mode: Any, allowed: tuple[str, ...], cls_name: str) -> tuple[str
     return "int4", int(block)
 
 
-def _check_block_size(mode: str, block_size: Any) -> int | None:
+def _check_block_size(mode: str, block_size: object) -> int | None:
     if mode != "int4":
         if block_size is not None:
             raise ValueError(

@@ -6,12 +6,20 @@ import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+from mpq.policy._parse import resolve_policy, serialize_policy
 from mpq.policy.policies import DTypePolicy
 
 __all__ = ["DTypePolicyMap"]
 
 
-class DTypePolicyMap(MutableMapping):
+def _is_map(value: object) -> bool:
+    """A `DTypePolicyMap` or its serialized config: not a single policy."""
+    return isinstance(value, DTypePolicyMap) or (
+        isinstance(value, dict) and value.get("class_name") == "DTypePolicyMap"
+    )
+
+
+class DTypePolicyMap(MutableMapping[str, DTypePolicy]):
     """Maps layer paths to dtype policies.
 
     Lookup of a path: an exact key wins; otherwise every key is tried as a regular expression
@@ -32,18 +40,17 @@ class DTypePolicyMap(MutableMapping):
         ('int8_from_mixed_bfloat16', 'mixed_bfloat16')
     """
 
-    def __init__(self, default_policy: Any = None, policy_map: Mapping[str, Any] | None = None):
-        from mpq.policy import get
-
-        default = get(default_policy)
-        if not isinstance(default, DTypePolicy):
+    def __init__(
+        self, default_policy: object = None, policy_map: Mapping[str, object] | None = None
+    ):
+        if _is_map(default_policy):
             raise TypeError(
                 "Expected `default_policy` to be a single dtype policy. "
                 f"Received: default_policy={default_policy!r} (of type {type(default_policy).__name__})"
             )
-        self._default = default
+        self._default = resolve_policy(default_policy)
         self._policies: dict[str, DTypePolicy] = {}
-        self._patterns: dict[str, re.Pattern] = {}
+        self._patterns: dict[str, re.Pattern[str]] = {}
         if policy_map is not None:
             if not isinstance(policy_map, Mapping):
                 raise TypeError(
@@ -57,7 +64,7 @@ class DTypePolicyMap(MutableMapping):
     def default_policy(self) -> DTypePolicy:
         return self._default
 
-    def __getitem__(self, path: str) -> DTypePolicy:
+    def __getitem__(self, path: object) -> DTypePolicy:
         if not isinstance(path, str):
             raise TypeError(
                 f"Expected a layer path (str). Received: path={path!r} (of type {type(path).__name__})"
@@ -73,9 +80,7 @@ class DTypePolicyMap(MutableMapping):
             )
         return self._policies[matches[0]] if matches else self._default
 
-    def __setitem__(self, key: str, policy: Any) -> None:
-        from mpq.policy import get
-
+    def __setitem__(self, key: object, policy: object) -> None:
         if not isinstance(key, str):
             raise TypeError(
                 f"Expected a layer path or regex (str) as key. Received: key={key!r} "
@@ -95,13 +100,12 @@ class DTypePolicyMap(MutableMapping):
                 f"Received: key={key[:200]!r}{'...' if len(key) > 200 else ''} "
                 f"({type(err).__name__}: {err})"
             ) from None
-        resolved = get(policy)
-        if not isinstance(resolved, DTypePolicy):
+        if _is_map(policy):
             raise TypeError(
                 f"Expected a single dtype policy as the value of key {key!r}. "
                 f"Received: {policy!r} (of type {type(policy).__name__})"
             )
-        self._policies[key] = resolved
+        self._policies[key] = resolve_policy(policy)
         self._patterns[key] = pattern
 
     def __delitem__(self, key: str) -> None:
@@ -123,19 +127,17 @@ class DTypePolicyMap(MutableMapping):
             return NotImplemented
         return self._default == other._default and self._policies == other._policies
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable
 
     def get_config(self) -> dict[str, Any]:
         """A fresh, JSON-serializable config; nothing in the map is touched."""
-        from mpq.policy import serialize
-
         return {
-            "default_policy": serialize(self._default),
-            "policy_map": {key: serialize(p) for key, p in self._policies.items()},
+            "default_policy": serialize_policy(self._default),
+            "policy_map": {key: serialize_policy(p) for key, p in self._policies.items()},
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DTypePolicyMap:
+    def from_config(cls, config: object) -> DTypePolicyMap:
         if not isinstance(config, dict):
             raise TypeError(
                 f"Expected a config dict. Received: config={config!r} (of type {type(config).__name__})"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -61,19 +60,23 @@ _INT_FORMATS = {
     name: IntFormat(name, int(dtypes.get(name).min), int(dtypes.get(name).max))
     for name in ("int8", "int4")
 }
+
+
+def _float8_spec(name: str) -> Float8Format:
+    fmt = dtypes.get(name)
+    if fmt.mantissa_bits is None:
+        raise ValueError(f"Expected a float format. Received: {fmt!r}")
+    return Float8Format(name, fmt.container, float(fmt.max), fmt.mantissa_bits)
+
+
 _FLOAT8_FORMATS = {
-    name: Float8Format(
-        name,
-        dtypes.get(name).torch_dtype,
-        float(dtypes.get(name).max),
-        dtypes.get(name).mantissa_bits,
-    )
+    name: _float8_spec(name)
     for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
 }
 _TORCH_DTYPE_NAMES = {torch.int8: "int8"} | {f.torch_dtype: n for n, f in _FLOAT8_FORMATS.items()}
 
 
-def describe(value: Any) -> str:
+def describe(value: object) -> str:
     """`repr` of a received value plus its type, for error messages."""
     text = repr(value)
     if len(text) > 80:
@@ -81,7 +84,7 @@ def describe(value: Any) -> str:
     return f"{text} (of type {type(value).__name__})"
 
 
-def _format_name(fmt: Any) -> str | None:
+def _format_name(fmt: object) -> str | None:
     if isinstance(fmt, str):
         return fmt
     if isinstance(fmt, torch.dtype):
@@ -90,9 +93,10 @@ def _format_name(fmt: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def int_format(fmt: Any, *, arg: str = "fmt") -> IntFormat:
+def int_format(fmt: object, *, arg: str = "fmt") -> IntFormat:
     """Resolve an integer format ("int8", "int4", torch.int8, ...) or raise ValueError."""
-    spec = _INT_FORMATS.get(_format_name(fmt))
+    name = _format_name(fmt)
+    spec = _INT_FORMATS.get(name) if name is not None else None
     if spec is None:
         raise ValueError(
             f"Expected an integer format, one of {sorted(_INT_FORMATS)}. "
@@ -101,9 +105,10 @@ def int_format(fmt: Any, *, arg: str = "fmt") -> IntFormat:
     return spec
 
 
-def float8_format(fmt: Any, *, arg: str = "fmt") -> Float8Format:
+def float8_format(fmt: object, *, arg: str = "fmt") -> Float8Format:
     """Resolve a float8 format ("float8_e4m3fn", torch.float8_e5m2, ...) or raise ValueError."""
-    spec = _FLOAT8_FORMATS.get(_format_name(fmt))
+    name = _format_name(fmt)
+    spec = _FLOAT8_FORMATS.get(name) if name is not None else None
     if spec is None:
         raise ValueError(
             f"Expected a float8 format, one of {sorted(_FLOAT8_FORMATS)}. "
@@ -112,7 +117,7 @@ def float8_format(fmt: Any, *, arg: str = "fmt") -> Float8Format:
     return spec
 
 
-def any_format(fmt: Any, *, arg: str = "fmt") -> IntFormat | Float8Format:
+def any_format(fmt: object, *, arg: str = "fmt") -> IntFormat | Float8Format:
     """Resolve an integer or float8 format or raise ValueError."""
     name = _format_name(fmt)
     if name in _INT_FORMATS:
@@ -125,15 +130,15 @@ def any_format(fmt: Any, *, arg: str = "fmt") -> IntFormat | Float8Format:
     )
 
 
-def check_tensor(x: Any, arg: str) -> torch.Tensor:
+def check_tensor(x: object, arg: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Expected `{arg}` to be a torch.Tensor. Received: {arg}={describe(x)}")
     return x
 
 
-def check_float_tensor(x: Any, arg: str, *, allow_empty: bool = False) -> torch.Tensor:
+def check_float_tensor(x: object, arg: str, *, allow_empty: bool = False) -> torch.Tensor:
     """A floating torch tensor (float32/float16/bfloat16/float64), non-empty unless allowed."""
-    check_tensor(x, arg)
+    x = check_tensor(x, arg)
     if x.dtype not in _FLOAT_INPUT_DTYPES:
         raise TypeError(
             f"Expected `{arg}` to be a floating tensor (float32, float16, bfloat16 or float64). "
@@ -146,9 +151,9 @@ def check_float_tensor(x: Any, arg: str, *, allow_empty: bool = False) -> torch.
     return x
 
 
-def check_int_tensor(x: Any, arg: str) -> torch.Tensor:
+def check_int_tensor(x: object, arg: str) -> torch.Tensor:
     """A torch tensor of a (non-bool) integer dtype."""
-    check_tensor(x, arg)
+    x = check_tensor(x, arg)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(
             f"Expected `{arg}` to be an integer tensor (e.g. torch.int8). "
@@ -169,7 +174,7 @@ def require_finite(x: torch.Tensor, arg: str) -> None:
         )
 
 
-def check_int_arg(value: Any, arg: str, *, minimum: int | None = None) -> int:
+def check_int_arg(value: object, arg: str, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Expected `{arg}` to be an int. Received: {arg}={describe(value)}")
     if minimum is not None and value < minimum:
@@ -177,7 +182,7 @@ def check_int_arg(value: Any, arg: str, *, minimum: int | None = None) -> int:
     return value
 
 
-def normalize_axis(axis: Any, ndim: int, arg: str = "axis") -> int:
+def normalize_axis(axis: object, ndim: int, arg: str = "axis") -> int:
     """One axis in [-ndim, ndim) -> its non-negative index."""
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise TypeError(f"Expected `{arg}` to be an int. Received: {arg}={describe(axis)}")
@@ -189,7 +194,7 @@ def normalize_axis(axis: Any, ndim: int, arg: str = "axis") -> int:
     return axis % ndim
 
 
-def normalize_reduce_axes(reduce_axes: Any, ndim: int) -> tuple[int, ...]:
+def normalize_reduce_axes(reduce_axes: object, ndim: int) -> tuple[int, ...]:
     """None -> all axes; an int or a sequence of ints -> sorted, unique, non-negative axes."""
     if reduce_axes is None:
         return tuple(range(ndim))
@@ -209,7 +214,7 @@ def normalize_reduce_axes(reduce_axes: Any, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(axes))
 
 
-def group_axis_of(reduce_axes: Any, ndim: int) -> int:
+def group_axis_of(reduce_axes: object, ndim: int) -> int:
     """With `group_size`, `reduce_axes` must name exactly one axis (the one split into groups)."""
     if isinstance(reduce_axes, (tuple, list)) and len(reduce_axes) == 1:
         reduce_axes = reduce_axes[0]
@@ -272,7 +277,7 @@ def check_group_params(
 def check_broadcast(target_shape: tuple[int, ...], t: torch.Tensor, arg: str, what: str) -> None:
     """`t` must broadcast to `target_shape` without enlarging it."""
     try:
-        out = torch.broadcast_shapes(tuple(target_shape), tuple(t.shape))
+        out = torch.broadcast_shapes(tuple(target_shape), tuple(t.shape))  # type: ignore[no-untyped-call]  # torch: unannotated
     except RuntimeError:
         out = None
     if out != tuple(target_shape):

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mpq.dtypes import DTypeLike
 from mpq.quantizers import _common as C
 from mpq.quantizers.float8 import compute_float8_scale
 from mpq.quantizers.integer import (
@@ -38,7 +39,9 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        ctx: Any,  # torch's autograd context: its stubs lack `saved_tensors`
+        x: torch.Tensor,
+        fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         y, mask = fn(x)
         ctx.save_for_backward(mask)
@@ -48,6 +51,13 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (mask,) = ctx.saved_tensors
         return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+def _straight_through(
+    x: torch.Tensor, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    out: torch.Tensor = _StraightThrough.apply(x, fn)  # type: ignore[no-untyped-call]  # torch: unannotated
+    return out
 
 
 def _int_fake(
@@ -87,7 +97,7 @@ def fake_quantize(
     scale: torch.Tensor,
     zero: torch.Tensor | None = None,
     *,
-    fmt: Any = "int8",
+    fmt: DTypeLike = "int8",
     group_size: int | None = None,
     group_axis: int | None = None,
 ) -> torch.Tensor:
@@ -126,7 +136,7 @@ def fake_quantize(
     axis = _check_params(shape, scale, zero, group_size, group_axis)
     scale32 = scale.detach().to(torch.float32)
     zero32 = None if zero is None else zero.to(torch.float32)
-    if axis is not None:
+    if axis is not None and group_size is not None:  # grouped: `_check_params` checked both
         scale32 = C.expand_groups(scale32, axis, group_size, shape[axis])
         if zero32 is not None:
             zero32 = C.expand_groups(zero32, axis, group_size, shape[axis])
@@ -134,12 +144,12 @@ def fake_quantize(
         fn = _float8_fake(scale32, spec)
     else:
         fn = _int_fake(scale32, zero32, spec)
-    return _StraightThrough.apply(x, fn)
+    return _straight_through(x, fn)
 
 
 def fake_quantize_dynamic(
     x: torch.Tensor,
-    fmt: Any = "int8",
+    fmt: DTypeLike = "int8",
     *,
     reduce_axes: Axes = None,
     group_size: int | None = None,

@@ -12,10 +12,9 @@ Delayed-scaling recurrence for one tensor (history length L, index 0 = newest)::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from mpq.dtypes import DTypeLike
 from mpq.quantizers import _common as C
 
 __all__ = [
@@ -30,7 +29,7 @@ __all__ = [
 ]
 
 
-def float8_max(fmt: Any) -> float:
+def float8_max(fmt: DTypeLike) -> float:
     """Largest finite value of a float8 format (e4m3fn: 448, e5m2: 57344, e4m3fnuz: 240, ...).
 
     Example:
@@ -41,7 +40,7 @@ def float8_max(fmt: Any) -> float:
 
 
 def compute_float8_scale(
-    amax: torch.Tensor, scale: torch.Tensor, fmt: Any, margin: int = 0
+    amax: torch.Tensor, scale: torch.Tensor, fmt: DTypeLike, margin: int = 0
 ) -> torch.Tensor:
     """New dequantization scale `amax * 2**margin / fmt_max`, keeping `scale` where that is invalid.
 
@@ -123,7 +122,7 @@ def delayed_scaling_update(
     x: torch.Tensor,
     amax_history: torch.Tensor,
     scale: torch.Tensor,
-    fmt: Any,
+    fmt: DTypeLike,
     margin: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the delayed-scaling recurrence: record `amax(x)`, then recompute the scale.
@@ -144,12 +143,11 @@ def delayed_scaling_update(
     return history, compute_float8_scale(torch.amax(history), scale, fmt, margin)
 
 
-def _check_scale(x_shape: tuple[int, ...], scale: Any) -> None:
-    C.check_float_tensor(scale, "scale")
-    C.check_broadcast(x_shape, scale, "scale", "x")
+def _check_scale(x_shape: tuple[int, ...], scale: object) -> None:
+    C.check_broadcast(x_shape, C.check_float_tensor(scale, "scale"), "scale", "x")
 
 
-def quantize_float8(x: torch.Tensor, scale: torch.Tensor, fmt: Any) -> torch.Tensor:
+def quantize_float8(x: torch.Tensor, scale: torch.Tensor, fmt: DTypeLike) -> torch.Tensor:
     """`cast(clip(x / scale, -fmt_max, fmt_max))` to a torch float8 dtype.
 
     In float32: `v = x / scale`, clamped to `[-fmt_max, fmt_max]` (so +-inf saturates, NaN stays
@@ -198,7 +196,7 @@ def dequantize_float8(
 
 
 def quantize_dequantize(
-    x: torch.Tensor, scale: torch.Tensor, fmt: Any, dtype: torch.dtype | None = None
+    x: torch.Tensor, scale: torch.Tensor, fmt: DTypeLike, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """Round trip through float8: `dequantize_float8(quantize_float8(x, scale, fmt), scale)`.
 

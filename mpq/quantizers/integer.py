@@ -23,10 +23,9 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from mpq.dtypes import DTypeLike
 from mpq.quantizers import _common as C
 
 __all__ = ["dequantize", "quantize_asymmetric", "quantize_symmetric", "quantize_with_scale"]
@@ -57,7 +56,9 @@ def _reduce(
 
 
 def _full(t: torch.Tensor, axis: int | None, group_size: int | None, size: int) -> torch.Tensor:
-    return t if axis is None else C.expand_groups(t, axis, group_size, size)
+    if axis is None or group_size is None:  # not grouped (`_check_params` gives both or neither)
+        return t
+    return C.expand_groups(t, axis, group_size, size)
 
 
 def _symmetric_scale(
@@ -81,9 +82,9 @@ def _asymmetric_params(
 
 
 def _prepare(
-    x: Any, fmt: Any, group_size: Any, check_finite: bool
+    x: object, fmt: DTypeLike, group_size: object, check_finite: bool
 ) -> tuple[torch.Tensor, C.IntFormat]:
-    C.check_float_tensor(x, "x")
+    x = C.check_float_tensor(x, "x")
     spec = C.int_format(fmt)
     if group_size is not None:
         C.check_int_arg(group_size, "group_size", minimum=1)
@@ -94,7 +95,7 @@ def _prepare(
 
 def quantize_symmetric(
     x: torch.Tensor,
-    fmt: Any = "int8",
+    fmt: DTypeLike = "int8",
     *,
     reduce_axes: Axes = None,
     group_size: int | None = None,
@@ -157,7 +158,7 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_asymmetric(
     x: torch.Tensor,
-    fmt: Any = "int4",
+    fmt: DTypeLike = "int4",
     *,
     reduce_axes: Axes = None,
     group_size: int | None = None,
@@ -213,15 +214,15 @@ def quantize_asymmetric(
 
 def _check_params(
     q_shape: tuple[int, ...],
-    scale: Any,
-    zero: Any,
-    group_size: Any,
-    group_axis: Any,
+    scale: object,
+    zero: object,
+    group_size: object,
+    group_axis: object,
 ) -> int | None:
     """Validate scale/zero against `q_shape`; return the normalised group axis (or None)."""
-    C.check_float_tensor(scale, "scale")
+    scale = C.check_float_tensor(scale, "scale")
     if zero is not None:
-        C.check_int_tensor(zero, "zero")
+        zero = C.check_int_tensor(zero, "zero")
     if group_size is None:
         if group_axis is not None:
             raise ValueError(
@@ -232,7 +233,7 @@ def _check_params(
         if zero is not None:
             C.check_broadcast(q_shape, zero, "zero", "q")
         return None
-    C.check_int_arg(group_size, "group_size", minimum=1)
+    group_size = C.check_int_arg(group_size, "group_size", minimum=1)
     if group_axis is None:
         raise ValueError(
             "Expected `group_axis` (the axis cut into groups) together with `group_size`. "
@@ -250,7 +251,7 @@ def quantize_with_scale(
     scale: torch.Tensor,
     zero: torch.Tensor | None = None,
     *,
-    fmt: Any = "int8",
+    fmt: DTypeLike = "int8",
     group_size: int | None = None,
     group_axis: int | None = None,
 ) -> torch.Tensor:

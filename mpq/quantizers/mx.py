@@ -9,7 +9,6 @@ once. See docs/quantization.md, "Microscaling formats".
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -49,7 +48,7 @@ _E2M1_MAX = 6.0
 _F32_SMALLEST_NORMAL = 2.0**-126
 
 
-def _element_format(elem: Any) -> str:
+def _element_format(elem: object) -> str:
     name = elem if isinstance(elem, str) else getattr(elem, "name", None)
     if name not in MX_ELEMENT_FORMATS:
         raise ValueError(
@@ -59,7 +58,7 @@ def _element_format(elem: Any) -> str:
     return name
 
 
-def mx_emax(elem: Any) -> int:
+def mx_emax(elem: object) -> int:
     """``emax_elem`` of the OCP MX spec: the exponent of the element format's largest normal
     value (e4m3: 8, e5m2: 15, e2m3: 2, e3m2: 4, e2m1: 2, MXINT8: 0).
 
@@ -82,13 +81,12 @@ def _blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], -1, block_size)
 
 
-def _check_block_size(block_size: Any) -> int:
-    C.check_int_arg(block_size, "block_size", minimum=1)
-    return block_size
+def _check_block_size(block_size: object) -> int:
+    return C.check_int_arg(block_size, "block_size", minimum=1)
 
 
-def _check_input(x: Any) -> torch.Tensor:
-    C.check_float_tensor(x, "x")
+def _check_input(x: object) -> torch.Tensor:
+    x = C.check_float_tensor(x, "x")
     if x.dim() == 0:
         raise ValueError(
             "Expected `x` with at least one dimension (blocks run along the last axis). "

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+from typing import TypedDict
 
 from mpq.testing.layer_test import (
     DEFAULT_POLICIES,
@@ -37,7 +38,18 @@ __all__ = [
     "tolerance",
 ]
 
-HYPOTHESIS_PROFILES: dict[str, dict[str, object]] = {
+
+class HypothesisProfile(TypedDict, total=False):
+    """The hypothesis settings a profile sets."""
+
+    derandomize: bool
+    max_examples: int
+    deadline: None
+    print_blob: bool
+    database: None
+
+
+HYPOTHESIS_PROFILES: dict[str, HypothesisProfile] = {
     # Reproducible and bounded: the same examples on every run, no example database.
     "ci": {"derandomize": True, "max_examples": 50, "deadline": None, "print_blob": True,
            "database": None},
@@ -61,8 +73,10 @@ def register_hypothesis_profiles() -> None:
     from hypothesis import HealthCheck, settings
 
     for name, options in HYPOTHESIS_PROFILES.items():
-        extra = {"suppress_health_check": [HealthCheck.too_slow]} if name == "ci" else {}
-        settings.register_profile(name, **options, **extra)
+        if name == "ci":
+            settings.register_profile(name, **options, suppress_health_check=[HealthCheck.too_slow])
+        else:
+            settings.register_profile(name, **options)
 
 
 def load_hypothesis_profile(name: str | None = None) -> str:

@@ -3,6 +3,8 @@ float8 history lengths); re-exported by `mpq.testing.strategies`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypothesis import strategies as st
 
 from mpq.policy import (
@@ -20,7 +22,9 @@ def float_policies() -> st.SearchStrategy[DTypePolicy]:
     return st.sampled_from(FLOAT_POLICY_NAMES).map(DTypePolicy)
 
 
-def quantized_policies(modes=("int8", "int4", "float8")) -> st.SearchStrategy[DTypePolicy]:
+def quantized_policies(
+    modes: Sequence[str] = ("int8", "int4", "float8"),
+) -> st.SearchStrategy[DTypePolicy]:
     """Quantized policies over any float source; int4 with per-channel or grouped blocks,
     float8 with history lengths from 1 to 2048."""
     sources = st.sampled_from(FLOAT_POLICY_NAMES)

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard, Union
 
 import numpy as np
 import torch
 
 import mpq
+from mpq.layers.base import Layer
+from mpq.policy import DTypePolicy
+
+if TYPE_CHECKING:
+    from mpq.quantization import QuantizationConfig
 
 __all__ = ["DEFAULT_POLICIES", "LayerConformanceError", "LayerTestReport", "run_layer_test"]
 
@@ -28,6 +33,17 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "mixed_float16",
     "mixed_bfloat16",
 )
+
+
+Shape: TypeAlias = Sequence[int | None]
+InputShape: TypeAlias = Shape | Sequence[Shape]
+InputDType: TypeAlias = torch.dtype | str | Sequence[torch.dtype | str | None] | None
+InputData: TypeAlias = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
+Inputs: TypeAlias = torch.Tensor | list["Inputs"]
+"""The inputs a layer is called on: a tensor, or a list of them (multi-input layers)."""
+ShapeTree: TypeAlias = tuple[int, ...] | list["ShapeTree"] | None
+"""The shapes of a (nested) tensor structure, None where there is no tensor."""
+QuantizeMode: TypeAlias = Union[str, "QuantizationConfig"]
 
 
 class LayerConformanceError(AssertionError):
@@ -47,7 +63,7 @@ class LayerTestReport:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _flatten(x: Any) -> list[Any]:
+def _flatten(x: object) -> list[object]:
     if isinstance(x, (list, tuple)):
         return [leaf for item in x for leaf in _flatten(item)]
     if isinstance(x, Mapping):
@@ -55,32 +71,32 @@ def _flatten(x: Any) -> list[Any]:
     return [x]
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
+def _tensors(x: object) -> list[torch.Tensor]:
     return [t for t in _flatten(x) if isinstance(t, torch.Tensor)]
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    a = a.detach().contiguous().reshape(-1).cpu()
-    b = b.detach().contiguous().reshape(-1).cpu()
+    a_flat = a.detach().contiguous().reshape(-1).cpu()
+    b_flat = b.detach().contiguous().reshape(-1).cpu()
     if a.dtype.is_floating_point or a.dtype.is_complex:
-        return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-    return torch.equal(a, b)
+        return torch.equal(a_flat.view(torch.uint8), b_flat.view(torch.uint8))
+    return torch.equal(a_flat, b_flat)
 
 
-def _same_array_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+def _same_array_bits(a: object, b: object) -> bool:
+    x, y = np.asarray(a), np.asarray(b)
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
-def _is_shape(x: Any) -> bool:
+def _is_shape(x: object) -> TypeGuard[Shape]:
     return isinstance(x, (tuple, list, torch.Size)) and all(
         d is None or isinstance(d, int) for d in x
     )
 
 
-def _shape_tree(x: Any) -> Any:
+def _shape_tree(x: object) -> ShapeTree:
     if isinstance(x, torch.Tensor):
         return tuple(x.shape)
     if isinstance(x, (list, tuple)):
@@ -88,7 +104,7 @@ def _shape_tree(x: Any) -> Any:
     return None
 
 
-def _normalize_shapes(x: Any) -> Any:
+def _normalize_shapes(x: object) -> object:  # shapes -> tuples; anything else unchanged
     if _is_shape(x):
         return tuple(x)
     if isinstance(x, (list, tuple)):
@@ -97,14 +113,16 @@ def _normalize_shapes(x: Any) -> Any:
 
 
 def _json_roundtrip(config: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(config))
+    out: dict[str, Any] = json.loads(json.dumps(config))
+    return out
 
 
-def _to_torch_dtype(dtype: Any) -> torch.dtype:
+def _to_torch_dtype(dtype: object) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
-        return getattr(torch, dtype)
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if isinstance(named, torch.dtype):
+        return named
     raise ValueError(
         "Expected `input_dtype` to be a torch dtype or its name (e.g. 'float32', 'int64'). "
         f"Received: input_dtype={dtype!r} (of type {type(dtype).__name__})"
@@ -112,28 +130,29 @@ def _to_torch_dtype(dtype: Any) -> torch.dtype:
 
 
 def _make_inputs(
-    input_shape: Any,
-    input_dtype: Any,
+    input_shape: object,
+    input_dtype: object,
     input_range: tuple[float, float] | None,
     gen: torch.Generator,
-) -> Any:
+) -> Inputs:
     if _is_shape(input_shape):
         dtype = _to_torch_dtype(input_dtype if input_dtype is not None else torch.float32)
         shape = tuple(input_shape)
-        if any(d is None for d in shape):
+        dims = tuple(d for d in shape if d is not None)
+        if len(dims) != len(shape):
             raise ValueError(
                 f"Expected a fully defined `input_shape`. Received: input_shape={shape}"
             )
         if dtype.is_floating_point:
-            x = torch.randn(shape, generator=gen)
+            x = torch.randn(dims, generator=gen)
             if input_range is not None:
                 low, high = input_range
-                x = torch.rand(shape, generator=gen) * (high - low) + low
+                x = torch.rand(dims, generator=gen) * (high - low) + low
             return x.to(dtype)
         if dtype == torch.bool:
-            return torch.rand(shape, generator=gen) > 0.5
-        low, high = (0, 2) if input_range is None else (int(input_range[0]), int(input_range[1]))
-        return torch.randint(low, high, shape, generator=gen).to(dtype)
+            return torch.rand(dims, generator=gen) > 0.5
+        ilow, ihigh = (0, 2) if input_range is None else (int(input_range[0]), int(input_range[1]))
+        return torch.randint(ilow, ihigh, dims, generator=gen).to(dtype)
     if isinstance(input_shape, (list, tuple)) and input_shape:
         dtypes = (
             list(input_dtype)
@@ -149,7 +168,7 @@ def _make_inputs(
     )
 
 
-def _as_tensors(data: Any) -> Any:
+def _as_tensors(data: object) -> Inputs:
     if isinstance(data, torch.Tensor):
         return data
     if isinstance(data, np.ndarray):
@@ -162,7 +181,7 @@ def _as_tensors(data: Any) -> Any:
     )
 
 
-def _clone_inputs(x: Any, requires_grad: bool = False) -> Any:
+def _clone_inputs(x: Inputs, requires_grad: bool = False) -> Inputs:
     if isinstance(x, torch.Tensor):
         y = x.detach().clone()
         if requires_grad and y.dtype.is_floating_point:
@@ -205,13 +224,13 @@ class _Checker:
 
 # ----------------------------------------------------------------------------- the harness
 def run_layer_test(
-    layer_cls: type,
+    layer_cls: type[Layer],
     init_kwargs: Mapping[str, Any],
-    input_shape: Any = None,
-    expected_output_shape: Any = None,
-    policies: Iterable[Any] = DEFAULT_POLICIES,
-    input_dtype: Any = None,
-    input_data: Any = None,
+    input_shape: InputShape | None = None,
+    expected_output_shape: InputShape | None = None,
+    policies: Iterable[object] = DEFAULT_POLICIES,
+    input_dtype: InputDType = None,
+    input_data: InputData | None = None,
     *,
     call_kwargs: Mapping[str, Any] | None = None,
     input_range: tuple[float, float] | None = None,
@@ -219,7 +238,7 @@ def run_layer_test(
     expected_num_non_trainable_weights: int | None = None,
     supports_masking: bool | None = None,
     check_gradients: bool = True,
-    quantize_modes: Iterable[Any] = (),
+    quantize_modes: Iterable[QuantizeMode] = (),
     seed: int = 0,
 ) -> LayerTestReport:
     """Check that `layer_cls(**init_kwargs)` honours the mpq Layer contract under each policy.
@@ -263,11 +282,7 @@ def run_layer_test(
         >>> "config" in rep.passed("mixed_bfloat16")
         True
     """
-    if not isinstance(layer_cls, type):
-        raise TypeError(
-            "Expected a layer class as `layer_cls`. "
-            f"Received: layer_cls={layer_cls!r} (of type {type(layer_cls).__name__})"
-        )
+    layer_cls = _check_layer_cls(layer_cls)
     init_kwargs = dict(init_kwargs)
     if "dtype" in init_kwargs:
         raise ValueError(
@@ -285,7 +300,7 @@ def run_layer_test(
         base_inputs = _make_inputs(input_shape, input_dtype, input_range, gen)
     shapes = _shape_tree(base_inputs)
     for policy in policies:
-        resolved = mpq.policy.get(policy)
+        resolved = _single_policy(policy)
         checker = _Checker(layer_cls.__name__, resolved.name, report)
         options = _Options(
             expected_output_shape=_normalize_shapes(expected_output_shape),
@@ -315,9 +330,29 @@ def run_layer_test(
     return report
 
 
+def _check_layer_cls(layer_cls: object) -> type[Layer]:
+    if not isinstance(layer_cls, type):
+        raise TypeError(
+            "Expected a layer class as `layer_cls`. "
+            f"Received: layer_cls={layer_cls!r} (of type {type(layer_cls).__name__})"
+        )
+    return layer_cls
+
+
+def _single_policy(policy: object) -> DTypePolicy:
+    resolved = mpq.policy.get(policy)
+    if not isinstance(resolved, DTypePolicy):
+        raise TypeError(
+            "Expected each of `policies` to name one dtype policy (a DTypePolicyMap maps layer "
+            f"paths to policies; give its policies one by one). Received: {policy!r} "
+            f"(of type {type(policy).__name__})"
+        )
+    return resolved
+
+
 @dataclass(frozen=True)
 class _Options:
-    expected_output_shape: Any
+    expected_output_shape: object
     call_kwargs: dict[str, Any]
     n_trainable: int | None
     n_non_trainable: int | None
@@ -326,40 +361,74 @@ class _Options:
     seed: int
 
 
+@dataclass
+class _Run:
+    """One policy's run: what every check step reads, and what the first steps leave for the
+    later ones (the layer, its outputs, its weights, its JSON config)."""
+
+    c: _Checker
+    layer_cls: type[Layer]
+    init_kwargs: dict[str, Any]
+    policy: DTypePolicy
+    base_inputs: Inputs
+    shapes: ShapeTree
+    options: _Options
+    quantize_mode: QuantizeMode | None
+    floating_input: bool = False
+    layer: Layer = field(init=False)
+    outputs: Any = field(init=False)  # whatever the layer returns
+    out_tensors: list[torch.Tensor] = field(init=False)
+    weights: list[torch.nn.Parameter] = field(init=False)
+    config_json: dict[str, Any] = field(init=False)
+
+    def make(self) -> Layer:
+        return self.layer_cls(**self.init_kwargs, dtype=self.policy)
+
+    def run(self, layer: Layer, inputs: Inputs | None = None, training: bool = False) -> Any:
+        x = _clone_inputs(self.base_inputs) if inputs is None else inputs
+        return layer(x, training=training, **self.options.call_kwargs)
+
+    def rebuilt(self) -> Layer:
+        """A new layer from the JSON config, built like the layer under test."""
+        new = self.layer_cls.from_config(self.config_json)
+        _build_like(new, self.layer, self.shapes)
+        return new
+
+
 def _run_one_policy(
     c: _Checker,
-    layer_cls: type,
+    layer_cls: type[Layer],
     init_kwargs: dict[str, Any],
-    policy: Any,
-    base_inputs: Any,
-    shapes: Any,
+    policy: DTypePolicy,
+    base_inputs: Inputs,
+    shapes: ShapeTree,
     options: _Options,
-    quantize_mode: Any = None,
+    quantize_mode: QuantizeMode | None = None,
 ) -> None:
-    expected_output_shape = options.expected_output_shape
-    call_kwargs = options.call_kwargs
-    n_trainable, n_non_trainable = options.n_trainable, options.n_non_trainable
-    supports_masking = options.supports_masking
-    check_gradients, seed = options.check_gradients, options.seed
-    compute_dtype = policy.torch_compute_dtype
-    variable_dtype = policy.torch_variable_dtype
-    floating_input = any(t.dtype.is_floating_point for t in _tensors(base_inputs))
+    r = _Run(c, layer_cls, init_kwargs, policy, base_inputs, shapes, options, quantize_mode)
+    r.floating_input = any(t.dtype.is_floating_point for t in _tensors(base_inputs))
+    _step_build_and_call(r)
+    _step_output_dtype(r)
+    _step_variable_dtypes(r)
+    _step_compute_output_shape(r)
+    _step_compute_output_spec(r)
+    _step_config(r)
+    _step_weights_round_trip(r)
+    _step_own_variables_round_trip(r)
+    _step_stateless_call(r)
+    _step_gradients(r)  # last: a training call may update the layer's state
 
-    def make() -> Any:
-        return layer_cls(**init_kwargs, dtype=policy)
 
-    def run(layer: Any, inputs: Any = None, training: bool = False) -> Any:
-        x = _clone_inputs(base_inputs) if inputs is None else inputs
-        return layer(x, training=training, **call_kwargs)
-
-    # -- build and call
+def _step_build_and_call(r: _Run) -> None:
+    c, quantize_mode = r.c, r.quantize_mode
+    expected_output_shape = r.options.expected_output_shape
     with c.step("build/call"):
         try:
-            layer = make()
+            layer = r.make()
         except Exception as e:
             raise c.fail(f"constructing the layer raised {type(e).__name__}: {e}") from e
         try:
-            outputs = run(layer)
+            outputs = r.run(layer)
         except Exception as e:
             raise c.fail(f"calling the layer raised {type(e).__name__}: {e}") from e
         c.check(layer.built, "expected layer.built to be True after the first call")
@@ -370,7 +439,7 @@ def _run_one_policy(
                 f"expected quantization_mode={quantize_mode!r} after quantize(); "
                 f"received {layer.quantization_mode!r}",
             )
-            outputs = run(layer)
+            outputs = r.run(layer)
         out_tensors = _tensors(outputs)
         c.check(bool(out_tensors), f"expected the layer to return tensors; received {outputs!r}")
         if expected_output_shape is not None:
@@ -379,34 +448,39 @@ def _run_one_policy(
                 got == expected_output_shape,
                 f"expected output shape {expected_output_shape}; received {got}",
             )
+    r.layer, r.outputs, r.out_tensors = layer, outputs, out_tensors
 
+
+def _step_output_dtype(r: _Run) -> None:
+    c, compute_dtype = r.c, r.policy.torch_compute_dtype
     with c.step("output dtype"):
-        for t in out_tensors:
-            if floating_input or t.dtype.is_floating_point:
+        for t in r.out_tensors:
+            if r.floating_input or t.dtype.is_floating_point:
                 c.check(
                     t.dtype == compute_dtype,
                     f"expected outputs in the compute dtype {compute_dtype}; received {t.dtype}",
                 )
 
+
+def _step_variable_dtypes(r: _Run) -> None:
+    c, layer, quantize_mode = r.c, r.layer, r.quantize_mode
+    variable_dtype = r.policy.torch_variable_dtype
+    n_trainable, n_non_trainable = r.options.n_trainable, r.options.n_non_trainable
+    supports_masking = r.options.supports_masking
     with c.step("variable dtypes"):
-        weights = list(layer.weights)
+        weights = r.weights = list(layer.weights)
         for v in weights if quantize_mode is None else ():
-            if v.dtype.is_floating_point:
-                c.check(
-                    v.dtype == variable_dtype,
-                    lambda v=v: (
-                        f"expected variable {_vname(v)} in the variable dtype "
-                        f"{variable_dtype}; received {v.dtype}"
-                    ),
+            if v.dtype.is_floating_point and v.dtype != variable_dtype:
+                raise c.fail(
+                    f"expected variable {_vname(v)} in the variable dtype "
+                    f"{variable_dtype}; received {v.dtype}"
                 )
         trainable_ids = {id(v) for v in layer.trainable_weights}
         for v in layer.non_trainable_weights:
-            c.check(
-                not v.requires_grad,
-                lambda v=v: (
+            if v.requires_grad:
+                raise c.fail(
                     f"expected non-trainable variable {_vname(v)} to have requires_grad=False"
-                ),
-            )
+                )
             c.check(id(v) not in trainable_ids, f"variable {_vname(v)} is both trainable and not")
         c.check(
             len(weights) == len(layer.trainable_weights) + len(layer.non_trainable_weights),
@@ -430,19 +504,27 @@ def _run_one_policy(
                 f"expected supports_masking={supports_masking}; received {layer.supports_masking}",
             )
 
+
+def _step_compute_output_shape(r: _Run) -> None:
+    c, shapes = r.c, r.shapes
     with c.step("compute_output_shape"):
         try:
-            predicted = layer.compute_output_shape(shapes)
+            predicted = r.layer.compute_output_shape(shapes)
         except Exception as e:
             raise c.fail(f"compute_output_shape({shapes}) raised {type(e).__name__}: {e}") from e
-        got = _shape_tree(outputs)
+        got = _shape_tree(r.outputs)
         c.check(
             _normalize_shapes(predicted) == got,
             f"compute_output_shape({shapes}) returned {predicted}; the real output shape is {got}",
         )
 
+
+def _step_compute_output_spec(r: _Run) -> None:
+    c, out_tensors = r.c, r.out_tensors
     with c.step("compute_output_spec"):
-        spec = layer.compute_output_spec(_clone_inputs(base_inputs), training=False, **call_kwargs)
+        spec = r.layer.compute_output_spec(
+            _clone_inputs(r.base_inputs), training=False, **r.options.call_kwargs
+        )
         spec_t = _tensors(spec)
         c.check(
             len(spec_t) == len(out_tensors),
@@ -450,69 +532,71 @@ def _run_one_policy(
             f"{len(out_tensors)}",
         )
         for s_, t in zip(spec_t, out_tensors, strict=True):
-            c.check(
-                s_.shape == t.shape and s_.dtype == t.dtype,
-                lambda s_=s_, t=t: (
+            if s_.shape != t.shape or s_.dtype != t.dtype:
+                raise c.fail(
                     f"compute_output_spec gave {s_.dtype}{tuple(s_.shape)}; the "
                     f"real output is {t.dtype}{tuple(t.shape)}"
-                ),
-            )
+                )
 
-    # -- config round trip
+
+def _step_config(r: _Run) -> None:
+    c, layer = r.c, r.layer
     with c.step("config"):
         config = layer.get_config()
         try:
-            config_json = _json_roundtrip(config)
+            config_json = r.config_json = _json_roundtrip(config)
         except (TypeError, ValueError) as e:
             raise c.fail(f"get_config() is not JSON-serializable ({e}): {config!r}") from e
-        clone = layer_cls.from_config(config_json)
+        clone = r.layer_cls.from_config(config_json)
         c.check(
             _json_roundtrip(clone.get_config()) == config_json,
             lambda: (
                 f"from_config(get_config()).get_config() differs: {clone.get_config()!r} vs {config!r}"
             ),
         )
-        _build_like(clone, layer, shapes)
+        _build_like(clone, layer, r.shapes)
         clone.set_weights(layer.get_weights())
-        clone_out = run(clone)
-        _check_same_outputs(c, clone_out, outputs, "from_config + set_weights")
+        clone_out = r.run(clone)
+        _check_same_outputs(c, clone_out, r.outputs, "from_config + set_weights")
 
-    # -- weights round trips
+
+def _step_weights_round_trip(r: _Run) -> None:
+    c, layer, weights = r.c, r.layer, r.weights
     with c.step("get_weights/set_weights"):
         values = layer.get_weights()
         c.check(
             len(values) == len(weights),
             f"get_weights() returned {len(values)} arrays for {len(weights)} weights",
         )
-        other = layer_cls.from_config(config_json)
-        _build_like(other, layer, shapes)
+        other = r.rebuilt()
         other.set_weights(values)
         for i, (a, b) in enumerate(zip(values, other.get_weights(), strict=True)):
-            c.check(
-                _same_array_bits(a, b),
-                lambda i=i, a=a, b=b: (
+            if not _same_array_bits(a, b):
+                raise c.fail(
                     f"weight #{i} ({_vname(weights[i])}) changed in the round "
                     f"trip: {np.asarray(a).dtype}{np.shape(a)} -> {np.asarray(b).dtype}{np.shape(b)}"
-                ),
-            )
+                )
         for v, w in zip(layer.weights, other.weights, strict=True):
-            c.check(_same_bits(v, w), lambda v=v: f"variable {_vname(v)} differs after set_weights")
-        _check_same_outputs(c, run(other), outputs, "set_weights(get_weights())")
+            if not _same_bits(v, w):
+                raise c.fail(f"variable {_vname(v)} differs after set_weights")
+        _check_same_outputs(c, r.run(other), r.outputs, "set_weights(get_weights())")
 
+
+def _step_own_variables_round_trip(r: _Run) -> None:
+    c, layer = r.c, r.layer
     with c.step("save_own_variables/load_own_variables"):
         store: dict[str, Any] = {}
         layer.save_own_variables(store)
-        loaded = layer_cls.from_config(config_json)
-        _build_like(loaded, layer, shapes)
+        loaded = r.rebuilt()
         loaded.load_own_variables(store)
         for v, w in zip(layer.weights, loaded.weights, strict=True):
-            c.check(
-                _same_bits(v, w),
-                lambda v=v: f"variable {_vname(v)} differs after load_own_variables",
-            )
-        _check_same_outputs(c, run(loaded), outputs, "load_own_variables(save_own_variables())")
+            if not _same_bits(v, w):
+                raise c.fail(f"variable {_vname(v)} differs after load_own_variables")
+        _check_same_outputs(c, r.run(loaded), r.outputs, "load_own_variables(save_own_variables())")
 
-    # -- stateless_call
+
+def _step_stateless_call(r: _Run) -> None:
+    c, layer, base_inputs, call_kwargs = r.c, r.layer, r.base_inputs, r.options.call_kwargs
     with c.step("stateless_call"):
         before = [v.detach().clone() for v in layer.weights]
         tv = [v.detach().clone() for v in layer.trainable_variables]
@@ -526,7 +610,7 @@ def _run_one_policy(
             f"received {type(result).__name__}",
         )
         s_out, s_ntv = result
-        _check_same_outputs(c, s_out, outputs, "stateless_call with the layer's own values")
+        _check_same_outputs(c, s_out, r.outputs, "stateless_call with the layer's own values")
         c.check(
             len(s_ntv) == len(ntv),
             f"expected {len(ntv)} non-trainable values back; received {len(s_ntv)}",
@@ -537,87 +621,85 @@ def _run_one_policy(
             s_out2, _ = layer.stateless_call(
                 shifted, ntv, _clone_inputs(base_inputs), training=False, **call_kwargs
             )
-            holder = layer_cls.from_config(config_json)
-            _build_like(holder, layer, shapes)
+            holder = r.rebuilt()
             holder.set_weights(layer.get_weights())
             with torch.no_grad():
                 for v, t in zip(holder.trainable_variables, shifted, strict=True):
                     v.copy_(t)
             _check_same_outputs(
-                c, s_out2, run(holder), "stateless_call with other trainable values"
+                c, s_out2, r.run(holder), "stateless_call with other trainable values"
             )
         if ntv:
             # Training mode: returned state == the state a real training call leaves behind.
             _, s_ntv_train = layer.stateless_call(
                 tv, ntv, _clone_inputs(base_inputs), training=True, **call_kwargs
             )
-            twin = layer_cls.from_config(config_json)
-            _build_like(twin, layer, shapes)
+            twin = r.rebuilt()
             twin.set_weights(layer.get_weights())
-            run(twin, training=True)
+            r.run(twin, training=True)
             for v, s in zip(twin.non_trainable_variables, s_ntv_train, strict=True):
-                c.check(
-                    _same_bits(v, torch.as_tensor(s)),
-                    lambda v=v: (
+                if not _same_bits(v, torch.as_tensor(s)):
+                    raise c.fail(
                         f"stateless_call(training=True) returned a value for "
                         f"{_vname(v)} that differs from a real training call"
-                    ),
-                )
-        for v, b in zip(layer.weights, before, strict=True):
-            c.check(_same_bits(v, b), lambda v=v: f"stateless_call modified variable {_vname(v)}")
-
-    # -- gradients (last: a training call may update the layer's state)
-    if check_gradients and (layer.trainable_weights or floating_input):
-        with c.step("gradients"):
-            for v in layer.trainable_weights:
-                v.grad = None
-            x = _clone_inputs(base_inputs, requires_grad=True)
-            out = run(layer, inputs=x, training=True)
-            gen = torch.Generator().manual_seed(seed + 1)
-            loss = torch.zeros((), dtype=torch.float32)
-            for t in _tensors(out):
-                if t.dtype.is_floating_point and t.requires_grad:
-                    r = torch.randn(t.shape, generator=gen)
-                    loss = loss + (t.float() * r).sum()
-            c.check(
-                loss.requires_grad, "expected the outputs to depend on something differentiable"
-            )
-            loss.backward()
-            for v in layer.trainable_weights:
-                g = v.grad
-                c.check(
-                    g is not None, lambda v=v: f"trainable variable {_vname(v)} got no gradient"
-                )
-                c.check(
-                    g.dtype == v.dtype,
-                    lambda v=v, g=g: (
-                        f"gradient of {_vname(v)} is {g.dtype}, expected the "
-                        f"variable's own dtype {v.dtype}"
-                    ),
-                )
-                c.check(
-                    bool(torch.isfinite(g).all()),
-                    lambda v=v: f"gradient of {_vname(v)} has non-finite values",
-                )
-            for t in _tensors(x):
-                if t.requires_grad:
-                    c.check(t.grad is not None, "expected floating inputs to receive a gradient")
-                    c.check(
-                        bool(torch.isfinite(t.grad).all()), "input gradient has non-finite values"
                     )
+        for v, b in zip(layer.weights, before, strict=True):
+            if not _same_bits(v, b):
+                raise c.fail(f"stateless_call modified variable {_vname(v)}")
 
 
-def _base_mode(mode: Any) -> str:
+def _step_gradients(r: _Run) -> None:
+    c, layer = r.c, r.layer
+    if not (r.options.check_gradients and (layer.trainable_weights or r.floating_input)):
+        return
+    with c.step("gradients"):
+        for v in layer.trainable_weights:
+            v.grad = None
+        x = _clone_inputs(r.base_inputs, requires_grad=True)
+        out = r.run(layer, inputs=x, training=True)
+        gen = torch.Generator().manual_seed(r.options.seed + 1)
+        loss = torch.zeros((), dtype=torch.float32)
+        for t in _tensors(out):
+            if t.dtype.is_floating_point and t.requires_grad:
+                noise = torch.randn(t.shape, generator=gen)
+                loss = loss + (t.float() * noise).sum()
+        c.check(loss.requires_grad, "expected the outputs to depend on something differentiable")
+        loss.backward()  # type: ignore[no-untyped-call]  # torch: unannotated
+        for v in layer.trainable_weights:
+            _check_gradient(c, v)
+        for t in _tensors(x):
+            if t.requires_grad:
+                c.check(t.grad is not None, "expected floating inputs to receive a gradient")
+                c.check(
+                    t.grad is not None and bool(torch.isfinite(t.grad).all()),
+                    "input gradient has non-finite values",
+                )
+
+
+def _check_gradient(c: _Checker, v: torch.nn.Parameter) -> None:
+    """A trainable variable's gradient: present, in the variable's dtype, finite."""
+    g = v.grad
+    if g is None:
+        raise c.fail(f"trainable variable {_vname(v)} got no gradient")
+    if g.dtype != v.dtype:
+        raise c.fail(
+            f"gradient of {_vname(v)} is {g.dtype}, expected the variable's own dtype {v.dtype}"
+        )
+    if not bool(torch.isfinite(g).all()):
+        raise c.fail(f"gradient of {_vname(v)} has non-finite values")
+
+
+def _base_mode(mode: QuantizeMode) -> str:
     """``"int4"`` for ``"int4/32"`` or a config of mode int4."""
     return (mode if isinstance(mode, str) else mode.mode).partition("/")[0]
 
 
-def _vname(v: Any) -> str:
+def _vname(v: torch.Tensor) -> str:
     name = getattr(v, "path", None) or getattr(v, "name", None)
     return repr(name) if name else f"of shape {tuple(v.shape)}"
 
 
-def _build_like(new: Any, ref: Any, shapes: Any) -> None:
+def _build_like(new: Layer, ref: Layer, shapes: ShapeTree) -> None:
     """Build `new` like `ref`: through its build config when it has one, else from shapes."""
     if new.built:
         return
@@ -628,21 +710,19 @@ def _build_like(new: Any, ref: Any, shapes: Any) -> None:
         new.build(shapes)
 
 
-def _check_same_outputs(c: _Checker, got: Any, expected: Any, what: str) -> None:
+def _check_same_outputs(c: _Checker, got: object, expected: object, what: str) -> None:
     got_t, exp_t = _tensors(got), _tensors(expected)
     c.check(
         len(got_t) == len(exp_t),
         f"{what}: expected {len(exp_t)} output tensors; received {len(got_t)}",
     )
     for i, (a, b) in enumerate(zip(got_t, exp_t, strict=True)):
-        c.check(
-            _same_bits(a, b),
-            lambda i=i, a=a, b=b: (
+        if not _same_bits(a, b):
+            raise c.fail(
                 f"{what}: output #{i} differs from the original layer's "
                 f"({a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}, max abs diff "
                 f"{_max_diff(a, b)})"
-            ),
-        )
+            )
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> str:

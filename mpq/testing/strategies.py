@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from mpq import dtypes
 from mpq.dtypes import Format
+from mpq.dtypes._formats import Kind
 
 __all__ = [
     "arrays",
@@ -43,7 +44,7 @@ _NATIVE = {"float64", "float32", "float16", "int32", "int8", "uint8"}
 
 
 def format_names(
-    kind: str | None = None,
+    kind: Kind | None = None,
     max_bits: int | None = None,
     min_bits: int | None = None,
     has_torch_dtype: bool | None = None,
@@ -74,7 +75,7 @@ def format_names(
 
 
 def formats(
-    kind: str | None = None,
+    kind: Kind | None = None,
     max_bits: int | None = None,
     min_bits: int | None = None,
     has_torch_dtype: bool | None = None,
@@ -126,9 +127,9 @@ def _special_codes(fmt: Format, allowed: tuple[int, ...]) -> tuple[int, ...]:
     codes, values = _all_codes(fmt)
     finite = values[np.isfinite(values)]
     edges = [0.0, 1.0, -1.0, finite.max(), finite.min()]
-    if fmt.smallest_subnormal is not None:
+    if fmt.smallest_subnormal is not None and fmt.smallest_normal is not None:  # float formats
         edges += [fmt.smallest_subnormal, -fmt.smallest_subnormal]
-        edges += [fmt.smallest_normal, -fmt.smallest_normal]  # type: ignore[list-item]
+        edges += [fmt.smallest_normal, -fmt.smallest_normal]
     with np.errstate(invalid="ignore"):
         hit = np.isin(values, edges) | np.isinf(values)
     nan_codes = np.flatnonzero(np.isnan(values))

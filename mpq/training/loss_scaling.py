@@ -7,7 +7,7 @@ optimizer step, skip steps whose gradients are not finite and adapt the scale.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -18,15 +18,25 @@ __all__ = ["LossScaler"]
 _READY, _UNSCALED, _STEPPED = "ready", "unscaled", "stepped"
 
 
-def _positive_float(value: Any, name: str, *, above_one: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 1.0 if above_one else value > 0.0)
-    if not ok:
-        bound = "> 1" if above_one else "> 0"
-        raise ValueError(
-            f"Expected `{name}` to be a finite float {bound}. Received: {name}={_describe(value)}"
-        )
-    return float(value)
+class _OptimizerState(TypedDict):
+    """One optimizer's progress through an iteration."""
+
+    stage: str  # _READY, _UNSCALED or _STEPPED
+    found_inf: bool
+
+
+def _positive_float(value: object, name: str, *, above_one: bool = False) -> float:
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 1.0 if above_one else value > 0.0)
+    ):
+        return float(value)
+    bound = "> 1" if above_one else "> 0"
+    raise ValueError(
+        f"Expected `{name}` to be a finite float {bound}. Received: {name}={_describe(value)}"
+    )
 
 
 class LossScaler:
@@ -89,7 +99,7 @@ class LossScaler:
         self.growth_interval = growth_interval
         self._growth_tracker = 0
         # Per optimizer (by id) during one iteration: state and whether an inf/NaN was found.
-        self._per_optimizer: dict[int, dict[str, Any]] = {}
+        self._per_optimizer: dict[int, _OptimizerState] = {}
         self._skipped_steps = 0
 
     # ------------------------------------------------------------------ scaling
@@ -113,7 +123,7 @@ class LossScaler:
         wide = loss if loss.dtype == torch.float64 else loss.float()
         return wide * self._scale
 
-    def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def _state(self, optimizer: torch.optim.Optimizer) -> _OptimizerState:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 "Expected a torch.optim.Optimizer. "
@@ -154,7 +164,7 @@ class LossScaler:
         state["found_inf"] = not all_finite
         return all_finite
 
-    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> float | None:
         """Unscale (if not done yet), then ``optimizer.step(*args, **kwargs)`` if all gradients
         are finite. Returns what ``optimizer.step`` returned, or None when the step is skipped."""
         state = self._state(optimizer)
@@ -169,7 +179,8 @@ class LossScaler:
         if state["found_inf"]:
             self._skipped_steps += 1
             return None
-        return optimizer.step(*args, **kwargs)
+        stepped: float | None = optimizer.step(*args, **kwargs)
+        return stepped
 
     def update(self) -> None:
         """Adapt the scale after the iteration's ``step`` calls: halve it if any optimizer found

@@ -49,11 +49,11 @@ class _ReplaceForward(torch.autograd.Function):
     (``surrogate + (exact - surrogate).detach()`` would not return ``exact`` bit for bit.)"""
 
     @staticmethod
-    def forward(ctx, surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         return exact.to(surrogate.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -63,7 +63,7 @@ class _QATState:
 
     def __init__(self, layer: Layer, config: QuantizationConfig) -> None:
         self.config = config
-        self.form = form_of(layer, tuple(layer._parameters["kernel"].shape))
+        self.form = form_of(layer, tuple(layer.get_parameter("kernel").shape))
 
     def fake_kernel(self, kernel: torch.Tensor) -> torch.Tensor:
         """The kernel as the mode quantizes it (per output channel; int4 groups along K), with
@@ -86,7 +86,9 @@ class _QATState:
         axes = None if isinstance(layer, (Conv1D, Conv2D)) else -1
         return fake_quantize_dynamic(x, "int8", reduce_axes=axes)
 
-    def apply(self, layer: Layer, kernel: torch.Tensor, inputs: torch.Tensor):
+    def apply(
+        self, layer: Layer, kernel: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.fake_kernel(kernel), self.fake_inputs(layer, inputs)
 
 
@@ -107,17 +109,20 @@ def _quantized_twin(layer: Layer, state: _QATState) -> Layer:
     return twin
 
 
-def _qat_forward_hook(layer: Layer, args: tuple, kwargs: dict, output: torch.Tensor):
+def _qat_forward_hook(
+    layer: Layer, args: tuple[object, ...], kwargs: dict[str, object], output: torch.Tensor
+) -> torch.Tensor:
     state = layer.__dict__.get("_qat")
     if state is None:
         return output
     with torch.no_grad():
         twin = _quantized_twin(layer, state)
         twin.train(layer.training)
-        exact = twin(*args, **kwargs)
+        exact: torch.Tensor = twin(*args, **kwargs)
     if not output.requires_grad:
         return exact.to(output.dtype)
-    return _ReplaceForward.apply(output, exact)
+    replaced: torch.Tensor = _ReplaceForward.apply(output, exact)  # type: ignore[no-untyped-call]
+    return replaced
 
 
 def _remove_hook(layer: Layer) -> None:
@@ -127,7 +132,7 @@ def _remove_hook(layer: Layer) -> None:
             layer._forward_hooks_with_kwargs.pop(key, None)
 
 
-def _resolve(mode_or_config: Any) -> QuantizationConfig:
+def _resolve(mode_or_config: object) -> QuantizationConfig:
     cfg = QuantizationConfig.get(mode_or_config)
     if cfg.mode not in QAT_MODES:
         raise ValueError(
@@ -142,7 +147,9 @@ def is_prepared(layer: torch.nn.Module) -> bool:
     return isinstance(layer, Layer) and layer.__dict__.get("_qat") is not None
 
 
-def prepare(model: torch.nn.Module, mode_or_config: Any, filter: Any = None) -> QATReport:
+def prepare(
+    model: torch.nn.Module, mode_or_config: str | QuantizationConfig, filter: object = None
+) -> QATReport:
     """Prepare every float Dense / EinsumDense / Conv1D / Conv2D of ``model`` for QAT, in place.
 
     Args:

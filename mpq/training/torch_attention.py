@@ -66,7 +66,12 @@ class MultiheadAttention(nn.Module):
             return None
         return no_float_weight((3 * self.embed_dim,), self._dtype)
 
-    def merge_masks(self, attn_mask, key_padding_mask, query):  # torch's API, not used here
+    def merge_masks(  # torch's API, not used here
+        self,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        query: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, int | None]:
         raise NotImplementedError(
             "Expected torch's fused attention path to be skipped for mpq's MultiheadAttention. "
             "Received: a call to merge_masks"

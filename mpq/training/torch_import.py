@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,9 +30,16 @@ from mpq.layers import (
     LayerNormalization,
     RMSNormalization,
 )
+from mpq.layers.variables import Variable
+from mpq.policy import DTypePolicy, DTypePolicyMap, QuantizedDTypePolicy
 from mpq.training.torch_attention import MultiheadAttention
 
 __all__ = ["FromTorchReport", "from_torch"]
+
+_Policy = DTypePolicy | DTypePolicyMap | None
+"""`from_torch`'s policy once resolved: one for all layers, per qualified name, or None."""
+_Shape = tuple[int | None, ...] | None
+"""A module's recorded input shape (batch dimension None), or None when not recorded."""
 
 
 @dataclass
@@ -97,13 +104,13 @@ class _Converted:
     (each with the quantized policy to apply after the weights are copied, or None), a note."""
 
     module: nn.Module
-    layers: list[tuple[Layer, Any]]
+    layers: list[tuple[Layer, QuantizedDTypePolicy | None]]
     note: str | None = None
     target: str | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
-def _layer_policy(policy: Any, name: str, weight: torch.Tensor) -> Any:
+def _layer_policy(policy: _Policy, name: str, weight: torch.Tensor) -> DTypePolicy:
     """The policy of the layer for ``name``: None -> the weight's own dtype (a faithful copy)."""
     if policy is None:
         return _policy.get(weight.dtype)
@@ -112,16 +119,21 @@ def _layer_policy(policy: Any, name: str, weight: torch.Tensor) -> Any:
     return policy
 
 
-def _make(cls: type, policy: Any, name: str, **kwargs: Any) -> tuple[Layer, Any]:
+_L = TypeVar("_L", bound=Layer)
+
+
+def _make(
+    cls: type[_L], policy: DTypePolicy, name: str, **kwargs: Any
+) -> tuple[_L, QuantizedDTypePolicy | None]:
     """Construct under the float source of a quantized policy (weights are copied first, the
-    layer is quantized after), else under ``policy``."""
-    if policy.quantization_mode is not None:
+    layer is quantized after), else under ``policy``. (``kwargs``: the layer's arguments.)"""
+    if isinstance(policy, QuantizedDTypePolicy):
         float_policy = _policy.get(policy.source_name)
         return cls(dtype=float_policy, name=name or None, **kwargs), policy
     return cls(dtype=policy, name=name or None, **kwargs), None
 
 
-def _assign(var: torch.nn.Parameter, value: torch.Tensor) -> None:
+def _assign(var: Variable, value: torch.Tensor) -> None:
     """Give ``var`` a copy of ``value`` in ``var``'s dtype, keeping ``value``'s memory layout
     (e.g. nn.Linear's [out, in] storage seen as an [in, out] view): the BLAS / convolution calls,
     and so the float32 outputs, are then identical to torch's."""
@@ -135,7 +147,7 @@ def _assign(var: torch.nn.Parameter, value: torch.Tensor) -> None:
         var.trainable = False
 
 
-def _to_device_of(layer: Layer, *tensors: torch.Tensor) -> None:
+def _to_device_of(layer: Layer, *tensors: torch.Tensor | None) -> None:
     """Move the freshly built ``layer`` to the device of ``tensors`` (before the copy)."""
     device = next((t.device for t in tensors if t is not None), None)
     if device is not None and device.type != "cpu":
@@ -143,7 +155,7 @@ def _to_device_of(layer: Layer, *tensors: torch.Tensor) -> None:
 
 
 def _module_device(m: nn.Module) -> torch.device | None:
-    t = next(iter(m.parameters()), None)
+    t: torch.Tensor | None = next(iter(m.parameters()), None)
     if t is None:
         t = next(iter(m.buffers()), None)
     return None if t is None else t.device
@@ -154,12 +166,12 @@ def _transposed_view(w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return w.detach().clone().permute(dims)
 
 
-def _copy_grad_flag(var: torch.nn.Parameter, weight: torch.Tensor) -> None:
+def _copy_grad_flag(var: Variable, weight: torch.Tensor) -> None:
     if not weight.requires_grad:
         var.trainable = False
 
 
-def _conv_padding(m: nn.Module) -> tuple[str, tuple[int, ...] | None]:
+def _conv_padding(m: nn.Conv1d | nn.Conv2d) -> tuple[str, tuple[int, ...] | None]:
     """(mpq padding, explicit torch padding to apply first or None)."""
     if m.padding_mode != "zeros":
         raise _Unsupported(f"padding_mode={m.padding_mode!r} (only 'zeros')")
@@ -181,11 +193,11 @@ def _conv_padding(m: nn.Module) -> tuple[str, tuple[int, ...] | None]:
 # ----------------------------------------------------------------------------- converters
 def _dense(
     name: str,
-    policy: Any,
+    policy: _Policy,
     kernel: torch.Tensor,
     bias: torch.Tensor | None,
     grad_ref: torch.Tensor,
-) -> tuple[Layer, Any]:
+) -> tuple[Dense, QuantizedDTypePolicy | None]:
     """A Dense layer with ``kernel [in, out]`` (any strides: kept) and ``bias [out]``."""
     p = _layer_policy(policy, name, grad_ref)
     layer, quant = _make(Dense, p, name, units=kernel.shape[1], use_bias=bias is not None)
@@ -198,12 +210,13 @@ def _dense(
     return layer, quant
 
 
-def _linear(m: nn.Linear, name: str, policy: Any, shape: Any) -> _Converted:
+def _linear(m: nn.Linear, name: str, policy: _Policy, shape: _Shape) -> _Converted:
     layer, quant = _dense(name, policy, m.weight.detach().t(), m.bias, m.weight)
     return _Converted(layer, [(layer, quant)])
 
 
-def _hf_conv1d(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
+def _hf_conv1d(m: Any, name: str, policy: _Policy, shape: _Shape) -> _Converted:
+    # `m`: transformers' Conv1D, known by its qualified name only (never imported).
     # Hugging Face's Conv1D (GPT-2) is a linear layer with the weight stored [in, out]:
     # Dense's own layout.
     layer, quant = _dense(name, policy, m.weight.detach(), m.bias, m.weight)
@@ -211,7 +224,7 @@ def _hf_conv1d(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
 
 
 def _multihead_attention(
-    m: nn.MultiheadAttention, name: str, policy: Any, shape: Any
+    m: nn.MultiheadAttention, name: str, policy: _Policy, shape: _Shape
 ) -> _Converted:
     if m.bias_k is not None or m.bias_v is not None:
         raise _Unsupported("add_bias_kv=True (learned key/value biases)")
@@ -225,7 +238,7 @@ def _multihead_attention(
         ws = (m.q_proj_weight.detach(), m.k_proj_weight.detach(), m.v_proj_weight.detach())
         refs = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
     bs = m.in_proj_bias.detach().chunk(3) if m.in_proj_bias is not None else (None,) * 3
-    layers = []
+    layers: list[tuple[Layer, QuantizedDTypePolicy | None]] = []
     for proj, w, b, ref in zip(("q_proj", "k_proj", "v_proj"), ws, bs, refs, strict=True):
         layers.append(_dense(f"{name}.{proj}" if name else proj, policy, w.t(), b, ref))
     out_name = f"{name}.out_proj" if name else "out_proj"
@@ -251,10 +264,10 @@ def _multihead_attention(
     return _Converted(module, layers, note, target="MultiheadAttention (4 Dense)")
 
 
-def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
+def _conv(m: nn.Conv1d | nn.Conv2d, name: str, policy: _Policy, shape: _Shape) -> _Converted:
     padding, explicit = _conv_padding(m)
     rank = 1 if isinstance(m, nn.Conv1d) else 2
-    cls = Conv1D if rank == 1 else Conv2D
+    cls: type[Conv1D | Conv2D] = Conv1D if rank == 1 else Conv2D
     p = _layer_policy(policy, name, m.weight)
     layer, quant = _make(
         cls,
@@ -283,7 +296,7 @@ def _conv(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
     pads = tuple(p for p in reversed(explicit) for _ in (0, 1))
     pad_cls = nn.ConstantPad1d if rank == 1 else nn.ConstantPad2d
     wrapper = nn.Sequential()
-    wrapper.add_module("pad", pad_cls(pads, 0.0))
+    wrapper.add_module("pad", pad_cls(pads, 0.0))  # type: ignore[arg-type]  # 2 or 4 ints
     wrapper.add_module("conv", layer)
     note = f"padding={explicit} (not a Keras 'same'): a zero pad module, then Conv{rank}D 'valid'"
     return _Converted(wrapper, [(layer, quant)], note, target=f"ConstantPad + Conv{rank}D")
@@ -297,7 +310,9 @@ class _PaddingRowNoGradient:
     def __init__(self, idx: int) -> None:
         self.idx = idx
 
-    def __call__(self, module, args, output):
+    def __call__(
+        self, module: nn.Module, args: tuple[object, ...], output: torch.Tensor
+    ) -> torch.Tensor:
         ids = args[0] if args else None
         if not isinstance(ids, torch.Tensor) or not output.requires_grad:
             return output
@@ -308,7 +323,7 @@ class _PaddingRowNoGradient:
         return f"_PaddingRowNoGradient(padding_idx={self.idx})"
 
 
-def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any) -> _Converted:
+def _embedding(m: nn.Embedding, name: str, policy: _Policy, shape: _Shape) -> _Converted:
     if m.max_norm is not None:
         raise _Unsupported(
             f"max_norm={m.max_norm!r}: torch renormalizes the looked-up rows of the table in "
@@ -332,7 +347,7 @@ def _embedding(m: nn.Embedding, name: str, policy: Any, shape: Any) -> _Converte
     return _Converted(layer, [(layer, quant)], note)
 
 
-def _layer_norm(m: nn.LayerNorm, name: str, policy: Any, shape: Any) -> _Converted:
+def _layer_norm(m: nn.LayerNorm, name: str, policy: _Policy, shape: _Shape) -> _Converted:
     k = len(m.normalized_shape)
     shape = (None, *m.normalized_shape) if shape is None else shape
     ref = m.weight if m.weight is not None else torch.empty(0)
@@ -353,9 +368,10 @@ def _layer_norm(m: nn.LayerNorm, name: str, policy: Any, shape: Any) -> _Convert
     return _Converted(layer, [(layer, quant)])
 
 
-def _rms_norm(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
+def _rms_norm(m: Any, name: str, policy: _Policy, shape: _Shape) -> _Converted:
     """``nn.RMSNorm`` and Hugging Face's RMS norms (``LlamaRMSNorm``, ``T5LayerNorm``):
-    ``weight * x * rsqrt(mean(x**2, -1) + eps)``, statistics in float32."""
+    ``weight * x * rsqrt(mean(x**2, -1) + eps)``, statistics in float32. (``m``: the Hugging
+    Face classes are known by qualified name only, never imported.)"""
     if isinstance(m, nn.RMSNorm):
         dims = tuple(m.normalized_shape)
         eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
@@ -375,8 +391,8 @@ def _rms_norm(m: nn.Module, name: str, policy: Any, shape: Any) -> _Converted:
     return _Converted(layer, [(layer, quant)])
 
 
-def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any) -> _Converted:
-    if not m.track_running_stats or m.running_mean is None:
+def _batch_norm(m: nn.BatchNorm2d, name: str, policy: _Policy, shape: _Shape) -> _Converted:
+    if not m.track_running_stats or m.running_mean is None or m.running_var is None:
         raise _Unsupported(
             "track_running_stats=False (mpq normalizes with moving statistics in eval)"
         )
@@ -409,9 +425,10 @@ def _batch_norm(m: nn.BatchNorm2d, name: str, policy: Any, shape: Any) -> _Conve
     return _Converted(layer, [(layer, quant)], note)
 
 
-_Converter = Callable[[Any, str, Any, Any], _Converted]
+# Each converter takes its own module type (the first argument), hence Any there.
+_Converter = Callable[[Any, str, _Policy, _Shape], _Converted]
 
-_CONVERTERS: dict[type, tuple[str, _Converter]] = {
+_CONVERTERS: dict[type[nn.Module], tuple[str, _Converter]] = {
     nn.Linear: ("Dense", _linear),
     nn.Conv1d: ("Conv1D", _conv),
     nn.Conv2d: ("Conv2D", _conv),
@@ -458,10 +475,20 @@ def _linear_weights(m: nn.Module) -> list[torch.Tensor]:
         names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
         ws = [getattr(m, n) for n in names]
         return [w for w in ws if w is not None] + [m.out_proj.weight]
-    return [m.weight]
+    return [_weight(m)]
 
 
-def _lookup_options(m: nn.Embedding) -> tuple:
+def _weight(m: nn.Module) -> torch.Tensor:
+    """``m.weight``, which a linear, conv or embedding module holds as a tensor."""
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(
+            f"Expected a {type(m).__name__} with a weight tensor. Received: weight={_describe(w)}"
+        )
+    return w
+
+
+def _lookup_options(m: nn.Embedding) -> tuple[object, ...]:
     return (
         m.num_embeddings,
         m.embedding_dim,
@@ -479,7 +506,9 @@ def _has_state(m: nn.Module) -> bool:
     )
 
 
-def _record_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple]:
+def _record_input_shapes(
+    model: nn.Module, example_inputs: object
+) -> dict[str, tuple[int | None, ...]]:
     """Run ``model`` once (eval mode, no grad) and record each convertible module's input shape,
     batch dimension replaced by None."""
     if isinstance(example_inputs, torch.Tensor):
@@ -489,12 +518,12 @@ def _record_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tup
             "Expected `example_inputs` to be a tensor or a tuple of tensors. "
             f"Received: example_inputs of type {type(example_inputs).__name__}"
         )
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple[int | None, ...]] = {}
     handles = []
     for name, m in model.named_modules():
         if _converter(m)[0] is not None:
 
-            def hook(mod, args, _name=name):
+            def hook(mod: nn.Module, args: tuple[object, ...], _name: str = name) -> None:
                 if args and isinstance(args[0], torch.Tensor):
                     shapes.setdefault(_name, (None, *args[0].shape[1:]))
 
@@ -512,7 +541,7 @@ def _record_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tup
     return shapes
 
 
-def _make_filter(spec: Any) -> Callable[[nn.Module, str], bool]:
+def _make_filter(spec: object) -> Callable[[nn.Module, str], bool]:
     """``filter=`` as a predicate ``(module, qualified_name) -> bool``."""
     if spec is None:
         return lambda m, name: True
@@ -546,7 +575,13 @@ class _CastOutput:
     def __init__(self, fallback: torch.dtype) -> None:
         self.fallback = fallback
 
-    def __call__(self, module, args, kwargs, output):
+    def __call__(
+        self,
+        module: nn.Module,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        output: object,
+    ) -> object:
         dtype = next(
             (
                 t.dtype
@@ -556,7 +591,7 @@ class _CastOutput:
             self.fallback,
         )
 
-        def cast(t: Any) -> Any:
+        def cast(t: object) -> object:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
                 return t.to(dtype)
             return t
@@ -584,10 +619,10 @@ def _tied_groups(
 # ----------------------------------------------------------------------------- public
 def from_torch(
     module: nn.Module,
-    policy: Any = None,
+    policy: object = None,
     *,
-    example_inputs: Any = None,
-    filter: Any = None,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    filter: object = None,
     untie: bool = False,
     cast_outputs: bool = True,
 ) -> tuple[nn.Module, FromTorchReport]:
@@ -651,8 +686,7 @@ def from_torch(
     for flag, value in (("untie", untie), ("cast_outputs", cast_outputs)):
         if not isinstance(value, bool):
             raise TypeError(f"Expected `{flag}` to be a bool. Received: {flag}={_describe(value)}")
-    if policy is not None and not isinstance(policy, _policy.DTypePolicyMap):
-        policy = _policy.get(policy)
+    resolved: _Policy = None if policy is None else _policy.get(policy)
     keep = _make_filter(filter)
     model = copy.deepcopy(module)
     shapes = _record_input_shapes(model, example_inputs) if example_inputs is not None else {}
@@ -692,9 +726,8 @@ def from_torch(
     for users in groups.values():
         if untie:
             for n, m in users[1:]:
-                m.weight = nn.Parameter(
-                    m.weight.detach().clone(), requires_grad=m.weight.requires_grad
-                )
+                w = _weight(m)
+                m.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 others = ", ".join(repr(u) for u, _ in users if u != n)
                 report.notes[n] = f"untied: its weight was shared with {others}; now a copy"
             continue
@@ -746,9 +779,9 @@ def from_torch(
             report.unsupported[name] = tied_left[id(m)]
             continue
         if id(m) in aliases:
-            first_name, first = aliases[id(m)]
-            if id(first) in new_of:
-                replacements.append((m, new_of[id(first)]))
+            first_name, first_module = aliases[id(m)]
+            if id(first_module) in new_of:
+                replacements.append((m, new_of[id(first_module)]))
                 report.tied[name] = (
                     f"Embedding: weight tied to {first_name!r} with the same options; "
                     "replaced by that mpq Embedding layer (one layer, one variable)"
@@ -757,13 +790,13 @@ def from_torch(
                 continue
         target, convert = entry
         try:
-            result = convert(m, name, policy, shapes.get(name))
+            result = convert(m, name, resolved, shapes.get(name))
         except _Unsupported as e:
             report.unsupported[name] = f"{type(m).__name__}: {e}"
             skip_under.extend(paths[id(m)])  # its children are its own (an MHA's out_proj)
             continue
         notes: list[str] = []
-        for layer, quant in result.layers:
+        for converted, quant in result.layers:
             if quant is None:
                 continue
             if id(m) in tied_embeddings:  # quantizing would untie it from its Linear users
@@ -772,7 +805,7 @@ def from_torch(
                     "Linear; from_torch(..., untie=True) quantizes them separately"
                 )
                 continue
-            layer.dtype_policy = quant
+            converted.dtype_policy = quant
         replacement = result.module
         replacement.train(m.training)
         device = _module_device(m)
@@ -804,7 +837,7 @@ def from_torch(
         if layer is None:  # the Embedding was not converted: nothing to re-tie
             continue
         covered.add(id(m.weight))  # the shared tensor, now held by the mpq Embedding
-        returned = m.weight.dtype  # what the torch Linear returned (its inputs had to match)
+        returned = _weight(m).dtype  # what the torch Linear returned (its inputs had to match)
         m.weight = layer.embeddings
         if cast_outputs:  # computes in the variable's dtype, returns what it returned
             m.register_forward_pre_hook(_CastInputs())
@@ -831,8 +864,8 @@ class _CastInputs:
     """Forward pre-hook of a torch Linear left on a tied mpq variable: floating inputs in the
     variable's dtype (what it computes in)."""
 
-    def __call__(self, module, args):
-        dtype = module.weight.dtype
+    def __call__(self, module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+        dtype = _weight(module).dtype
         return tuple(
             a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
             for a in args
@@ -845,7 +878,7 @@ class _ReturnAs:
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
 
-    def __call__(self, module, args, output):
+    def __call__(self, module: nn.Module, args: tuple[object, ...], output: object) -> object:
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             return output.to(self.dtype)
         return output

@@ -331,3 +331,19 @@ def test_encode_rejects_bad_inputs():
         dtypes.encode(np.arange(3).astype(ml_dtypes.int4), "int8")
     with pytest.raises(ValueError, match=r"Received: identifier='fp4'"):
         dtypes.encode(np.ones(2, np.float32), "fp4")
+
+
+def test_float_only_fields_of_an_integer_format_raise():
+    # The float-grid helpers refuse a format without a float grid (or without a NaN code)
+    # instead of computing with None.
+    from mpq.dtypes._encode import _grid, _nan_code
+
+    with pytest.raises(
+        ValueError, match=r"Expected a float format\. Received: fmt=<Format \"int8\">"
+    ):
+        _grid(dtypes.get("int8"))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected a format with a NaN code\. Received: fmt=<Format \"float4_e2m1fn\">",
+    ):
+        _nan_code(dtypes.get("float4_e2m1fn"))

@@ -259,3 +259,49 @@ def test_custom_objects_reach_nested_layers():
         deserialize(config)
     clone = deserialize(config, custom_objects={"Unregistered": Unregistered})
     assert type(clone[1]) is Unregistered
+
+
+def test_sequential_starting_with_an_input():
+    """Keras 3 Sequential guide, "Specifying the input shape in advance":
+
+        model = keras.Sequential()
+        model.add(keras.Input(shape=(4,)))
+        model.add(layers.Dense(2, activation="relu"))
+
+    (an `InputLayer` does the same; it is not one of `model.layers`)."""
+    from mpq.layers import Input, InputLayer
+
+    model = Sequential()
+    model.add(Input(shape=(4,)))
+    model.add(Dense(2, activation="relu"))
+    assert model.built and len(model.layers) == 1 and model.layers[0].kernel.shape == (4, 2)
+    assert model.get_config()["build_input_shape"] == (None, 4)
+    other = Sequential([InputLayer(input_shape=(3,)), Dense(5)])
+    assert other.compute_output_shape((None, 3)) == (None, 5) and other.built
+    with pytest.raises(ValueError, match=r"Expected an Input / InputLayer only as the first"):
+        Sequential([Dense(1), Input(shape=(3,))])
+    with pytest.raises(TypeError, match=r"Expected the output of Input\(...\) to start"):
+        Sequential([Dense(2)(Input(shape=(3,)))])
+
+
+def test_summary_counts_weights_not_seed_or_metric_state(capsys):
+    """Keras `summary` counts parameters (weights); a seeded Dropout's generator state and metric
+    state are variables, not parameters."""
+    from mpq.layers import Dropout
+    from mpq.metrics import Mean
+
+    class Tracked(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tracker = Mean()
+
+        def call(self, x):
+            return x
+
+    model = Sequential([Dense(3, input_shape=(2,)), Dropout(0.5, seed=1), Tracked()])
+    model.summary()
+    out = capsys.readouterr().out
+    assert "Total params: 9  (trainable: 9, non-trainable: 0)" in out
+    for prefix in ("dropout", "tracked"):
+        row = next(line for line in out.splitlines() if line.startswith(prefix))
+        assert row.split()[-2] == "0"

@@ -204,6 +204,10 @@ def test_families_share_one_resolver(module, name, cls_name):
         module.serialize("x")
     with pytest.raises(ValueError, match=r"Received: config=\{'class_name': 'Nope'\}"):
         module.deserialize({"class_name": "Nope"})
+    # A class_name that is not a string (here unhashable) is refused with the same ValueError
+    # (it raised "TypeError: unhashable type: 'list'" from a dict lookup).
+    with pytest.raises(ValueError, match=r"Received: config=\{'class_name': \['x'\]\}"):
+        module.deserialize({"class_name": ["x"]})
 
 
 @pytest.mark.parametrize(

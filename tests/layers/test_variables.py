@@ -274,3 +274,89 @@ def test_integer_assign_stores_exactly_or_raises(dtype, values):
         with pytest.raises(ValueError, match=r"Expected values of"):
             v.assign(torch.tensor(values, dtype=torch.int64))
         assert v.tolist() == [0] * len(values)
+
+
+def test_assign_inside_a_meta_shape_run_stays_on_meta():
+    """compute_output_spec of a built layer that assigns in `call` (BatchNormalization's moving
+    statistics in training) runs on meta values: the recorded write stays there (it used to
+    raise "Cannot copy out of meta tensor"), and the layer is not written."""
+    from mpq.layers import BatchNormalization
+
+    layer = BatchNormalization()
+    layer.build((None, 3))
+    before = layer.moving_mean.detach().clone()
+    spec = layer.compute_output_spec(torch.ones(4, 3), training=True)
+    assert spec.device.type == "meta" and tuple(spec.shape) == (4, 3)
+    assert torch.equal(layer.moving_mean.detach(), before)
+
+
+@pytest.mark.parametrize("aggregation", [None, "none", "mean", "sum", "only_first_replica"])
+def test_aggregation_accepts_the_keras_values(aggregation):
+    """Keras 3 `add_weight`: "aggregation: Optional string, one of `None`, `"none"`, `"mean"`,
+    `"sum"` or `"only_first_replica"`"; None is stored as "none"."""
+    layer = Layer()
+    var = layer.add_weight(shape=(2,), aggregation=aggregation, name="w")
+    assert var.aggregation == (aggregation or "none")
+    assert Variable(torch.zeros(1), aggregation=aggregation).aggregation == (aggregation or "none")
+
+
+@pytest.mark.parametrize("bad", ["max", "MEAN", 1, ""])
+def test_aggregation_rejects_other_values(bad):
+    with pytest.raises(
+        ValueError, match=r"`aggregation` to be one of None, 'none'.*Received: aggregation="
+    ):
+        Layer().add_weight(shape=(1,), aggregation=bad, name="w")
+    with pytest.raises(ValueError, match=rf"Received: aggregation={bad!r}"):
+        Variable(torch.zeros(1), aggregation=bad)
+
+
+class _Amax(Layer):
+    """A layer with an `overwrite_with_gradient` variable, as Keras 3 float8 amax histories."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(3,), initializer="ones", name="w")
+        self.history = self.add_weight(
+            shape=(3,), initializer="zeros", overwrite_with_gradient=True, name="history"
+        )
+
+    def call(self, x):
+        return (x * self.w).sum() + (x * self.history).sum() * 2.0
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.5),
+        lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=0.1),
+    ],
+    ids=["sgd_momentum_wd", "adam", "adamw"],
+)
+def test_overwrite_with_gradient_writes_the_gradient_with_plain_optimizers(make_opt):
+    """Keras 3 `add_weight`: "overwrite_with_gradient: Boolean, whether to overwrite the variable
+    with the computed gradient. This is useful for float8 training." With a torch optimizer
+    (momentum, weight decay, Adam moments), the value after the step is exactly the gradient."""
+    layer = _Amax()
+    x = torch.tensor([1.0, -2.0, 3.0])
+    layer(x)
+    opt = make_opt(layer.parameters())
+    for step in range(3):
+        opt.zero_grad()
+        layer(x * (step + 1)).backward()
+        assert layer.history.grad is None  # nothing left for the optimizer
+        opt.step()
+        assert torch.equal(layer.history.detach(), x * (step + 1) * 2.0)
+    assert not torch.equal(layer.w.detach(), torch.ones(3))  # the other weight trained as usual
+    assert layer.history.overwrite_with_gradient
+    # Copies keep the behaviour; switching it off leaves a plain trainable variable.
+    clone = copy.deepcopy(layer)
+    clone(x).backward()
+    assert torch.equal(clone.history.detach(), x * 2.0)
+    clone.history.overwrite_with_gradient = False
+    clone(x).backward()
+    assert torch.equal(clone.history.grad, x * 2.0)
+
+
+def test_overwrite_with_gradient_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"to be a bool. Received: overwrite_with_gradient='yes'"):
+        Variable(torch.zeros(1), overwrite_with_gradient="yes")

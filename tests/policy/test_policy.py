@@ -343,6 +343,8 @@ def test_get_from_serialized_config():
     [
         ({"name": "float32"}, "Received: config={'name': 'float32'}"),
         ({"class_name": "Nope", "config": {}}, "class_name='Nope'"),
+        # Unhashable: a ValueError naming it (was "TypeError: unhashable type: 'list'").
+        ({"class_name": ["x"], "config": {}}, "class_name=['x']"),
         ([("class_name", "DTypePolicy")], "Received: config=["),
     ],
 )

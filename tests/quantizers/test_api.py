@@ -11,3 +11,12 @@ def test_public_api_is_explicit():
     for name in Q.__all__:
         obj = getattr(Q, name)
         assert obj.__doc__ and "Example" in obj.__doc__, name
+
+
+def test_float8_spec_refuses_a_format_without_mantissa():
+    import pytest
+
+    from mpq.quantizers._common import _float8_spec
+
+    with pytest.raises(ValueError, match=r"Expected a float format\. Received: <Format \"int8\">"):
+        _float8_spec("int8")

@@ -244,3 +244,12 @@ def test_quantize_modes_skip_unregistered_modes():
     assert list(report.checks) == ["float32"]
     assert "Scale" in report.skipped["int4_from_float32"]
     assert "int4" in report.skipped["int4_from_float32"]
+
+
+def test_a_policy_map_is_not_a_policy():
+    # Each entry of `policies` is one policy; a map is refused up front (it used to fail with
+    # an AttributeError on the map's missing `name`).
+    from mpq.policy import DTypePolicyMap
+
+    with pytest.raises(TypeError, match=r"Expected each of `policies` to name one dtype policy"):
+        run_layer_test(Scale, {}, (2, 3), policies=[DTypePolicyMap("float32")])

@@ -539,3 +539,14 @@ def test_coverage_counts_what_stays_in_torch():
     assert report.converted_linear_weights == 12
     assert report.coverage == 12 / total
     assert f"(12 of {total} elements)" in str(report)
+
+
+def test_a_linear_without_weight_tensor_is_refused():
+    # A module whose `weight` is not a tensor: a TypeError naming it (it used to be an
+    # AttributeError on None.numel()).
+    lin = torch.nn.Linear(2, 2)
+    lin.weight = None
+    with pytest.raises(
+        TypeError, match=r"Expected a Linear with a weight tensor\. Received: weight=None"
+    ):
+        from_torch(lin)
