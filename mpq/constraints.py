@@ -126,7 +126,7 @@ _ALIASES: dict[str, type[Constraint]] = {
 _CATALOG = Catalog("constraint", Constraint, _ALIASES, _ALIASES.values())
 
 
-def serialize(constraint: Constraint | None) -> dict[str, Any] | None:
+def serialize(constraint: Constraint | Callable[..., Any] | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
     return _CATALOG.serialize(constraint)
 

@@ -27,6 +27,7 @@ __all__ = [
     "QuantizableLayer",
     "QuantizationScheme",
     "get_scheme",
+    "mode_policy",
     "register_scheme",
     "registered_schemes",
     "unregister_scheme",
@@ -72,6 +73,15 @@ class QuantizableLayer(Protocol):
     def _update_cast_dtypes(self) -> None: ...
 
 
+def mode_policy(mode: str, source: str) -> Any:
+    """The quantized policy ``layer.quantize(mode)`` gives a layer whose policy is ``source``:
+    ``"{mode}_from_{source}"``, except that a bare ``"int4"`` quantizes in groups of
+    ``DEFAULT_INT4_BLOCK_SIZE`` (128), as Keras 3's ``quantize("int4")`` does, while the policy
+    name ``int4_from_...`` alone means per output channel (as in Keras)."""
+    spec = f"int4/{_policy.DEFAULT_INT4_BLOCK_SIZE}" if mode == "int4" else mode
+    return _policy.get(f"{spec}_from_{source}")
+
+
 class QuantizationScheme:
     """How one layer class runs in one quantization mode. Subclass, then register::
 
@@ -103,7 +113,7 @@ class QuantizationScheme:
         source = layer.dtype_policy.name
         if config is not None:
             return config, config.to_policy(source)
-        policy = _policy.get(f"{mode}_from_{source}")
+        policy = mode_policy(mode, source)
         return policy, policy
 
     def build(
