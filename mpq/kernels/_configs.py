@@ -141,6 +141,7 @@ def _next_pow2(n: int) -> int:
 
 FMA_MAX_BLOCK_K = 32  # fp32 (FMA) tiles: see prune()
 FMA_MAX_ACC_PER_THREAD = 64  # fp32 accumulator elements per thread, BLOCK_M*BLOCK_N/(32*warps)
+DEQUANT_MAX_PER_THREAD = 32  # weight-only: dequantized weight elements per thread (see prune)
 
 
 def smem_estimate(
@@ -188,11 +189,21 @@ def prune(
       thread. Compiled for sm_90, the tables' BLOCK_K = 64/128 tiles spilled 1.8 to 15 KB of
       registers per thread; the clamped ones spill at most 40 bytes
       (``benchmarks/compile_check.py``).
+    - weight-only codes (``kn_extra_bytes > 0``) are dequantized in registers: at most
+      ``DEQUANT_MAX_PER_THREAD`` weight elements of a [BLOCK_K, BLOCK_N] tile per thread
+      (compiled for sm_90, the small-M kernel's 64-per-thread int8 tiles spilled 112 bytes and
+      128-per-thread tiles 0.5-1.1 KB).
     - registers: with ``heavy_epilogue`` (scales, bias or an activation on the accumulator)
       configs whose ``register_estimate`` exceeds ``MAX_REGISTERS`` are dropped (on sm_90 the
       128x256 tiles with 8 warps spilled 32 to 168 bytes per thread with the fused epilogue).
     """
     min_k = 32 if elem_bytes == 1 else 16
+    if kn_extra_bytes:  # weight-only codes: the dequantized tile lives in registers
+        configs = [
+            c
+            for c in configs
+            if c["BLOCK_K"] * c["BLOCK_N"] <= DEQUANT_MAX_PER_THREAD * 32 * c["num_warps"]
+        ]
     if heavy_epilogue:
         configs = [c for c in configs if register_estimate(c, heavy_epilogue) <= MAX_REGISTERS]
     if elem_bytes == 4:
@@ -277,6 +288,22 @@ def persistent_hopper_configs() -> list[dict]:
     ]
 
 
+def persistent_conv_configs() -> list[dict]:
+    """sm_90 persistent conv tiles: the im2col gather keeps a pointer and a mask per row live,
+    so at most 64 accumulator elements per thread (compiled for sm_90 with the fused epilogue:
+    128x128 tiles with 8 warps used 176-254 registers and spilled nothing; every 128x256 and
+    4-warp 128x128 tile spilled 8-880 bytes)."""
+    return [
+        dict(zip(_PERSISTENT_KEYS, row, strict=True))
+        for row in [
+            (128, 128, 64, 8, 1, 8, 4),
+            (128, 128, 128, 8, 1, 8, 3),
+            (64, 128, 64, 8, 1, 4, 4),
+            (128, 64, 64, 8, 1, 4, 4),
+        ]
+    ]
+
+
 def persistent_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
     """Candidate configs of the persistent kernel (selected on sm_90+ only; other devices get
     the Hopper table, which only a forced kernel would use)."""
@@ -296,13 +323,15 @@ def prune_persistent(
     fp8_promote: int = 0,
 ) -> list[dict]:
     """``prune`` for the persistent kernel: shape, 8-bit BLOCK_K, registers (the epilogue is
-    sub-tiled, and ``fp8_promote > 1`` keeps a second fp32 partial accumulator live), and shared
+    sub-tiled; precise float8, ``fp8_promote >= 1``, keeps a second fp32 accumulator live:
+    compiled for sm_90, promotion every tile spilled 8-88 bytes in every tile but 128x128 with 8
+    warps, and those spilled nothing), and shared
     memory including the TMA store buffer of one epilogue sub-tile. Keeps at least one."""
     kept: list[dict] = []
     for c in configs:
         sub = c["EPILOGUE_SUBTILE"]
         regs = register_estimate(c, True, sub)
-        if fp8_promote > 1:
+        if fp8_promote >= 1:  # precise float8: the promoted fp32 sum is a second accumulator
             regs += c["BLOCK_M"] * c["BLOCK_N"] / (32 * c["num_warps"])
         if regs > MAX_REGISTERS:
             continue
@@ -333,12 +362,14 @@ def small_m_configs(capability: tuple[int, int] | None, interpret: bool) -> list
     stages = 4 if capability is not None and capability >= (9, 0) else 3
     return _rows(
         [
-            (16, 32, 256, 1, 4, stages),
-            (16, 64, 128, 1, 4, stages),
-            (16, 64, 256, 1, 4, stages),
+            (16, 32, 128, 1, 4, stages),
+            (16, 64, 64, 1, 4, stages),
+            (16, 64, 128, 1, 8, stages),
+            (16, 128, 64, 1, 8, stages),
+            (16, 32, 256, 1, 8, stages),
+            # float weights only (prune drops them for weight-only codes: DEQUANT_MAX_PER_THREAD)
+            (16, 64, 256, 1, 8, stages),
             (16, 128, 128, 1, 4, stages),
-            (16, 128, 64, 1, 4, stages),
-            (16, 256, 64, 1, 8, stages),
         ]
     )
 

@@ -217,7 +217,9 @@ def _conv2d_kernel(
 
 def _persistent_configs() -> list[triton.Config]:
     cap = None if INTERPRET or not torch.cuda.is_available() else torch.cuda.get_device_capability()
-    return [_to_triton(c) for c in _configs.persistent_configs(cap, INTERPRET)]
+    if INTERPRET:
+        return [_to_triton(c) for c in _configs.persistent_configs(cap, INTERPRET)]
+    return [_to_triton(c) for c in _configs.persistent_conv_configs()]
 
 
 @triton.autotune(

@@ -92,7 +92,7 @@ def _prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: A
         a.element_size(),
         named_args["c_desc"].base.element_size(),
         smem,
-        fp8_promote=kwargs.get("FP8_PROMOTE", 0) if a.element_size() == 1 else 0,
+        fp8_promote=kwargs["FP8_PROMOTE"] if kwargs.get("FP8") else 0,
     )
     return [_to_triton(c) for c in kept]
 
