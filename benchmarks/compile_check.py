@@ -201,18 +201,18 @@ PERSISTENT_CASES = {
 }
 
 
-def persistent_variants(arch: int, cases: list[str], configs: list[dict] | None = None):
+def persistent_variants(arch: int, cases: list[str], quick: bool = False):
     """The persistent kernel (TMA descriptors, sub-tiled epilogue) on every config kept for
     8192x8192x4096 operands, with the heaviest epilogue (row/column scales, bias, GELU)."""
     limit = SMEM_OPTIN.get(arch, 99 * 1024)
     for case in cases:
         a, b, c, flags, kmajor = PERSISTENT_CASES[case]
         elem = PTR_TYPES[a]
-        table = configs or _configs.persistent_configs((arch // 10, arch % 10), interpret=False)
+        table = _configs.persistent_configs((arch // 10, arch % 10), interpret=False)
         kept = _configs.prune_persistent(
             table, 8192, 8192, 4096, elem, PTR_TYPES[c], limit, flags.get("FP8_PROMOTE", 0)
         )
-        for cfg in kept:
+        for cfg in kept[:1] if quick else kept:
             bm, bn, bk, sub = (cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "EPILOGUE_SUBTILE"))
             consts = dict(A_SCALE=2, B_SCALE=2, HAS_BIAS=True, ACTIVATION=2, ACC_INT32=False,
                           FP8=False, FP8_PROMOTE=1, OUT_INT32=False, B_KMAJOR=kmajor, C_TMA=True,
@@ -228,14 +228,15 @@ def persistent_variants(arch: int, cases: list[str], configs: list[dict] | None 
             yield f"persistent {case}", cfg, tp._matmul_persistent_kernel.fn, ptrs, consts
 
 
-def small_m_variants(arch: int):
+def small_m_variants(arch: int, quick: bool = False):
     """The small-M kernel: bf16 weights, int8 and int4 weight-only (grouped, zero points)."""
     cap = (arch // 10, arch % 10)
     for label, weight, b in (("bf16", 16, "bf16"), ("int8w", 8, "i8"), ("int4", 4, "i8")):
         table = _configs.small_m_configs(cap, interpret=False)
         extra = 8 if weight != 16 else 0  # fp32 scales + zero points, as the launcher prunes
         limit = SMEM_OPTIN.get(arch, 99 * 1024)
-        for cfg in _configs.prune(table, 1, 8192, 8192, PTR_TYPES[b], limit, extra, False):
+        kept = _configs.prune(table, 1, 8192, 8192, PTR_TYPES[b], limit, extra, False)
+        for cfg in kept[:1] if quick else kept:
             consts = dict(WEIGHT=weight, HAS_ZERO=weight != 16, HAS_BIAS=True, ACTIVATION=3,
                           IEEE=False, SPLIT_K=4, INT64=False, INTERPRET=False, stride_ak=1,
                           stride_bk=1, stride_cn=1,
@@ -245,14 +246,15 @@ def small_m_variants(arch: int):
             yield f"small_m {label}", cfg, ts._small_m_kernel.fn, ptrs, consts
 
 
-def conv_persistent_variants(arch: int):
+def conv_persistent_variants(arch: int, quick: bool = False):
     """The persistent conv (sub-tiled epilogue) on the persistent table's tiles."""
     for case in ("bf16", "e4m3", "int8") if arch >= 89 else ("bf16", "int8"):
         a, b, c, flags = CASES[case]
-        for cfg in _configs.prune(
+        kept = _configs.prune(
             _configs.persistent_conv_configs(), 4096, 4096, 4096, PTR_TYPES[a],
             SMEM_OPTIN.get(arch, 99 * 1024), heavy_epilogue=True,
-        ):  # fmt: skip
+        )  # fmt: skip
+        for cfg in kept[:1] if quick else kept:
             consts = dict(X_SCALE=1, W_SCALE=2, HAS_BIAS=True, ACTIVATION=1, ACC_INT32=False,
                           IEEE=False, OUT_INT32=False, INT64=False, NUM_SMS=132, INTERPRET=False,
                           sxc=1, swc=1, syn=1,
@@ -294,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="90", help="comma list of SM versions: 80,89,90")
     parser.add_argument("--cases", default="fp16,bf16,fp32,e4m3,e5m2xe4m3,int8,int8->i32")
-    parser.add_argument("--quick", action="store_true", help="first two configs per table only")
+    parser.add_argument(
+        "--quick", action="store_true", help="first two configs per table (new kernels: one)"
+    )
     parser.add_argument("--configs", default=None, help="comma list of config indices to compile")
     parser.add_argument(
         "--kernels",
@@ -318,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         kernels = args.kernels.split(",")
         new = []
         if "persistent" in kernels and arch >= 90:
-            new += list(persistent_variants(arch, args.persistent_cases.split(",")))
+            new += list(persistent_variants(arch, args.persistent_cases.split(","), args.quick))
         if "small_m" in kernels:
-            new += list(small_m_variants(arch))
+            new += list(small_m_variants(arch, args.quick))
         if "conv_persistent" in kernels and arch >= 90:
-            new += list(conv_persistent_variants(arch))
+            new += list(conv_persistent_variants(arch, args.quick))
         for variant in new:
             failures += _run(arch, *variant)
         for label, cfg, fn, ptrs, consts in matmul_variants(arch, configs, cases):
