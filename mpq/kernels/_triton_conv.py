@@ -309,7 +309,9 @@ def _conv2d_persistent_kernel(
         )  # fmt: skip
 
 
-def choose_conv_kernel(capability: tuple[int, int] | None, forced: str) -> str:
+def choose_conv_kernel(
+    capability: tuple[int, int] | None, forced: str, interpret: bool = INTERPRET
+) -> str:
     """"persistent" on sm_90+ (automatically) or when forced (sm_90+ or the interpreter), else
     "tiled"; the small-M kernel has no conv, so forcing it raises."""
     if forced == "small_m":
@@ -318,7 +320,7 @@ def choose_conv_kernel(capability: tuple[int, int] | None, forced: str) -> str:
             "matmul only). Received: kernel='small_m'"
         )
     hopper = capability is not None and capability >= (9, 0)
-    if forced == "persistent" and not (hopper or INTERPRET):
+    if forced == "persistent" and not (hopper or interpret):
         raise ValueError(
             "Expected a GPU of compute capability >= 9.0 for the persistent conv2d kernel. "
             f"Received: capability={capability}"
