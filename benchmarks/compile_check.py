@@ -213,7 +213,9 @@ def persistent_variants(arch: int, cases: list[str], quick: bool = False):
             table, 8192, 8192, 4096, elem, PTR_TYPES[c], limit, flags.get("FP8_PROMOTE", 0)
         )
         for cfg in kept[:1] if quick else kept:
-            bm, bn, bk, sub = (cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "EPILOGUE_SUBTILE"))
+            bm, bn, bk, sub = (
+                cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "EPILOGUE_SUBTILE")
+            )
             consts = dict(A_SCALE=2, B_SCALE=2, HAS_BIAS=True, ACTIVATION=2, ACC_INT32=False,
                           FP8=False, FP8_PROMOTE=1, OUT_INT32=False, B_KMAJOR=kmajor, C_TMA=True,
                           NUM_SMS=132, INTERPRET=False, stride_cn=1,

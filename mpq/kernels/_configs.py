@@ -6,15 +6,22 @@ dicts into ``triton.Config`` objects and prune them per call shape with ``prune`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+Config = dict[str, int]
+"""One config: tile sizes, grouped-ordering width, warps, stages, by name."""
+
 # One config: tile sizes, grouped-ordering width, warps, software-pipelining stages.
 _KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 TILE_KEYS = _KEYS[:4]  # the constexpr meta-parameters of the kernels
 
-INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1)
+INTERPRETER_CONFIG: Config = dict(
+    BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1
+)
 """The single config used under TRITON_INTERPRET=1 (fast tests; no autotuning)."""
 
 
-def _rows(rows) -> list[dict]:
+def _rows(rows: Iterable[tuple[int, int, int, int, int, int]]) -> list[Config]:
     return [dict(zip(_KEYS, row, strict=True)) for row in rows]
 
 
@@ -34,7 +41,7 @@ _SMALL_M = _rows(
 )
 
 
-def hopper_configs() -> list[dict]:
+def hopper_configs() -> list[Config]:
     """sm_90 (H100/H200): 228 KB shared memory, wgmma wants 64-row warpgroup tiles."""
     return (
         _rows(
@@ -76,7 +83,7 @@ EIGHT_BIT_SM8X = _rows(
 )
 
 
-def ampere_configs() -> list[dict]:
+def ampere_configs() -> list[Config]:
     """sm_80/86 (A100, RTX 30): mma.sync tiles, 100-164 KB shared memory."""
     return (
         _rows(
@@ -96,7 +103,7 @@ def ampere_configs() -> list[dict]:
     )
 
 
-def ada_configs() -> list[dict]:
+def ada_configs() -> list[Config]:
     """sm_89 (RTX 40, L4, L40): mma.sync with float8, 99 KB shared memory per block: fewer
     stages and no 256-wide 16-bit tiles."""
     return (
@@ -115,14 +122,14 @@ def ada_configs() -> list[dict]:
     )
 
 
-def generic_configs() -> list[dict]:
+def generic_configs() -> list[Config]:
     """Anything else (older NVIDIA, AMD): conservative tiles."""
     return (
         _rows([(128, 128, 32, 8, 4, 3), (64, 128, 32, 8, 4, 3), (64, 64, 32, 8, 4, 2)]) + _SMALL_M
     )
 
 
-def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
+def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
     """Candidate configs for a device of compute ``capability`` (or the interpreter's one)."""
     if interpret:
         return [dict(INTERPRETER_CONFIG)]
@@ -145,7 +152,7 @@ DEQUANT_MAX_PER_THREAD = 32  # weight-only: dequantized weight elements per thre
 
 
 def smem_estimate(
-    c: dict, elem_bytes: int, kn_extra_bytes: int = 0, stages: int | None = None
+    c: Config, elem_bytes: int, kn_extra_bytes: int = 0, stages: int | None = None
 ) -> int:
     """Shared memory of the pipelined loads of config ``c``, in bytes.
 
@@ -161,7 +168,7 @@ def smem_estimate(
 
 
 def prune(
-    configs: list[dict],
+    configs: list[Config],
     M: int,
     N: int,
     K: int,
@@ -170,7 +177,7 @@ def prune(
     kn_extra_bytes: int = 0,
     keep_one: bool = True,
     heavy_epilogue: bool = False,
-) -> list[dict]:
+) -> list[Config]:
     """Drop configs that don't fit the shape or the shared memory; keep at least one (the
     smallest legal tile) unless ``keep_one=False``.
 
@@ -212,7 +219,7 @@ def prune(
             for c in configs
             if c["BLOCK_M"] * c["BLOCK_N"] <= FMA_MAX_ACC_PER_THREAD * 32 * c["num_warps"]
         ]
-    kept: list[dict] = []
+    kept: list[Config] = []
     for c in configs:
         if c["BLOCK_K"] < min_k:
             continue
@@ -241,7 +248,7 @@ REG_BASE = 45  # addresses, indices, loop state (fit, see register_estimate)
 EPILOGUE_REGS_PER_ACC = 0.9  # fp32 epilogue temporaries per accumulator element (fit)
 
 
-def register_estimate(c: dict, heavy_epilogue: bool, subtile: int = 1) -> float:
+def register_estimate(c: Config, heavy_epilogue: bool, subtile: int = 1) -> float:
     """Registers per thread of a tensor-core config: the fp32/int32 accumulator
     (BLOCK_M*BLOCK_N / threads), plus, with a fused epilogue on it, temporaries for the
     ``1 / subtile`` of the tile the epilogue works on at a time, plus a constant.
@@ -267,7 +274,7 @@ INTERPRETER_PERSISTENT_CONFIG = dict(
 """The single persistent config under TRITON_INTERPRET=1 (sub-tiled epilogue exercised)."""
 
 
-def persistent_hopper_configs() -> list[dict]:
+def persistent_hopper_configs() -> list[Config]:
     """sm_90 persistent tiles: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EPILOGUE_SUBTILE, warps,
     stages). The sub-tiled epilogue keeps 128x256 tiles under the register budget."""
     return [
@@ -288,7 +295,7 @@ def persistent_hopper_configs() -> list[dict]:
     ]
 
 
-def persistent_conv_configs() -> list[dict]:
+def persistent_conv_configs() -> list[Config]:
     """sm_90 persistent conv tiles: the im2col gather keeps a pointer and a mask per row live,
     so at most 64 accumulator elements per thread (compiled for sm_90 with the fused epilogue:
     128x128 tiles with 8 warps used 176-254 registers and spilled nothing; every 128x256 and
@@ -304,7 +311,7 @@ def persistent_conv_configs() -> list[dict]:
     ]
 
 
-def persistent_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
+def persistent_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
     """Candidate configs of the persistent kernel (selected on sm_90+ only; other devices get
     the Hopper table, which only a forced kernel would use)."""
     if interpret:
@@ -313,7 +320,7 @@ def persistent_configs(capability: tuple[int, int] | None, interpret: bool) -> l
 
 
 def prune_persistent(
-    configs: list[dict],
+    configs: list[Config],
     M: int,
     N: int,
     K: int,
@@ -321,13 +328,13 @@ def prune_persistent(
     out_bytes: int,
     smem_bytes: int,
     fp8_promote: int = 0,
-) -> list[dict]:
+) -> list[Config]:
     """``prune`` for the persistent kernel: shape, 8-bit BLOCK_K, registers (the epilogue is
     sub-tiled; precise float8, ``fp8_promote >= 1``, keeps a second fp32 accumulator live:
     compiled for sm_90, promotion every tile spilled 8-88 bytes in every tile but 128x128 with 8
     warps, and those spilled nothing), and shared
     memory including the TMA store buffer of one epilogue sub-tile. Keeps at least one."""
-    kept: list[dict] = []
+    kept: list[Config] = []
     for c in configs:
         sub = c["EPILOGUE_SUBTILE"]
         regs = register_estimate(c, True, sub)
@@ -354,7 +361,7 @@ INTERPRETER_SMALL_M_CONFIG = dict(
 )
 
 
-def small_m_configs(capability: tuple[int, int] | None, interpret: bool) -> list[dict]:
+def small_m_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
     """Small-M (M <= 16) tiles: one 16-row tile, wide K blocks streamed through many stages,
     narrow N so that (with split-K) every SM streams its share of the weight."""
     if interpret:

@@ -9,6 +9,7 @@ this module is imported) the same code runs on CPU tensors in Triton's interpret
 from __future__ import annotations
 
 import functools
+from typing import Any, TypedDict
 
 import torch
 import triton
@@ -54,13 +55,15 @@ def _device_limits(index: int) -> tuple[int, int]:
     return smem, props.multi_processor_count
 
 
-def _to_triton(c: dict) -> triton.Config:
+def _to_triton(c: _configs.Config) -> triton.Config:
     """A plain-data config of ``_configs`` as a ``triton.Config``."""
     meta = {k: v for k, v in c.items() if k not in ("num_warps", "num_stages")}
     return triton.Config(meta, num_warps=c["num_warps"], num_stages=c["num_stages"])
 
 
-def _prune_configs(configs, named_args, **kwargs):
+def _prune_configs(
+    configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any
+) -> list[triton.Config]:
     """early_config_prune hook: shape/shared-memory pruning of ``_configs.prune``."""
     if INTERPRET:
         return configs
@@ -80,9 +83,7 @@ def _prune_configs(configs, named_args, **kwargs):
         if kwargs.get("HAS_ZERO"):
             extra += named_args["z_ptr"].element_size()
     # Register pressure: a fused epilogue on the accumulator (not split-K partial sums).
-    heavy = kwargs.get("SPLIT_K", 1) == 1 and any(
-        kwargs.get(flag) for flag in EPILOGUE_FLAGS
-    )
+    heavy = kwargs.get("SPLIT_K", 1) == 1 and any(kwargs.get(flag) for flag in EPILOGUE_FLAGS)
     kept = _configs.prune(
         as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem, kn_extra_bytes=extra,
         heavy_epilogue=heavy,
@@ -99,7 +100,7 @@ def _triton_configs() -> list[triton.Config]:
     return [_to_triton(c) for c in _configs.matmul_configs(cap, INTERPRET)]
 
 
-def _launch_metadata(grid, kernel, args):
+def _launch_metadata(grid: Any, kernel: Any, args: dict[str, Any]) -> dict[str, Any]:
     """Flops and compulsory bytes (each operand read once, output written once) for profilers.
 
     ``b`` is counted by its storage (numel), so a packed int4 weight counts K*N/2 bytes, not
@@ -113,19 +114,30 @@ def _launch_metadata(grid, kernel, args):
     }
 
 
+class EpilogueArgs(TypedDict):
+    """The epilogue arguments every matmul launcher takes (scale modes of ``_checks``)."""
+
+    a_scale_mode: int
+    a_scale: torch.Tensor | None
+    b_scale_mode: int
+    b_scale: torch.Tensor | None
+    bias: torch.Tensor | None
+    activation: str
+
+
 # --- shared device functions -----------------------------------------------------------------
 
 
 @triton.jit
-def _masked_load(ptrs, mask):
+def _masked_load(ptrs, mask):  # type: ignore[no-untyped-def]
     # `other` is a float constant on purpose: Triton casts it to the element type, and only a
     # float source has a conversion to float8 (an int 0 fails for fp8 in the interpreter, and
     # int -> fp8 has no direct conversion on the GPU either); 0.0 is exact for every dtype here.
     return tl.load(ptrs, mask=mask, other=0.0)
 
 
-@triton.jit
-def _cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):  # type: ignore[no-untyped-def]
     """The one cast of a result (round to nearest even)."""
     if INTERPRET:
         if dtype == tl.bfloat16:
@@ -141,8 +153,8 @@ def _cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
         return x.to(dtype)
 
 
-@triton.jit
-def _mma(a, b, acc, ACC_INT32: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _mma(a, b, acc, ACC_INT32: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.constexpr):  # type: ignore[no-untyped-def]
     """acc += a @ b: int32 accumulation for int8, IEEE fp32 for fp32 operands, else fp32."""
     if ACC_INT32:
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
@@ -170,8 +182,8 @@ def _mma(a, b, acc, ACC_INT32: tl.constexpr, IEEE: tl.constexpr, INTERPRET: tl.c
     return acc
 
 
-@triton.jit
-def _epilogue(
+@triton.jit  # type: ignore[untyped-decorator]
+def _epilogue(  # type: ignore[no-untyped-def]
     acc,
     offs_m,
     offs_n,
@@ -209,8 +221,8 @@ def _epilogue(
     return acc
 
 
-@triton.jit
-def _store_result(
+@triton.jit  # type: ignore[untyped-decorator]
+def _store_result(  # type: ignore[no-untyped-def]
     c_ptrs,
     acc,
     mask,
@@ -240,8 +252,8 @@ def _store_result(
         tl.store(c_ptrs, _cast(acc, c_ptrs.dtype.element_ty, INTERPRET), mask=mask)
 
 
-@triton.jit
-def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):  # type: ignore[no-untyped-def]
     """Grouped ordering: GROUP_M row-tiles share each column-tile of b while it is in L2."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -254,9 +266,8 @@ def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: 
     return pid_m, pid_n
 
 
-
-@triton.jit
-def _splitk_reduce(
+@triton.jit  # type: ignore[untyped-decorator]
+def _splitk_reduce(  # type: ignore[no-untyped-def]
     ws_ptr,
     c_ptr,
     a_scale_ptr,
@@ -305,9 +316,8 @@ def _dummy(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(1, dtype=torch.float32)
 
 
-
-@triton.jit
-def _unpack_int4(p, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _unpack_int4(p, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):  # type: ignore[no-untyped-def]
     """[BLOCK_K // 2, BLOCK_N] bytes (int8 or uint8) -> [BLOCK_K, BLOCK_N] int32 codes in
     [-8, 7]: byte i holds row 2i in its low nibble and row 2i + 1 in its high nibble."""
     p = p.to(tl.int32)
@@ -317,8 +327,8 @@ def _unpack_int4(p, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     return tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (BLOCK_K, BLOCK_N))
 
 
-@triton.jit
-def _dequantize(
+@triton.jit  # type: ignore[untyped-decorator]
+def _dequantize(  # type: ignore[no-untyped-def]
     q,
     kk,
     k_mask,

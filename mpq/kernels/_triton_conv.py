@@ -14,16 +14,18 @@ import triton.language as tl
 from . import _checks, _configs
 from ._triton_common import (
     INTERPRET,
+    EpilogueArgs,
+    _device_limits,
     _masked_load,
     _mma,
     _prune_configs,
     _store_result,
     _tile_ids,
+    _to_triton,
     _triton_configs,
     check_device,
     check_float8_support,
 )
-from ._triton_common import _to_triton, _device_limits
 from ._triton_matmul import _capability, launch_matmul
 from ._triton_options import PERSISTENT_KINDS
 from ._triton_options import current as current_options
@@ -37,7 +39,7 @@ from ._triton_persistent import (
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y (gridDim.x allows 2**31 - 1)
 
 
-def _launch_metadata(grid, kernel, args):
+def _launch_metadata(grid: Any, kernel: Any, args: dict[str, Any]) -> dict[str, Any]:
     M, N, K = args["M"], args["N"], args["K"]
     groups = grid[1]
     x, w, y = args["x_ptr"], args["w_ptr"], args["y_ptr"]
@@ -50,8 +52,8 @@ def _launch_metadata(grid, kernel, args):
     }
 
 
-@triton.jit
-def _conv_acc(
+@triton.jit  # type: ignore[untyped-decorator]
+def _conv_acc(  # type: ignore[no-untyped-def]
     x_ptr,
     w_ptr,
     offs_m,
@@ -128,13 +130,13 @@ def _conv_acc(
     return acc
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_triton_configs(),
     key=["M", "N", "K"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _conv2d_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _conv2d_kernel(  # type: ignore[no-untyped-def]
     x_ptr,
     w_ptr,
     y_ptr,
@@ -222,13 +224,13 @@ def _persistent_configs() -> list[triton.Config]:
     return [_to_triton(c) for c in _configs.persistent_conv_configs()]
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_persistent_configs(),
     key=["M", "N", "K"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _conv2d_persistent_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _conv2d_persistent_kernel(  # type: ignore[no-untyped-def]
     x_ptr,
     w_ptr,
     y_ptr,
@@ -312,7 +314,7 @@ def _conv2d_persistent_kernel(
 def choose_conv_kernel(
     capability: tuple[int, int] | None, forced: str, interpret: bool = INTERPRET
 ) -> str:
-    """"persistent" on sm_90+ (automatically) or when forced (sm_90+ or the interpreter), else
+    """ "persistent" on sm_90+ (automatically) or when forced (sm_90+ or the interpreter), else
     "tiled"; the small-M kernel has no conv, so forcing it raises."""
     if forced == "small_m":
         raise ValueError(
@@ -355,7 +357,7 @@ def conv2d_checked(
         # tiled matmul, or the persistent one when its layout rule holds (else the persistent
         # conv kernel below).
         x2, w_t = x.reshape(M, spec.C), w.reshape(spec.OC, spec.C).t()
-        epilogue = dict(
+        epilogue = EpilogueArgs(
             a_scale_mode=spec.x_scale_mode,
             a_scale=spec.x_scale,
             b_scale_mode=spec.w_scale_mode,
@@ -365,7 +367,7 @@ def conv2d_checked(
         )
         kind = str(x.dtype).removeprefix("torch.") if spec.kind == "float" else spec.kind
         if kernel == "tiled":
-            launch_matmul(x2, w_t, y2, **epilogue)  # type: ignore[arg-type]
+            launch_matmul(x2, w_t, y2, **epilogue)
             return y
         if (
             kind in PERSISTENT_KINDS

@@ -13,6 +13,7 @@ import triton.language as tl
 from . import _checks, _configs, _triton_options, _triton_persistent, _triton_small_m
 from ._triton_common import (
     INTERPRET,
+    EpilogueArgs,
     _dequantize,
     _device_limits,
     _dummy,
@@ -34,13 +35,13 @@ __all__ = ["choose_kernel", "launch_matmul", "matmul", "matmul_checked", "matmul
 # --- matmul: float / float8 / int8 -------------------------------------------------------------
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_triton_configs(),
     key=["M", "N", "K", "SPLIT_K"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _matmul_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _matmul_kernel(  # type: ignore[no-untyped-def]
     a_ptr,
     b_ptr,
     c_ptr,
@@ -247,7 +248,7 @@ def matmul_checked(
     a2 = a.reshape(spec.M, spec.K)
     out = torch.empty((spec.M, spec.N), dtype=spec.out_dtype, device=a.device)
     kernel = choose_kernel(_kind(spec, a), a2, b, out)
-    epilogue = dict(
+    epilogue = EpilogueArgs(
         a_scale_mode=spec.a_scale_mode,
         a_scale=spec.a_scale,
         b_scale_mode=spec.b_scale_mode,
@@ -270,20 +271,20 @@ def matmul_checked(
             activation=spec.activation, split_k=split_k,
         )  # fmt: skip
     else:
-        launch_matmul(a2, b, out, split_k=split_k, **epilogue)  # type: ignore[arg-type]
+        launch_matmul(a2, b, out, split_k=split_k, **epilogue)
     return out.reshape(*spec.lead, spec.N)
 
 
 # --- weight-only int4 ------------------------------------------------------------------------
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_triton_configs(),
     key=["M", "N", "K", "GROUP_SIZE"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _matmul_int4_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _matmul_int4_kernel(  # type: ignore[no-untyped-def]
     a_ptr,
     b_ptr,
     c_ptr,

@@ -86,12 +86,13 @@ class TritonOptions:
         return 0 if self.fp8_accumulation == "fast" else self.fp8_promote_every
 
 
-_OPTIONS: ContextVar[TritonOptions] = ContextVar("mpq_triton_options", default=TritonOptions())
+_DEFAULTS = TritonOptions()
+_OPTIONS: ContextVar[TritonOptions | None] = ContextVar("mpq_triton_options", default=None)
 
 
 def current() -> TritonOptions:
     """The options in force (the innermost ``triton_options`` block, else the defaults)."""
-    return _OPTIONS.get()
+    return _OPTIONS.get() or _DEFAULTS
 
 
 @contextlib.contextmanager
@@ -109,7 +110,7 @@ def triton_options(
         ...     current().kernel
         'tiled'
     """
-    outer = _OPTIONS.get()
+    outer = current()
     changes: dict[str, object] = {}
     if kernel is not None:
         changes["kernel"] = kernel

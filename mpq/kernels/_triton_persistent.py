@@ -110,8 +110,10 @@ def _launch_metadata(grid: Any, kernel: Any, args: dict[str, Any]) -> dict[str, 
 # --- device code -------------------------------------------------------------------------------
 
 
-@triton.jit
-def _load_b(b_desc, pid_n, ki, B_KMAJOR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _load_b(  # type: ignore[no-untyped-def]
+    b_desc, pid_n, ki, B_KMAJOR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """The [BLOCK_K, BLOCK_N] tile ki of b: a transposed view of the K-major [N, K] weight's
     [BLOCK_N, BLOCK_K] box (what wgmma reads for 8-bit operands), or the row-major box."""
     if B_KMAJOR:
@@ -120,8 +122,8 @@ def _load_b(b_desc, pid_n, ki, B_KMAJOR: tl.constexpr, BLOCK_N: tl.constexpr, BL
         return b_desc.load([ki * BLOCK_K, pid_n * BLOCK_N])
 
 
-@triton.jit
-def _k_loop(
+@triton.jit  # type: ignore[untyped-decorator]
+def _k_loop(  # type: ignore[no-untyped-def]
     a_desc,
     b_desc,
     pid_m,
@@ -167,8 +169,8 @@ def _k_loop(
     return acc
 
 
-@triton.jit
-def _store_subtile(
+@triton.jit  # type: ignore[untyped-decorator]
+def _store_subtile(  # type: ignore[no-untyped-def]
     acc,
     c_desc,
     c_ptr,
@@ -211,8 +213,8 @@ def _store_subtile(
         tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, out, mask=mask)
 
 
-@triton.jit
-def _store_tile(
+@triton.jit  # type: ignore[untyped-decorator]
+def _store_tile(  # type: ignore[no-untyped-def]
     acc,
     c_desc,
     c_ptr,
@@ -262,13 +264,13 @@ def _store_tile(
         )  # fmt: skip
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_triton_configs(),
     key=["M", "N", "K", "FP8_PROMOTE"],
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _matmul_persistent_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _matmul_persistent_kernel(  # type: ignore[no-untyped-def]
     a_desc,
     b_desc,
     c_desc,

@@ -19,8 +19,8 @@ import triton.language as tl
 from . import _checks, _configs
 from ._triton_common import (
     INTERPRET,
-    _device_limits,
     _dequantize,
+    _device_limits,
     _dummy,
     _masked_load,
     _mma,
@@ -58,13 +58,13 @@ def _launch_metadata(grid: Any, kernel: Any, args: dict[str, Any]) -> dict[str, 
     }
 
 
-@triton.autotune(
+@triton.autotune(  # type: ignore[untyped-decorator]
     configs=_triton_configs(),
     key=["N", "K", "SPLIT_K", "WEIGHT"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit(launch_metadata=_launch_metadata)
-def _small_m_kernel(
+@triton.jit(launch_metadata=_launch_metadata)  # type: ignore[untyped-decorator]
+def _small_m_kernel(  # type: ignore[no-untyped-def]
     a_ptr,
     b_ptr,
     c_ptr,

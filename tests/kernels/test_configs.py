@@ -62,7 +62,9 @@ def test_split_k_heuristic(shape, sms, expected):
 
 
 def test_each_architecture_has_its_own_table_with_more_8_bit_tiles():
-    tables = {cap: _configs.matmul_configs(cap, interpret=False) for cap in ((8, 0), (8, 9), (9, 0))}
+    tables = {
+        cap: _configs.matmul_configs(cap, interpret=False) for cap in ((8, 0), (8, 9), (9, 0))
+    }
     assert tables[(8, 0)] != tables[(8, 9)] != tables[(9, 0)]
     extra = {(8, 0): _configs.EIGHT_BIT_SM8X, (8, 9): _configs.EIGHT_BIT_SM8X,
              (9, 0): _configs.EIGHT_BIT_SM90}  # fmt: skip

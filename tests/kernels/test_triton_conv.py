@@ -199,7 +199,10 @@ def test_persistent_pointwise_conv_takes_the_tma_matmul_when_aligned(monkeypatch
     gen = torch.Generator().manual_seed(7)
     for c, expected in ((16, [1]), (6, [])):  # C * 2 bytes: 32 (TMA-aligned) or 12 (not)
         calls.clear()
-        x, w = rand((2, 3, 4, c), torch.float16, gen, DEVICE), rand((8, 1, 1, c), torch.float16, gen, DEVICE)
+        x, w = (
+            rand((2, 3, 4, c), torch.float16, gen, DEVICE),
+            rand((8, 1, 1, c), torch.float16, gen, DEVICE),
+        )
         with _triton_options.triton_options(kernel="persistent"):
             out, ref = run_both(x, w, activation="relu")
         assert calls == expected

@@ -77,9 +77,18 @@ def test_options_block_nests_restores_and_is_thread_local():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(kernel="fastest"), r"`kernel` to be one of .*Received: kernel='fastest' \(of type str\)"),
-        (dict(fp8_accumulation="exact"), r"`fp8_accumulation` to be one of .*fp8_accumulation='exact'"),
-        (dict(fp8_promote_every=0), r"positive int .*Received: fp8_promote_every=0 \(of type int\)"),
+        (
+            dict(kernel="fastest"),
+            r"`kernel` to be one of .*Received: kernel='fastest' \(of type str\)",
+        ),
+        (
+            dict(fp8_accumulation="exact"),
+            r"`fp8_accumulation` to be one of .*fp8_accumulation='exact'",
+        ),
+        (
+            dict(fp8_promote_every=0),
+            r"positive int .*Received: fp8_promote_every=0 \(of type int\)",
+        ),
         (dict(fp8_promote_every=True), r"Received: fp8_promote_every=True \(of type bool\)"),
         (dict(fp8_promote_every=2.0), r"Received: fp8_promote_every=2.0 \(of type float\)"),
     ],

@@ -121,7 +121,9 @@ def test_forced_persistent_refuses_what_it_cannot_run():
     gen = torch.Generator().manual_seed(10)
     a = rand((8, 45), torch.float16, gen, DEVICE)  # row stride 90 bytes: not TMA-aligned
     b = rand((45, 16), torch.float16, gen, DEVICE)
-    with pytest.raises(ValueError, match=r"TMA-compatible layouts.*Received: kind='float16', tma_ok=False"):
+    with pytest.raises(
+        ValueError, match=r"TMA-compatible layouts.*Received: kind='float16', tma_ok=False"
+    ):
         persistent(a, b)
     a32 = rand((8, 16), torch.float32, gen, DEVICE)
     with pytest.raises(ValueError, match=r"Received: kind='float32'"):

@@ -103,7 +103,10 @@ def test_int8_weight_only_errors():
     a = torch.zeros(2, 8, dtype=torch.float16, device=DEVICE)
     q = torch.zeros(8, 4, dtype=torch.int8, device=DEVICE)
     s = torch.ones(4, device=DEVICE)
-    with pytest.raises(ValueError, match=r"2-D int8 `b_q` of shape \[K, N\].*b_q=tensor of shape \[8, 4\], dtype torch.float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"2-D int8 `b_q` of shape \[K, N\].*b_q=tensor of shape \[8, 4\], dtype torch.float32",
+    ):
         _triton_small_m.matmul_int8_weight_only(a, q.float(), s)
     with pytest.raises(ValueError, match=r"K = a.shape\[-1\].*b_q=tensor of shape \[7, 4\]"):
         _triton_small_m.matmul_int8_weight_only(a, q[:7], s)
