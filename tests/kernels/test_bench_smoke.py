@@ -134,3 +134,19 @@ def test_issue19_budget_skips_the_rest_and_says_so(bench_module, capsys):
     err = capsys.readouterr().err
     assert "time budget of 250 s spent: skipped 2 rows" in err
     assert "skipped matmul (3,)" in err and "skipped matmul (4,)" in err
+
+
+def test_fp8_accuracy_script_measures_every_mode_within_the_float32_bound():
+    spec = importlib.util.spec_from_file_location(
+        "fp8_accuracy", ROOT / "benchmarks" / "fp8_accuracy.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    K_ = 160
+    results = module.measure(16, 16, K_, DEVICE)
+    assert [name for name, _, _ in results][:4] == [name for name, _ in module.MODES]
+    for name, rel, sqnr in results:
+        # fp8 products are exact in float32: only the float32 accumulation (and the scale
+        # products) round, so the error is within K float32 ulps of sum |a b|
+        assert rel <= K_ * torch.finfo(torch.float32).eps, name
+        assert sqnr > 100, name
