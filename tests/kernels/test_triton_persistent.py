@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpq.kernels as K
 from mpq.kernels import _triton_options, reference
@@ -92,8 +94,8 @@ def test_float8_persistent_accumulation_modes(a_dtype, b_dtype, accumulation, ev
     a = rand((M, Kd), a_dtype, gen, DEVICE)
     w = rand((N, Kd), b_dtype, gen, DEVICE)
     kwargs = dict(a_scale=(torch.rand(M, generator=gen) + 0.5).to(DEVICE),
-                  b_scale=torch.tensor(0.25, device=DEVICE), bias=rand((N,), torch.float32, gen,
-                  DEVICE), out_dtype=torch.float32)  # fmt: skip
+                  b_scale=(torch.rand(N, generator=gen) / 4 + 0.125).to(DEVICE),
+                  bias=rand((N,), torch.float32, gen, DEVICE), out_dtype=torch.float32)  # fmt: skip
     with _triton_options.triton_options(fp8_accumulation=accumulation, fp8_promote_every=every):
         out = persistent(a, k_major(w), **kwargs)
     # Against the float64 oracle: the fp8 products are exact in fp32 (<= 2 x 4 significant
@@ -101,7 +103,7 @@ def test_float8_persistent_accumulation_modes(a_dtype, b_dtype, accumulation, ev
     # then the epilogue's two scale products and the bias add (<= 4 eps32 of the values).
     eps = torch.finfo(torch.float32).eps
     a64, b64 = a.cpu().double(), k_major(w.cpu()).double()
-    scale = kwargs["a_scale"].cpu().double()[:, None] * 0.25
+    scale = kwargs["a_scale"].cpu().double()[:, None] * kwargs["b_scale"].cpu().double()[None, :]
     bias = kwargs["bias"].cpu().double()
     oracle = (a64 @ b64) * scale + bias
     bound = Kd * eps * (a64.abs() @ b64.abs()) * scale + 4 * eps * (oracle.abs() + bias.abs())
@@ -148,3 +150,31 @@ def test_launcher_refuses_non_tma_operands():
     assert _triton_persistent.tma_compatible(torch.zeros(4, 8, dtype=torch.float16))
     assert not _triton_persistent.tma_compatible(torch.zeros(4, 8, dtype=torch.float16)[:, 1:])
     assert not _triton_persistent.tma_compatible(torch.zeros(2, 3, 8))
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    M=st.integers(0, 70),
+    n8=st.integers(1, 9),
+    k16=st.integers(1, 6),
+    kind=st.sampled_from(["bfloat16", "float16", "int8", "e4m3"]),
+    activation=st.sampled_from([None, "relu", "silu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_persistent_hypothesis_shapes(M, n8, k16, kind, activation, seed):
+    # TMA-compatible shapes (N a multiple of 8, K of 16), any M including 0.
+    N, Kd = 8 * n8, 16 * k16
+    gen = torch.Generator().manual_seed(seed)
+    dtype = {"e4m3": torch.float8_e4m3fn, "int8": torch.int8}.get(kind) or getattr(torch, kind)
+    a = rand((M, Kd), dtype, gen, DEVICE)
+    b = k_major(rand((N, Kd), dtype, gen, DEVICE))
+    kwargs: dict = dict(bias=rand((N,), torch.float32, gen, DEVICE), activation=activation)
+    if dtype in (torch.int8, torch.float8_e4m3fn):
+        kwargs.update(a_scale=(torch.rand(M, generator=gen) / 100).to(DEVICE),
+                      b_scale=(torch.rand(N, generator=gen) / 100).to(DEVICE))  # fmt: skip
+    out = persistent(a, b, **kwargs)
+    ref = reference.matmul(a.cpu(), b.cpu(), **_cpu(kwargs))
+    if dtype == torch.int8 and activation != "silu":
+        assert torch.equal(out.cpu(), ref)
+    else:
+        assert_close(out, ref, ref.dtype, k=Kd)
