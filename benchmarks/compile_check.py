@@ -104,6 +104,13 @@ def _mma(kernel) -> str:
     return ", ".join(found[:2]) + extra + tma
 
 
+def _first_light(configs: list[dict]) -> dict:
+    """The first config the launchers keep with a fused epilogue (register pruning), or the
+    first config when none is (``--configs`` naming only heavy ones)."""
+    light = [c for c in configs if _configs.register_estimate(c, True) <= _configs.MAX_REGISTERS]
+    return (light or configs)[0]
+
+
 def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
     for case in cases:
         a, b, c, flags = CASES[case]
@@ -126,7 +133,7 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
             yield f"matmul {case}", cfg, tm._matmul_kernel.fn, ptrs, consts
     # The other code paths, on the first config: split-K (int32 / fp32 workspace), int64
     # offsets, and the split-K reduction kernel.
-    cfg = configs[0]
+    cfg = _first_light(configs)
     tiles = {k: cfg[k] for k in TILE_KEYS}
     for case, ws, extra in (
         ("int8", "i32", dict(SPLIT_K=4)),
@@ -183,10 +190,10 @@ def matmul_variants(arch: int, configs: list[dict], cases: list[str]):
             yield f"conv2d {case}", cfg, tc._conv2d_kernel.fn, ptrs, consts
         yield (
             f"conv2d {case} int64",
-            configs[0],
+            _first_light(configs),
             tc._conv2d_kernel.fn,
             ptrs,
-            dict(consts, INT64=True, **{k: configs[0][k] for k in TILE_KEYS}),
+            dict(consts, INT64=True, **{k: _first_light(configs)[k] for k in TILE_KEYS}),
         )
 
 
@@ -337,7 +344,17 @@ def main(argv: list[str] | None = None) -> int:
             elem = max(PTR_TYPES[ptrs[n]] for n in list(ptrs)[:2])
             if not label.startswith("splitk_reduce"):  # not autotuned: no pruning
                 extra = 8 if label.startswith("int4") else 0  # fp32 scales + zero points
-                kept = _configs.prune([cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False)
+                # the fused epilogue these variants compile: register pruning applies, as in the
+                # launchers, unless --configs names the configs to compile
+                heavy = (
+                    not args.configs
+                    and bool(consts.get("ACTIVATION"))
+                    and consts.get("SPLIT_K", 1) == 1
+                )
+                kept = _configs.prune(
+                    [cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False,
+                    heavy_epilogue=heavy,
+                )  # fmt: skip
                 if not kept:
                     continue  # the launcher prunes this config for these operands on this device
                 cfg = kept[0]  # possibly with fewer stages or (fp32) a shorter BLOCK_K
