@@ -261,7 +261,7 @@ def conv_persistent_variants(arch: int, quick: bool = False):
         a, b, c, flags = CASES[case]
         kept = _configs.prune(
             _configs.persistent_conv_configs(), 4096, 4096, 4096, PTR_TYPES[a],
-            SMEM_OPTIN.get(arch, 99 * 1024), heavy_epilogue=True,
+            SMEM_OPTIN.get(arch, 99 * 1024), heavy_epilogue=True, gather=True,
         )  # fmt: skip
         for cfg in kept[:1] if quick else kept:
             consts = dict(X_SCALE=1, W_SCALE=2, HAS_BIAS=True, ACTIVATION=1, ACC_INT32=False,
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 kept = _configs.prune(
                     [cfg], 4096, 4096, 4096, elem, limit, extra, keep_one=False,
-                    heavy_epilogue=heavy,
+                    heavy_epilogue=heavy, gather=label.startswith("conv2d"),
                 )  # fmt: skip
                 if not kept:
                     continue  # the launcher prunes this config for these operands on this device

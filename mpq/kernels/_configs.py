@@ -149,6 +149,8 @@ def _next_pow2(n: int) -> int:
 FMA_MAX_BLOCK_K = 32  # fp32 (FMA) tiles: see prune()
 FMA_MAX_ACC_PER_THREAD = 64  # fp32 accumulator elements per thread, BLOCK_M*BLOCK_N/(32*warps)
 DEQUANT_MAX_PER_THREAD = 32  # weight-only: dequantized weight elements per thread (see prune)
+CONV_WIDE_K = 128  # conv: K tiles this deep ...
+CONV_WIDE_K_MAX_ACC = 64  # ... only with fewer accumulator elements per thread (see prune)
 
 
 def smem_estimate(
@@ -177,6 +179,7 @@ def prune(
     kn_extra_bytes: int = 0,
     keep_one: bool = True,
     heavy_epilogue: bool = False,
+    gather: bool = False,
 ) -> list[Config]:
     """Drop configs that don't fit the shape or the shared memory; keep at least one (the
     smallest legal tile) unless ``keep_one=False``.
@@ -200,11 +203,22 @@ def prune(
       ``DEQUANT_MAX_PER_THREAD`` weight elements of a [BLOCK_K, BLOCK_N] tile per thread
       (compiled for sm_90, the small-M kernel's 64-per-thread int8 tiles spilled 112 bytes and
       128-per-thread tiles 0.5-1.1 KB).
+    - ``gather`` (the implicit-GEMM conv, whose input tile is gathered through registers):
+      K tiles of ``CONV_WIDE_K`` or more are dropped when the accumulator has
+      ``CONV_WIDE_K_MAX_ACC`` or more elements per thread (compiled with the fused epilogue,
+      every such conv tile spilled 24-352 bytes on sm_80/sm_89 and some on sm_90).
     - registers: with ``heavy_epilogue`` (scales, bias or an activation on the accumulator)
       configs whose ``register_estimate`` exceeds ``MAX_REGISTERS`` are dropped (on sm_90 the
       128x256 tiles with 8 warps spilled 32 to 168 bytes per thread with the fused epilogue).
     """
     min_k = 32 if elem_bytes == 1 else 16
+    if gather:  # the conv's im2col gather: see CONV_WIDE_K
+        configs = [
+            c
+            for c in configs
+            if c["BLOCK_K"] < CONV_WIDE_K
+            or c["BLOCK_M"] * c["BLOCK_N"] < CONV_WIDE_K_MAX_ACC * 32 * c["num_warps"]
+        ]
     if kn_extra_bytes:  # weight-only codes: the dequantized tile lives in registers
         configs = [
             c

@@ -86,7 +86,7 @@ def _prune_configs(
     heavy = kwargs.get("SPLIT_K", 1) == 1 and any(kwargs.get(flag) for flag in EPILOGUE_FLAGS)
     kept = _configs.prune(
         as_dicts, named_args["M"], named_args["N"], k_extent, elem, smem, kn_extra_bytes=extra,
-        heavy_epilogue=heavy,
+        heavy_epilogue=heavy, gather="Cg" in named_args,
     )  # fmt: skip
     # prune may lower num_stages, so build the kept configs anew from their dicts.
     return [_to_triton(c) for c in kept]

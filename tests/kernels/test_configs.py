@@ -128,3 +128,14 @@ def test_small_m_configs():
     for cap in ((8, 0), (9, 0)):
         for c in _configs.small_m_configs(cap, interpret=False):
             assert c["BLOCK_M"] == _configs.SMALL_M_BLOCK and c["BLOCK_K"] % 2 == 0
+
+
+def test_conv_gather_pruning_drops_deep_k_tiles_with_large_accumulators():
+    deep = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)
+    shallow = dict(deep, BLOCK_K=64)
+    narrow = dict(deep, BLOCK_N=64)  # 32 accumulator elements per thread
+    args = (4096, 4096, 4096, 1, 227 * 1024)
+    assert _configs.prune([deep, shallow, narrow], *args, gather=True) == [shallow, narrow]
+    assert _configs.prune([deep, shallow, narrow], *args) == [deep, shallow, narrow]
+    for cap in ((8, 0), (8, 9), (9, 0)):  # every table keeps conv tiles
+        assert _configs.prune(_configs.matmul_configs(cap, False), *args, gather=True)
