@@ -3,6 +3,7 @@
     python benchmarks/bench_kernels.py                 # everything (autotuning takes a while)
     python benchmarks/bench_kernels.py --quick         # a few shapes per table
     python benchmarks/bench_kernels.py --ops matmul --dtypes bfloat16,float8 --json out.jsonl
+    python benchmarks/bench_kernels.py --issue19       # the Hopper targets, a markdown table
 
 Per shape: median time (triton.testing.do_bench, L2 flushed between runs), TFLOPS, % of the
 device's dense datasheet peak, and the ratio baseline_time / mpq_time (> 1: mpq is faster);
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,8 @@ class Row:
     baseline_ms: float | None
     sqnr_db: float | None
     extra: dict = field(default_factory=dict)
+    kernel: str = ""  # the mpq kernel that ran: tiled / persistent / small_m (matmul)
+    weight_bytes: float = 0.0  # the weight's storage, the bandwidth bound at small M
 
     @property
     def ratio(self) -> float | None:
@@ -113,10 +117,31 @@ def fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
     return (x / scale).to(dtype), scale
 
 
-def matmul_case(dtype: str, M: int, N: int, K: int) -> Row:
+def _options(**kwargs: object):
+    """mpq's Triton options block (kernel choice, float8 accumulation)."""
+    from mpq.kernels._triton_options import triton_options
+
+    return triton_options(**kwargs)
+
+
+def _kernel_name(kind: str, a: torch.Tensor, b: torch.Tensor, M: int, N: int) -> str:
+    """The kernel mpq's rule picks for this call (what the row timed)."""
+    from mpq.kernels import _triton_matmul
+
+    out = torch.empty((M, N), device=a.device, dtype=torch.bfloat16)
+    return _triton_matmul.choose_kernel(kind, a.reshape(M, -1), b, out)
+
+
+def matmul_case(
+    dtype: str, M: int, N: int, K: int, fp8_accumulation: str = "precise", kernel: str = "auto"
+) -> Row:
+    """One matmul row. ``fp8_accumulation``: "precise" (mpq promotes to fp32 every K tile;
+    baseline ``_scaled_mm(use_fast_accum=False)``) or "fast" (both carry the tensor cores'
+    accumulator: ``use_fast_accum=True``). ``kernel``: mpq's kernel choice ("auto" or forced)."""
     import mpq.kernels as mk
 
     dev = DEVICE
+    fast = fp8_accumulation == "fast"
     a_hp = torch.randn(M, K, device=dev)
     w_hp = torch.randn(N, K, device=dev) / K**0.5
     flops = 2.0 * M * N * K
@@ -126,19 +151,22 @@ def matmul_case(dtype: str, M: int, N: int, K: int) -> Row:
         ours = lambda: mk.matmul(a, b)  # noqa: E731
         base = lambda: torch.matmul(a, b)  # noqa: E731
         name, nbytes = "torch.matmul (cuBLAS)", 2 * (M * K + K * N + M * N)
+        kind, wbytes = dtype, 2 * K * N
     elif dtype == "float8":
         a, sa = fp8(a_hp, torch.float8_e4m3fn)
         w, sb = fp8(w_hp, torch.float8_e4m3fn)
         b = w.t()
         ours = lambda: mk.matmul(a, b, a_scale=sa, b_scale=sb)  # noqa: E731
-        # use_fast_accum=False: on Hopper mpq's fp8 kernel promotes the tensor-core partial sums
-        # to fp32 every BLOCK_K (max_num_imprecise_acc), so the like-for-like cuBLAS baseline
-        # is the one without fast accumulation (comparing with use_fast_accum=True would time
-        # a less accurate GEMM against a more accurate one).
+        # Matching accumulation: mpq's precise mode promotes the tensor-core partial sums to
+        # fp32 every K tile (max_num_imprecise_acc), like cuBLAS without fast accumulation;
+        # its fast mode carries them over all of K, like use_fast_accum=True. Comparing across
+        # modes would time a less accurate GEMM against a more accurate one.
         base = lambda: torch._scaled_mm(  # noqa: E731
-            a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=False
+            a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast
         )
-        name, nbytes = "torch._scaled_mm (no fast accum)", M * K + K * N + 2 * M * N
+        name = f"torch._scaled_mm ({'fast accum' if fast else 'no fast accum'})"
+        nbytes = M * K + K * N + 2 * M * N
+        kind, wbytes = "float8", K * N
     elif dtype == "int8":
         sa = a_hp.abs().amax(1) / 127
         sb = w_hp.abs().amax(1) / 127
@@ -147,6 +175,7 @@ def matmul_case(dtype: str, M: int, N: int, K: int) -> Row:
         ours = lambda: mk.matmul(a, b, a_scale=sa, b_scale=sb)  # noqa: E731
         base = lambda: (torch._int_mm(a, b).float() * sa[:, None] * sb).to(torch.bfloat16)  # noqa: E731
         name, nbytes = "torch._int_mm + scale", M * K + K * N + 2 * M * N
+        kind, wbytes = "int8", K * N
     elif dtype == "int4":
         group = 128
         wg = w_hp.reshape(N, K // group, group)
@@ -167,18 +196,23 @@ def matmul_case(dtype: str, M: int, N: int, K: int) -> Row:
             "bf16 torch.matmul on the dequantized weight",
             2 * M * K + K * N // 2 + 2 * M * N,
         )
+        kind, wbytes = "int4", K * N // 2 + 4 * scale.numel()
     else:
         raise ValueError(f"Expected a dtype of the benchmark. Received: {dtype!r}")
     base_ms = err = None
-    out = ours()
+    with _options(kernel=kernel, fp8_accumulation=fp8_accumulation):
+        chosen = _kernel_name(kind, a, b_packed if dtype == "int4" else b, M, N)
+        out = ours()
+        mpq_ms = bench(ours)
     try:
         ref = base()
         err = sqnr_db(ref.float(), out.float())
         base_ms = bench(base)
     except RuntimeError as e:  # e.g. torch._int_mm needs M > 16
         name = f"{name}: n/a ({str(e).splitlines()[0][:60]})"
-    return Row("matmul", dtype, f"M={M} N={N} K={K}", M <= SMALL_M, flops, nbytes, bench(ours),
-               name, base_ms, err)  # fmt: skip
+    label = dtype + (f" {fp8_accumulation}" if dtype == "float8" else "")
+    return Row("matmul", label, f"M={M} N={N} K={K}", M <= SMALL_M, flops, nbytes, mpq_ms,
+               name, base_ms, err, kernel=chosen, weight_bytes=wbytes)  # fmt: skip
 
 
 def conv_case(
@@ -227,6 +261,77 @@ def conv_case(
                sqnr_db(ref.float(), out.float()))  # fmt: skip
 
 
+# Issue 19's targets (Hopper): ratios in one run on these shapes.
+ISSUE19_LARGE = [(4096, 4096, 4096), (8192, 8192, 4096)]
+ISSUE19_SMALL_M = [(1, 8192, 8192), (16, 8192, 8192), (128, 8192, 8192)]
+ISSUE19_CONV = [(56, 64, 64, 3), (28, 128, 128, 3), (14, 256, 256, 3)]
+
+
+def issue19_plan() -> list[tuple[str, tuple]]:
+    """The rows of ``--issue19``, most important first (the time budget cuts from the end):
+    each is ("matmul", (dtype, M, N, K, fp8_accumulation)) or ("conv2d", conv_case args)."""
+    plan: list[tuple[str, tuple]] = []
+    for M, N, K in ISSUE19_LARGE + ISSUE19_SMALL_M:
+        plan.append(("matmul", ("bfloat16", M, N, K, "precise")))
+    for M, N, K in ISSUE19_LARGE + ISSUE19_SMALL_M:
+        plan.append(("matmul", ("float8", M, N, K, "precise")))
+        plan.append(("matmul", ("int8", M, N, K, "precise")))
+    for M, N, K in ISSUE19_LARGE:
+        plan.append(("matmul", ("float8", M, N, K, "fast")))
+    for M, N, K in ISSUE19_SMALL_M[:2]:
+        plan.append(("matmul", ("int4", M, N, K, "precise")))
+    for hw, cin, cout, k in ISSUE19_CONV:
+        for fused in (False, True):
+            plan.append(("conv2d", ("bfloat16", hw, cin, cout, k, fused)))
+    for M, N, K in ISSUE19_LARGE:
+        plan.append(("matmul", ("float16", M, N, K, "precise")))
+    return plan
+
+
+def run_plan(plan: list[tuple[str, tuple]], budget_s: float, clock=time.monotonic) -> list[Row]:
+    """Run the plan's rows in order until ``budget_s`` seconds have passed (checked before
+    each row; one row's autotuning can overrun it by its own duration). Skipped rows are listed
+    on stderr, never silently dropped."""
+    rows: list[Row] = []
+    start = clock()
+    for i, (op, args) in enumerate(plan):
+        if clock() - start > budget_s:
+            print(f"time budget of {budget_s:.0f} s spent: skipped {len(plan) - i} rows:",
+                  file=sys.stderr)  # fmt: skip
+            for op_, args_ in plan[i:]:
+                print(f"  skipped {op_} {args_}", file=sys.stderr)
+            break
+        rows.append(matmul_case(*args) if op == "matmul" else conv_case(*args))
+        print(f"  done {op} {args} ({clock() - start:.0f} s)", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[Row], peaks: dict) -> str:
+    """The rows as a GitHub markdown table (ratio = baseline time / mpq time; % of HBM
+    bandwidth counts the weight bytes only, the issue's small-M target)."""
+    bw = peaks.get("tbps")
+    lines = [
+        "| op | dtype | shape | mpq kernel | mpq ms | TFLOPS | baseline | base ms | ratio "
+        "| % HBM BW (weights) | SQNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tflops = r.flops / r.mpq_ms / 1e9
+        pct = (
+            f"{100 * r.weight_bytes / (r.mpq_ms * 1e-3) / (bw * 1e12):.1f}"
+            if bw and r.weight_bytes
+            else "n/a"
+        )
+        lines.append(
+            f"| {r.op} | {r.dtype} | {r.shape} | {r.kernel or 'n/a'} | {r.mpq_ms:.4f} | "
+            f"{tflops:.1f} | {r.baseline} | "
+            f"{'n/a' if r.baseline_ms is None else f'{r.baseline_ms:.4f}'} | "
+            f"{'n/a' if r.ratio is None else f'{r.ratio:.3f}'} | {pct} | "
+            f"{'n/a' if r.sqnr_db is None else f'{r.sqnr_db:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def geomean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and v > 0]
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
@@ -273,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few shapes per table")
     parser.add_argument("--peak", type=float, default=None, help="override the peak TFLOPS")
     parser.add_argument("--json", type=Path, default=None, help="also write rows as JSON Lines")
+    parser.add_argument(
+        "--issue19", action="store_true", help="the Hopper targets of issue 19 as a markdown table"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="--issue19: stop starting rows after this"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print(
@@ -292,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, triton {triton.__version__}")  # fmt: skip
     if not peaks:
         print("(no datasheet peak known for this device: % of peak shows n/a; see --peak)")
+    if args.issue19:
+        rows = run_plan(issue19_plan(), args.budget_s)
+        print()
+        print(markdown(rows, peaks))
+        _write_json(args.json, rows, name)
+        return 0
     squares = [1024, 4096] if args.quick else SQUARES
     llm_m = [1, 4096] if args.quick else LLM_M
     llm_nk = LLM_NK[:1] if args.quick else LLM_NK
@@ -316,11 +433,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  done conv2d {dtype} {hw}x{hw}x{cin}->{cout} {k}x{k}", file=sys.stderr)
     print()
     report(rows, peaks, args.peak)
-    if args.json:
-        with args.json.open("w") as f:
-            for r in rows:
-                f.write(json.dumps({**asdict(r), "ratio": r.ratio, "device": name}) + "\n")
+    _write_json(args.json, rows, name)
     return 0
+
+
+def _write_json(path: Path | None, rows: list[Row], device: str) -> None:
+    if path:
+        with path.open("w") as f:
+            for r in rows:
+                f.write(json.dumps({**asdict(r), "ratio": r.ratio, "device": device}) + "\n")
 
 
 if __name__ == "__main__":

@@ -57,12 +57,34 @@ def hopper_configs() -> list[Config]:
                 (64, 128, 64, 8, 4, 4),
             ]
         )
+        + EIGHT_BIT_SM90
         + _SMALL_M
     )
 
 
+# More 8-bit tiles: 8-bit operands halve the shared memory of a K tile, so deeper K tiles and
+# more stages fit; prune() drops them for 16-bit operands only when shared memory runs out.
+EIGHT_BIT_SM90 = _rows(
+    [
+        (128, 128, 256, 8, 8, 3),
+        (128, 256, 128, 8, 8, 4),  # 8 warps: the 128-register accumulator plus the epilogue
+        (256, 128, 128, 8, 8, 3),
+        (64, 256, 128, 8, 4, 4),
+        (128, 64, 128, 8, 4, 5),
+    ]
+)
+EIGHT_BIT_SM8X = _rows(
+    [
+        (128, 128, 64, 8, 4, 4),
+        (128, 64, 128, 8, 4, 3),
+        (64, 128, 128, 8, 4, 3),
+        (64, 64, 128, 8, 4, 4),
+    ]
+)
+
+
 def ampere_configs() -> list[Config]:
-    """sm_80/86/89 (A100, RTX 30/40, L4/L40): mma.sync tiles, 100-164 KB shared memory."""
+    """sm_80/86 (A100, RTX 30): mma.sync tiles, 100-164 KB shared memory."""
     return (
         _rows(
             [
@@ -76,6 +98,26 @@ def ampere_configs() -> list[Config]:
                 (128, 128, 128, 8, 8, 3),  # 8-bit operands
             ]
         )
+        + EIGHT_BIT_SM8X
+        + _SMALL_M
+    )
+
+
+def ada_configs() -> list[Config]:
+    """sm_89 (RTX 40, L4, L40): mma.sync with float8, 99 KB shared memory per block: fewer
+    stages and no 256-wide 16-bit tiles."""
+    return (
+        _rows(
+            [
+                (128, 128, 32, 8, 4, 4),
+                (128, 128, 64, 8, 8, 3),
+                (128, 64, 64, 8, 4, 3),
+                (64, 128, 64, 8, 4, 3),
+                (64, 64, 64, 8, 4, 4),
+                (128, 128, 128, 8, 8, 3),  # 8-bit operands
+            ]
+        )
+        + EIGHT_BIT_SM8X
         + _SMALL_M
     )
 
@@ -93,6 +135,8 @@ def matmul_configs(capability: tuple[int, int] | None, interpret: bool) -> list[
         return [dict(INTERPRETER_CONFIG)]
     if capability is not None and capability[0] >= 9:
         return hopper_configs()
+    if capability is not None and capability >= (8, 9):
+        return ada_configs()
     if capability is not None and capability[0] == 8:
         return ampere_configs()
     return generic_configs()
@@ -104,6 +148,9 @@ def _next_pow2(n: int) -> int:
 
 FMA_MAX_BLOCK_K = 32  # fp32 (FMA) tiles: see prune()
 FMA_MAX_ACC_PER_THREAD = 64  # fp32 accumulator elements per thread, BLOCK_M*BLOCK_N/(32*warps)
+DEQUANT_MAX_PER_THREAD = 32  # weight-only: dequantized weight elements per thread (see prune)
+CONV_WIDE_K = 128  # conv: K tiles this deep ...
+CONV_WIDE_K_MAX_ACC = 64  # ... only with fewer accumulator elements per thread (see prune)
 
 
 def smem_estimate(
@@ -131,6 +178,8 @@ def prune(
     smem_bytes: int,
     kn_extra_bytes: int = 0,
     keep_one: bool = True,
+    heavy_epilogue: bool = False,
+    gather: bool = False,
 ) -> list[Config]:
     """Drop configs that don't fit the shape or the shared memory; keep at least one (the
     smallest legal tile) unless ``keep_one=False``.
@@ -150,8 +199,34 @@ def prune(
       thread. Compiled for sm_90, the tables' BLOCK_K = 64/128 tiles spilled 1.8 to 15 KB of
       registers per thread; the clamped ones spill at most 40 bytes
       (``benchmarks/compile_check.py``).
+    - weight-only codes (``kn_extra_bytes > 0``) are dequantized in registers: at most
+      ``DEQUANT_MAX_PER_THREAD`` weight elements of a [BLOCK_K, BLOCK_N] tile per thread
+      (compiled for sm_90, the small-M kernel's 64-per-thread int8 tiles spilled 112 bytes and
+      128-per-thread tiles 0.5-1.1 KB).
+    - ``gather`` (the implicit-GEMM conv, whose input tile is gathered through registers):
+      K tiles of ``CONV_WIDE_K`` or more are dropped when the accumulator has
+      ``CONV_WIDE_K_MAX_ACC`` or more elements per thread (compiled with the fused epilogue,
+      every such conv tile spilled 24-352 bytes on sm_80/sm_89 and some on sm_90).
+    - registers: with ``heavy_epilogue`` (scales, bias or an activation on the accumulator)
+      configs whose ``register_estimate`` exceeds ``MAX_REGISTERS`` are dropped (on sm_90 the
+      128x256 tiles with 8 warps spilled 32 to 168 bytes per thread with the fused epilogue).
     """
     min_k = 32 if elem_bytes == 1 else 16
+    if gather:  # the conv's im2col gather: see CONV_WIDE_K
+        configs = [
+            c
+            for c in configs
+            if c["BLOCK_K"] < CONV_WIDE_K
+            or c["BLOCK_M"] * c["BLOCK_N"] < CONV_WIDE_K_MAX_ACC * 32 * c["num_warps"]
+        ]
+    if kn_extra_bytes:  # weight-only codes: the dequantized tile lives in registers
+        configs = [
+            c
+            for c in configs
+            if c["BLOCK_K"] * c["BLOCK_N"] <= DEQUANT_MAX_PER_THREAD * 32 * c["num_warps"]
+        ]
+    if heavy_epilogue:
+        configs = [c for c in configs if register_estimate(c, heavy_epilogue) <= MAX_REGISTERS]
     if elem_bytes == 4:
         configs = [
             dict(c, BLOCK_K=min(c["BLOCK_K"], FMA_MAX_BLOCK_K))
@@ -180,6 +255,144 @@ def prune(
         legal = [c for c in configs if c["BLOCK_K"] >= min_k] or configs
         kept = [min(legal, key=lambda c: c["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])]
     return kept
+
+
+MAX_REGISTERS = 255  # registers per thread on sm_80..sm_90
+REG_BASE = 45  # addresses, indices, loop state (fit, see register_estimate)
+EPILOGUE_REGS_PER_ACC = 0.9  # fp32 epilogue temporaries per accumulator element (fit)
+
+
+def register_estimate(c: Config, heavy_epilogue: bool, subtile: int = 1) -> float:
+    """Registers per thread of a tensor-core config: the fp32/int32 accumulator
+    (BLOCK_M*BLOCK_N / threads), plus, with a fused epilogue on it, temporaries for the
+    ``1 / subtile`` of the tile the epilogue works on at a time, plus a constant.
+
+    A fit, not a model of the compiler: ``benchmarks/compile_check.py`` on sm_90 (Triton 3.9,
+    fused row/column scales + bias + GELU) gave 146-170 registers for 128x128 tiles with 8 warps
+    (64 accumulator elements per thread, no spill) and 255 registers plus 32-168 bytes of spill
+    for 128x256 tiles with 8 warps (128 per thread, all dtypes); without the epilogue (split-K)
+    the 128x256 tiles used 167-186 registers."""
+    acc = c["BLOCK_M"] * c["BLOCK_N"] / (32 * c["num_warps"])
+    live = EPILOGUE_REGS_PER_ACC * acc / subtile if heavy_epilogue else 0.0
+    return acc + live + REG_BASE
+
+
+# --- persistent TMA matmul (sm_90) ----------------------------------------------------------
+
+PERSISTENT_TILE_KEYS = (*TILE_KEYS, "EPILOGUE_SUBTILE")
+_PERSISTENT_KEYS = (*PERSISTENT_TILE_KEYS, "num_warps", "num_stages")
+
+INTERPRETER_PERSISTENT_CONFIG = dict(
+    BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, EPILOGUE_SUBTILE=2, num_warps=4, num_stages=1
+)
+"""The single persistent config under TRITON_INTERPRET=1 (sub-tiled epilogue exercised)."""
+
+
+def persistent_hopper_configs() -> list[Config]:
+    """sm_90 persistent tiles: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EPILOGUE_SUBTILE, warps,
+    stages). The sub-tiled epilogue keeps 128x256 tiles under the register budget."""
+    return [
+        dict(zip(_PERSISTENT_KEYS, row, strict=True))
+        for row in [
+            (128, 256, 64, 8, 2, 8, 3),
+            (128, 128, 64, 8, 1, 8, 4),
+            (128, 128, 64, 8, 2, 4, 4),
+            (256, 128, 64, 8, 2, 8, 3),
+            (64, 256, 64, 8, 2, 4, 4),
+            # 8-bit operands
+            (128, 256, 128, 8, 2, 8, 3),
+            (128, 128, 128, 8, 1, 8, 4),
+            (256, 128, 128, 8, 2, 8, 3),
+            (128, 128, 256, 8, 2, 8, 3),
+            (64, 256, 128, 8, 2, 4, 4),
+        ]
+    ]
+
+
+def persistent_conv_configs() -> list[Config]:
+    """sm_90 persistent conv tiles: the im2col gather keeps a pointer and a mask per row live,
+    so at most 64 accumulator elements per thread (compiled for sm_90 with the fused epilogue:
+    128x128 tiles with 8 warps used 176-254 registers and spilled nothing; every 128x256 and
+    4-warp 128x128 tile spilled 8-880 bytes)."""
+    return [
+        dict(zip(_PERSISTENT_KEYS, row, strict=True))
+        for row in [
+            (128, 128, 64, 8, 1, 8, 4),
+            (128, 128, 128, 8, 1, 8, 3),
+            (64, 128, 64, 8, 1, 4, 4),
+            (128, 64, 64, 8, 1, 4, 4),
+        ]
+    ]
+
+
+def persistent_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
+    """Candidate configs of the persistent kernel (selected on sm_90+ only; other devices get
+    the Hopper table, which only a forced kernel would use)."""
+    if interpret:
+        return [dict(INTERPRETER_PERSISTENT_CONFIG)]
+    return persistent_hopper_configs()
+
+
+def prune_persistent(
+    configs: list[Config],
+    M: int,
+    N: int,
+    K: int,
+    elem_bytes: int,
+    out_bytes: int,
+    smem_bytes: int,
+    fp8_promote: int = 0,
+) -> list[Config]:
+    """``prune`` for the persistent kernel: shape, 8-bit BLOCK_K, registers (the epilogue is
+    sub-tiled; precise float8, ``fp8_promote >= 1``, keeps a second fp32 accumulator live:
+    compiled for sm_90, promotion every tile spilled 8-88 bytes in every tile but 128x128 with 8
+    warps, and those spilled nothing), and shared
+    memory including the TMA store buffer of one epilogue sub-tile. Keeps at least one."""
+    kept: list[Config] = []
+    for c in configs:
+        sub = c["EPILOGUE_SUBTILE"]
+        regs = register_estimate(c, True, sub)
+        if fp8_promote >= 1:  # precise float8: the promoted fp32 sum is a second accumulator
+            regs += c["BLOCK_M"] * c["BLOCK_N"] / (32 * c["num_warps"])
+        if regs > MAX_REGISTERS:
+            continue
+        store = c["BLOCK_M"] * c["BLOCK_N"] // sub * out_bytes
+        tiles = prune([c], M, N, K, elem_bytes, smem_bytes - store, keep_one=False)
+        kept += [t for t in tiles if t not in kept]
+    if not kept:
+        legal = [c for c in configs if c["BLOCK_K"] >= (32 if elem_bytes == 1 else 16)]
+        kept = [min(legal or configs, key=lambda c: c["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])]
+    return kept
+
+
+# --- small-M weight-streaming kernel --------------------------------------------------------
+
+SMALL_M_BLOCK = 16
+"""Rows of the small-M kernel's one M tile (tensor cores' minimum): it takes M <= 16."""
+
+INTERPRETER_SMALL_M_CONFIG = dict(
+    BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, num_warps=4, num_stages=1
+)
+
+
+def small_m_configs(capability: tuple[int, int] | None, interpret: bool) -> list[Config]:
+    """Small-M (M <= 16) tiles: one 16-row tile, wide K blocks streamed through many stages,
+    narrow N so that (with split-K) every SM streams its share of the weight."""
+    if interpret:
+        return [dict(INTERPRETER_SMALL_M_CONFIG)]
+    stages = 4 if capability is not None and capability >= (9, 0) else 3
+    return _rows(
+        [
+            (16, 32, 128, 1, 4, stages),
+            (16, 64, 64, 1, 4, stages),
+            (16, 64, 128, 1, 8, stages),
+            (16, 128, 64, 1, 8, stages),
+            (16, 32, 256, 1, 8, stages),
+            # float weights only (prune drops them for weight-only codes: DEQUANT_MAX_PER_THREAD)
+            (16, 64, 256, 1, 8, stages),
+            (16, 128, 128, 1, 4, stages),
+        ]
+    )
 
 
 def split_k_for(M: int, N: int, K: int, num_sms: int) -> int:

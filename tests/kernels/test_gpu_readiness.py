@@ -170,6 +170,34 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert "maxNumImpreciseAcc=64" in out
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not capability.has_triton(), reason="needs the triton package")
+def test_new_kernels_compile_for_hopper_with_tma_wgmma_and_no_spills():
+    """The persistent TMA matmul, the small-M kernel and the persistent conv, compiled for sm_90
+    on the first config each keeps (Triton's real compiler and ptxas, no GPU)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compile_check.py"), "--arch", "90",
+           "--quick", "--kernels", "persistent,small_m,conv_persistent"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("sm_90")]
+    persistent = [line for line in lines if " persistent " in line]
+    assert len(persistent) == 6  # bf16, fp16, e4m3 fast / promote1 / promote4, int8
+    for line in persistent:
+        # TMA loads and stores (cp.async.bulk.tensor), wgmma
+        assert line.endswith(" TMA") and "wgmma.mma_async" in line, line
+    fast = next(line for line in persistent if "e4m3 fast" in line)
+    promote1 = next(line for line in persistent if "e4m3 promote1" in line)
+    assert "maxNumImpreciseAcc=1073741824" in fast  # wgmma accumulates over all of K
+    block_k = promote1.split()[4].split("x")[2]
+    assert f"maxNumImpreciseAcc={block_k} " in promote1  # promotion every K tile
+    assert ".s32.s8.s8" in next(line for line in persistent if "int8" in line)
+    assert sum("small_m" in line for line in lines) == 3  # bf16, int8 and int4 weights
+    assert sum("conv_persistent" in line for line in lines) == 3  # bf16, e4m3, int8
+    assert not [line for line in lines if "spills" in line or "FAILED" in line]
+    assert "0 problem(s)" in proc.stdout
+
+
 @pytest.mark.parametrize("capability_", [(8, 0), (9, 0), None], ids=str)
 @pytest.mark.parametrize("M", [1, 4096])
 def test_prune_gives_fp32_operands_short_k_fma_tiles(capability_, M):

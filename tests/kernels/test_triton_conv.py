@@ -157,3 +157,68 @@ def test_triton_conv2d_gradients_match_reference(case, activation):
     for got, want in zip(grads["triton"], grads["reference"], strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-4)
+
+
+# --- persistent conv (the Hopper kernel, forced in the interpreter) ---------------------------
+
+
+@pytest.mark.parametrize("dtypes", ["bfloat16", "e5m2xe4m3", "int8"], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    ["3x3", "3x3_s2_asym_pad_g2", "3x3_s12_dil2_depthwise", "1x1_matmul_route", "wide_channels"],
+    ids=str,
+)
+def test_persistent_conv2d(case, dtypes):
+    from mpq.kernels import _triton_options
+
+    x_dtype, w_dtype = DTYPES[dtypes]
+    gen = torch.Generator().manual_seed(100 + list(CASES).index(case))
+    x, w, geometry = make(CASES[case], x_dtype, w_dtype, gen)
+    oc = w.shape[0]
+    kwargs = dict(geometry, bias=rand((oc,), torch.float32, gen, DEVICE), activation="gelu")
+    if x_dtype != torch.bfloat16:
+        kwargs.update(x_scale=torch.tensor(0.05, device=DEVICE),
+                      w_scale=(torch.rand(oc, generator=gen) / 10).to(DEVICE))  # fmt: skip
+    with _triton_options.triton_options(kernel="persistent"):
+        out, ref = run_both(x, w, **kwargs)
+        if x_dtype == torch.int8:
+            raw, raw_ref = run_both(x, w, out_dtype=torch.int32, **geometry)
+            assert torch.equal(raw.cpu(), raw_ref)
+    kh, kw, cg = w.shape[1:]
+    assert_close(out, ref, ref.dtype, k=kh * kw * cg)
+
+
+def test_persistent_pointwise_conv_takes_the_tma_matmul_when_aligned(monkeypatch):
+    from mpq.kernels import _triton_conv, _triton_options
+
+    calls = []
+    real = _triton_conv.launch_persistent
+    monkeypatch.setattr(
+        _triton_conv, "launch_persistent", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    gen = torch.Generator().manual_seed(7)
+    for c, expected in ((16, [1]), (6, [])):  # C * 2 bytes: 32 (TMA-aligned) or 12 (not)
+        calls.clear()
+        x, w = (
+            rand((2, 3, 4, c), torch.float16, gen, DEVICE),
+            rand((8, 1, 1, c), torch.float16, gen, DEVICE),
+        )
+        with _triton_options.triton_options(kernel="persistent"):
+            out, ref = run_both(x, w, activation="relu")
+        assert calls == expected
+        assert_close(out, ref, torch.float16, k=c)
+
+
+def test_conv_kernel_choice():
+    from mpq.kernels import _triton_conv
+
+    choose = _triton_conv.choose_conv_kernel
+    assert choose((9, 0), "auto") == "persistent"
+    assert choose((8, 9), "auto") == "tiled"
+    assert choose(None, "auto") == "tiled"
+    assert choose((9, 0), "tiled") == "tiled"
+    with pytest.raises(ValueError, match=r"matmul only\). Received: kernel='small_m'"):
+        choose((9, 0), "small_m")
+    assert choose(None, "persistent", interpret=True) == "persistent"
+    with pytest.raises(ValueError, match=r"capability >= 9.0.*capability=\(8, 0\)"):
+        choose((8, 0), "persistent", interpret=False)
