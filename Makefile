@@ -7,10 +7,11 @@ PYTEST_ARGS ?=
 
 .PHONY: sweep test lint setup
 
-# The sweep's extras, Ray and the real-model extra (transformers) ride along so that the
-# sweep, its Ray executor and tests/training/test_real_models.py are tested too.
+# The sweep's extras, Ray, the real-model extra (transformers) and the Keras extra ride along so
+# that the sweep, its Ray executor, tests/training/test_real_models.py and the .keras loader are
+# tested too; dev brings ruff, import-linter and mypy.
 setup:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray,models,keras
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray,models,keras
 
 # The default policy sweep (experiments/digits.toml: digits CNN and MLP, tiny LM): table,
 # results.jsonl, summary.csv, pareto.png, sweep.png, report.html.
@@ -20,11 +21,14 @@ sweep:
 	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep
 	$(VENV)/bin/mpq sweep $(SWEEP_ARGS)
 
+# The architecture checks first (seconds): the import contracts of pyproject.toml
+# (docs/architecture.md) and mypy --strict; then the whole test suite.
 test: setup
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 	$(PY) -m pytest -n 2 -p no:cacheprovider $(PYTEST_ARGS)
 
-lint:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras dev,sweep,ray,models
+lint: setup
 	$(PY) -m ruff check mpq tests experiments benchmarks tools
 	$(PY) -m ruff format --check mpq tests experiments benchmarks tools
 	$(VENV)/bin/lint-imports
