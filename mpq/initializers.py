@@ -387,7 +387,7 @@ _ALIASES: dict[str, type[Initializer]] = {
 _CATALOG = Catalog("initializer", Initializer, _ALIASES, _ALIASES.values())
 
 
-def serialize(initializer: Initializer | None) -> dict[str, Any] | None:
+def serialize(initializer: Initializer | Callable[..., Any] | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
     return _CATALOG.serialize(initializer)
 

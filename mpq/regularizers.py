@@ -98,7 +98,7 @@ _ALIASES: dict[str, Callable[[], Regularizer]] = {
 _CATALOG = Catalog("regularizer", Regularizer, _ALIASES, (L1, L2, L1L2))
 
 
-def serialize(regularizer: Regularizer | None) -> dict[str, Any] | None:
+def serialize(regularizer: Regularizer | Callable[..., Any] | None) -> dict[str, Any] | None:
     """Config dict ``{"class_name", "config"}`` (None stays None)."""
     return _CATALOG.serialize(regularizer)
 
