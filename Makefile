@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The sweep's extras, Ray and the real-model extra (transformers) ride along so that the
 # sweep, its Ray executor and tests/training/test_real_models.py are tested too.
 setup:
-	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray,models
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --extras test,sweep,ray,models,keras
 
 # The default policy sweep (experiments/digits.toml: digits CNN and MLP, tiny LM): table,
 # results.jsonl, summary.csv, pareto.png, sweep.png, report.html.

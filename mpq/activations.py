@@ -19,13 +19,20 @@ from mpq.policy import autocast
 
 __all__ = [
     "ALL_ACTIVATIONS",
+    "celu",
     "elu",
     "exponential",
     "gelu",
     "get",
+    "glu",
+    "hard_shrink",
     "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "hard_tanh",
     "leaky_relu",
     "linear",
+    "log_sigmoid",
     "log_softmax",
     "mish",
     "relu",
@@ -34,11 +41,18 @@ __all__ = [
     "serialize",
     "sigmoid",
     "silu",
+    "soft_shrink",
     "softmax",
     "softplus",
     "softsign",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "sparsemax",
+    "squareplus",
     "swish",
     "tanh",
+    "tanh_shrink",
+    "threshold",
 ]
 
 
@@ -167,6 +181,112 @@ def mish(x: torch.Tensor) -> torch.Tensor:
     return F.mish(x)
 
 
+# --- The activations Keras 3 added (Keras 3.15 names, definitions and default arguments) ---
+
+
+def hard_silu(x: torch.Tensor) -> torch.Tensor:
+    """Hard SiLU (hard swish): `0` for `x < -3`, `x` for `x > 3`, `x * (x + 3) / 6` between.
+
+    >>> hard_silu(torch.tensor([-4.0, 0.0, 4.0]))
+    tensor([-0., 0., 4.])
+    """
+    return F.hardswish(x)
+
+
+hard_swish = hard_silu
+
+
+def celu(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Continuously differentiable ELU: `x` for `x >= 0`, `alpha * (exp(x / alpha) - 1)` below."""
+    return F.celu(x, alpha)
+
+
+def glu(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Gated linear unit: `a * sigmoid(b)` where `a, b` are the first and second halves of `x`
+    along `axis` (its size must be even; the output has half of it).
+
+    >>> glu(torch.zeros(2, 4)).shape
+    torch.Size([2, 2])
+    """
+    return F.glu(x, dim=axis)
+
+
+def hard_shrink(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """`x` where `|x| > threshold`, else `0`."""
+    return F.hardshrink(x, threshold)
+
+
+def hard_tanh(x: torch.Tensor) -> torch.Tensor:
+    """`clip(x, -1, 1)`."""
+    return F.hardtanh(x, -1.0, 1.0)
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """`log(1 / (1 + exp(-x)))`, computed stably (`-softplus(-x)`)."""
+    return F.logsigmoid(x)
+
+
+def soft_shrink(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """`x - threshold` above `threshold`, `x + threshold` below `-threshold`, else `0`."""
+    return F.softshrink(x, threshold)
+
+
+def sparse_plus(x: torch.Tensor) -> torch.Tensor:
+    """`0` for `x <= -1`, `(x + 1)**2 / 4` for `-1 < x < 1`, `x` for `x >= 1`."""
+    return torch.where(x <= -1, torch.zeros_like(x), torch.where(x < 1, 0.25 * (x + 1) ** 2, x))
+
+
+def sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """`0` for `x <= -1`, `(x + 1) / 2` for `-1 < x < 1`, `1` for `x >= 1`."""
+    return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
+
+
+def sparsemax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Sparsemax (Martins and Astudillo, 2016): the Euclidean projection of `x` onto the
+    probability simplex along `axis`, `max(x - tau, 0)` with `tau` chosen so the result sums
+    to 1. Computed in float32 for float16/bfloat16 inputs (like softmax).
+
+    Keras 3.15's backends compute `tau` from the sum of the cumulative sums over the support
+    instead of the cumulative sum at its end, which agrees with the definition only when the
+    support has one element (else the result does not sum to 1); mpq follows the definition
+    (docs/layers.md, "Coming from Keras").
+
+    >>> sparsemax(torch.tensor([1.0, 0.5, 0.0]))
+    tensor([0.7500, 0.2500, 0.0000])
+    """
+    out_dtype = x.dtype
+    z = x.to(_stats_dtype("softmax", x.dtype))
+    z_sorted = torch.sort(z, dim=axis, descending=True).values
+    cumsum = torch.cumsum(z_sorted, dim=axis)
+    shape = [1] * z.ndim
+    shape[axis] = -1
+    r = torch.arange(1, z.shape[axis] + 1, device=z.device, dtype=z.dtype).reshape(shape)
+    support = 1 + r * z_sorted > cumsum  # a prefix of the sorted values (never empty)
+    k = support.sum(dim=axis, keepdim=True)
+    cumsum_k = torch.gather(cumsum, axis if axis >= 0 else z.ndim + axis, k - 1)
+    tau = (cumsum_k - 1) / k.to(z.dtype)
+    return torch.clamp(z - tau, min=0.0).to(out_dtype)
+
+
+def squareplus(x: torch.Tensor, b: float = 4) -> torch.Tensor:
+    """`(x + sqrt(x**2 + b)) / 2`, a smooth approximation of relu (`b >= 0`)."""
+    return (x + torch.sqrt(x**2 + b)) / 2
+
+
+def tanh_shrink(x: torch.Tensor) -> torch.Tensor:
+    """`x - tanh(x)`."""
+    return F.tanhshrink(x)
+
+
+def threshold(x: torch.Tensor, threshold: float, default_value: float) -> torch.Tensor:
+    """`x` where `x > threshold`, else `default_value` (both arguments required, as in Keras).
+
+    >>> threshold(torch.tensor([1.0, 0.5, 0.0]), 0.5, -1.0)
+    tensor([ 1., -1., -1.])
+    """
+    return F.threshold(x, threshold, default_value)
+
+
 ALL_ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
     fn.__name__: fn
     for fn in (
@@ -187,14 +307,29 @@ ALL_ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
         exponential,
         hard_sigmoid,
         mish,
+        hard_silu,
+        celu,
+        glu,
+        hard_shrink,
+        hard_tanh,
+        log_sigmoid,
+        soft_shrink,
+        sparse_plus,
+        sparse_sigmoid,
+        sparsemax,
+        squareplus,
+        tanh_shrink,
+        threshold,
     )
 }
-ALL_ACTIVATIONS["swish"] = silu
+# Keras' aliases: resolve by name, serialize as the function's own name
+_ALIASES = {"swish": silu, "hard_swish": hard_silu}
+ALL_ACTIVATIONS.update(_ALIASES)
 
-_NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name != "swish"}
+_NAME_OF = {id(fn): name for name, fn in ALL_ACTIVATIONS.items() if name not in _ALIASES}
 
 
-def get(identifier: str | dict | Callable[..., Any] | None) -> Callable[..., Any]:
+def get(identifier: str | dict[str, Any] | Callable[..., Any] | None) -> Callable[..., Any]:
     """Resolve an activation: None -> `linear`, a name (e.g. "gelu", or the name of a function
     registered with `mpq.saving.register_serializable` or in a `custom_objects` scope), a
     callable (returned as is), or a dict produced by `serialize`.
@@ -229,7 +364,7 @@ def _callable(obj: Any) -> Callable[..., Any] | None:
     return obj if callable(obj) else None
 
 
-def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
+def serialize(activation: str | Callable[..., Any] | None) -> str | dict[str, str] | None:
     """The config form of an activation: its name for built-ins, else a dict
     `{"module": ..., "function_name": ...}` naming a module-level function, plus
     `"registered_name"` when it was registered with `mpq.saving.register_serializable`.
@@ -273,7 +408,7 @@ def serialize(activation: Callable[..., Any] | None) -> str | dict | None:
 _CONFIG_KEYS = ("module", "function_name", "registered_name")
 
 
-def _from_config(config: dict) -> Callable[..., Any]:
+def _from_config(config: dict[str, Any]) -> Callable[..., Any]:
     if not {"module", "function_name"} <= set(config) <= set(_CONFIG_KEYS) or not all(
         isinstance(config[k], str) for k in config
     ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mpq import saving_keras
 from mpq._errors import LOAD_ERRORS, MAX_CONFIG_DEPTH
 from mpq._registry import custom_object_scope, register_serializable
 
@@ -28,6 +30,7 @@ __all__ = [
     "LOAD_ERRORS",
     "MAX_CONFIG_DEPTH",
     "custom_object_scope",
+    "deserialize",
     "load",
     "load_weights",
     "register_serializable",
@@ -241,6 +244,8 @@ def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = N
     from mpq.layers import serialization
 
     path = os.fspath(path)
+    if os.path.isfile(path) and saving_keras.is_keras_file(path):
+        return _load_keras(path, custom_objects)
     config, tensors = _read(path)
     if isinstance(config, dict) and config.get("class_name") == TORCH_MODULE:
         raise ValueError(
@@ -249,7 +254,19 @@ def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = N
             "mpq.from_torch: build it again (from_torch, then the same quantize calls) and call "
             "mpq.saving.load_weights(model, path)"
         )
-    error: BaseException | None
+    skeleton = _build_on_meta(config, custom_objects, path)
+    _check_match(skeleton, tensors, path)
+    del skeleton
+    model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
+    _check_and_assign(model, tensors, path)
+    return model
+
+
+def _build_on_meta(config: Any, custom_objects: dict[str, Any] | None, path: str) -> Any:
+    """The model of ``config`` built on the meta device (shapes only, nothing allocated)."""
+    from mpq.layers import serialization
+
+    error: BaseException | None = None
     try:
         with torch.device("meta"):
             skeleton = serialization.deserialize(config, custom_objects=custom_objects)
@@ -259,8 +276,6 @@ def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = N
         error = e
     except (NotImplementedError, RuntimeError, ArithmeticError) as e:
         error = e
-    else:
-        error = None
     if error is not None:
         raise ValueError(
             f"Expected a config in {path!r} that builds on the meta device: load builds the "
@@ -268,11 +283,79 @@ def load(path: str | os.PathLike[str], custom_objects: dict[str, Any] | None = N
             "allocating, so every layer's build must not read values (docs/security.md). "
             f"Received: a build that failed with {type(error).__name__}: {str(error)[:500]}"
         ) from error
-    _check_match(skeleton, tensors, path)
-    del skeleton
-    model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
+    return skeleton
+
+
+def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Layer:
+    """``load`` for a Keras 3 ``.keras`` file (mpq.saving_keras): the config translated as
+    data, the model built on the meta device, every dataset's size and dtype checked against
+    it, then the real model built and its weights written (nothing half-loaded)."""
+    from mpq.layers import serialization
+
+    text, archive = saving_keras.read_keras(path)
+    with archive:
+        _check_json_depth(text, path)
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"The config.json in {path!r} is not valid JSON.") from e
+        skeleton = _build_on_meta(config, custom_objects, path)
+        plan = [
+            (prefix, saving_keras.keras_vars(layer))
+            for prefix, layer in saving_keras.keras_layer_paths(skeleton)
+        ]
+        wanted = {f"{prefix}vars/{i}": var for prefix, specs in plan for i, var in enumerate(specs)}
+        expected_bytes = sum(var.numel * var.itemsize for var in wanted.values())
+        with saving_keras.open_weights(archive, path, expected_bytes) as weights:
+            datasets = weights.datasets()
+            missing = sorted(set(wanted) - set(datasets))
+            extra = sorted(set(datasets) - set(wanted))
+            if missing or extra:
+                raise ValueError(
+                    f"The weights in {path!r} do not match the model its config describes: "
+                    f"missing {missing[:10]}, unexpected {extra[:10]}."
+                )
+            for key, var in wanted.items():
+                shape, dtype, _ = datasets[key]
+                if math.prod(shape) != var.numel or dtype.itemsize != var.itemsize:
+                    raise ValueError(
+                        f"The weights in {path!r} do not match the model: {key} holds {shape} "
+                        f"{dtype}, the model expects {var.numel} values of {var.itemsize} bytes."
+                    )
+            del skeleton
+            model: Layer = serialization.deserialize(config, custom_objects=custom_objects)
+            where = {id(m): prefix for prefix, m in model.named_modules()}
+            tensors: dict[str, torch.Tensor] = {}
+            for prefix, layer in saving_keras.keras_layer_paths(model):
+                own = dict(layer._own_variables())
+                module_path = where[id(layer)]
+                for i, var in enumerate(saving_keras.keras_vars(layer)):
+                    array = weights.read(f"{prefix}vars/{i}")
+                    if var.mpq_name is None:
+                        saving_keras.check_g_idx(layer, array)
+                        continue
+                    key = f"{module_path}/{var.mpq_name}" if module_path else var.mpq_name
+                    tensors[key] = saving_keras.convert(
+                        layer, var.mpq_name, array, own[var.mpq_name]
+                    )
+            # Keras saves no seed-generator state (Dropout(seed=...)): it restarts from the
+            # seed in the config, as Keras' own load does.
+            from mpq.layers.random import SeedGenerator
+
+            for key, (module, _, t) in _collect(model).items():
+                if key not in tensors and isinstance(module, SeedGenerator):
+                    tensors[key] = t.detach().clone()
     _check_and_assign(model, tensors, path)
     return model
+
+
+def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Any:
+    """A layer or model from its serialized config, mpq's (``mpq.layers.serialize``) or Keras
+    3.15's (``serialize_keras_object``), built when the config has a ``build_config``; the
+    same rules as ``load`` (nothing imported, LOAD_ERRORS only). No weights are read."""
+    from mpq.layers import serialization
+
+    return serialization.deserialize(config, custom_objects=custom_objects)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:

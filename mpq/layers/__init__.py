@@ -15,7 +15,7 @@ from mpq.layers.input_spec import InputSpec
 from mpq.layers.masking import get_mask
 from mpq.layers.merging import Add, Concatenate
 from mpq.layers.node import Node, SymbolicTensor
-from mpq.layers.normalization import BatchNormalization, LayerNormalization
+from mpq.layers.normalization import BatchNormalization, LayerNormalization, RMSNormalization
 from mpq.layers.quantization import QuantizationScheme, get_scheme, register_scheme
 from mpq.layers.random import SeedGenerator
 from mpq.layers.rematerialization import RematScope, remat
@@ -45,6 +45,7 @@ __all__ = [
     "Model",
     "Node",
     "QuantizationScheme",
+    "RMSNormalization",
     "RematScope",
     "Reshape",
     "SeedGenerator",

@@ -838,6 +838,9 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
                 f"Expected a config dict with string keys for {cls.__name__}. "
                 f"Received: config={_describe(config)}"
             )
+        from mpq.layers import keras_config  # Keras 3.15 configs are accepted as they are
+
+        config = keras_config.translate_layer_config(cls.__name__, config)
         try:
             with _registry.custom_object_scope(custom_objects):
                 return cls(**config)

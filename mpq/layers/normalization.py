@@ -20,7 +20,7 @@ from mpq.layers.input_spec import InputSpec
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import BatchNormViews, LayerNormViews
 
-__all__ = ["BatchNormalization", "LayerNormalization"]
+__all__ = ["BatchNormalization", "LayerNormalization", "RMSNormalization"]
 
 Shape = tuple[int | None, ...]
 
@@ -44,6 +44,11 @@ def _resolve_axes(axes: Sequence[int], ndim: int, shape: Sequence[int | None]) -
     if len(set(out)) != len(out):
         raise ValueError(f"Expected distinct axes. Received: axis={list(axes)}")
     return tuple(sorted(out))
+
+
+def _as_shape(input_shape: Any) -> Shape:
+    """`input_shape` (a sequence of sizes, None for unknown ones) as a tuple."""
+    return tuple(input_shape)
 
 
 def _stats_dtype(layer: Layer, x: torch.Tensor) -> torch.dtype:
@@ -70,13 +75,64 @@ def _add_gamma_beta(layer: Layer, shape: Shape, scale: bool, center: bool) -> No
         setattr(layer, name, weight)
 
 
+_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
+
+def _check_renorm_clipping(clipping: Any) -> dict[str, float]:
+    """`renorm_clipping` as tf.keras 2.x accepts it: None or a dict with some of the keys
+    "rmax", "rmin", "dmax" (numbers; rmin <= rmax, dmax >= 0)."""
+    if clipping is None:
+        return {}
+    if not isinstance(clipping, dict):
+        raise TypeError(
+            'Expected `renorm_clipping` to be None or a dict with keys among "rmax", "rmin", '
+            f'"dmax". Received: renorm_clipping={_describe(clipping)}'
+        )
+    unknown = sorted(set(clipping) - set(_RENORM_CLIPPING_KEYS), key=str)
+    if unknown:
+        raise ValueError(
+            f"Expected `renorm_clipping` keys among {list(_RENORM_CLIPPING_KEYS)}. "
+            f"Received: renorm_clipping={clipping!r} (unknown keys {unknown})"
+        )
+    out: dict[str, float] = {}
+    for key, value in clipping.items():
+        if value is None:  # tf.keras treats a None value as no bound
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise TypeError(
+                f"Expected renorm_clipping[{key!r}] to be a number. "
+                f"Received: {key}={_describe(value)}"
+            )
+        out[key] = float(value)
+    if out.get("dmax", 0.0) < 0 or out.get("rmin", 0.0) > out.get("rmax", float("inf")):
+        raise ValueError(
+            "Expected renorm_clipping with dmax >= 0 and rmin <= rmax. "
+            f"Received: renorm_clipping={clipping!r}"
+        )
+    return out
+
+
+class _SqrtInitializer(initializers.Initializer):
+    """The square root of another initializer's values (tf.keras 2.x initializes the renorm
+    stddevs with `sqrt(moving_variance_initializer(...))`). Internal: not serialized."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+        values: torch.Tensor = self.base(shape, dtype=dtype)
+        return torch.sqrt(values)
+
+
 @register_layer("mpq")
 class LayerNormalization(LayerNormViews, Layer):
     """Normalizes each example over `axis`: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
 
     Args (Keras 3 names and defaults): axis=-1 (int or list of ints), epsilon=1e-3,
-    center=True, scale=True, rms_scaling=False (then `x / sqrt(mean(x**2) + epsilon) * gamma`,
-    center and scale ignored; a true root-mean-square, with no mean subtracted),
+    center=True, scale=True, rms_scaling=False (then `x / sqrt(var(x) + epsilon) * gamma`,
+    center and scale ignored: Keras 3's definition, which scales by the variance over `axis`
+    and not by the mean square, and subtracts no mean from `x`; Keras 3.15 deprecates the
+    argument for that reason),
     beta_initializer="zeros", gamma_initializer="ones", beta/gamma regularizers and constraints.
 
     Weights: `gamma` and `beta` with the shape of the normalized axes (in increasing axis
@@ -89,6 +145,7 @@ class LayerNormalization(LayerNormViews, Layer):
     """
 
     _input_kind = "float"  # see Layer._input_kind
+    _true_rms = False  # RMSNormalization: the root mean square, not Keras' rms_scaling
 
     def __init__(
         self,
@@ -106,7 +163,7 @@ class LayerNormalization(LayerNormViews, Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if _is_int(axis):
+        if isinstance(axis, int) and not isinstance(axis, bool):
             self.axis: int | list[int] = axis
         elif isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
             self.axis = list(axis)
@@ -140,11 +197,11 @@ class LayerNormalization(LayerNormViews, Layer):
         _resolve_axes(self._axis_list(), len(input_shape), input_shape)
         return input_shape
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        input_shape = tuple(input_shape)
+    def build(self, input_shape: Any = None) -> None:
+        input_shape = _as_shape(input_shape)
         self._axes = _resolve_axes(self._axis_list(), len(input_shape), input_shape)
-        shape = tuple(input_shape[a] for a in self._axes)
-        if any(d is None for d in shape):
+        shape = tuple(d for d in (input_shape[a] for a in self._axes) if d is not None)
+        if len(shape) != len(self._axes):
             raise ValueError(
                 f"Expected the normalized axes {self._axes} to have known sizes. "
                 f"Received: input_shape={input_shape}"
@@ -159,11 +216,12 @@ class LayerNormalization(LayerNormViews, Layer):
             # Trailing axes given from the end (torch's LayerNorm): any rank that has them.
             n = len(input_shape)
             self.input_spec = InputSpec(
-                min_ndim=len(self._axes) + 1, axes={a - n: input_shape[a] for a in self._axes}
+                min_ndim=len(self._axes) + 1,
+                axes={a - n: d for a, d in zip(self._axes, shape, strict=True)},
             )
         else:
             self.input_spec = InputSpec(
-                ndim=len(input_shape), axes={a: input_shape[a] for a in self._axes}
+                ndim=len(input_shape), axes=dict(zip(self._axes, shape, strict=True))
             )
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -177,18 +235,22 @@ class LayerNormalization(LayerNormViews, Layer):
         gamma = None if self.gamma is None else self.gamma.to(stats)
         beta = None if self.beta is None else self.beta.to(stats)
         trailing = axes == tuple(range(ndim - len(axes), ndim))
-        if trailing:
+        if trailing and self._true_rms:
+            y = F.rms_norm(x, x.shape[ndim - len(axes) :], gamma, self.epsilon)
+            return y.to(out_dtype)
+        if trailing and not self.rms_scaling:
             normalized_shape = x.shape[ndim - len(axes) :]
-            if self.rms_scaling:
-                y = F.rms_norm(x, normalized_shape, gamma, self.epsilon)
-            else:
-                y = F.layer_norm(x, normalized_shape, gamma, beta, self.epsilon)
+            y = F.layer_norm(x, normalized_shape, gamma, beta, self.epsilon)
             return y.to(out_dtype)
         bshape = [1] * ndim
         for a in axes:
             bshape[a] = x.shape[a]
-        if self.rms_scaling:
+        if self._true_rms:  # RMSNormalization: x * rsqrt(mean(x**2) + epsilon)
             y = x * torch.rsqrt(x.square().mean(axes, keepdim=True) + self.epsilon)
+        elif self.rms_scaling:
+            # Keras 3 (ops.layer_normalization, rms_scaling=True): x * rsqrt(var(x) + epsilon)
+            var = torch.var(x, axes, correction=0, keepdim=True)
+            y = x * torch.rsqrt(var + self.epsilon)
         else:
             var, mean = torch.var_mean(x, axes, correction=0, keepdim=True)
             y = (x - mean) * torch.rsqrt(var + self.epsilon)
@@ -219,6 +281,29 @@ class LayerNormalization(LayerNormViews, Layer):
 
 
 @register_layer("mpq")
+class RMSNormalization(LayerNormalization):
+    """Keras 3.15 `RMSNormalization(axis=-1, epsilon=1e-6)`: `x * rsqrt(mean(x**2) + epsilon) *
+    scale` over `axis`, the true root mean square (what torch's `nn.RMSNorm`, Llama's and T5's
+    norms compute; `mpq.from_torch` converts them to this layer). The scale weight is `gamma`
+    (Keras calls it `scale`; `.keras` files map it), initialized to ones.
+
+    >>> RMSNormalization()(2 * torch.ones(2, 4)).detach()
+    tensor([[1.0000, 1.0000, 1.0000, 1.0000],
+            [1.0000, 1.0000, 1.0000, 1.0000]])
+    """
+
+    _true_rms = True
+
+    def __init__(self, axis: int | Sequence[int] = -1, epsilon: float = 1e-6, **kwargs: Any):
+        super().__init__(axis=axis, epsilon=epsilon, center=False, scale=True, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = Layer.get_config(self)
+        config.update({"axis": self.axis, "epsilon": self.epsilon})
+        return config
+
+
+@register_layer("mpq")
 class BatchNormalization(BatchNormViews, Layer):
     """Normalizes over the batch (and every axis but `axis`), tracking moving statistics.
 
@@ -233,8 +318,21 @@ class BatchNormalization(BatchNormViews, Layer):
     moving_mean_initializer="zeros", moving_variance_initializer="ones", beta/gamma
     regularizers and constraints, synchronized=False (True is not supported: raises).
 
+    Batch renormalization (Ioffe, 2017) as tf.keras 2.x has it (Keras 3 dropped it):
+    renorm=False, renorm_clipping=None (a dict with optional keys "rmin", "rmax", "dmax"),
+    renorm_momentum=0.99. In training, with the batch `mean`, `var` and
+    `std = sqrt(var + epsilon)`, `r = std / max(renorm_stddev, sqrt(epsilon))` and
+    `d = (mean - renorm_mean) / max(renorm_stddev, sqrt(epsilon))` are clipped to
+    `[rmin, rmax]` and `[-dmax, dmax]`, taken as constants (no gradient), and the output is
+    `(x - mean) / std * (r * gamma) + (d * gamma + beta)`. Then `renorm_mean` and
+    `renorm_stddev` move towards `mean` and `std` with `renorm_momentum`, `moving_mean`
+    towards `mean` and `moving_stddev` towards `std` with `momentum`, and
+    `moving_variance = max(moving_stddev**2 - epsilon, 0)`. Inference is unchanged.
+
     Weights: `gamma`, `beta` (trainable), `moving_mean`, `moving_variance` (non-trainable),
-    each `[channels]` in the variable dtype. Output: input shape, compute dtype; statistics in
+    each `[channels]` in the variable dtype; with renorm also `moving_stddev`, `renorm_mean`
+    and `renorm_stddev` (non-trainable; the stddevs start at the square root of
+    `moving_variance_initializer`). Output: input shape, compute dtype; statistics in
     float32 for float16/bfloat16 inputs.
 
     >>> bn = BatchNormalization()
@@ -260,6 +358,9 @@ class BatchNormalization(BatchNormViews, Layer):
         beta_constraint: Any = None,
         gamma_constraint: Any = None,
         synchronized: bool = False,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float] | None = None,
+        renorm_momentum: float = 0.99,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -283,6 +384,18 @@ class BatchNormalization(BatchNormViews, Layer):
                 "Expected synchronized=False: cross-replica batch statistics are not "
                 f"supported by mpq. Received: synchronized={synchronized!r}"
             )
+        self.renorm = bool(renorm)
+        self.renorm_clipping = _check_renorm_clipping(renorm_clipping) if self.renorm else {}
+        if (
+            not isinstance(renorm_momentum, (int, float))
+            or isinstance(renorm_momentum, bool)
+            or not (0.0 <= renorm_momentum <= 1.0)
+        ):
+            raise ValueError(
+                "Expected `renorm_momentum` to be a float in [0, 1]. "
+                f"Received: renorm_momentum={_describe(renorm_momentum)}"
+            )
+        self.renorm_momentum = float(renorm_momentum)
         self.axis = axis
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
@@ -306,8 +419,8 @@ class BatchNormalization(BatchNormViews, Layer):
         _resolve_axes([self.axis], len(input_shape), input_shape)
         return input_shape
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        input_shape = tuple(input_shape)
+    def build(self, input_shape: Any = None) -> None:
+        input_shape = _as_shape(input_shape)
         (self._channel_axis,) = _resolve_axes([self.axis], len(input_shape), input_shape)
         channels = input_shape[self._channel_axis]
         if channels is None:
@@ -332,6 +445,17 @@ class BatchNormalization(BatchNormViews, Layer):
             autocast=False,
             name="moving_variance",
         )
+        if self.renorm:
+            stddev_init = _SqrtInitializer(self.moving_variance_initializer)
+            for name, init in (
+                ("moving_stddev", stddev_init),
+                ("renorm_mean", self.moving_mean_initializer),
+                ("renorm_stddev", stddev_init),
+            ):
+                weight = self.add_weight(
+                    shape=shape, initializer=init, trainable=False, autocast=False, name=name
+                )
+                setattr(self, name, weight)
         self.input_spec = InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
 
     def _moments(
@@ -357,6 +481,8 @@ class BatchNormalization(BatchNormViews, Layer):
         out_dtype = inputs.dtype
         stats = _stats_dtype(self, inputs)
         x = inputs.to(stats)
+        if training and self.trainable and self.renorm:
+            return self._renorm_call(x, mask).to(out_dtype)
         if training and self.trainable:
             mean, var = self._moments(x, mask)
             m = self.momentum
@@ -385,8 +511,54 @@ class BatchNormalization(BatchNormViews, Layer):
         y = x * inv.reshape(bshape) + shift.reshape(bshape)
         return y.to(out_dtype)
 
+    def _renorm_call(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Training step with batch renormalization (tf.keras 2.x `BatchNormalization`,
+        `_renorm_correction_and_moments`): corrections from the pre-update renorm statistics,
+        then every moving statistic updated."""
+        stats = x.dtype
+        mean, var = self._moments(x, mask)
+        std = torch.sqrt(var + self.epsilon)
+        with torch.no_grad():
+            renorm_mean = self.renorm_mean.to(stats)
+            renorm_std = torch.clamp(self.renorm_stddev.to(stats), min=self.epsilon**0.5)
+            r = std.detach() / renorm_std
+            d = (mean.detach() - renorm_mean) / renorm_std
+            clip = self.renorm_clipping
+            if "rmin" in clip:
+                r = torch.clamp(r, min=clip["rmin"])
+            if "rmax" in clip:
+                r = torch.clamp(r, max=clip["rmax"])
+            if "dmax" in clip:
+                d = torch.clamp(d, -clip["dmax"], clip["dmax"])
+            rm, m = self.renorm_momentum, self.momentum
+            self.renorm_mean.assign(renorm_mean * rm + mean.detach() * (1.0 - rm))
+            self.renorm_stddev.assign(self.renorm_stddev.to(stats) * rm + std.detach() * (1.0 - rm))
+            self.moving_mean.assign(self.moving_mean.to(stats) * m + mean.detach() * (1.0 - m))
+            moving_std = self.moving_stddev.to(stats) * m + std.detach() * (1.0 - m)
+            self.moving_stddev.assign(moving_std)
+            # what was stored (in the variable dtype) is what the variance is derived from
+            moving_std = self.moving_stddev.to(stats)
+            self.moving_variance.assign(torch.relu(moving_std * moving_std - self.epsilon))
+        scale = r if self.gamma is None else r * self.gamma.to(stats)
+        offset = d if self.gamma is None else d * self.gamma.to(stats)
+        if self.beta is not None:
+            offset = offset + self.beta.to(stats)
+        bshape = [1] * x.ndim
+        bshape[self._channel_axis] = x.shape[self._channel_axis]
+        inv = scale / std
+        y: torch.Tensor = x * inv.reshape(bshape) + (offset - mean * inv).reshape(bshape)
+        return y
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        if self.renorm:  # only when set, as tf.keras 2.x writes them
+            config.update(
+                {
+                    "renorm": True,
+                    "renorm_clipping": dict(self.renorm_clipping),
+                    "renorm_momentum": self.renorm_momentum,
+                }
+            )
         config.update(
             {
                 "axis": self.axis,

@@ -27,6 +27,7 @@ __all__ = [
     "QuantizableLayer",
     "QuantizationScheme",
     "get_scheme",
+    "mode_policy",
     "register_scheme",
     "registered_schemes",
     "unregister_scheme",
@@ -50,9 +51,9 @@ class QuantizableLayer(Protocol):
     training: bool
     _parameters: dict[str, torch.nn.Parameter | None]
     _pending_quantization_config: Any
+    """The ``quantization_config`` the layer was constructed with (None: none)."""
     quantization_scheme: Any
     """The attached scheme (None: float)."""
-    """The ``quantization_config`` the layer was constructed with (None: none)."""
 
     def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -70,6 +71,15 @@ class QuantizableLayer(Protocol):
     def build_from_config(self, config: dict[str, Any]) -> None: ...
 
     def _update_cast_dtypes(self) -> None: ...
+
+
+def mode_policy(mode: str, source: str) -> Any:
+    """The quantized policy ``layer.quantize(mode)`` gives a layer whose policy is ``source``:
+    ``"{mode}_from_{source}"``, except that a bare ``"int4"`` quantizes in groups of
+    ``DEFAULT_INT4_BLOCK_SIZE`` (128), as Keras 3's ``quantize("int4")`` does, while the policy
+    name ``int4_from_...`` alone means per output channel (as in Keras)."""
+    spec = f"int4/{_policy.DEFAULT_INT4_BLOCK_SIZE}" if mode == "int4" else mode
+    return _policy.get(f"{spec}_from_{source}")
 
 
 class QuantizationScheme:
@@ -103,7 +113,7 @@ class QuantizationScheme:
         source = layer.dtype_policy.name
         if config is not None:
             return config, config.to_policy(source)
-        policy = _policy.get(f"{mode}_from_{source}")
+        policy = mode_policy(mode, source)
         return policy, policy
 
     def build(

@@ -198,7 +198,9 @@ class Sequential(Layer):
             raise TypeError(
                 f"Expected a config dict for Sequential. Received: config={_describe(config)}"
             )
-        config = dict(config)
+        from mpq.layers import keras_config  # a Keras 3.15 config (InputLayer first) too
+
+        config = dict(keras_config.translate_layer_config(cls.__name__, config))
         layer_configs = config.pop("layers", [])
         build_shape = config.pop("build_input_shape", None)
         model = cls(**config)

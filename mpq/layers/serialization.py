@@ -120,6 +120,10 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, type] | None =
 
 
 def _deserialize(config: dict[str, Any]) -> Any:
+    from mpq.layers import keras_config
+
+    if keras_config.is_keras_object(config):  # Keras 3.15's wrapper: its module is checked
+        keras_config.check_module(config)
     registered = config.get("registered_name")
     class_name = config["class_name"]
     for key, value in (("class_name", class_name), ("registered_name", registered)):

@@ -13,6 +13,7 @@ from mpq.policy.policies import (
     ALGORITHM_BITS,
     FLOAT_POLICY_NAMES,
     DTypePolicy,
+    Int4DTypePolicy,
     QuantizedAlgorithmDTypePolicy,
     QuantizedDTypePolicy,
     QuantizedFloat8DTypePolicy,
@@ -35,6 +36,7 @@ POLICY_CLASSES: dict[str, type[DTypePolicy]] = {
         QuantizedDTypePolicy,
         QuantizedFloat8DTypePolicy,
         QuantizedAlgorithmDTypePolicy,
+        Int4DTypePolicy,
     )
 }
 

@@ -18,10 +18,13 @@ from mpq._errors import describe as _describe
 from mpq.policy import _state
 
 __all__ = [
+    "DEFAULT_INT4_BLOCK_SIZE",
     "FLOAT_POLICY_NAMES",
     "MX_MODES",
+    "PER_CHANNEL",
     "QUANTIZATION_MODES",
     "DTypePolicy",
+    "Int4DTypePolicy",
     "QuantizedAlgorithmDTypePolicy",
     "QuantizedDTypePolicy",
     "QuantizedFloat8DTypePolicy",
@@ -58,7 +61,11 @@ MX_MODES: tuple[str, ...] = (
     "nvfp4",
 )
 QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8", *MX_MODES)
+# The int4 block size of `quantize("int4")` / `QuantizationConfig("int4")` (Keras 3.15's
+# Int4QuantizationConfig default). A *policy* named without a block size ("int4_from_float32")
+# is per output channel instead (PER_CHANNEL), as Keras 3.15 reads that (legacy) name.
 DEFAULT_INT4_BLOCK_SIZE = 128
+PER_CHANNEL = -1
 DEFAULT_AMAX_HISTORY_LENGTH = 1024
 # Each float8 layer keeps histories of this length: a config must not make them huge.
 MAX_AMAX_HISTORY_LENGTH = 2**20
@@ -240,8 +247,9 @@ class QuantizedDTypePolicy(DTypePolicy):
             `"mxfp6"`, `"mxfp6_e3m2"`, `"mxfp4"`, `"mxint8"`, `"nvfp4"`; their block sizes are
             fixed by the formats); for int4 a block size may follow a slash: `"int4/128"` groups
             of 128 along the input dimension, `"int4/-1"` one scale per output channel. Plain
-            `"int4"` means the default block size (128). (float8 has its own class,
-            `QuantizedFloat8DTypePolicy`.)
+            `"int4"` means per output channel, as in Keras 3.15, where the policy
+            `"int4_from_float32"` is per channel and `Int4DTypePolicy("int4/128")` names groups.
+            (float8 has its own class, `QuantizedFloat8DTypePolicy`.)
         source_name: the float policy the quantized layer came from; `None` takes the global
             policy's.
         block_size: the int4 block size as an int (alternative to the `"int4/128"` spelling).
@@ -258,7 +266,9 @@ class QuantizedDTypePolicy(DTypePolicy):
     _allowed_modes: ClassVar[tuple[str, ...]] = ("int8", "int4", *MX_MODES)
 
     def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
-        mode, block_size = _resolve_mode(mode, block_size, self._allowed_modes, type(self).__name__)
+        mode, block_size = _resolve_mode(
+            mode, block_size, self._allowed_modes, type(self).__name__, int4_default=PER_CHANNEL
+        )
         if source_name is None:
             source_name = _current_float_name()
         if not isinstance(source_name, str):
@@ -312,6 +322,34 @@ class QuantizedDTypePolicy(DTypePolicy):
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} "{self.name}">'
+
+
+class Int4DTypePolicy(QuantizedDTypePolicy):
+    """Keras 3.15's int4 policy with an explicit block size: `Int4DTypePolicy("int4/128",
+    "float32")` (groups of 128 along the input dimension) or `"int4/-1"` (per output channel);
+    `block_size=` may give it instead. The same policy as `QuantizedDTypePolicy` with that
+    mode (equal to it and hashed alike); `mpq.policy.get` and the configs Keras writes
+    (`{"class_name": "Int4DTypePolicy", ...}`) both resolve to it.
+
+    Example:
+        >>> p = Int4DTypePolicy("int4/64", "bfloat16")
+        >>> p.name, p.block_size, p == QuantizedDTypePolicy("int4/64", "bfloat16")
+        ('int4/64_from_bfloat16', 64, True)
+    """
+
+    __slots__ = ()
+    _allowed_modes: ClassVar[tuple[str, ...]] = ("int4",)
+
+    def __init__(self, mode: str, source_name: str | None = None, *, block_size: int | None = None):
+        if isinstance(mode, str) and "/" not in mode and block_size is None:
+            raise ValueError(
+                "Expected an Int4DTypePolicy mode with a block size, 'int4/<block_size>' (e.g. "
+                f"'int4/128', or 'int4/-1' per output channel). Received: mode={mode!r}"
+            )
+        super().__init__(mode, source_name, block_size=block_size)
+
+    def _key(self) -> tuple[Any, ...]:
+        return ("QuantizedDTypePolicy", tuple(sorted(self.get_config().items())))
 
 
 class QuantizedFloat8DTypePolicy(QuantizedDTypePolicy):
@@ -452,11 +490,17 @@ def _parse_algorithm_mode(mode: object) -> tuple[str, int, int]:
 
 
 def _resolve_mode(
-    mode: object, block_size: object, allowed: tuple[str, ...], cls_name: str
+    mode: object,
+    block_size: object,
+    allowed: tuple[str, ...],
+    cls_name: str,
+    *,
+    int4_default: int = DEFAULT_INT4_BLOCK_SIZE,
 ) -> tuple[str, int | None]:
     """`(mode, block_size)` from a mode spelling (`"int4/128"`) and an optional separate block
-    size, validated: the int4 default filled in, None for the other modes. Shared with
-    `mpq.quantization.QuantizationConfig`, which accepts the same spellings."""
+    size, validated: `int4_default` filled in for a bare "int4" (policies: per channel;
+    `mpq.quantization.QuantizationConfig`: 128), None for the other modes. Shared with
+    `QuantizationConfig`, which accepts the same spellings."""
     mode, parsed_block = _parse_mode(mode, allowed, cls_name)
     if block_size is not None and parsed_block is not None and block_size != parsed_block:
         raise ValueError(
@@ -464,6 +508,8 @@ def _resolve_mode(
             f"and block_size={block_size!r}"
         )
     block_size = parsed_block if parsed_block is not None else block_size
+    if mode == "int4" and block_size is None:
+        block_size = int4_default
     return mode, _check_block_size(mode, block_size)
 
 

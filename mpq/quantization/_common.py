@@ -14,11 +14,10 @@ from typing import Any, cast, overload
 import torch
 
 from mpq import activations, kernels
-from mpq import policy as _policy
 from mpq.layers import Conv1D, Conv2D, Dense, EinsumDense, Embedding
 from mpq.layers import autocast as _autocast
 from mpq.layers import quantization as _registry
-from mpq.layers.quantization import QuantizableLayer
+from mpq.layers.quantization import QuantizableLayer, mode_policy
 from mpq.layers.variables import POSITIVE_FINITE, ValueRule, set_value_rule
 from mpq.quantization._forms import form_of
 from mpq.quantization.config import QuantizationConfig
@@ -180,7 +179,7 @@ class Scheme(_registry.QuantizationScheme):
         if config is None:
             pending = layer._pending_quantization_config
             if pending is not None:
-                return pending, _policy.get(f"{mode}_from_{source}")
+                return pending, mode_policy(mode, source)
             config = QuantizationConfig.get(mode)
         return config, config.to_policy(source)
 

@@ -28,6 +28,7 @@ from mpq.layers import (
     Embedding,
     Layer,
     LayerNormalization,
+    RMSNormalization,
 )
 from mpq.layers.variables import Variable
 from mpq.policy import DTypePolicy, DTypePolicyMap, QuantizedDTypePolicy
@@ -383,16 +384,7 @@ def _rms_norm(m: Any, name: str, policy: _Policy, shape: _Shape) -> _Converted:
         raise _Unsupported("elementwise_affine=False")
     p = _layer_policy(policy, name, weight)
     axis = -1 if len(dims) == 1 else list(range(-len(dims), 0))
-    layer, quant = _make(
-        LayerNormalization,
-        p,
-        name,
-        axis=axis,
-        epsilon=float(eps),
-        center=False,
-        scale=True,
-        rms_scaling=True,
-    )
+    layer, quant = _make(RMSNormalization, p, name, axis=axis, epsilon=float(eps))
     layer.build((None, *dims))
     _to_device_of(layer, weight)
     _assign(layer.gamma, weight)
@@ -443,18 +435,18 @@ _CONVERTERS: dict[type[nn.Module], tuple[str, _Converter]] = {
     nn.Embedding: ("Embedding", _embedding),
     nn.LayerNorm: ("LayerNormalization", _layer_norm),
     nn.BatchNorm2d: ("BatchNormalization", _batch_norm),
-    nn.RMSNorm: ("LayerNormalization(rms_scaling=True)", _rms_norm),
+    nn.RMSNorm: ("RMSNormalization", _rms_norm),
     nn.MultiheadAttention: ("MultiheadAttention", _multihead_attention),
 }
 # Classes of optional libraries, by qualified name (nothing is imported to recognise them).
 _NAMED_CONVERTERS: dict[str, tuple[str, _Converter]] = {
     "transformers.pytorch_utils.Conv1D": ("Dense", _hf_conv1d),
     "transformers.models.llama.modeling_llama.LlamaRMSNorm": (
-        "LayerNormalization(rms_scaling=True)",
+        "RMSNormalization",
         _rms_norm,
     ),
     "transformers.models.t5.modeling_t5.T5LayerNorm": (
-        "LayerNormalization(rms_scaling=True)",
+        "RMSNormalization",
         _rms_norm,
     ),
 }

@@ -12,7 +12,10 @@ from mpq.testing.layer_test import run_layer_test
 def _layer_norm_ref(x, axes, eps, gamma=None, beta=None, rms=False):
     x = x.double()
     if rms:
-        y = x / torch.sqrt((x * x).mean(axes, keepdim=True) + eps)
+        # Keras 3 `rms_scaling=True`: x scaled by the variance over `axes`, no mean subtracted
+        mean = x.mean(axes, keepdim=True)
+        var = ((x - mean) ** 2).mean(axes, keepdim=True)
+        y = x / torch.sqrt(var + eps)
     else:
         mean = x.mean(axes, keepdim=True)
         var = ((x - mean) ** 2).mean(axes, keepdim=True)
@@ -248,3 +251,267 @@ def test_conformance(cls, kwargs, input_shape, n_trainable, n_non_trainable):
         expected_num_non_trainable_weights=n_non_trainable,
         supports_masking=True,
     )
+
+
+# ------------------------------------------------------------------ Keras parity (issue 16)
+def test_layer_norm_rms_scaling_is_keras3s_definition():
+    """Keras 3.15 `ops.layer_normalization(..., rms_scaling=True)`:
+    `variance = var(x, axis); outputs = x * rsqrt(variance + epsilon) * gamma` (its warning:
+    "This argument incorrectly scales the input by the variance, not the root mean square").
+    Not the root mean square: on inputs with a non-zero mean the two differ."""
+    x = torch.randn(3, 16, dtype=torch.float64) + 2.0
+    layer = LayerNormalization(rms_scaling=True, gamma_initializer="random_normal", dtype="float64")
+    y = layer(x)
+    var = ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
+    expected = x / torch.sqrt(var + 1e-3) * layer.gamma.detach()
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    true_rms = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-3) * layer.gamma.detach()
+    assert (y - true_rms).abs().max() > 0.1
+
+
+@pytest.mark.parametrize(("axis", "rms"), [(-1, True), ([1, 2], True), (1, True), (-1, False)])
+def test_layer_norm_matches_live_keras(axis, rms):
+    """Same outputs as `keras.layers.LayerNormalization` (Keras 3.15, torch backend) with the
+    same gamma/beta, float32: within float32 rounding of a normalization over <= 20 values."""
+    import warnings
+
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5) * 2 + 1.5
+    layer = LayerNormalization(axis=axis, rms_scaling=rms)
+    layer.build(x.shape)
+    gamma = torch.randn(tuple(layer.gamma.shape))
+    layer.gamma.assign(gamma)
+    beta = None if rms else torch.randn(tuple(layer.beta.shape))
+    if beta is not None:
+        layer.beta.assign(beta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras deprecates rms_scaling=True
+        k_layer = keras.layers.LayerNormalization(axis=axis, rms_scaling=rms)
+        k_layer.build(tuple(x.shape))
+        k_layer.gamma.assign(gamma.numpy())
+        if beta is not None:
+            k_layer.beta.assign(beta.numpy())
+        expected = torch.as_tensor(k_layer(x.numpy())).detach()
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(layer(x), expected, rtol=16 * eps, atol=16 * eps)
+
+
+def _renorm_oracle(x, gamma, beta, state, eps, momentum, renorm_momentum, clipping):
+    """tf.keras 2.x `BatchNormalization(renorm=True)` training step, in float64, hand-written
+    from `_renorm_correction_and_moments` and the `variance_update` renorm branch."""
+    x = x.double()
+    mean = x.mean(0)
+    var = ((x - mean) ** 2).mean(0)
+    std = torch.sqrt(var + eps)
+    renorm_std = torch.clamp(state["renorm_stddev"], min=eps**0.5)
+    r = std / renorm_std
+    d = (mean - state["renorm_mean"]) / renorm_std
+    if "rmin" in clipping:
+        r = torch.clamp(r, min=clipping["rmin"])
+    if "rmax" in clipping:
+        r = torch.clamp(r, max=clipping["rmax"])
+    if "dmax" in clipping:
+        d = torch.clamp(d, -clipping["dmax"], clipping["dmax"])
+    out = (x - mean) / std * (r * gamma) + (d * gamma + beta)
+    new = {
+        "renorm_mean": state["renorm_mean"] * renorm_momentum + mean * (1 - renorm_momentum),
+        "renorm_stddev": state["renorm_stddev"] * renorm_momentum + std * (1 - renorm_momentum),
+        "moving_mean": state["moving_mean"] * momentum + mean * (1 - momentum),
+        "moving_stddev": state["moving_stddev"] * momentum + std * (1 - momentum),
+    }
+    new["moving_variance"] = torch.relu(new["moving_stddev"] ** 2 - eps)
+    return out, new
+
+
+@pytest.mark.parametrize(
+    "clipping", [{}, {"rmax": 1.5, "rmin": 0.75, "dmax": 0.25}, {"rmax": 3.0, "dmax": None}]
+)
+def test_batch_norm_renorm_matches_tf_keras_2(clipping):
+    """tf.keras 2.x BatchNormalization: "renorm: Whether to use Batch Renormalization
+    (Ioffe, 2017). This adds extra variables during training. The inference is the same for
+    either value of this parameter. renorm_clipping: A dictionary that may map keys 'rmax',
+    'rmin', 'dmax' to scalar Tensors used to clip the renorm correction. The correction
+    (r, d) is used as corrected_value = normalized_value * r + d, with r clipped to
+    [rmin, rmax], and d to [-dmax, dmax]. renorm_momentum: Momentum used to update the moving
+    means and standard deviations with renorm." Three training steps against a float64 oracle,
+    then inference from the moving statistics."""
+    torch.manual_seed(0)
+    bn = BatchNormalization(
+        renorm=True,
+        renorm_clipping=clipping,
+        renorm_momentum=0.9,
+        momentum=0.8,
+        gamma_initializer="random_normal",
+        beta_initializer="random_normal",
+        dtype="float64",
+    )
+    bn.build((None, 3))
+    names = ["renorm_mean", "renorm_stddev", "moving_mean", "moving_stddev", "moving_variance"]
+    state = {n: getattr(bn, n).detach().clone() for n in names}
+    assert state["renorm_stddev"].tolist() == [1.0, 1.0, 1.0]  # sqrt(moving_variance init)
+    gamma, beta = bn.gamma.detach(), bn.beta.detach()
+    used = {k: v for k, v in clipping.items() if v is not None}
+    for step in range(3):
+        x = torch.randn(16, 3, dtype=torch.float64) * (2 + step) + step
+        out = bn(x, training=True)
+        expected, state = _renorm_oracle(x, gamma, beta, state, 1e-3, 0.8, 0.9, used)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        for n in names:
+            torch.testing.assert_close(getattr(bn, n).detach(), state[n], rtol=1e-12, atol=1e-12)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    inference = (x - state["moving_mean"]) / torch.sqrt(state["moving_variance"] + 1e-3)
+    torch.testing.assert_close(
+        bn(x, training=False), inference * gamma + beta, rtol=1e-12, atol=1e-12
+    )
+
+
+def test_batch_norm_renorm_corrections_carry_no_gradient():
+    """tf.keras 2.x: `r = stop_gradient(r)`, `d = stop_gradient(d)`: the gradient is that of
+    plain batch normalization scaled by r (here r = 1, d = 0 on the first step from the
+    initial renorm statistics only when the batch is standardized)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    x = (x - x.mean(0)) / torch.sqrt(x.var(0, correction=0) + 0) * (1 - 1e-3) ** 0.5
+    x.requires_grad_(True)
+    bn = BatchNormalization(renorm=True, dtype="float64")
+    plain = BatchNormalization(dtype="float64")
+    (bn(x, training=True) ** 3).sum().backward()
+    g_renorm = x.grad.clone()
+    x.grad = None
+    (plain(x, training=True) ** 3).sum().backward()
+    torch.testing.assert_close(g_renorm, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_renorm_config_round_trip_and_weights():
+    bn = BatchNormalization(renorm=True, renorm_clipping={"rmax": 2.0}, renorm_momentum=0.5)
+    config = bn.get_config()
+    assert config["renorm"] is True
+    assert config["renorm_clipping"] == {"rmax": 2.0}
+    assert config["renorm_momentum"] == 0.5
+    assert BatchNormalization.from_config(config).get_config() == config
+    bn.build((None, 4))
+    assert [w.name for w in bn.non_trainable_weights] == [
+        "moving_mean",
+        "moving_variance",
+        "moving_stddev",
+        "renorm_mean",
+        "renorm_stddev",
+    ]
+    assert "renorm" not in BatchNormalization().get_config()  # only written when set
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (
+            {"renorm_clipping": {"rmax": 2.0, "r": 1.0}},
+            ValueError,
+            r"Expected `renorm_clipping` keys among \['rmax', 'rmin', 'dmax'\]\. "
+            r"Received: renorm_clipping=\{'rmax': 2.0, 'r': 1.0\}",
+        ),
+        (
+            {"renorm_clipping": [1.0]},
+            TypeError,
+            r"Expected `renorm_clipping` to be None or a dict.*Received: renorm_clipping=\[1.0\] "
+            r"\(of type list\)",
+        ),
+        (
+            {"renorm_clipping": {"rmax": "2"}},
+            TypeError,
+            r"Expected renorm_clipping\['rmax'\] to be a number\. Received: rmax='2' \(of type str\)",
+        ),
+        (
+            {"renorm_clipping": {"rmin": 2.0, "rmax": 1.0}},
+            ValueError,
+            r"Expected renorm_clipping with dmax >= 0 and rmin <= rmax",
+        ),
+        (
+            {"renorm_momentum": 1.5},
+            ValueError,
+            r"Expected `renorm_momentum` to be a float in \[0, 1\]\. "
+            r"Received: renorm_momentum=1.5 \(of type float\)",
+        ),
+    ],
+)
+def test_batch_norm_renorm_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        BatchNormalization(renorm=True, **kwargs)
+
+
+def test_batch_norm_renorm_matches_live_keras():
+    """Keras 3.15 `BatchNormalization(renorm=True, ...)` (torch backend): the same outputs and
+    the same moving statistics after two training steps, float32, within float32 rounding."""
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    torch.manual_seed(0)
+    kwargs = {
+        "renorm": True,
+        "renorm_clipping": {"rmax": 1.5, "rmin": 0.8, "dmax": 0.5},
+        "renorm_momentum": 0.9,
+        "momentum": 0.8,
+    }
+    k_bn = keras.layers.BatchNormalization(**kwargs)
+    k_bn.build((None, 3))
+    bn = BatchNormalization(**kwargs)
+    bn.build((None, 3))
+    gamma, beta = torch.randn(3), torch.randn(3)
+    k_bn.gamma.assign(gamma.numpy())
+    k_bn.beta.assign(beta.numpy())
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    eps = torch.finfo(torch.float32).eps
+    for step in range(2):
+        x = torch.randn(16, 3) * (2 + step) + step
+        expected = torch.as_tensor(k_bn(x.numpy(), training=True)).detach()
+        torch.testing.assert_close(bn(x, training=True), expected, rtol=64 * eps, atol=64 * eps)
+    for name in ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev"):
+        k_value = getattr(k_bn, name).value.detach()
+        torch.testing.assert_close(
+            getattr(bn, name).detach(), k_value, rtol=64 * eps, atol=64 * eps
+        )
+
+
+def test_rms_normalization_is_the_root_mean_square():
+    """Keras 3.15 `RMSNormalization`: "rms_normalization(x) = x * rsqrt(mean(square(x))) *
+    scale" (plus epsilon, default 1e-6), over `axis`."""
+    from mpq.layers import RMSNormalization
+
+    x = torch.randn(3, 4, 6, dtype=torch.float64) + 1.5
+    for axis, axes in ((-1, (2,)), ([1, 2], (1, 2)), (1, (1,))):
+        layer = RMSNormalization(axis=axis, dtype="float64")
+        layer.build(x.shape)
+        layer.gamma.assign(torch.randn(tuple(layer.gamma.shape), dtype=torch.float64))
+        shape = [1, 1, 1]
+        for a in axes:
+            shape[a] = x.shape[a]
+        expected = x / torch.sqrt((x * x).mean(axes, keepdim=True) + 1e-6)
+        expected = expected * layer.gamma.detach().reshape(shape)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    assert RMSNormalization().get_config()["epsilon"] == 1e-6
+    config = RMSNormalization(axis=[1, 2]).get_config()
+    assert RMSNormalization.from_config(config).get_config() == config
+
+
+def test_rms_normalization_matches_live_keras():
+    """Same outputs as `keras.layers.RMSNormalization` (Keras 3.15, torch backend), float32,
+    and Keras' config loads."""
+    from mpq.layers import RMSNormalization
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5) * 2 + 1.5
+    k_layer = keras.layers.RMSNormalization(axis=-1)
+    k_layer.build(tuple(x.shape))
+    scale = torch.randn(5)
+    k_layer.scale.assign(scale.numpy())
+    layer = RMSNormalization.from_config(k_layer.get_config())
+    layer.build(tuple(x.shape))
+    layer.gamma.assign(scale)
+    expected = torch.as_tensor(k_layer(x.numpy())).detach()
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(layer(x), expected, rtol=16 * eps, atol=16 * eps)

@@ -104,13 +104,83 @@ def test_quantized_policy_names(name, mode, block, source):
     assert repr(p) == f'<{type(p).__name__} "{name}">'
 
 
-def test_plain_int4_means_default_block_size():
+def test_plain_int4_policy_is_per_channel_as_in_keras():
+    """Keras 3.15 `dtype_policies.get`: "int4_from_<source>" is a (legacy) QuantizedDTypePolicy,
+    which Keras' int4 layers build per output channel (`get_block_size_for_layer` returns None:
+    "Returns `None` or `-1` for per-channel quantization"); "int4/<block_size>" is an
+    Int4DTypePolicy ("Use -1 for per-channel (legacy) quantization. Any positive integer
+    enables sub-channel quantization with that block size.")."""
     p = get("int4_from_float32")
-    assert p.block_size == 128
-    assert p.name == "int4/128_from_float32"
-    assert (
-        p == get("int4/128_from_float32") == QuantizedDTypePolicy("int4", "float32", block_size=128)
+    assert p.block_size == -1
+    assert p.name == "int4/-1_from_float32"
+    assert p == get("int4/-1_from_float32") == QuantizedDTypePolicy("int4", "float32")
+    assert p == QuantizedDTypePolicy("int4", "float32", block_size=-1)
+    # explicit block sizes keep their meaning
+    g = get("int4/128_from_float32")
+    assert g.block_size == 128
+    assert g == QuantizedDTypePolicy("int4", "float32", block_size=128) != p
+
+
+def test_int4_dtype_policy_with_block_size():
+    """Keras 3.15 `Int4DTypePolicy(mode="int4/<block_size>", source_name)`."""
+    from mpq.policy import Int4DTypePolicy, deserialize, serialize
+
+    p = Int4DTypePolicy("int4/64", "bfloat16")
+    assert (p.name, p.mode, p.block_size, p.compute_dtype) == (
+        "int4/64_from_bfloat16",
+        "int4",
+        64,
+        "bfloat16",
     )
+    assert p == QuantizedDTypePolicy("int4/64", "bfloat16")
+    assert hash(p) == hash(QuantizedDTypePolicy("int4/64", "bfloat16"))
+    assert Int4DTypePolicy("int4", "float32", block_size=-1).block_size == -1
+    assert p.get_config() == {"mode": "int4/64", "source_name": "bfloat16"}
+    keras_config = {"class_name": "Int4DTypePolicy", "config": p.get_config()}
+    assert deserialize(keras_config) == p
+    assert isinstance(deserialize(serialize(p)), Int4DTypePolicy)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected an Int4DTypePolicy mode with a block size.*"
+        r"Received: mode='int4'",
+    ):
+        Int4DTypePolicy("int4", "float32")
+    with pytest.raises(ValueError, match=r"to be one of \['int4'\].*Received: mode='int8/4'"):
+        Int4DTypePolicy("int8/4", "float32")
+
+
+def test_quantize_int4_groups_by_128_as_keras_quantize_does():
+    """Keras 3.15 `layer.quantize("int4")` uses `Int4QuantizationConfig()` (block_size=128) and
+    sets the policy "int4/128_from_<source>"; mpq does the same."""
+    from mpq.layers import Dense
+
+    layer = Dense(4)
+    layer.build((None, 256))
+    layer.quantize("int4")
+    assert layer.dtype_policy.name == "int4/128_from_float32"
+    per_channel = Dense(4, dtype="int4_from_float32")
+    per_channel.build((None, 256))
+    assert per_channel.dtype_policy.block_size == -1
+
+
+def test_int4_policy_names_against_live_keras():
+    """The names mean what Keras 3.15 makes of them: same class family, same block size."""
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    for name, block in (
+        ("int4_from_float32", -1),
+        ("int4/128_from_float32", 128),
+        ("int4/-1_from_bfloat16", -1),
+    ):
+        k = keras.dtype_policies.get(name)
+        k_block = getattr(k, "block_size", -1)  # legacy QuantizedDTypePolicy: per channel
+        assert get(name).block_size == k_block == block
+        assert get(name).source_name == k._source_name
+        k_config = keras.dtype_policies.serialize(k)
+        assert get({"class_name": k_config["class_name"], "config": k_config["config"]}) == get(
+            name
+        )
 
 
 def test_float8_history_length():
