@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from mpq import dtypes as _dtypes
 from mpq.dtypes import to_torch_dtype
 from mpq.layers import autocast as _autocast
 from mpq.layers.autocast import to_tensor
+
+if TYPE_CHECKING:
+    from mpq.constraints import Constraint
+    from mpq.regularizers import Regularizer
 
 __all__ = [
     "POSITIVE_FINITE",
@@ -198,8 +203,8 @@ class Variable(torch.nn.Parameter):
     _created_trainable: bool
     _autocast: bool
     _autocast_float: bool
-    regularizer: Any  # a regularizer object or callable, or None
-    constraint: Any  # a constraint object or callable, or None
+    regularizer: Regularizer | Callable[..., Any] | None
+    constraint: Constraint | Callable[..., Any] | None
     aggregation: str
     _overwrite_with_gradient: bool
     _owner: weakref.ref[Any] | None  # the owning Layer (not imported here: layers import us)
