@@ -356,6 +356,11 @@ class TorchOp(Layer):
         arguments: ``[args, kwargs]`` with ``{"__input__": i}`` (or ``Slot(i)``) for inputs.
     """
 
+    # Set in ``__init__`` (into ``__dict__``: the template may hold modules, never tracked).
+    _function: Callable[..., Any]
+    _template: tuple[Any, dict[str, Any]]  # (args, kwargs) with ``Slot``s for the inputs
+    _num_inputs: int
+
     def __init__(self, function: Any, arguments: Any, **kwargs: Any) -> None:
         if isinstance(function, str):
             fn = OPS.get(function)
@@ -396,15 +401,15 @@ class TorchOp(Layer):
 
     @property
     def function(self) -> Callable[..., Any]:
-        return self.__dict__["_function"]  # type: ignore[no-any-return]
+        return self._function
 
     def call(self, *inputs: Any) -> Any:
-        if len(inputs) != self.__dict__["_num_inputs"]:
+        if len(inputs) != self._num_inputs:
             raise ValueError(
-                f"Expected {self.__dict__['_num_inputs']} input tensor(s) for op {self.name!r}. "
+                f"Expected {self._num_inputs} input tensor(s) for op {self.name!r}. "
                 f"Received: {len(inputs)}"
             )
-        template = self.__dict__["_template"]
+        template: Any = self._template
         if any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs):
             # A symbolic call: tensor constants join the inputs on the meta device.
             template = map_structure(
@@ -423,7 +428,7 @@ class TorchOp(Layer):
                 f"layer {self.name!r}. The model runs, but cannot be saved: wrap the op in a "
                 "Layer subclass registered with @mpq.layers.register_layer()"
             )
-        args, kwargs = self.__dict__["_template"]
+        args, kwargs = self._template
         config = super().get_config()
         config.pop("dtype", None)
         config["function"] = name
@@ -507,6 +512,14 @@ class Functional(Layer):
     torch.Size([5, 2])
     """
 
+    # The graph, set in ``__init__`` (into ``__dict__``: kept out of module tracking).
+    _inputs_struct: Any  # the inputs as given: one tensor, or a list / tuple / dict
+    _outputs_struct: Any
+    _inputs: list[SymbolicTensor]
+    _outputs: list[SymbolicTensor]
+    _nodes: list[Node]
+    _loss_tensors: list[SymbolicTensor]
+
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("autocast", False)  # each layer casts for itself
         super().__init__(name=name, **kwargs)
@@ -545,11 +558,11 @@ class Functional(Layer):
     # ------------------------------------------------------------------ structure
     @property
     def inputs(self) -> list[SymbolicTensor]:
-        return list(self.__dict__["_inputs"])
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list[SymbolicTensor]:
-        return list(self.__dict__["_outputs"])
+        return list(self._outputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -563,11 +576,11 @@ class Functional(Layer):
 
     @property
     def input(self) -> Any:  # the model's own inputs, as given (tf.keras `Model.input`)
-        return self.__dict__["_inputs_struct"]
+        return self._inputs_struct
 
     @property
     def output(self) -> Any:
-        return self.__dict__["_outputs_struct"]
+        return self._outputs_struct
 
     @property
     def layers(self) -> list[Layer]:
@@ -596,8 +609,8 @@ class Functional(Layer):
 
     # ------------------------------------------------------------------ call
     def _flat_inputs(self, inputs: Any) -> list[Any]:
-        struct = self.__dict__["_inputs_struct"]
-        flat_in: list[SymbolicTensor] = self.__dict__["_inputs"]
+        struct = self._inputs_struct
+        flat_in = self._inputs
         if isinstance(struct, dict) and isinstance(inputs, dict):
             if set(inputs) != set(struct):
                 raise ValueError(
@@ -621,7 +634,7 @@ class Functional(Layer):
         return values
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
-        flat_in: list[SymbolicTensor] = self.__dict__["_inputs"]
+        flat_in = self._inputs
         values: dict[int, Any] = {}
         masks = [None] * len(flat_in) if mask is None else flatten(mask)
         given = self._flat_inputs(inputs)
@@ -638,13 +651,13 @@ class Functional(Layer):
                 _masking.set_mask(x, m)
             values[id(ref)] = x
         self._run(values)
-        for t in self.__dict__["_loss_tensors"]:
+        for t in self._loss_tensors:
             self.add_loss(values[id(t)])
 
         def read(t: Any) -> Any:
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
-        return map_structure(read, self.__dict__["_outputs_struct"])
+        return map_structure(read, self._outputs_struct)
 
     def _to_input_dtype(self, x: torch.Tensor, ref: SymbolicTensor) -> torch.Tensor:
         """``x`` in its Input's dtype (as Keras converts model inputs). Into an integer or bool
@@ -664,7 +677,7 @@ class Functional(Layer):
         def read(t: Any) -> Any:
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
-        for node in self.__dict__["_nodes"]:
+        for node in self._nodes:
             args = map_structure(read, node.call_args)
             kwargs = map_structure(read, node.call_kwargs)
             out = node.operation(*args, **kwargs)
@@ -719,7 +732,7 @@ class Functional(Layer):
     def compute_output_shape(self, input_shape: Any) -> Any:
         return map_structure(
             lambda t: t.shape if isinstance(t, SymbolicTensor) else t,
-            self.__dict__["_outputs_struct"],
+            self._outputs_struct,
         )
 
     # ------------------------------------------------------------------ config
@@ -963,7 +976,7 @@ class Functional(Layer):
         )
 
     def _ids(self) -> set[int]:
-        return {id(n) for n in self.__dict__["_nodes"]}
+        return {id(n) for n in self._nodes}
 
 
 def _keras2_node(entries: list[Any]) -> dict[str, Any]:

@@ -449,7 +449,11 @@ class NodeMixin:
     ``inbound_nodes`` / ``outbound_nodes`` and ``symbolic_call``."""
 
     __dict__: dict[str, Any]
-    name: str
+
+    if TYPE_CHECKING:
+
+        @property
+        def name(self) -> str: ...
 
     @property
     def inbound_nodes(self) -> list[Node]:

@@ -13,7 +13,7 @@ import copy
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -205,7 +205,7 @@ def _dense(
     _to_device_of(layer, kernel)
     _assign(layer.kernel, kernel)
     if bias is not None:
-        _assign(layer.bias, bias)
+        _assign(cast(Variable, layer.bias), bias)  # use_bias=True: a Variable
     _copy_grad_flag(layer.kernel, grad_ref)
     return layer, quant
 
@@ -288,7 +288,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, name: str, policy: _Policy, shape: _Shape) -
     dims = (2, 1, 0) if rank == 1 else (2, 3, 1, 0)
     _assign(layer.kernel, _transposed_view(m.weight, dims))
     if m.bias is not None:
-        _assign(layer.bias, m.bias)
+        _assign(cast(Variable, layer.bias), m.bias)  # use_bias=True: a Variable
     _copy_grad_flag(layer.kernel, m.weight)
     if explicit is None:
         return _Converted(layer, [(layer, quant)])
