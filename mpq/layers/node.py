@@ -208,7 +208,8 @@ def _binary(name: str) -> Callable[..., Any]:
     return op
 
 
-for _name in (
+# The Python operators a symbolic tensor records as graph ops (`functional.OPS` saves them).
+OPERATORS: tuple[str, ...] = (
     "__add__",
     "__radd__",
     "__sub__",
@@ -236,7 +237,9 @@ for _name in (
     "__gt__",
     "__ge__",
     "__getitem__",
-):
+)
+
+for _name in OPERATORS:
     setattr(SymbolicTensor, _name, _binary(_name))
 
 
