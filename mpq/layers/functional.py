@@ -467,6 +467,119 @@ def _graph(
     return order
 
 
+class _Rebuild:
+    """``Functional.from_config`` step by step: make each layer from its config, call it on the
+    symbolic tensors its ``inbound_nodes`` name (in dependency order), then read the model's
+    input and output references."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, Layer] = {}
+        self.outputs_by_layer: dict[str, list[list[SymbolicTensor]]] = {}
+        self.pending: list[tuple[str, Any]] = []
+
+    def add_layers(self, entries: list[Any], custom_objects: dict[str, Any] | None) -> None:
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ValueError(f"Expected a layer entry dict. Received: {_describe(entry)}")
+            body = {k: v for k, v in entry.items() if k not in ("name", "inbound_nodes")}
+            layer = serialization.deserialize(body, custom_objects)
+            name = entry.get("name", layer.name)
+            if not isinstance(name, str) or name in self.created:
+                raise ValueError(
+                    f"Expected unique layer names in the config. Received: name={name!r}"
+                )
+            self.created[name] = layer
+            nodes = layer.__dict__.get("_inbound_nodes", [])
+            self.outputs_by_layer[name] = [n.output_tensors for n in nodes if n.is_input]
+            inbound = entry.get("inbound_nodes", [])
+            if not isinstance(inbound, list):
+                raise ValueError(
+                    f"Expected 'inbound_nodes' to be a list. Received: {_describe(inbound)}"
+                )
+            self.pending.extend((name, node_config) for node_config in inbound)
+
+    def resolve(self, ref: Any) -> SymbolicTensor:
+        """The tensor ``[layer name, node index, tensor index]`` names (``_NotReady`` while
+        its node has not run yet)."""
+        if (
+            not isinstance(ref, list)
+            or len(ref) != 3
+            or not isinstance(ref[0], str)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ref[1:])
+        ):
+            raise ValueError(
+                f"Expected a tensor reference [layer name, node index, tensor index]. "
+                f"Received: {_describe(ref)}"
+            )
+        nodes = self.outputs_by_layer.get(ref[0])
+        if nodes is None or not 0 <= ref[1] < len(nodes) or not 0 <= ref[2] < len(nodes[ref[1]]):
+            raise _NotReady(ref)
+        return nodes[ref[1]][ref[2]]
+
+    def decode(self, value: Any) -> Any:
+        """A node's args/kwargs with each serialized tensor replaced by its symbolic tensor."""
+        if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
+            inner = value.get("config")
+            if not isinstance(inner, dict):
+                raise ValueError(f"Expected a tensor config. Received: {_describe(value)}")
+            return self.resolve(inner.get("keras_history"))
+        if isinstance(value, list):
+            return [self.decode(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.decode(v) for k, v in value.items()}
+        return value
+
+    def run_nodes(self) -> None:
+        """Call each layer on its nodes' inputs, in as many rounds as the dependencies need;
+        a round that makes no progress means a node reads a tensor no node makes."""
+        pending = self.pending
+        while pending:
+            remaining = []
+            for name, node_config in pending:
+                if not isinstance(node_config, (dict, list)):
+                    raise ValueError(
+                        f"Expected a node config dict {{'args', 'kwargs'}}. "
+                        f"Received: {_describe(node_config)}"
+                    )
+                if isinstance(node_config, list):
+                    node_config = _keras2_node(node_config)
+                try:
+                    args = self.decode(node_config.get("args", []))
+                    kwargs = self.decode(node_config.get("kwargs", {}))
+                except _NotReady:
+                    remaining.append((name, node_config))
+                    continue
+                if not isinstance(args, list) or not isinstance(kwargs, dict):
+                    raise ValueError(
+                        f"Expected node 'args' as a list and 'kwargs' as a dict. "
+                        f"Received: {_describe(node_config)[:300]}"
+                    )
+                out = self.created[name](*args, **kwargs)
+                self.outputs_by_layer[name].append(
+                    [t for t in flatten(out) if isinstance(t, SymbolicTensor)]
+                )
+            if len(remaining) == len(pending):
+                raise ValueError(
+                    "Expected a config whose nodes can all be computed from its inputs. "
+                    f"Received: nodes of {sorted({n for n, _ in remaining})} that read tensors "
+                    "no node makes"
+                )
+            pending = remaining
+        self.pending = []
+
+    def structure(self, refs: Any) -> Any:
+        """The model's inputs or outputs from their references (one, a list or a dict)."""
+        if isinstance(refs, list) and len(refs) == 1 and _is_ref(refs[0]):
+            return self.resolve(refs[0])
+        if _is_ref(refs):
+            return self.resolve(refs)
+        if isinstance(refs, dict):
+            return {k: self.structure(v) for k, v in refs.items()}
+        if isinstance(refs, list):
+            return [self.structure(r) for r in refs]
+        raise ValueError(f"Expected tensor references. Received: {_describe(refs)}")
+
+
 @register_layer("mpq")
 class Functional(Layer):
     """A model defined by a graph of layer calls on symbolic tensors (Keras ``Model(inputs,
@@ -808,110 +921,13 @@ class Functional(Layer):
                 f"Received: config={_describe(config)[:300]}"
             )
         config = dict(config)
-        layer_entries = config.pop("layers")
+        graph = _Rebuild()
+        graph.add_layers(config.pop("layers"), custom_objects)
+        graph.run_nodes()
         input_refs = config.pop("input_layers", None)
         output_refs = config.pop("output_layers", None)
-        created: dict[str, Layer] = {}
-        outputs_by_layer: dict[str, list[list[SymbolicTensor]]] = {}
-        pending: list[tuple[str, Any]] = []
-        for entry in layer_entries:
-            if not isinstance(entry, dict):
-                raise ValueError(f"Expected a layer entry dict. Received: {_describe(entry)}")
-            body = {k: v for k, v in entry.items() if k not in ("name", "inbound_nodes")}
-            layer = serialization.deserialize(body, custom_objects)
-            name = entry.get("name", layer.name)
-            if not isinstance(name, str) or name in created:
-                raise ValueError(
-                    f"Expected unique layer names in the config. Received: name={name!r}"
-                )
-            created[name] = layer
-            nodes = layer.__dict__.get("_inbound_nodes", [])
-            outputs_by_layer[name] = [n.output_tensors for n in nodes if n.is_input]
-            inbound = entry.get("inbound_nodes", [])
-            if not isinstance(inbound, list):
-                raise ValueError(
-                    f"Expected 'inbound_nodes' to be a list. Received: {_describe(inbound)}"
-                )
-            pending.extend((name, node_config) for node_config in inbound)
-
-        def resolve(ref: Any) -> SymbolicTensor:
-            if (
-                not isinstance(ref, list)
-                or len(ref) != 3
-                or not isinstance(ref[0], str)
-                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ref[1:])
-            ):
-                raise ValueError(
-                    f"Expected a tensor reference [layer name, node index, tensor index]. "
-                    f"Received: {_describe(ref)}"
-                )
-            nodes = outputs_by_layer.get(ref[0])
-            if (
-                nodes is None
-                or not 0 <= ref[1] < len(nodes)
-                or not 0 <= ref[2] < len(nodes[ref[1]])
-            ):
-                raise _NotReady(ref)
-            return nodes[ref[1]][ref[2]]
-
-        def decode(value: Any) -> Any:
-            if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
-                inner = value.get("config")
-                if not isinstance(inner, dict):
-                    raise ValueError(f"Expected a tensor config. Received: {_describe(value)}")
-                return resolve(inner.get("keras_history"))
-            if isinstance(value, list):
-                return [decode(v) for v in value]
-            if isinstance(value, dict):
-                return {k: decode(v) for k, v in value.items()}
-            return value
-
-        while pending:
-            remaining = []
-            for name, node_config in pending:
-                if not isinstance(node_config, (dict, list)):
-                    raise ValueError(
-                        f"Expected a node config dict {{'args', 'kwargs'}}. "
-                        f"Received: {_describe(node_config)}"
-                    )
-                if isinstance(node_config, list):
-                    node_config = _keras2_node(node_config)
-                try:
-                    args = decode(node_config.get("args", []))
-                    kwargs = decode(node_config.get("kwargs", {}))
-                except _NotReady:
-                    remaining.append((name, node_config))
-                    continue
-                if not isinstance(args, list) or not isinstance(kwargs, dict):
-                    raise ValueError(
-                        f"Expected node 'args' as a list and 'kwargs' as a dict. "
-                        f"Received: {_describe(node_config)[:300]}"
-                    )
-                out = created[name](*args, **kwargs)
-                outputs_by_layer[name].append(
-                    [t for t in flatten(out) if isinstance(t, SymbolicTensor)]
-                )
-            if len(remaining) == len(pending):
-                raise ValueError(
-                    "Expected a config whose nodes can all be computed from its inputs. "
-                    f"Received: nodes of {sorted({n for n, _ in remaining})} that read tensors "
-                    "no node makes"
-                )
-            pending = remaining
-
-        def structure(refs_: Any) -> Any:
-            if isinstance(refs_, list) and len(refs_) == 1 and _is_ref(refs_[0]):
-                return resolve(refs_[0])
-            if _is_ref(refs_):
-                return resolve(refs_)
-            if isinstance(refs_, dict):
-                return {k: structure(v) for k, v in refs_.items()}
-            if isinstance(refs_, list):
-                return [structure(r) for r in refs_]
-            raise ValueError(f"Expected tensor references. Received: {_describe(refs_)}")
-
         try:
-            inputs, outputs = structure(input_refs), structure(output_refs)
+            inputs, outputs = graph.structure(input_refs), graph.structure(output_refs)
         except _NotReady as e:
             raise ValueError(
                 f"Expected references to tensors of the graph. Received: {e}"
