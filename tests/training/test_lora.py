@@ -685,3 +685,41 @@ def test_einsum_dense_lora_matches_keras(mode):
     clone = EinsumDense.from_config(config)
     clone(torch.tensor(x))
     assert clone.lora_enabled and clone.lora_rank == 2 and clone.lora_alpha == 3
+
+
+@_KERAS_QUANTIZE_WARNING
+@pytest.mark.parametrize("mode", [None, "int8"])
+def test_keras_file_with_lora_loads_as_keras_loads_it(mode, tmp_path):
+    """Keras 3.15 saves a LoRA layer with A @ B merged into its kernel / table (requantized
+    when quantized) and no factors; its load enables LoRA from the config and zeros both
+    factors. mpq loads the file the same way: Keras' reloaded outputs within float32 rounding."""
+    from tests._keras import import_keras
+
+    pytest.importorskip("h5py")
+    keras = import_keras()
+    rng = np.random.default_rng(3)
+    model = keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(20, 8),
+            keras.layers.EinsumDense("abc,cd->abd", (None, 4), bias_axes="d"),
+        ]
+    )
+    ids = rng.integers(0, 20, (3, 5)).astype(np.int32)
+    model(ids)
+    for layer in model.layers:
+        if mode is not None:
+            layer.quantize(mode)
+        layer.enable_lora(2)
+    _keras_set(model.layers[0].lora_embeddings_b, rng.standard_normal((2, 8)))
+    _keras_set(model.layers[1].lora_kernel_b, rng.standard_normal((2, 4)))
+    path = str(tmp_path / "lora.keras")
+    model.save(path)
+    expected = torch.as_tensor(_kn(keras.saving.load_model(path)(ids))).double()
+    loaded = saving.load(path)
+    emb, dense = loaded.layers
+    assert emb.lora_enabled and dense.lora_enabled and emb.quantization_mode == mode
+    for layer in (emb, dense):
+        for name in layer._lora_names():
+            assert not getattr(layer, name).detach().any()
+    assert_close(loaded(torch.tensor(ids)), expected, "float32", k=8)
