@@ -723,3 +723,40 @@ def test_keras_file_with_lora_loads_as_keras_loads_it(mode, tmp_path):
         for name in layer._lora_names():
             assert not getattr(layer, name).detach().any()
     assert_close(loaded(torch.tensor(ids)), expected, "float32", k=8)
+
+
+def test_lora_factors_take_the_kernel_regularizer_as_keras():
+    """Keras 3.15's Dense / EinsumDense `enable_lora` pass `kernel_regularizer` to A and B; a
+    frozen kernel adds no loss."""
+    from tests._keras import import_keras
+
+    keras = import_keras()
+    ke = keras.layers.Dense(3, kernel_regularizer="l2")
+    ke.build((None, 4))
+    ke.enable_lora(2)
+    ke(np.ones((1, 4), np.float32))
+    layer = Dense(3, kernel_regularizer="l2", lora_rank=2)
+    layer(torch.ones(1, 4))
+    a, b = layer.lora_kernel_a.detach().double(), layer.lora_kernel_b.detach().double()
+    assert len(layer.losses) == len(ke.losses) == 2
+    total = sum(float(x.detach()) for x in layer.losses)
+    assert_close(total, 0.01 * float(a.square().sum() + b.square().sum()), "float32", k=a.numel())
+
+
+@pytest.mark.parametrize("lora_alpha", [None, 4.0])
+def test_conformance_harness_with_lora_embedding_in_every_mode(lora_alpha):
+    import mpq.quantization  # noqa: F401
+    from mpq.layers import Embedding
+    from mpq.testing import run_layer_test
+
+    report = run_layer_test(
+        Embedding,
+        {"input_dim": 5, "output_dim": 3, "lora_rank": 2, "lora_alpha": lora_alpha},
+        (2, 4),
+        input_dtype="int64",
+        input_range=(0, 5),
+        policies=["float32", "mixed_bfloat16"],
+        quantize_modes=["int8", "int4", "float8"],
+        expected_num_trainable_weights=2,
+    )
+    assert not report.skipped
