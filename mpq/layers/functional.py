@@ -580,6 +580,27 @@ class _Rebuild:
         raise ValueError(f"Expected tensor references. Received: {_describe(refs)}")
 
 
+class _QuantizeSnapshot:
+    """What ``Layer.quantize`` changes on one layer (its variables, attached scheme and
+    policy), taken before the call; ``restore`` puts it back through
+    ``Layer._set_quantization_scheme``, the one place a layer's quantized state changes."""
+
+    __slots__ = ("explicit", "layer", "params", "policy", "scheme")
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+        self.params = dict(layer._parameters)
+        self.scheme = layer.quantization_scheme
+        self.policy = layer.dtype_policy
+        self.explicit = layer._policy_explicit
+
+    def restore(self) -> None:
+        self.layer._parameters.clear()
+        self.layer._parameters.update(self.params)
+        self.layer._update_cast_dtypes()
+        self.layer._set_quantization_scheme(self.scheme, self.policy, self.explicit)
+
+
 @register_layer("mpq")
 class Functional(Layer):
     """A model defined by a graph of layer calls on symbolic tensors (Keras ``Model(inputs,
@@ -783,16 +804,27 @@ class Functional(Layer):
         """Quantize every leaf layer of the model (sublayers of nested models and Sequentials
         included) that has a scheme for ``mode``, as Keras ``Model.quantize``: layers without
         one (InputLayer, Add, traced ops) are left as they are. Raises ValueError if no layer
-        has a scheme."""
+        has a scheme. All or nothing, as ``mpq.quantize``: if a layer's quantize raises, every
+        layer quantized so far (and the failing one) gets back its variables, scheme and policy
+        before the error propagates."""
         done = 0
-        for module in self.modules():
-            if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
-                continue  # containers: their layers are visited on their own
-            try:
-                module.quantize(mode, type_check=type_check, config=config)
-            except NotImplementedError:
-                continue  # no scheme for this layer class (checked before any change)
-            done += 1
+        snapshots: list[_QuantizeSnapshot] = []
+        try:
+            for module in self.modules():
+                if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
+                    continue  # containers: their layers are visited on their own
+                snapshot = _QuantizeSnapshot(module)
+                snapshots.append(snapshot)
+                try:
+                    module.quantize(mode, type_check=type_check, config=config)
+                except NotImplementedError:
+                    snapshots.pop().restore()  # no scheme for this layer class: left as it was
+                    continue
+                done += 1
+        except BaseException:
+            for snapshot in reversed(snapshots):
+                snapshot.restore()
+            raise
         if not done:
             raise ValueError(
                 f"Expected model {self.name!r} to hold a layer with a quantization scheme for "

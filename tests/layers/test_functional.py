@@ -422,6 +422,74 @@ def test_quantize_a_model_without_quantizable_layers():
         Model(x, x * 2.0).quantize("int8")
 
 
+class _QuantizesThenFails(Dense):
+    """A Dense whose quantize raises after converting its own kernel (a failure midway)."""
+
+    def __init__(self, *args, error=RuntimeError, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._error = error
+
+    def quantize(self, mode, type_check=True, config=None):
+        super().quantize(mode, type_check=False, config=config)
+        assert self.quantization_mode == mode  # (the test's premise: its state did change)
+        raise self._error("quantize failed midway")
+
+
+def _graph_with(last):
+    torch.manual_seed(0)
+    x = Input(shape=(16,))
+    h = Dense(16, activation="relu")(x)
+    h = Sequential([Dense(16)])(h)  # a nested container: its Dense is quantized on its own
+    return Model(x, last(h))
+
+
+def _leaf_state(model):
+    leaves = [m for m in model.modules() if isinstance(m, Dense)]
+    return [
+        (m.quantization_scheme, m.dtype_policy, dict(m._parameters), m._policy_explicit)
+        for m in leaves
+    ]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantize_rolls_back_when_a_layer_fails_midway(mode):
+    """Nothing half-applied, as `mpq.quantize`: when a layer's quantize raises after earlier
+    layers (and itself) were converted, every layer gets back its variables (the very same
+    Parameters), its scheme (None) and its policy, and the model computes what it computed."""
+    model = _graph_with(_QuantizesThenFails(8))
+    data = torch.randn(4, 16)
+    reference = model(data).detach()
+    before = _leaf_state(model)
+    with pytest.raises(RuntimeError, match="quantize failed midway"):
+        model.quantize(mode)
+    after = _leaf_state(model)
+    assert len(after) == 3
+    for (scheme, policy, params, explicit), (scheme2, policy2, params2, explicit2) in zip(
+        before, after, strict=True
+    ):
+        assert scheme is None and scheme2 is None
+        assert policy2 == policy and policy2.name == "float32" and explicit2 == explicit
+        assert list(params2) == list(params) and all(params2[k] is params[k] for k in params)
+    assert all(m.quantization_mode is None for m in model.modules() if isinstance(m, Layer))
+    torch.testing.assert_close(model(data).detach(), reference, rtol=0, atol=0)
+    plain = _graph_with(Dense(8))  # the same model without the failing layer still quantizes
+    plain.quantize(mode)
+    assert all(m.quantization_mode == mode for m in plain.modules() if isinstance(m, Dense))
+
+
+def test_quantize_skips_a_layer_that_refuses_midway_and_restores_it():
+    """A layer whose quantize raises NotImplementedError is skipped as a layer without a
+    scheme; if it changed before refusing, it is restored first. The other layers quantize."""
+    model = _graph_with(_QuantizesThenFails(8, error=NotImplementedError))
+    data = torch.randn(4, 16)
+    model.quantize("int8")
+    leaves = [m for m in model.modules() if isinstance(m, Dense)]
+    assert [m.quantization_mode for m in leaves] == ["int8", "int8", None]
+    last = leaves[-1]
+    assert set(last._parameters) == {"kernel", "bias"} and last.dtype_policy.name == "float32"
+    assert model(data).shape == (4, 8)
+
+
 def test_model_policy_and_policy_map_reach_its_layers():
     """A DTypePolicyMap on the model resolves each layer's policy by its path in the model."""
     x = Input(shape=(4,))
