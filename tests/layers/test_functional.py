@@ -490,6 +490,58 @@ def test_quantize_skips_a_layer_that_refuses_midway_and_restores_it():
     assert model(data).shape == (4, 8)
 
 
+@register_layer("tests")
+class _AddOptional(Layer):
+    """`x + bias`, or `x` when the optional `bias` is None (a layer that accepts None)."""
+
+    def call(self, x, bias=None):
+        return x if bias is None else x + bias
+
+
+def _optional_model():
+    torch.manual_seed(0)
+    x = Input(shape=(4,), name="x")
+    b = Input(shape=(3,), optional=True, name="b")
+    h = Dense(3)(x)
+    return Model([x, b], Dense(2)(_AddOptional()(h, b))), x, b
+
+
+def test_optional_input_may_be_none():
+    """Keras 3 `Input(optional=True)`: "whether the input is optional or not. An optional
+    input can accept `None` values." The layers reading it get None at call time."""
+    model, _, b = _optional_model()
+    assert b.node.operation.optional is True
+    first, last = (m for m in model.layers if isinstance(m, Dense))
+    data, bias = torch.randn(5, 4), torch.randn(5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model([data, bias]), last(first(data) + bias), rtol=0, atol=0)
+        torch.testing.assert_close(model([data, None]), last(first(data)), rtol=0, atol=0)
+        torch.testing.assert_close(model({"x": data, "b": None}), last(first(data)), rtol=0, atol=0)
+    config = model.get_config()
+    inputs = [layer["config"] for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    assert [c.get("optional", False) for c in inputs] == [False, True]
+    clone = Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    with torch.no_grad():
+        torch.testing.assert_close(clone([data, None]), model([data, None]), rtol=0, atol=0)
+
+
+def test_none_for_a_required_input_or_with_a_mask_is_refused():
+    model, _, _ = _optional_model()
+    data = torch.randn(5, 4)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected a tensor for input 'x' of model '.*' \(only an Input\(optional=True\) "
+        r"may be None\)\. Received: None",
+    ):
+        model([None, torch.randn(5, 3)])
+    with pytest.raises(
+        ValueError,
+        match=r"Expected no mask for the optional input 'b' passed as None\. Received: mask=",
+    ):
+        model([data, None], mask=[None, torch.ones(5, dtype=torch.bool)])
+
+
 def test_model_policy_and_policy_map_reach_its_layers():
     """A DTypePolicyMap on the model resolves each layer's policy by its path in the model."""
     x = Input(shape=(4,))
