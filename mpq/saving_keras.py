@@ -229,6 +229,7 @@ _FLOAT_VARS: dict[str, tuple[str, ...]] = {
 }
 _QUANTIZED_VARS: dict[str, tuple[str, ...]] = {
     "int8": ("kernel", "bias", "kernel_scale"),
+    "int4": ("kernel", "bias", "kernel_scale", "kernel_zero"),
     "float8": (
         "kernel",
         "bias",
@@ -242,6 +243,7 @@ _QUANTIZED_VARS: dict[str, tuple[str, ...]] = {
 }
 _EMBEDDING_QUANTIZED_VARS: dict[str, tuple[str, ...]] = {
     "int8": ("embeddings", "embeddings_scale"),
+    "int4": ("embeddings", "embeddings_scale", "embeddings_zero"),
 }
 
 
@@ -292,8 +294,6 @@ def keras_vars(layer: Any) -> list[KerasVar]:
         order = _EMBEDDING_QUANTIZED_VARS.get(mode, ())
     elif cls in ("Dense", "EinsumDense"):
         order = _QUANTIZED_VARS.get(mode, ())
-        if mode == "int4" and cls == "Dense":
-            order = ("kernel", "bias", "kernel_scale", "kernel_zero")
     else:
         order = ()
     names = [n for n in order if n in own]
@@ -301,17 +301,16 @@ def keras_vars(layer: Any) -> list[KerasVar]:
         raise ValueError(
             "Expected a layer whose Keras weights mpq can read (Dense, EinsumDense, Conv1D, "
             "Conv2D, Embedding, LayerNormalization, RMSNormalization, BatchNormalization; "
-            "quantized: int8 and "
-            "float8 Dense/EinsumDense, int8 Embedding, int4 Dense). Received: "
-            f"{cls} {layer.name!r} with policy {layer.dtype_policy.name!r} and variables "
-            f"{sorted(own)}"
+            "quantized: int8 and int4 Dense/EinsumDense/Embedding, float8 Dense/EinsumDense). "
+            f"Received: {cls} {layer.name!r} with policy {layer.dtype_policy.name!r} and "
+            f"variables {sorted(own)}"
         )
     out = [KerasVar(n, own[n].numel(), own[n].element_size()) for n in names]
-    if mode == "int4":  # Keras packs [in, ceil(out / 2)]; groups carry g_idx [in] float32
-        k, n = _int4_dims(layer)
-        out[0] = KerasVar("kernel", k * ((n + 1) // 2), 1)
+    if mode == "int4":  # Keras packs [rows, ceil(columns / 2)]; groups carry a float32 g_idx
+        layout = _Int4Layout.of(layer)
+        out[0] = KerasVar(out[0].mpq_name, layout.rows * ((layout.columns + 1) // 2), 1)
         if layer.dtype_policy.block_size != -1:
-            out.append(KerasVar(None, k, 4))
+            out.append(KerasVar(None, layout.grouped, 4))
     return out
 
 
@@ -326,10 +325,94 @@ def lora_vars(layer: Any) -> tuple[str, ...]:
     return names
 
 
-def _int4_dims(layer: Any) -> tuple[int, int]:
-    """(input_dim, units) of an int4 Dense."""
-    shape = layer.get_build_config()["input_shape"]
-    return int(shape[-1]), int(layer.units)
+class _Int4Layout:
+    """How Keras 3.15 lays out one int4 layer, against mpq's int4 scheme (mpq.quantization.int4).
+
+    Keras unpacks its kernel to a matrix `[rows, columns]` packed two codes per byte along
+    `columns`. Dense/EinsumDense: rows are the contracted kernel letters and columns the other
+    kernel letters, each in the kernel's order; per-channel scales `[columns]` (Keras stores
+    `1 / scale`), grouped scales and zero points `[ceil(rows / g), columns]` (groups along
+    rows). Embedding: `[input_dim, output_dim]`, scales `[input_dim]` or
+    `[input_dim, ceil(output_dim / g)]` (groups along output_dim). mpq holds the same codes as
+    `[S, N, K]` (shared letters in the input's order, then output letters in the kernel's
+    order, contracted letters in the input's order; see `EinsumForm`) packed along K, grouped
+    scales `[S, G, N]`, and embeddings exactly as Keras does."""
+
+    def __init__(self, layer: Any, form: Any) -> None:
+        self.layer, self.form = layer, form
+        self.embedding = type(layer).__name__ == "Embedding"
+        if self.embedding:
+            self.rows, self.columns = (int(d) for d in form.kernel_shape)
+            self.grouped = self.columns
+            return
+        sizes = dict(zip(form.w_spec, form.kernel_shape, strict=True))
+        self.row_letters = "".join(c for c in form.w_spec if c in form.C)
+        self.column_letters = "".join(c for c in form.w_spec if c not in form.C)
+        self.sizes = sizes
+        self.rows = int(np.prod([sizes[c] for c in self.row_letters], dtype=np.int64))
+        self.columns = int(np.prod([sizes[c] for c in self.column_letters], dtype=np.int64))
+        self.grouped = self.rows
+
+    @classmethod
+    def of(cls, layer: Any) -> _Int4Layout:
+        form = layer.quantization_scheme.form
+        layout = cls(layer, form)
+        block = layer.dtype_policy.block_size
+        if not layout.embedding:
+            # Keras flattens the kernel to [rows, columns] by a plain reshape: its scales follow
+            # output channels only when the contracted axes (longer than 1) come first.
+            long = [c for c in form.w_spec if layout.sizes[c] > 1]
+            first = [c for c in long if c in form.C]
+            if long[: len(first)] != first:
+                raise ValueError(
+                    "Expected an int4 EinsumDense whose kernel lists its contracted letters "
+                    "first (Keras reshapes any other kernel to [contracted, other] without "
+                    "moving axes, so its scales do not follow output channels and mpq's int4 "
+                    f"cannot hold them). Received: {layer.name!r} with "
+                    f"equation={form.equation!r}"
+                )
+        if not layout.embedding and block != -1:
+            # Groups run along K in Keras' (kernel) order and in mpq's (input) order: the same
+            # groups only when the contracted letters longer than 1 come in the same order.
+            kernel_order = [c for c in layout.row_letters if layout.sizes[c] > 1]
+            input_order = [c for c in form.C if layout.sizes[c] > 1]
+            if kernel_order != input_order:
+                raise ValueError(
+                    "Expected an int4 EinsumDense with groups whose kernel lists its contracted "
+                    "letters in the input's order (Keras groups along the kernel's order, mpq "
+                    "along the input's; per channel, block_size=-1, reads either). Received: "
+                    f"{layer.name!r} with equation={form.equation!r} and block_size={block}"
+                )
+        return layout
+
+    def _to_mpq(self, t: torch.Tensor, lead: str, target: tuple[int, ...]) -> torch.Tensor:
+        """`[*lead, *columns]` in Keras' order -> mpq's order, shaped `target` (`lead`: the
+        row letters for codes, "" for per-channel scales, "#" for the group axis)."""
+        form = self.form
+        labels = lead + self.column_letters
+        extra = {"#": int(t.shape[0])} if lead == "#" else {}
+        sizes = {**self.sizes, **extra}
+        t = t.reshape([sizes[c] for c in labels])
+        # mpq: codes [S, N, K], per-channel scales [S, N], grouped ones [S, G, N]
+        order = {"#": form.S + "#" + form.N, "": form.S + form.N}.get(
+            lead, form.S + form.N + form.C
+        )
+        return t.permute([labels.index(c) for c in order]).reshape(target)
+
+    def kernel(self, t: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
+        from mpq.quantizers import pack_int4, unpack_int4
+
+        packed = t.reshape(self.rows, (self.columns + 1) // 2)
+        codes = unpack_int4(packed, axis=-1, size=self.columns)  # [rows, columns]
+        if not self.embedding:  # [rows, columns] -> mpq's [S, N, K]
+            codes = self._to_mpq(codes, self.row_letters, tuple(self.form.matrix_shape))
+        return pack_int4(codes.contiguous(), axis=-1).reshape(target)
+
+    def scale(self, t: torch.Tensor, name: str, target: tuple[int, ...]) -> torch.Tensor:
+        per_channel = self.layer.dtype_policy.block_size == -1
+        if not self.embedding:
+            t = self._to_mpq(t, "" if per_channel else "#", target)
+        return 1.0 / t.to(torch.float32) if per_channel and name.endswith("_scale") else t
 
 
 def convert(
@@ -337,8 +420,8 @@ def convert(
 ) -> torch.Tensor:
     """Keras' stored value -> mpq's tensor for variable `name` of `layer`: the same bits where
     the layouts agree; int8: the kernel permuted to mpq's layout and the scale inverted (Keras
-    stores `1 / scale`); int4: the codes unpacked from Keras' [in, out/2] and packed in mpq's
-    [out, in/2], the per-channel scale inverted, grouped scales and zero points as they are
+    stores `1 / scale`); int4: the codes unpacked from Keras' layout and packed in mpq's (see
+    `_Int4Layout`), the per-channel scale inverted, grouped scales and zero points permuted
     (both compute `(q - zero) * scale`). ValueError when the result does not fit `target`."""
     t = torch.from_numpy(array)
     mode = layer.dtype_policy.quantization_mode
@@ -348,14 +431,12 @@ def convert(
         t = form_of(layer, tuple(t.shape)).to_stored(t).contiguous()
     elif mode == "int8" and name.endswith("_scale"):
         t = (1.0 / t.to(torch.float32)).reshape(target.shape)
-    elif mode == "int4" and name == "kernel":
-        from mpq.quantizers import pack_int4, unpack_int4
-
-        k, n = _int4_dims(layer)
-        codes = unpack_int4(t.reshape(k, (n + 1) // 2), axis=-1, size=n)  # [in, out]
-        t = pack_int4(codes.t().contiguous(), axis=-1)
-    elif mode == "int4" and name == "kernel_scale" and layer.dtype_policy.block_size == -1:
-        t = 1.0 / t.to(torch.float32)
+    elif mode == "int4":  # (sizes were checked against keras_vars before reading)
+        layout = _Int4Layout.of(layer)
+        if name in ("kernel", "embeddings"):
+            t = layout.kernel(t, tuple(target.shape))
+        elif name.endswith(("_scale", "_zero")):
+            t = layout.scale(t, name, tuple(target.shape))
     if tuple(t.shape) != tuple(target.shape):
         t = t.reshape(target.shape) if t.numel() == target.numel() else t
     if tuple(t.shape) != tuple(target.shape):
@@ -368,7 +449,7 @@ def convert(
 
 def check_g_idx(layer: Any, array: np.ndarray[Any, Any]) -> None:
     """Keras' `g_idx` must be the contiguous groups mpq stores (`i // block_size`)."""
-    k, _ = _int4_dims(layer)
+    k = _Int4Layout.of(layer).grouped
     expected = np.arange(k) // layer.dtype_policy.block_size
     if array.shape != (k,) or not np.array_equal(array, expected):
         raise ValueError(

@@ -154,6 +154,40 @@ def quant_mlp() -> tuple[Any, Any]:
     return model, np.random.default_rng(7).normal(size=(4, 32)).astype("float32")
 
 
+def einsum() -> tuple[Any, Any]:
+    """EinsumDense with two contracted letters (kept in the input's order: "cd"), a shared
+    letter ("b" of "abe,ebf->abf") and a group count that does not divide K (5 by 2)."""
+    import keras
+    import numpy as np
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((3, 4, 6)),
+            layers.EinsumDense("abcd,cde->abe", (3, 5), bias_axes="e"),
+            layers.EinsumDense("abe,ebf->abf", (3, 7), bias_axes="bf"),
+        ],
+        name="einsum",
+    )
+    _randomize(model, 10)
+    return model, np.random.default_rng(11).normal(size=(2, 3, 4, 6)).astype("float32")
+
+
+def einsum_swapped() -> tuple[Any, Any]:
+    """EinsumDense whose kernel lists its contracted letters in another order than the input
+    ("dc" against "cd"): per channel only in mpq (Keras groups along the kernel's order)."""
+    import keras
+    import numpy as np
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((3, 4, 6)), layers.EinsumDense("abcd,dce->abe", (3, 5), bias_axes="e")],
+        name="einsum_swapped",
+    )
+    _randomize(model, 12)
+    return model, np.random.default_rng(13).normal(size=(2, 3, 4, 6)).astype("float32")
+
+
 FIXTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -165,6 +199,12 @@ FIXTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "dense_int4": _quantized(quant_mlp, "int4"),
     "dense_int4_g8": _quantized(quant_mlp, "int4", 8),
     "dense_int4_pc": _quantized(quant_mlp, "int4", None),
+    "text_int4": _quantized(text, "int4"),
+    "text_int4_g4": _quantized(text, "int4", 4),
+    "text_int4_pc": _quantized(text, "int4", None),
+    "einsum_int4_g2": _quantized(einsum, "int4", 2),
+    "einsum_int4_pc": _quantized(einsum, "int4", None),
+    "einsum_swapped_int4_pc": _quantized(einsum_swapped, "int4", None),
 }
 
 

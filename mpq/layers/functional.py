@@ -37,7 +37,9 @@ class InputLayer(Layer):
 
     Args (Keras 3, with tf.keras 2 spellings): shape (without the batch axis; ``input_shape``
     too), batch_size=None, dtype=None (``"float32"``), sparse=None (``True`` is refused: mpq
-    layers take dense tensors), batch_shape (with the batch axis), name.
+    layers take dense tensors), batch_shape (with the batch axis), optional=False (``True``:
+    the model may be called with None for this input; the layers that read it get None and
+    must accept it, as in Keras 3), name.
     """
 
     def __init__(
@@ -71,10 +73,9 @@ class InputLayer(Layer):
                 "Expected input_tensor=None: mpq has no backend tensors to wrap (call layers on "
                 f"the output of Input(...) instead). Received: input_tensor={_describe(input_tensor)}"
             )
-        if optional:
+        if not isinstance(optional, bool):
             raise ValueError(
-                "Expected optional=False: optional (None) inputs are not supported in mpq "
-                "functional models. Received: optional=True"
+                f"Expected `optional` to be True or False. Received: optional={_describe(optional)}"
             )
         if shape is not None and batch_shape is not None:
             raise ValueError(
@@ -107,6 +108,7 @@ class InputLayer(Layer):
         super().__init__(name=name, trainable=trainable, autocast=False)
         self.batch_shape: tuple[int | None, ...] = checked
         self.sparse = False
+        self.optional = optional
         self.built = True
         out = SymbolicTensor(checked, torch_dtype, name=self.name)
         Node(self, (), {}, out)
@@ -115,12 +117,15 @@ class InputLayer(Layer):
         return inputs
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "batch_shape": list(self.batch_shape),
             "dtype": _node.dtype_name(self.output.dtype),
             "sparse": False,
             "name": self.name,
         }
+        if self.optional:
+            config["optional"] = True
+        return config
 
 
 def _refuse(what: str, kind: str) -> None:
@@ -580,6 +585,27 @@ class _Rebuild:
         raise ValueError(f"Expected tensor references. Received: {_describe(refs)}")
 
 
+class _QuantizeSnapshot:
+    """What ``Layer.quantize`` changes on one layer (its variables, attached scheme and
+    policy), taken before the call; ``restore`` puts it back through
+    ``Layer._set_quantization_scheme``, the one place a layer's quantized state changes."""
+
+    __slots__ = ("explicit", "layer", "params", "policy", "scheme")
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+        self.params = dict(layer._parameters)
+        self.scheme = layer.quantization_scheme
+        self.policy = layer.dtype_policy
+        self.explicit = layer._policy_explicit
+
+    def restore(self) -> None:
+        self.layer._parameters.clear()
+        self.layer._parameters.update(self.params)
+        self.layer._update_cast_dtypes()
+        self.layer._set_quantization_scheme(self.scheme, self.policy, self.explicit)
+
+
 @register_layer("mpq")
 class Functional(Layer):
     """A model defined by a graph of layer calls on symbolic tensors (Keras ``Model(inputs,
@@ -730,6 +756,10 @@ class Functional(Layer):
                 f"Expected one mask (or None) per input ({len(given)}). Received: mask={mask!r}"
             )
         for ref, x, m in zip(flat_in, given, masks, strict=True):
+            if x is None:
+                self._check_none_input(ref, m)
+                values[id(ref)] = None
+                continue
             x = x if isinstance(x, torch.Tensor) else to_tensor(x)
             if x.dtype != ref.dtype:
                 x = self._to_input_dtype(x, ref)
@@ -745,6 +775,21 @@ class Functional(Layer):
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
         return map_structure(read, self._outputs_struct)
+
+    def _check_none_input(self, ref: SymbolicTensor, mask: Any) -> None:
+        """None is a value for an ``Input(optional=True)`` (the layers reading it get None);
+        a clear error for any other input, or with a mask."""
+        source = ref.node.operation if ref.node is not None else None
+        if not (isinstance(source, InputLayer) and source.optional):
+            raise ValueError(
+                f"Expected a tensor for input {ref.name!r} of model {self.name!r} (only an "
+                "Input(optional=True) may be None). Received: None"
+            )
+        if mask is not None:
+            raise ValueError(
+                f"Expected no mask for the optional input {ref.name!r} passed as None. "
+                f"Received: mask={_describe(mask)}"
+            )
 
     def _to_input_dtype(self, x: torch.Tensor, ref: SymbolicTensor) -> torch.Tensor:
         """``x`` in its Input's dtype (as Keras converts model inputs). Into an integer or bool
@@ -783,16 +828,27 @@ class Functional(Layer):
         """Quantize every leaf layer of the model (sublayers of nested models and Sequentials
         included) that has a scheme for ``mode``, as Keras ``Model.quantize``: layers without
         one (InputLayer, Add, traced ops) are left as they are. Raises ValueError if no layer
-        has a scheme."""
+        has a scheme. All or nothing, as ``mpq.quantize``: if a layer's quantize raises, every
+        layer quantized so far (and the failing one) gets back its variables, scheme and policy
+        before the error propagates."""
         done = 0
-        for module in self.modules():
-            if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
-                continue  # containers: their layers are visited on their own
-            try:
-                module.quantize(mode, type_check=type_check, config=config)
-            except NotImplementedError:
-                continue  # no scheme for this layer class (checked before any change)
-            done += 1
+        snapshots: list[_QuantizeSnapshot] = []
+        try:
+            for module in self.modules():
+                if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
+                    continue  # containers: their layers are visited on their own
+                snapshot = _QuantizeSnapshot(module)
+                snapshots.append(snapshot)
+                try:
+                    module.quantize(mode, type_check=type_check, config=config)
+                except NotImplementedError:
+                    snapshots.pop().restore()  # no scheme for this layer class: left as it was
+                    continue
+                done += 1
+        except BaseException:
+            for snapshot in reversed(snapshots):
+                snapshot.restore()
+            raise
         if not done:
             raise ValueError(
                 f"Expected model {self.name!r} to hold a layer with a quantization scheme for "

@@ -422,6 +422,126 @@ def test_quantize_a_model_without_quantizable_layers():
         Model(x, x * 2.0).quantize("int8")
 
 
+class _QuantizesThenFails(Dense):
+    """A Dense whose quantize raises after converting its own kernel (a failure midway)."""
+
+    def __init__(self, *args, error=RuntimeError, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._error = error
+
+    def quantize(self, mode, type_check=True, config=None):
+        super().quantize(mode, type_check=False, config=config)
+        assert self.quantization_mode == mode  # (the test's premise: its state did change)
+        raise self._error("quantize failed midway")
+
+
+def _graph_with(last):
+    torch.manual_seed(0)
+    x = Input(shape=(16,))
+    h = Dense(16, activation="relu")(x)
+    h = Sequential([Dense(16)])(h)  # a nested container: its Dense is quantized on its own
+    return Model(x, last(h))
+
+
+def _leaf_state(model):
+    leaves = [m for m in model.modules() if isinstance(m, Dense)]
+    return [
+        (m.quantization_scheme, m.dtype_policy, dict(m._parameters), m._policy_explicit)
+        for m in leaves
+    ]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantize_rolls_back_when_a_layer_fails_midway(mode):
+    """Nothing half-applied, as `mpq.quantize`: when a layer's quantize raises after earlier
+    layers (and itself) were converted, every layer gets back its variables (the very same
+    Parameters), its scheme (None) and its policy, and the model computes what it computed."""
+    model = _graph_with(_QuantizesThenFails(8))
+    data = torch.randn(4, 16)
+    reference = model(data).detach()
+    before = _leaf_state(model)
+    with pytest.raises(RuntimeError, match="quantize failed midway"):
+        model.quantize(mode)
+    after = _leaf_state(model)
+    assert len(after) == 3
+    for (scheme, policy, params, explicit), (scheme2, policy2, params2, explicit2) in zip(
+        before, after, strict=True
+    ):
+        assert scheme is None and scheme2 is None
+        assert policy2 == policy and policy2.name == "float32" and explicit2 == explicit
+        assert list(params2) == list(params) and all(params2[k] is params[k] for k in params)
+    assert all(m.quantization_mode is None for m in model.modules() if isinstance(m, Layer))
+    torch.testing.assert_close(model(data).detach(), reference, rtol=0, atol=0)
+    plain = _graph_with(Dense(8))  # the same model without the failing layer still quantizes
+    plain.quantize(mode)
+    assert all(m.quantization_mode == mode for m in plain.modules() if isinstance(m, Dense))
+
+
+def test_quantize_skips_a_layer_that_refuses_midway_and_restores_it():
+    """A layer whose quantize raises NotImplementedError is skipped as a layer without a
+    scheme; if it changed before refusing, it is restored first. The other layers quantize."""
+    model = _graph_with(_QuantizesThenFails(8, error=NotImplementedError))
+    data = torch.randn(4, 16)
+    model.quantize("int8")
+    leaves = [m for m in model.modules() if isinstance(m, Dense)]
+    assert [m.quantization_mode for m in leaves] == ["int8", "int8", None]
+    last = leaves[-1]
+    assert set(last._parameters) == {"kernel", "bias"} and last.dtype_policy.name == "float32"
+    assert model(data).shape == (4, 8)
+
+
+@register_layer("tests")
+class _AddOptional(Layer):
+    """`x + bias`, or `x` when the optional `bias` is None (a layer that accepts None)."""
+
+    def call(self, x, bias=None):
+        return x if bias is None else x + bias
+
+
+def _optional_model():
+    torch.manual_seed(0)
+    x = Input(shape=(4,), name="x")
+    b = Input(shape=(3,), optional=True, name="b")
+    h = Dense(3)(x)
+    return Model([x, b], Dense(2)(_AddOptional()(h, b))), x, b
+
+
+def test_optional_input_may_be_none():
+    """Keras 3 `Input(optional=True)`: "whether the input is optional or not. An optional
+    input can accept `None` values." The layers reading it get None at call time."""
+    model, _, b = _optional_model()
+    assert b.node.operation.optional is True
+    first, last = (m for m in model.layers if isinstance(m, Dense))
+    data, bias = torch.randn(5, 4), torch.randn(5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model([data, bias]), last(first(data) + bias), rtol=0, atol=0)
+        torch.testing.assert_close(model([data, None]), last(first(data)), rtol=0, atol=0)
+        torch.testing.assert_close(model({"x": data, "b": None}), last(first(data)), rtol=0, atol=0)
+    config = model.get_config()
+    inputs = [layer["config"] for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    assert [c.get("optional", False) for c in inputs] == [False, True]
+    clone = Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    with torch.no_grad():
+        torch.testing.assert_close(clone([data, None]), model([data, None]), rtol=0, atol=0)
+
+
+def test_none_for_a_required_input_or_with_a_mask_is_refused():
+    model, _, _ = _optional_model()
+    data = torch.randn(5, 4)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected a tensor for input 'x' of model '.*' \(only an Input\(optional=True\) "
+        r"may be None\)\. Received: None",
+    ):
+        model([None, torch.randn(5, 3)])
+    with pytest.raises(
+        ValueError,
+        match=r"Expected no mask for the optional input 'b' passed as None\. Received: mask=",
+    ):
+        model([data, None], mask=[None, torch.ones(5, dtype=torch.bool)])
+
+
 def test_model_policy_and_policy_map_reach_its_layers():
     """A DTypePolicyMap on the model resolves each layer's policy by its path in the model."""
     x = Input(shape=(4,))

@@ -84,7 +84,11 @@ def test_input_layer_is_a_layer_with_one_node_and_its_output():
         ({"shape": 3}, ValueError, r"Expected `shape` to be a tuple.*Received: shape=3"),
         ({"shape": (-1,)}, ValueError, r"Expected a shape of None or sizes"),
         ({"shape": (3,), "sparse": True}, ValueError, r"Expected dense inputs.*sparse=True"),
-        ({"shape": (3,), "optional": True}, ValueError, r"Expected optional=False"),
+        (
+            {"shape": (3,), "optional": "yes"},
+            ValueError,
+            r"Expected `optional` to be True or False\. Received: optional='yes' \(of type str\)",
+        ),
         ({"shape": (3,), "tensor": torch.ones(2, 3)}, ValueError, r"Expected input_tensor=None"),
     ],
 )

@@ -95,6 +95,87 @@ def test_int4_keras_model_loads_with_its_codes(name, policy):
     torch.testing.assert_close(out, y, rtol=0, atol=_float32_tolerance(y))
 
 
+@pytest.mark.parametrize(
+    ("name", "policy"),
+    [
+        ("text_int4", "int4/128_from_float32"),
+        ("text_int4_g4", "int4/4_from_float32"),
+        ("text_int4_pc", "int4/-1_from_float32"),
+        ("einsum_int4_g2", "int4/2_from_float32"),
+        ("einsum_int4_pc", "int4/-1_from_float32"),
+        ("einsum_swapped_int4_pc", "int4/-1_from_float32"),
+    ],
+)
+def test_int4_einsum_and_embedding_keras_models_load(name, policy):
+    """Keras 3.15 int4 EinsumDense (kernel reshaped to [contracted, other letters] and packed
+    along the second axis) and int4 Embedding ([input_dim, output_dim] packed along output_dim,
+    groups along output_dim): mpq holds the same codes in its layouts, outputs within float32
+    rounding of live Keras'."""
+    from mpq.quantizers import unpack_int4
+
+    path, x, y = _fixture(name)
+    model = mpq.saving.load(path)
+    quantized = [layer for layer in model.layers if layer.quantization_mode is not None]
+    assert {type(layer).__name__ for layer in quantized} >= {"EinsumDense"}
+    assert all(layer.dtype_policy == mpq.policy.get(policy) for layer in quantized)
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        if name.startswith("text"):  # Embedding(20, 8): the very same packed codes
+            keras_codes = unpack_int4(torch.from_numpy(f["layers/embedding/vars/0"][()]))
+            mpq_codes = unpack_int4(model.layers[0].embeddings.detach())
+            assert torch.equal(mpq_codes, keras_codes)
+        else:  # "abcd,cde->abe": Keras [c*d, e], mpq [e, c*d]
+            packed = torch.from_numpy(f["layers/einsum_dense/vars/0"][()])
+            keras_codes = unpack_int4(packed, axis=-1, size=5)  # [24, 5]
+            layer = model.layers[0]
+            mpq_codes = unpack_int4(layer.kernel.detach(), axis=-1, size=24)  # [5, 24]
+            if name.startswith("einsum_swapped"):  # "dce": Keras rows run d-major, mpq c-major
+                keras_codes = keras_codes.reshape(6, 4, 5).transpose(0, 1).reshape(24, 5)
+            assert torch.equal(mpq_codes, keras_codes.t())
+    out = model(x, training=False)
+    torch.testing.assert_close(out, y, rtol=0, atol=_float32_tolerance(y))
+
+
+def _with_layer_config(name, tmp_path, index, **changes):
+    """Fixture `name` with layer `index` of its config updated (weights as they are)."""
+    path, _, _ = _fixture(name)
+    with zipfile.ZipFile(path) as z:
+        config = json.loads(z.read("config.json"))
+    layer = config["config"]["layers"][index]["config"]
+    for key, value in changes.items():
+        if key == "mode":
+            layer["dtype"]["config"]["mode"] = value
+        else:
+            layer[key] = value
+    return _rewrite(path, tmp_path / "m.keras", config__json=json.dumps(config).encode())
+
+
+def test_int4_einsum_groups_in_another_order_are_refused(tmp_path):
+    """Keras groups an EinsumDense kernel along its contracted letters in the kernel's order
+    ("dc"), mpq in the input's ("cd"): other groups, so a clear error."""
+    path = _with_layer_config(
+        "einsum_swapped_int4_pc", tmp_path, 1, mode="int4/2", quantization_config=None
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Expected an int4 EinsumDense with groups whose kernel lists its contracted "
+        r"letters in the input's order .* Received: 'einsum_dense' with "
+        r"equation='abcd,dce->abe' and block_size=2",
+    ):
+        mpq.saving.load(path)
+
+
+def test_int4_einsum_with_contracted_letters_last_is_refused(tmp_path):
+    """Keras reshapes a "bef" kernel contracted over "e" to [e, b*f] without moving axes: its
+    scales then cover elements of several output channels, which mpq's int4 cannot hold."""
+    path = _with_layer_config("einsum_int4_pc", tmp_path, 2, equation="abe,bef->abf")
+    with pytest.raises(
+        ValueError,
+        match=r"Expected an int4 EinsumDense whose kernel lists its contracted letters first "
+        r".* Received: 'einsum_dense_1' with equation='abe,bef->abf'",
+    ):
+        mpq.saving.load(path)
+
+
 def test_int4_reordered_groups_are_refused(tmp_path):
     def build(f):
         path, _, _ = _fixture("dense_int4_g8")
@@ -320,20 +401,25 @@ def test_damaged_weights(tmp_path):
 
 
 def test_unsupported_keras_layout_is_refused(tmp_path):
-    """Keras' int4 EinsumDense layout is not read yet: a clear error, never a wrong number."""
+    """A quantized layout Keras 3.15 does not write (float8 Embedding) is not read: a clear
+    error, never a wrong number."""
     path, _, _ = _fixture("text_int8")
     with zipfile.ZipFile(path) as z:
         config = json.loads(z.read("config.json"))
-    einsum = config["config"]["layers"][2]["config"]
-    assert config["config"]["layers"][2]["class_name"] == "EinsumDense"
-    einsum["dtype"]["config"]["mode"] = "int4/-1"
-    einsum["dtype"]["class_name"] = "Int4DTypePolicy"
-    einsum["quantization_config"] = None
+    embedding = config["config"]["layers"][1]
+    assert embedding["class_name"] == "Embedding"
+    embedding["config"]["dtype"] = {
+        "module": "keras.dtype_policies",
+        "class_name": "QuantizedFloat8DTypePolicy",
+        "config": {"mode": "float8", "source_name": "float32", "amax_history_length": 1024},
+        "registered_name": None,
+    }
+    embedding["config"]["quantization_config"] = None
     bad = _rewrite(path, tmp_path / "m.keras", config__json=json.dumps(config).encode())
     with pytest.raises(
         ValueError,
-        match=r"Expected a layer whose Keras weights mpq can read .* Received: EinsumDense .* "
-        r"with policy 'int4/-1_from_float32'",
+        match=r"Expected a layer whose Keras weights mpq can read .* Received: Embedding .* "
+        r"with policy 'float8_from_float32'",
     ):
         mpq.saving.load(bad)
 
