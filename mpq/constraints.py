@@ -149,8 +149,9 @@ def apply_constraints(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             # mpq variables carry a ``constraint`` attribute (None when unconstrained).
-            if getattr(p, "constraint", None) is not None:
-                p.copy_(p.constraint(p))
+            constraint = getattr(p, "constraint", None)
+            if constraint is not None:
+                p.copy_(constraint(p))
 
 
 def attach(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> RemovableHandle:

@@ -45,7 +45,8 @@ class Frame:
     def __init__(self, cast_dtype: torch.dtype | None, training: bool | None, not_stateless: bool):
         self.cast_dtype = cast_dtype
         self.training = training
-        self.cache: dict | None = None
+        # id(variable) -> (value read, its version, what the read returned)
+        self.cache: dict[int, tuple[torch.Tensor, int, torch.Tensor]] | None = None
         # Reads return the variable itself: no cast and no stateless substitution.
         self.plain = cast_dtype is None and not_stateless
 
@@ -96,20 +97,24 @@ class VariableValue(torch.Tensor):
     tensor (results are plain tensors; gradients reach the variable) and ``assign``,
     ``assign_add``, ``assign_sub`` write the variable it was read from."""
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
+
+    # The Variable read from, set by `read` (Any: mpq.layers.variables imports this module).
+    _variable: Any
 
     @property
     def variable(self) -> torch.Tensor:
-        return self.__dict__["_variable"]
+        var: torch.Tensor = self._variable
+        return var
 
     def assign(self, value: Any) -> Any:
-        return self.__dict__["_variable"].assign(value)
+        return self._variable.assign(value)
 
     def assign_add(self, delta: Any) -> Any:
-        return self.__dict__["_variable"].assign_add(delta)
+        return self._variable.assign_add(delta)
 
     def assign_sub(self, delta: Any) -> Any:
-        return self.__dict__["_variable"].assign_sub(delta)
+        return self._variable.assign_sub(delta)
 
 
 def read(var: torch.Tensor) -> torch.Tensor:
@@ -173,7 +178,9 @@ def _convert(x: Any, dtype: torch.dtype | None) -> Any:
     return x
 
 
-def convert_structure(args: tuple, kwargs: dict, dtype: torch.dtype | None) -> tuple[tuple, dict]:
+def convert_structure(
+    args: tuple[Any, ...], kwargs: dict[str, Any], dtype: torch.dtype | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """numpy arrays -> tensors; floating tensors -> ``dtype`` (when not None), in nested
     lists/tuples/dicts of args and kwargs. Integer/bool tensors and Python scalars stay."""
     args = tuple(_convert(a, dtype) for a in args)

@@ -47,7 +47,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -158,7 +159,23 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
     # refused: Dense, EinsumDense, Conv, normalization), "index" (Embedding ids), None (any).
     _input_kind: str | None = None
 
-    def __new__(cls, *args: Any, **kwargs: Any):
+    # Instance state, written into ``__dict__`` by ``__init__`` (past tracking and torch).
+    _name: str
+    built: bool
+    _trainable: bool
+    _autocast: bool
+    _dtype_policy: _policy.DTypePolicy
+    _policy_map: _policy.DTypePolicyMap | None
+    _policy_explicit: bool
+    _input_cast_dtype: torch.dtype | None  # floating inputs are cast to it (None: not cast)
+    _var_cast_dtype: torch.dtype | None  # autocast variables read in it (None: as stored)
+    _op_dtypes: dict[tuple[str, torch.dtype | None], torch.dtype]
+    _autocast_keys: frozenset[str]
+    _build_shapes_dict: dict[str, Any] | None
+    _activity_regularizer: _regularizers.Regularizer | Callable[..., Any] | None
+    _input_shape_arg: tuple[int | None, ...] | None  # from input_shape= / input_dim=
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Layer:
         obj = super().__new__(cls)
         # Constructor arguments stand in for get_config() only where it is not overridden.
         auto = (
@@ -173,7 +190,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         super().__init_subclass__(**kw)
         build = cls.__dict__.get("build")
         if build is not None and not getattr(build, "_mpq_wrapped", False):
-            cls.build = _building.wrap_build(build)
+            cls.build = _building.wrap_build(build)  # type: ignore[method-assign]
         if "call" in cls.__dict__:
             sig = inspect.signature(cls.__dict__["call"])
             params = sig.parameters
@@ -261,7 +278,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             # A node accessor (`layer.input`, ...) raised: keep its message, not torch's.
             raise _node.node_attribute_error(self, name) or e from None
 
-    def __deepcopy__(self, memo: dict) -> Layer:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Layer:
         new = object.__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
@@ -272,8 +289,8 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
                 new.__dict__[key] = copy.deepcopy(value, memo)
         return new
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         for p in self._parameters.values():
             if isinstance(p, Variable):
                 _tracking.set_owner(p, self)
@@ -281,7 +298,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
     def _on_tracked(self, parent: Layer, quantize: bool = False) -> None:
         d = self.__dict__
         if not d["_policy_explicit"]:
-            source = parent.__dict__["_policy_map"] or parent.__dict__["_dtype_policy"]
+            source = parent._policy_map or parent._dtype_policy
             if quantize or not (d["built"] and getattr(source, "quantization_mode", None)):
                 self._set_policy_source(source, explicit=False, quantize=quantize)
                 return
@@ -305,7 +322,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         current = d.get("_dtype_policy")
         if d["quantization_scheme"] is not None and policy != current:
             raise ValueError(
-                f"Layer {self.name!r} is quantized with policy {current.name!r}; its policy "
+                f"Layer {self.name!r} is quantized with policy {getattr(current, 'name', None)!r}; its policy "
                 f"cannot be changed. Received: dtype_policy={policy.name!r}"
             )
         if (
@@ -356,19 +373,19 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         >>> Dense(2, dtype="mixed_bfloat16")._op_dtype("normalization")
         torch.float32
         """
-        cache = self.__dict__["_op_dtypes"]
+        cache = self._op_dtypes
         key = (family, input_dtype)
         dtype = cache.get(key)
         if dtype is None:
-            compute = self.__dict__["_dtype_policy"].torch_compute_dtype
+            compute = self._dtype_policy.torch_compute_dtype
             dtype = _policy.autocast.op_dtype(family, compute, input_dtype or compute)
             cache[key] = dtype
         return dtype
 
     @property
-    def dtype_policy(self) -> Any:
+    def dtype_policy(self) -> _policy.DTypePolicy:
         """The resolved ``DTypePolicy`` (settable; a quantized policy quantizes a built layer)."""
-        return self.__dict__["_dtype_policy"]
+        return self._dtype_policy
 
     @dtype_policy.setter
     def dtype_policy(self, value: Any) -> None:
@@ -398,7 +415,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 
     @property
     def autocast(self) -> bool:
-        return self.__dict__["_autocast"]
+        return self._autocast
 
     @autocast.setter
     def autocast(self, value: bool) -> None:
@@ -408,7 +425,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
     # ------------------------------------------------------------------ identity
     @property
     def name(self) -> str:
-        return self.__dict__["_name"]
+        return self._name
 
     @property
     def path(self) -> str:
@@ -462,7 +479,8 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             )
         if initializer is None:
             initializer = "glorot_uniform" if tdtype.is_floating_point else "zeros"
-        init = _initializers.get(initializer)
+        # Not None: `initializer` is not None here.
+        init = cast("Callable[..., Any]", _initializers.get(initializer))
         if _autocast.STATE.meta_build:
             data = torch.empty(shape, dtype=tdtype, device="meta")
         else:
@@ -488,7 +506,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             aggregation=aggregation,
             overwrite_with_gradient=overwrite_with_gradient,
         )
-        var.__dict__["_name_given"] = name is not None
+        var._name_given = name is not None
         if not self.trainable:
             var.requires_grad_(False)
         _tracking.set_owner(var, self)
@@ -514,7 +532,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 
     @property
     def trainable(self) -> bool:
-        return self.__dict__["_trainable"]
+        return self._trainable
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
@@ -525,11 +543,11 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         """Direct sublayers, in registration order."""
         return list(_tracking.direct_sublayers(self))
 
-    def get_weights(self) -> list:
+    def get_weights(self) -> list[Any]:
         """Numpy copies of ``weights`` (ml_dtypes arrays for bfloat16 / float8)."""
         return [to_numpy(w) for w in self.weights]
 
-    def set_weights(self, weights: list) -> None:
+    def set_weights(self, weights: list[Any]) -> None:
         """Assign numpy arrays (or tensors) in ``weights`` order; all checked before any write
         (shapes, and values as ``Variable.assign`` checks them: no complex into real, no value
         an integer dtype cannot hold, quantization codes and scales in their ranges)."""
@@ -584,14 +602,16 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 
     @property
     def activity_regularizer(self) -> Any:
-        return self.__dict__["_activity_regularizer"]
+        return self._activity_regularizer
 
     @activity_regularizer.setter
     def activity_regularizer(self, value: Any) -> None:
         self.__dict__["_activity_regularizer"] = _regularizers.get(value)
 
     def _add_activity_losses(self, outputs: Any) -> None:
-        reg = self.__dict__["_activity_regularizer"]
+        reg = self._activity_regularizer
+        if reg is None:  # (the caller checks; kept for the type checker)
+            return
         flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for out in flat:
             if isinstance(out, torch.Tensor):
@@ -604,7 +624,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
     def _prepare_build(self) -> None:
         """Before the first build: link sublayers, resolve a DTypePolicyMap by path."""
         _tracking.retrack(self)
-        policy_map = self.__dict__["_policy_map"]
+        policy_map = self._policy_map
         if policy_map is not None:
             self._set_resolved_policy(policy_map[self.path])
 
@@ -675,7 +695,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         elif kwargs and "training" in kwargs:
             del kwargs["training"]
         not_stateless = state.stateless is None
-        if parent is None and _LOSS_HOLDERS.data and not_stateless:
+        if parent is None and _LOSS_HOLDERS.data and not_stateless:  # type: ignore[attr-defined]
             self._clear_losses()
         state.frame = _autocast.Frame(d["_var_cast_dtype"], training, not_stateless)
         try:
@@ -719,12 +739,12 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
     # ------------------------------------------------------------------ stateless
     def stateless_call(
         self,
-        trainable_variables: list,
-        non_trainable_variables: list,
+        trainable_variables: list[Any],
+        non_trainable_variables: list[Any],
         *args: Any,
         return_losses: bool = False,
         **kwargs: Any,
-    ) -> tuple:
+    ) -> tuple[Any, ...]:
         """Call with the given variable values instead of the layer's own, without side effects.
 
         Returns ``(outputs, non_trainable_variables)`` (the updated values, e.g. after
@@ -783,10 +803,10 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
         if self.__dict__.get("_dynamic"):
             config["dynamic"] = True
-        scheme = self.__dict__["quantization_scheme"]
+        scheme = self.quantization_scheme
         qconfig = None if scheme is None else scheme.get_config()
         if qconfig is None:
-            qconfig = self.__dict__["_pending_quantization_config"]
+            qconfig = self._pending_quantization_config
         if qconfig is not None and self.dtype_policy.quantization_mode is not None:
             config["quantization_config"] = (
                 qconfig.get_config() if hasattr(qconfig, "get_config") else dict(qconfig)
@@ -809,7 +829,9 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Layer:
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> Layer:
         """``cls(**config)`` (the dtype entry may be a policy config dict). Names in the config
         resolve from mpq's catalogs, registered objects and ``custom_objects`` only."""
         check_config_depth(config)
@@ -834,7 +856,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 
     def get_build_config(self) -> dict[str, Any] | None:
         """``{"input_shape": ...}`` (or ``{"shapes_dict": ...}``) the layer was built with."""
-        shapes = self.__dict__["_build_shapes_dict"]
+        shapes = self._build_shapes_dict
         if shapes is None:
             return None
         if not shapes:  # built by `build()` with no arguments
@@ -850,7 +872,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
         raised is chained), never a bare IndexError or KeyError."""
         if not config:
             return
-        args: tuple = ()
+        args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
         if not isinstance(config, dict):
             raise TypeError(f"Expected a build config dict. Received: config={_describe(config)}")
@@ -883,12 +905,12 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
             if p is not None
         }
 
-    def save_own_variables(self, store: dict) -> None:
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         """``store[variable.name] = CPU tensor copy`` for this layer's own variables."""
         for name, p in self._own_variables().items():
             store[name] = p.detach().to("cpu", copy=True)
 
-    def load_own_variables(self, store: dict) -> None:
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         """Assign own variables from ``store`` by name; all checked before any write."""
         own = self._own_variables()
         missing = sorted(set(own) - set(store.keys()))
@@ -913,7 +935,7 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
                 p.copy_(values[name].to(device=p.device, dtype=p.dtype))
 
 
-Layer.build = _building.wrap_build(Layer.__dict__["build"])
+Layer.build = _building.wrap_build(Layer.__dict__["build"])  # type: ignore[method-assign]
 
 
 _tracking.register_layer_base(Layer)

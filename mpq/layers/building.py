@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,16 +25,19 @@ __all__ = ["as_shape", "build_on_call", "capture_init_args", "shape_of", "wrap_b
 _INIT_SIGNATURES: dict[type, inspect.Signature] = {}
 
 
-def capture_init_args(cls: type, args: tuple, kwargs: dict) -> dict | None:
+def capture_init_args(
+    cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
     """Constructor arguments by name (``**kwargs`` flattened), or None if they do not bind."""
     sig = _INIT_SIGNATURES.get(cls)
     if sig is None:
-        sig = _INIT_SIGNATURES[cls] = inspect.signature(cls.__init__)
+        # cls.__init__ through the MRO (mypy: unsound on an instance; cls is a class here).
+        sig = _INIT_SIGNATURES[cls] = inspect.signature(cls.__init__)  # type: ignore[misc]
     try:
         bound = sig.bind(None, *args, **kwargs).arguments
     except TypeError:
         return None
-    out = {}
+    out: dict[str, Any] = {}
     params = sig.parameters
     for i, (k, v) in enumerate(bound.items()):
         if i == 0:
@@ -57,8 +61,8 @@ def shape_of(value: Any) -> Any:
         shapes = [shape_of(v) for v in value]
         return None if any(s is None for s in shapes) else type(value)(shapes)
     if isinstance(value, dict) and value:
-        shapes = {k: shape_of(v) for k, v in value.items()}
-        return None if any(s is None for s in shapes.values()) else shapes
+        shape_map = {k: shape_of(v) for k, v in value.items()}
+        return None if any(s is None for s in shape_map.values()) else shape_map
     return None
 
 
@@ -91,11 +95,11 @@ def _is_plain_container(layer: Layer, mode: str) -> bool:
     return False
 
 
-def wrap_build(fn):
+def wrap_build(fn: Callable[..., None]) -> Callable[..., None]:
     """Wrap a class's ``build``: policy resolution, quantized dispatch, shapes, ``built``."""
 
     @functools.wraps(fn)
-    def build(self, *args, **kwargs):
+    def build(self: Layer, *args: Any, **kwargs: Any) -> None:
         d = self.__dict__
         depth = d.get("_build_depth", 0)
         if depth == 0:
@@ -121,6 +125,7 @@ def wrap_build(fn):
         finally:
             d["_build_depth"] = depth
         if depth == 0:
+            shapes: dict[str, Any] | None
             try:
                 shapes = inspect.signature(fn).bind(self, *args, **kwargs).arguments
                 shapes.pop(next(iter(shapes)))
@@ -131,11 +136,11 @@ def wrap_build(fn):
             d["_build_shapes_dict"] = shapes
             d["built"] = True
 
-    build._mpq_wrapped = True
+    build._mpq_wrapped = True  # type: ignore[attr-defined]  # marks a wrapped build
     return build
 
 
-def build_on_call(self: Layer, args: tuple, kwargs: dict) -> None:
+def build_on_call(self: Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Build ``self`` from the arguments of its first call (Keras rules for the shapes)."""
     sig = self._call_signature
     shapes: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import ConvViews
+from mpq.layers.variables import Variable
 
 __all__ = ["Conv1D", "Conv2D", "conv_output_length", "same_padding"]
 
@@ -51,7 +52,7 @@ def _conv1d(
         kernel_lio.unsqueeze(0),
         bias,
         stride=(1, stride),
-        padding=((0, 0), tuple(padding)),
+        padding=((0, 0), (padding[0], padding[1])),
         dilation=(1, dilation),
         groups=groups,
     )
@@ -162,12 +163,16 @@ def _standardize_data_format(data_format: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- the layers
-class _Conv(ConvViews, LoRAMixin, Layer):
+class _Conv(ConvViews, LoRAMixin, Layer):  # type: ignore[misc]  # apply(): see extras
     """Shared implementation of Conv1D / Conv2D (rank 1 or 2)."""
 
     _input_kind = "float"  # see Layer._input_kind
 
     rank: int = 0
+
+    # Variables from ``build`` (inside ``call`` a read gives the autocast value, a tensor).
+    kernel: Variable
+    bias: Variable | None
 
     def __init__(
         self,
@@ -262,7 +267,7 @@ class _Conv(ConvViews, LoRAMixin, Layer):
             return (input_shape[0], *spatial, self.filters)
         return (input_shape[0], self.filters, *spatial)
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
+    def build(self, input_shape: Sequence[int | None]) -> None:  # type: ignore[override]
         input_shape = tuple(input_shape)
         self.compute_output_shape(input_shape)  # validates rank and spatial sizes
         channels = input_shape[self._channel_axis()]
@@ -325,12 +330,13 @@ class _Conv(ConvViews, LoRAMixin, Layer):
         x = self._to_channels_last(inputs)
         pads = self._pads(x.shape[1:-1])
         bias = self.bias if self.use_bias else None
-        kernel = self.kernel
+        kernel: torch.Tensor = self.kernel
         if self._call_hooks:  # LoRA / QAT (mpq.training)
             kernel, x = self._call_kernel_and_inputs(kernel, x)
         y = self._convolution(x, kernel, bias, pads)
         y = self._from_channels_last(y)
-        return self.activation(y)
+        out: torch.Tensor = self.activation(y)
+        return out
 
     def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         x = self._to_channels_last(inputs)
@@ -393,7 +399,13 @@ class Conv1D(_Conv):
 
     rank = 1
 
-    def _convolution(self, x, kernel, bias, pads):
+    def _convolution(
+        self,
+        x: torch.Tensor,
+        kernel: torch.Tensor,
+        bias: torch.Tensor | None,
+        pads: list[tuple[int, int]],
+    ) -> torch.Tensor:
         return _conv1d(
             x,
             kernel,
@@ -428,13 +440,19 @@ class Conv2D(_Conv):
 
     rank = 2
 
-    def _convolution(self, x, kernel, bias, pads):
+    def _convolution(
+        self,
+        x: torch.Tensor,
+        kernel: torch.Tensor,
+        bias: torch.Tensor | None,
+        pads: list[tuple[int, int]],
+    ) -> torch.Tensor:
         return _conv2d(
             x,
             kernel,
             bias,
-            stride=self.strides,
+            stride=(self.strides[0], self.strides[1]),
             padding=(pads[0], pads[1]),
-            dilation=self.dilation_rate,
+            dilation=(self.dilation_rate[0], self.dilation_rate[1]),
             groups=self.groups,
         )

@@ -17,6 +17,7 @@ from mpq.layers.input_spec import InputSpec
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import DenseViews
+from mpq.layers.variables import Variable
 
 __all__ = ["Dense"]
 
@@ -28,7 +29,7 @@ _FUSED_ACTIVATIONS = {activations.relu: "relu", activations.gelu: "gelu", activa
 
 
 @register_layer("mpq")
-class Dense(DenseViews, LoRAMixin, Layer):
+class Dense(DenseViews, LoRAMixin, Layer):  # type: ignore[misc]  # apply(): see extras
     """Densely connected layer: ``outputs = activation(inputs @ kernel + bias)``.
 
     Shapes: inputs ``[..., input_dim]`` -> outputs ``[..., units]``; ``kernel`` is
@@ -51,6 +52,10 @@ class Dense(DenseViews, LoRAMixin, Layer):
     """
 
     _input_kind = "float"  # see Layer._input_kind
+
+    # Variables from ``build`` (inside ``call`` a read gives the autocast value, a tensor).
+    kernel: Variable
+    bias: Variable | None
 
     def __init__(
         self,
@@ -91,7 +96,7 @@ class Dense(DenseViews, LoRAMixin, Layer):
         self.input_spec = InputSpec(min_ndim=2)
         self.supports_masking = True
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
+    def build(self, input_shape: tuple[int | None, ...]) -> None:  # type: ignore[override]
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(
@@ -119,7 +124,7 @@ class Dense(DenseViews, LoRAMixin, Layer):
         self._build_lora()
 
     def call(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
-        kernel = self.kernel
+        kernel: torch.Tensor = self.kernel
         if self._call_hooks:  # LoRA / QAT (mpq.training)
             kernel, inputs = self._call_kernel_and_inputs(kernel, inputs)
         if inputs.dtype in _KERNEL_DTYPES:
@@ -136,7 +141,7 @@ class Dense(DenseViews, LoRAMixin, Layer):
             return kernels.matmul(inputs, kernel)
         return torch.matmul(inputs, kernel)
 
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
         return (*tuple(input_shape)[:-1], self.units)
 
     def get_config(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
 from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
+from mpq.layers.variables import Variable
 
 __all__ = ["EinsumDense", "analyze_einsum"]
 
@@ -172,7 +173,7 @@ def analyze_einsum(
 
 
 @register_layer("mpq")
-class EinsumDense(LoRAMixin, Layer):
+class EinsumDense(LoRAMixin, Layer):  # type: ignore[misc]  # apply(): see extras
     """A dense layer computing `activation(einsum(equation, inputs, kernel) + bias)`.
 
     Args (Keras 3 names and defaults): equation (see `analyze_einsum`), output_shape (int or
@@ -193,6 +194,10 @@ class EinsumDense(LoRAMixin, Layer):
     """
 
     _input_kind = "float"  # see Layer._input_kind
+
+    # Variables from ``build`` (inside ``call`` a read gives the autocast value, a tensor).
+    kernel: Variable
+    bias: Variable | None
 
     def __init__(
         self,
@@ -251,7 +256,7 @@ class EinsumDense(LoRAMixin, Layer):
         self.bias_constraint = constraints.get(bias_constraint)
         self.full_output_shape: Shape | None = None
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
+    def build(self, input_shape: Sequence[int | None]) -> None:  # type: ignore[override]
         shapes = analyze_einsum(
             self.equation, input_shape, self.partial_output_shape, self.bias_axes
         )
@@ -283,13 +288,14 @@ class EinsumDense(LoRAMixin, Layer):
         ).output_shape
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        kernel = self.kernel
+        kernel: torch.Tensor = self.kernel
         if self._call_hooks:  # LoRA / QAT (mpq.training)
             kernel, inputs = self._call_kernel_and_inputs(kernel, inputs)
         x = torch.einsum(self.equation, inputs, kernel)
         if self.bias is not None:
             x = x + self.bias
-        return self.activation(x)
+        out: torch.Tensor = self.activation(x)
+        return out
 
     def _linear(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         return torch.einsum(self.equation, inputs, kernel)

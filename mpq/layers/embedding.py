@@ -34,7 +34,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 @register_layer("mpq")
-class Embedding(EmbeddingViews, Layer):
+class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see extras
     """Looks up rows of an `[input_dim, output_dim]` table: `[...]` ints -> `[..., output_dim]`.
 
     Args (Keras 3 names and defaults): input_dim (vocabulary size), output_dim,

@@ -166,35 +166,9 @@ def _ops() -> dict[str, Callable[..., Any]]:
     reads global state)."""
     table: dict[str, Callable[..., Any]] = {}
     for name in [
-        "__add__",
-        "__radd__",
-        "__sub__",
-        "__rsub__",
-        "__mul__",
-        "__rmul__",
-        "__truediv__",
-        "__rtruediv__",
-        "__floordiv__",
-        "__rfloordiv__",
-        "__mod__",
-        "__pow__",
-        "__rpow__",
-        "__matmul__",
-        "__rmatmul__",
-        "__neg__",
-        "__pos__",
-        "__abs__",
-        "__invert__",
-        "__and__",
-        "__or__",
-        "__xor__",
-        "__lt__",
-        "__le__",
-        "__gt__",
-        "__ge__",
+        *_node.OPERATORS,
         "__eq__",
         "__ne__",
-        "__getitem__",
         "reshape",
         "view",
         "flatten",
@@ -356,6 +330,11 @@ class TorchOp(Layer):
         arguments: ``[args, kwargs]`` with ``{"__input__": i}`` (or ``Slot(i)``) for inputs.
     """
 
+    # Set in ``__init__`` (into ``__dict__``: the template may hold modules, never tracked).
+    _function: Callable[..., Any]
+    _template: tuple[Any, dict[str, Any]]  # (args, kwargs) with ``Slot``s for the inputs
+    _num_inputs: int
+
     def __init__(self, function: Any, arguments: Any, **kwargs: Any) -> None:
         if isinstance(function, str):
             fn = OPS.get(function)
@@ -396,15 +375,15 @@ class TorchOp(Layer):
 
     @property
     def function(self) -> Callable[..., Any]:
-        return self.__dict__["_function"]  # type: ignore[no-any-return]
+        return self._function
 
     def call(self, *inputs: Any) -> Any:
-        if len(inputs) != self.__dict__["_num_inputs"]:
+        if len(inputs) != self._num_inputs:
             raise ValueError(
-                f"Expected {self.__dict__['_num_inputs']} input tensor(s) for op {self.name!r}. "
+                f"Expected {self._num_inputs} input tensor(s) for op {self.name!r}. "
                 f"Received: {len(inputs)}"
             )
-        template = self.__dict__["_template"]
+        template: Any = self._template
         if any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs):
             # A symbolic call: tensor constants join the inputs on the meta device.
             template = map_structure(
@@ -423,7 +402,7 @@ class TorchOp(Layer):
                 f"layer {self.name!r}. The model runs, but cannot be saved: wrap the op in a "
                 "Layer subclass registered with @mpq.layers.register_layer()"
             )
-        args, kwargs = self.__dict__["_template"]
+        args, kwargs = self._template
         config = super().get_config()
         config.pop("dtype", None)
         config["function"] = name
@@ -488,6 +467,119 @@ def _graph(
     return order
 
 
+class _Rebuild:
+    """``Functional.from_config`` step by step: make each layer from its config, call it on the
+    symbolic tensors its ``inbound_nodes`` name (in dependency order), then read the model's
+    input and output references."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, Layer] = {}
+        self.outputs_by_layer: dict[str, list[list[SymbolicTensor]]] = {}
+        self.pending: list[tuple[str, Any]] = []
+
+    def add_layers(self, entries: list[Any], custom_objects: dict[str, Any] | None) -> None:
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ValueError(f"Expected a layer entry dict. Received: {_describe(entry)}")
+            body = {k: v for k, v in entry.items() if k not in ("name", "inbound_nodes")}
+            layer = serialization.deserialize(body, custom_objects)
+            name = entry.get("name", layer.name)
+            if not isinstance(name, str) or name in self.created:
+                raise ValueError(
+                    f"Expected unique layer names in the config. Received: name={name!r}"
+                )
+            self.created[name] = layer
+            nodes = layer.__dict__.get("_inbound_nodes", [])
+            self.outputs_by_layer[name] = [n.output_tensors for n in nodes if n.is_input]
+            inbound = entry.get("inbound_nodes", [])
+            if not isinstance(inbound, list):
+                raise ValueError(
+                    f"Expected 'inbound_nodes' to be a list. Received: {_describe(inbound)}"
+                )
+            self.pending.extend((name, node_config) for node_config in inbound)
+
+    def resolve(self, ref: Any) -> SymbolicTensor:
+        """The tensor ``[layer name, node index, tensor index]`` names (``_NotReady`` while
+        its node has not run yet)."""
+        if (
+            not isinstance(ref, list)
+            or len(ref) != 3
+            or not isinstance(ref[0], str)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ref[1:])
+        ):
+            raise ValueError(
+                f"Expected a tensor reference [layer name, node index, tensor index]. "
+                f"Received: {_describe(ref)}"
+            )
+        nodes = self.outputs_by_layer.get(ref[0])
+        if nodes is None or not 0 <= ref[1] < len(nodes) or not 0 <= ref[2] < len(nodes[ref[1]]):
+            raise _NotReady(ref)
+        return nodes[ref[1]][ref[2]]
+
+    def decode(self, value: Any) -> Any:
+        """A node's args/kwargs with each serialized tensor replaced by its symbolic tensor."""
+        if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
+            inner = value.get("config")
+            if not isinstance(inner, dict):
+                raise ValueError(f"Expected a tensor config. Received: {_describe(value)}")
+            return self.resolve(inner.get("keras_history"))
+        if isinstance(value, list):
+            return [self.decode(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.decode(v) for k, v in value.items()}
+        return value
+
+    def run_nodes(self) -> None:
+        """Call each layer on its nodes' inputs, in as many rounds as the dependencies need;
+        a round that makes no progress means a node reads a tensor no node makes."""
+        pending = self.pending
+        while pending:
+            remaining = []
+            for name, node_config in pending:
+                if not isinstance(node_config, (dict, list)):
+                    raise ValueError(
+                        f"Expected a node config dict {{'args', 'kwargs'}}. "
+                        f"Received: {_describe(node_config)}"
+                    )
+                if isinstance(node_config, list):
+                    node_config = _keras2_node(node_config)
+                try:
+                    args = self.decode(node_config.get("args", []))
+                    kwargs = self.decode(node_config.get("kwargs", {}))
+                except _NotReady:
+                    remaining.append((name, node_config))
+                    continue
+                if not isinstance(args, list) or not isinstance(kwargs, dict):
+                    raise ValueError(
+                        f"Expected node 'args' as a list and 'kwargs' as a dict. "
+                        f"Received: {_describe(node_config)[:300]}"
+                    )
+                out = self.created[name](*args, **kwargs)
+                self.outputs_by_layer[name].append(
+                    [t for t in flatten(out) if isinstance(t, SymbolicTensor)]
+                )
+            if len(remaining) == len(pending):
+                raise ValueError(
+                    "Expected a config whose nodes can all be computed from its inputs. "
+                    f"Received: nodes of {sorted({n for n, _ in remaining})} that read tensors "
+                    "no node makes"
+                )
+            pending = remaining
+        self.pending = []
+
+    def structure(self, refs: Any) -> Any:
+        """The model's inputs or outputs from their references (one, a list or a dict)."""
+        if isinstance(refs, list) and len(refs) == 1 and _is_ref(refs[0]):
+            return self.resolve(refs[0])
+        if _is_ref(refs):
+            return self.resolve(refs)
+        if isinstance(refs, dict):
+            return {k: self.structure(v) for k, v in refs.items()}
+        if isinstance(refs, list):
+            return [self.structure(r) for r in refs]
+        raise ValueError(f"Expected tensor references. Received: {_describe(refs)}")
+
+
 @register_layer("mpq")
 class Functional(Layer):
     """A model defined by a graph of layer calls on symbolic tensors (Keras ``Model(inputs,
@@ -506,6 +598,14 @@ class Functional(Layer):
     >>> model(torch.ones(5, 3)).shape
     torch.Size([5, 2])
     """
+
+    # The graph, set in ``__init__`` (into ``__dict__``: kept out of module tracking).
+    _inputs_struct: Any  # the inputs as given: one tensor, or a list / tuple / dict
+    _outputs_struct: Any
+    _inputs: list[SymbolicTensor]
+    _outputs: list[SymbolicTensor]
+    _nodes: list[Node]
+    _loss_tensors: list[SymbolicTensor]
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("autocast", False)  # each layer casts for itself
@@ -545,11 +645,11 @@ class Functional(Layer):
     # ------------------------------------------------------------------ structure
     @property
     def inputs(self) -> list[SymbolicTensor]:
-        return list(self.__dict__["_inputs"])
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list[SymbolicTensor]:
-        return list(self.__dict__["_outputs"])
+        return list(self._outputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -563,11 +663,11 @@ class Functional(Layer):
 
     @property
     def input(self) -> Any:  # the model's own inputs, as given (tf.keras `Model.input`)
-        return self.__dict__["_inputs_struct"]
+        return self._inputs_struct
 
     @property
     def output(self) -> Any:
-        return self.__dict__["_outputs_struct"]
+        return self._outputs_struct
 
     @property
     def layers(self) -> list[Layer]:
@@ -596,8 +696,8 @@ class Functional(Layer):
 
     # ------------------------------------------------------------------ call
     def _flat_inputs(self, inputs: Any) -> list[Any]:
-        struct = self.__dict__["_inputs_struct"]
-        flat_in: list[SymbolicTensor] = self.__dict__["_inputs"]
+        struct = self._inputs_struct
+        flat_in = self._inputs
         if isinstance(struct, dict) and isinstance(inputs, dict):
             if set(inputs) != set(struct):
                 raise ValueError(
@@ -621,7 +721,7 @@ class Functional(Layer):
         return values
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
-        flat_in: list[SymbolicTensor] = self.__dict__["_inputs"]
+        flat_in = self._inputs
         values: dict[int, Any] = {}
         masks = [None] * len(flat_in) if mask is None else flatten(mask)
         given = self._flat_inputs(inputs)
@@ -638,13 +738,13 @@ class Functional(Layer):
                 _masking.set_mask(x, m)
             values[id(ref)] = x
         self._run(values)
-        for t in self.__dict__["_loss_tensors"]:
+        for t in self._loss_tensors:
             self.add_loss(values[id(t)])
 
         def read(t: Any) -> Any:
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
-        return map_structure(read, self.__dict__["_outputs_struct"])
+        return map_structure(read, self._outputs_struct)
 
     def _to_input_dtype(self, x: torch.Tensor, ref: SymbolicTensor) -> torch.Tensor:
         """``x`` in its Input's dtype (as Keras converts model inputs). Into an integer or bool
@@ -664,7 +764,7 @@ class Functional(Layer):
         def read(t: Any) -> Any:
             return values[id(t)] if isinstance(t, SymbolicTensor) else t
 
-        for node in self.__dict__["_nodes"]:
+        for node in self._nodes:
             args = map_structure(read, node.call_args)
             kwargs = map_structure(read, node.call_kwargs)
             out = node.operation(*args, **kwargs)
@@ -719,7 +819,7 @@ class Functional(Layer):
     def compute_output_shape(self, input_shape: Any) -> Any:
         return map_structure(
             lambda t: t.shape if isinstance(t, SymbolicTensor) else t,
-            self.__dict__["_outputs_struct"],
+            self._outputs_struct,
         )
 
     # ------------------------------------------------------------------ config
@@ -821,110 +921,13 @@ class Functional(Layer):
                 f"Received: config={_describe(config)[:300]}"
             )
         config = dict(config)
-        layer_entries = config.pop("layers")
+        graph = _Rebuild()
+        graph.add_layers(config.pop("layers"), custom_objects)
+        graph.run_nodes()
         input_refs = config.pop("input_layers", None)
         output_refs = config.pop("output_layers", None)
-        created: dict[str, Layer] = {}
-        outputs_by_layer: dict[str, list[list[SymbolicTensor]]] = {}
-        pending: list[tuple[str, Any]] = []
-        for entry in layer_entries:
-            if not isinstance(entry, dict):
-                raise ValueError(f"Expected a layer entry dict. Received: {_describe(entry)}")
-            body = {k: v for k, v in entry.items() if k not in ("name", "inbound_nodes")}
-            layer = serialization.deserialize(body, custom_objects)
-            name = entry.get("name", layer.name)
-            if not isinstance(name, str) or name in created:
-                raise ValueError(
-                    f"Expected unique layer names in the config. Received: name={name!r}"
-                )
-            created[name] = layer
-            nodes = layer.__dict__.get("_inbound_nodes", [])
-            outputs_by_layer[name] = [n.output_tensors for n in nodes if n.is_input]
-            inbound = entry.get("inbound_nodes", [])
-            if not isinstance(inbound, list):
-                raise ValueError(
-                    f"Expected 'inbound_nodes' to be a list. Received: {_describe(inbound)}"
-                )
-            pending.extend((name, node_config) for node_config in inbound)
-
-        def resolve(ref: Any) -> SymbolicTensor:
-            if (
-                not isinstance(ref, list)
-                or len(ref) != 3
-                or not isinstance(ref[0], str)
-                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ref[1:])
-            ):
-                raise ValueError(
-                    f"Expected a tensor reference [layer name, node index, tensor index]. "
-                    f"Received: {_describe(ref)}"
-                )
-            nodes = outputs_by_layer.get(ref[0])
-            if (
-                nodes is None
-                or not 0 <= ref[1] < len(nodes)
-                or not 0 <= ref[2] < len(nodes[ref[1]])
-            ):
-                raise _NotReady(ref)
-            return nodes[ref[1]][ref[2]]
-
-        def decode(value: Any) -> Any:
-            if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
-                inner = value.get("config")
-                if not isinstance(inner, dict):
-                    raise ValueError(f"Expected a tensor config. Received: {_describe(value)}")
-                return resolve(inner.get("keras_history"))
-            if isinstance(value, list):
-                return [decode(v) for v in value]
-            if isinstance(value, dict):
-                return {k: decode(v) for k, v in value.items()}
-            return value
-
-        while pending:
-            remaining = []
-            for name, node_config in pending:
-                if not isinstance(node_config, (dict, list)):
-                    raise ValueError(
-                        f"Expected a node config dict {{'args', 'kwargs'}}. "
-                        f"Received: {_describe(node_config)}"
-                    )
-                if isinstance(node_config, list):
-                    node_config = _keras2_node(node_config)
-                try:
-                    args = decode(node_config.get("args", []))
-                    kwargs = decode(node_config.get("kwargs", {}))
-                except _NotReady:
-                    remaining.append((name, node_config))
-                    continue
-                if not isinstance(args, list) or not isinstance(kwargs, dict):
-                    raise ValueError(
-                        f"Expected node 'args' as a list and 'kwargs' as a dict. "
-                        f"Received: {_describe(node_config)[:300]}"
-                    )
-                out = created[name](*args, **kwargs)
-                outputs_by_layer[name].append(
-                    [t for t in flatten(out) if isinstance(t, SymbolicTensor)]
-                )
-            if len(remaining) == len(pending):
-                raise ValueError(
-                    "Expected a config whose nodes can all be computed from its inputs. "
-                    f"Received: nodes of {sorted({n for n, _ in remaining})} that read tensors "
-                    "no node makes"
-                )
-            pending = remaining
-
-        def structure(refs_: Any) -> Any:
-            if isinstance(refs_, list) and len(refs_) == 1 and _is_ref(refs_[0]):
-                return resolve(refs_[0])
-            if _is_ref(refs_):
-                return resolve(refs_)
-            if isinstance(refs_, dict):
-                return {k: structure(v) for k, v in refs_.items()}
-            if isinstance(refs_, list):
-                return [structure(r) for r in refs_]
-            raise ValueError(f"Expected tensor references. Received: {_describe(refs_)}")
-
         try:
-            inputs, outputs = structure(input_refs), structure(output_refs)
+            inputs, outputs = graph.structure(input_refs), graph.structure(output_refs)
         except _NotReady as e:
             raise ValueError(
                 f"Expected references to tensors of the graph. Received: {e}"
@@ -963,7 +966,7 @@ class Functional(Layer):
         )
 
     def _ids(self) -> set[int]:
-        return {id(n) for n in self.__dict__["_nodes"]}
+        return {id(n) for n in self._nodes}
 
 
 def _keras2_node(entries: list[Any]) -> dict[str, Any]:

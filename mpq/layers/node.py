@@ -208,7 +208,8 @@ def _binary(name: str) -> Callable[..., Any]:
     return op
 
 
-for _name in (
+# The Python operators a symbolic tensor records as graph ops (`functional.OPS` saves them).
+OPERATORS: tuple[str, ...] = (
     "__add__",
     "__radd__",
     "__sub__",
@@ -236,7 +237,9 @@ for _name in (
     "__gt__",
     "__ge__",
     "__getitem__",
-):
+)
+
+for _name in OPERATORS:
     setattr(SymbolicTensor, _name, _binary(_name))
 
 
@@ -449,7 +452,11 @@ class NodeMixin:
     ``inbound_nodes`` / ``outbound_nodes`` and ``symbolic_call``."""
 
     __dict__: dict[str, Any]
-    name: str
+
+    if TYPE_CHECKING:
+
+        @property
+        def name(self) -> str: ...
 
     @property
     def inbound_nodes(self) -> list[Node]:

@@ -125,7 +125,7 @@ class _SqrtInitializer(initializers.Initializer):
 
 
 @register_layer("mpq")
-class LayerNormalization(LayerNormViews, Layer):
+class LayerNormalization(LayerNormViews, Layer):  # type: ignore[misc]  # apply(): see extras
     """Normalizes each example over `axis`: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
 
     Args (Keras 3 names and defaults): axis=-1 (int or list of ints), epsilon=1e-3,
@@ -304,7 +304,7 @@ class RMSNormalization(LayerNormalization):
 
 
 @register_layer("mpq")
-class BatchNormalization(BatchNormViews, Layer):
+class BatchNormalization(BatchNormViews, Layer):  # type: ignore[misc]  # apply(): see extras
     """Normalizes over the batch (and every axis but `axis`), tracking moving statistics.
 
     Training (`training=True` and `layer.trainable`): normalizes with the batch mean and

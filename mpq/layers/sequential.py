@@ -48,6 +48,8 @@ class Sequential(Layer):
     torch.Size([4, 1])
     """
 
+    _build_input_shape: Any  # the shape the model was built with (None: not yet)
+
     def __init__(
         self,
         layers: list[Any] | None = None,
@@ -75,7 +77,7 @@ class Sequential(Layer):
                 )
             layer = producer
         if isinstance(layer, InputLayer):
-            if self._modules or self.__dict__["_build_input_shape"] is not None:
+            if self._modules or self._build_input_shape is not None:
                 raise ValueError(
                     "Expected an Input / InputLayer only as the first layer of a Sequential "
                     f"model. Received: {layer.name!r} after {len(self._modules)} layer(s)"
@@ -96,9 +98,9 @@ class Sequential(Layer):
                 )
         first = len(self._modules) == 0
         setattr(self, str(len(self._modules)), layer)
-        shape = self.__dict__["_build_input_shape"]
+        shape = self._build_input_shape
         if first and isinstance(layer, Layer) and layer.__dict__.get("_input_shape_arg"):
-            shape = layer.__dict__["_input_shape_arg"]
+            shape = layer._input_shape_arg
         if shape is not None:
             self.build(shape)  # known input shape: build the new layer now (Keras)
         else:
@@ -182,7 +184,7 @@ class Sequential(Layer):
                 )
         config = super().get_config()
         config["layers"] = [serialization.serialize(layer) for layer in self._children()]
-        shape = self.__dict__["_build_input_shape"]
+        shape = self._build_input_shape
         if shape is not None:
             config["build_input_shape"] = shape
         return config
@@ -210,7 +212,7 @@ class Sequential(Layer):
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         """Print one row per layer: name (class), output shape, parameter count, policy."""
-        shape = self.__dict__["_build_input_shape"]
+        shape = self._build_input_shape
         rows = []
         for layer in self._children():
             out = "?"

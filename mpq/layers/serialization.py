@@ -8,11 +8,17 @@ Built-in layers register under ``"mpq>ClassName"``; user layers with ``@register
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mpq import _registry
 from mpq._errors import check_config_depth
 from mpq._errors import describe as _describe
+
+if TYPE_CHECKING:
+    from mpq.layers.base import Layer
+
+_LayerClass = TypeVar("_LayerClass", bound="type[Layer]")
 
 __all__ = ["deserialize", "get_registered_layer", "register_layer", "serialize"]
 
@@ -25,7 +31,9 @@ class _Depth(threading.local):
 _DEPTH = _Depth()  # > 0 inside a deserialize call (the outermost one checks the nesting depth)
 
 
-def register_layer(package: str = "Custom", name: str | None = None):
+def register_layer(
+    package: str = "Custom", name: str | None = None
+) -> Callable[[_LayerClass], _LayerClass]:
     """Class decorator: make a Layer subclass loadable by :func:`deserialize` / ``mpq.saving.load``
     (``mpq.saving.register_serializable`` restricted to layers).
 
@@ -43,7 +51,7 @@ def register_layer(package: str = "Custom", name: str | None = None):
         )
     register = _registry.register_serializable(package, name)
 
-    def decorator(cls: type) -> type:
+    def decorator(cls: _LayerClass) -> _LayerClass:
         from mpq.layers.base import Layer
 
         if not (isinstance(cls, type) and issubclass(cls, Layer)):
@@ -56,13 +64,13 @@ def register_layer(package: str = "Custom", name: str | None = None):
     return decorator
 
 
-def _layer_class(obj: Any) -> type | None:
+def _layer_class(obj: Any) -> type[Layer] | None:
     from mpq.layers.base import Layer
 
     return obj if isinstance(obj, type) and issubclass(obj, Layer) else None
 
 
-def get_registered_layer(name: str) -> type | None:
+def get_registered_layer(name: str) -> type[Layer] | None:
     """The layer class registered as ``name`` (``"pkg>Class"``), or a built-in by bare class name."""
     return _layer_class(_registry.lookup(name) if ">" in str(name) else None) or _layer_class(
         _registry.lookup(f"mpq>{name}")

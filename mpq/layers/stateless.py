@@ -23,10 +23,17 @@ if TYPE_CHECKING:
 __all__ = ["compute_output_shape", "compute_output_spec", "stateless_call"]
 
 
-def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool, meta=False):
+def _run_in_scope(
+    layer: Layer,
+    mapping: dict[int, tuple[Any, torch.Tensor]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_losses: bool,
+    meta: bool = False,
+) -> tuple[Any, _autocast.StatelessScope, list[torch.Tensor] | None]:
     """Call ``layer`` with Variables read from ``mapping``; plain torch parameters are swapped
     with ``torch.func.functional_call``. Returns (outputs, scope, losses or None)."""
-    plain = {}
+    plain: dict[str, torch.Tensor] = {}
     names = {id(p): n for n, p in layer.named_parameters(remove_duplicate=False)}
     for key, (var, value) in list(mapping.items()):
         if not isinstance(var, Variable):
@@ -50,12 +57,12 @@ def _run_in_scope(layer: Layer, mapping: dict, args, kwargs, return_losses: bool
 
 def stateless_call(
     layer: Layer,
-    trainable_variables: list[torch.Tensor],
-    non_trainable_variables: list[torch.Tensor],
+    trainable_variables: list[Any],
+    non_trainable_variables: list[Any],
     *args: Any,
     return_losses: bool = False,
     **kwargs: Any,
-):
+) -> tuple[Any, ...]:
     if not layer.built:
         raise ValueError(
             f"To call stateless_call, layer {layer.name!r} must be built (i.e. its variables "
@@ -154,14 +161,14 @@ def compute_output_shape(layer: Layer, input_shape: Any) -> Any:
     in_dtype = spec.dtype if isinstance(spec, InputSpec) and spec.dtype is not None else None
     in_dtype = in_dtype or layer.dtype_policy.torch_compute_dtype
 
-    def has_none(shape):
+    def has_none(shape: Any) -> bool:
         if isinstance(shape, dict):
             return any(has_none(v) for v in shape.values())
         if isinstance(shape, (list, tuple)):
             return any(s is None or has_none(s) for s in shape)
         return False
 
-    def make(shape, fill):
+    def make(shape: Any, fill: int) -> Any:
         if isinstance(shape, dict):
             return {k: make(v, fill) for k, v in shape.items()}
         if isinstance(shape, list) or (
@@ -171,7 +178,7 @@ def compute_output_shape(layer: Layer, input_shape: Any) -> Any:
         dims = tuple(fill if s is None else int(s) for s in shape)
         return torch.empty(dims, dtype=in_dtype, device="meta")
 
-    def shapes(out):
+    def shapes(out: Any) -> Any:
         if isinstance(out, torch.Tensor):
             return tuple(out.shape)
         if isinstance(out, (list, tuple)):
@@ -185,7 +192,7 @@ def compute_output_shape(layer: Layer, input_shape: Any) -> Any:
         return first
     second = shapes(layer.compute_output_spec(make(as_shape(input_shape), 3)))
 
-    def merge(a, b):
+    def merge(a: Any, b: Any) -> Any:
         if isinstance(a, tuple) and all(isinstance(v, int) for v in a):
             return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
         if isinstance(a, dict):

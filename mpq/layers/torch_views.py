@@ -13,9 +13,14 @@ Names that mean something else in Keras keep their Keras meaning (``Conv.padding
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
+
+if TYPE_CHECKING:
+    from mpq.layers.variables import Variable
+    from mpq.policy import DTypePolicy
 
 __all__ = [
     "BatchNormViews",
@@ -36,7 +41,13 @@ class NoFloatWeight(torch.Tensor):
     number)."""
 
     @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        cls,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         if func in _DESCRIPTIVE:
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
@@ -47,19 +58,22 @@ class NoFloatWeight(torch.Tensor):
             "this layer in float)"
         )
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # type: ignore[override]  # (torch's tensor_contents= unused)
         return f"NoFloatWeight(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+def _getter(name: str) -> Any:
+    """The getter of the ``torch.Tensor`` property ``name`` (what ``__torch_function__`` is
+    given for a read of it)."""
+    return getattr(torch.Tensor, name).__get__
 
 
 _DESCRIPTIVE = frozenset(
     {
-        torch.Tensor.dtype.__get__,
-        torch.Tensor.shape.__get__,
-        torch.Tensor.device.__get__,
-        torch.Tensor.ndim.__get__,
-        torch.Tensor.requires_grad.__get__,
-        torch.Tensor.is_meta.__get__,
-        torch.Tensor.is_cuda.__get__,
+        *(
+            _getter(name)
+            for name in ("dtype", "shape", "device", "ndim", "requires_grad", "is_meta", "is_cuda")
+        ),
         torch.Tensor.size,
         torch.Tensor.dim,
         torch.Tensor.numel,
@@ -74,7 +88,12 @@ def no_float_weight(shape: tuple[int, ...], dtype: torch.dtype) -> NoFloatWeight
     return torch.empty(shape, dtype=dtype, device="meta").as_subclass(NoFloatWeight)
 
 
-def _variable_view(layer: Any, name: str, to_torch: Any, torch_shape: Any) -> torch.Tensor:
+def _variable_view(
+    layer: _LayerViews,
+    name: str,
+    to_torch: Callable[[torch.Tensor], torch.Tensor],
+    torch_shape: Callable[[], tuple[int, ...]],
+) -> torch.Tensor:
     """``to_torch(variable)`` for a float layer; a :class:`NoFloatWeight` once quantized."""
     var = layer._parameters.get(name)
     if var is not None and layer.quantization_scheme is None:
@@ -82,13 +101,39 @@ def _variable_view(layer: Any, name: str, to_torch: Any, torch_shape: Any) -> to
     return no_float_weight(tuple(torch_shape()), layer.dtype_policy.torch_variable_dtype)
 
 
+@overload
+def _view(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _view(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def _view(t: torch.Tensor | None) -> torch.Tensor | None:
     """A view of a variable (not the variable: assigning it to an attribute cannot re-register
     it under the torch name)."""
     return None if t is None else t.view(t.shape)
 
 
-def _built(layer: Any, what: str) -> None:
+if TYPE_CHECKING:
+
+    class _LayerViews:
+        """What the views read from the layer they are mixed into (``Layer`` provides it)."""
+
+        __dict__: dict[str, Any]
+        _parameters: dict[str, torch.nn.Parameter | None]
+        built: bool
+        input_spec: Any  # an InputSpec once built, or None
+        quantization_scheme: Any  # the attached scheme, None while float
+
+        @property
+        def name(self) -> str: ...
+        @property
+        def dtype_policy(self) -> DTypePolicy: ...
+        @dtype_policy.setter
+        def dtype_policy(self, value: Any) -> None: ...
+
+else:
+    _LayerViews = object  # nothing at run time: the views are mixed into Layer subclasses
+
+
+def _built(layer: _LayerViews, what: str) -> None:
     # AttributeError, so that hasattr() is False (torch then reports "has no attribute").
     if not layer.built:
         raise AttributeError(
@@ -97,8 +142,11 @@ def _built(layer: Any, what: str) -> None:
         )
 
 
-class DenseViews:
+class DenseViews(_LayerViews):
     """``nn.Linear`` views of Dense: ``weight [out, in]``, ``in_features``, ``out_features``."""
+
+    if TYPE_CHECKING:
+        units: int
 
     @property
     def in_features(self) -> int:
@@ -117,9 +165,19 @@ class DenseViews:
         )
 
 
-class ConvViews:
+class ConvViews(_LayerViews):
     """``nn.Conv1d/2d`` views of Conv1D/Conv2D: ``weight [out, in/groups, *k]``, ``in_channels``,
     ``out_channels``, ``stride``, ``dilation``."""
+
+    if TYPE_CHECKING:
+        rank: int
+        filters: int
+        groups: int
+        kernel_size: tuple[int, ...]
+        strides: tuple[int, ...]
+        dilation_rate: tuple[int, ...]
+
+        def _channel_axis(self) -> int: ...
 
     @property
     def in_channels(self) -> int:
@@ -147,9 +205,13 @@ class ConvViews:
         return _variable_view(self, "kernel", lambda k: k.permute(dims), lambda: shape)
 
 
-class EmbeddingViews:
+class EmbeddingViews(_LayerViews):
     """``nn.Embedding`` views: ``weight [num_embeddings, embedding_dim]``, ``num_embeddings``,
     ``embedding_dim``, ``padding_idx`` (set by ``from_torch``, else None)."""
+
+    if TYPE_CHECKING:
+        input_dim: int
+        output_dim: int
 
     @property
     def num_embeddings(self) -> int:
@@ -169,9 +231,13 @@ class EmbeddingViews:
         return _variable_view(self, "embeddings", _view, lambda: (self.input_dim, self.output_dim))
 
 
-class _NormAffineViews:
+class _NormAffineViews(_LayerViews):
     """The torch names of a normalization's affine variables: ``weight`` (gamma) and ``bias``
     (beta), read-only views, None when the layer has none."""
+
+    if TYPE_CHECKING:
+        epsilon: float
+        scale: bool
 
     @property
     def weight(self) -> torch.Tensor | None:
@@ -212,6 +278,9 @@ class BatchNormViews(_NormAffineViews):
     ``running_var``, ``eps``, ``num_features``, ``affine``. (``momentum`` stays Keras':
     ``1 - torch's``.)"""
 
+    if TYPE_CHECKING:
+        moving_mean: Variable
+
     @property
     def eps(self) -> float:
         return float(self.epsilon)
@@ -226,9 +295,9 @@ class BatchNormViews(_NormAffineViews):
         return bool(self.scale)
 
     @property
-    def running_mean(self) -> torch.Tensor:
+    def running_mean(self) -> torch.Tensor | None:  # (as torch's: Optional[Tensor])
         return _view(self._parameters["moving_mean"])
 
     @property
-    def running_var(self) -> torch.Tensor:
+    def running_var(self) -> torch.Tensor | None:
         return _view(self._parameters["moving_variance"])

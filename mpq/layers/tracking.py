@@ -16,6 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from mpq.layers.base import Layer
+    from mpq.layers.variables import Variable
 
 __all__ = ["is_weight", "reset_name_counters", "to_snake_case", "unique_name"]
 
@@ -152,7 +153,7 @@ def set_trainable(module: torch.nn.Module, value: bool) -> None:
             set_trainable(child, value)
 
 
-def adopt_variable(layer: Layer, attr: str, var: torch.nn.Parameter) -> bool:
+def adopt_variable(layer: Layer, attr: str, var: Variable) -> bool:
     """``layer.attr = var`` for a variable the layer created under another key: re-key it
     (keeping creation order) and, if it was unnamed, give it the attribute's name.
 
@@ -168,9 +169,9 @@ def adopt_variable(layer: Layer, attr: str, var: torch.nn.Parameter) -> bool:
         params.clear()
         params.update(items)
         if not var.__dict__.get("_name_given", True) and var._name == old_key:
-            var.__dict__["_name"] = attr
+            var._name = attr
     return True
 
 
-def set_owner(var: torch.nn.Parameter, layer: Layer) -> None:
-    var.__dict__["_owner"] = weakref.ref(layer)
+def set_owner(var: Variable, layer: Layer) -> None:
+    var._owner = weakref.ref(layer)

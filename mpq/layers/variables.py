@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from mpq import dtypes as _dtypes
 from mpq.dtypes import to_torch_dtype
 from mpq.layers import autocast as _autocast
 from mpq.layers.autocast import to_tensor
+
+if TYPE_CHECKING:
+    from mpq.constraints import Constraint
+    from mpq.regularizers import Regularizer
 
 __all__ = [
     "POSITIVE_FINITE",
@@ -50,7 +55,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Bit-exact numpy copy of a tensor (ml_dtypes arrays for bfloat16 / float8)."""
     t = t.detach().cpu()
     if t.dtype in _NUMPY_NATIVE:
-        return t.numpy().copy()
+        out: np.ndarray = t.numpy().copy()
+        return out
     return _dtypes.to_numpy(t)
 
 
@@ -191,6 +197,19 @@ class Variable(torch.nn.Parameter):
     array([1., 1.], dtype=float32)
     """
 
+    # Instance state, written into ``__dict__`` by ``__new__`` (and ``_owner`` by layers).
+    _name: str
+    _name_given: bool
+    _created_trainable: bool
+    _autocast: bool
+    _autocast_float: bool
+    regularizer: Regularizer | Callable[..., Any] | None
+    constraint: Constraint | Callable[..., Any] | None
+    aggregation: str
+    _overwrite_with_gradient: bool
+    _owner: weakref.ref[Any] | None  # the owning Layer (not imported here: layers import us)
+    _scope_prefix: str | None
+
     def __new__(
         cls,
         data: torch.Tensor | None = None,
@@ -239,18 +258,18 @@ class Variable(torch.nn.Parameter):
     # --- identity -------------------------------------------------------------------------
     @property
     def name(self) -> str:  # shadows torch.Tensor.name (named tensors), unused by mpq
-        return self.__dict__["_name"]
+        return self._name
 
     @property
     def path(self) -> str:
         """``"<layer path>/<name>"``; for a variable that no layer owns, its name, prefixed with
         the ``name_scope`` it was created in."""
-        owner = self.__dict__["_owner"]
+        owner = self._owner
         layer = owner() if owner is not None else None
         if layer is not None:
-            return f"{layer.path}/{self.__dict__['_name']}"
+            return f"{layer.path}/{self._name}"
         prefix = self.__dict__.get("_scope_prefix")
-        name: str = self.__dict__["_name"]
+        name = self._name
         return f"{prefix}/{name}" if prefix else name
 
     @property
@@ -279,7 +298,7 @@ class Variable(torch.nn.Parameter):
         A post-accumulate-grad hook copies ``grad`` into the variable and leaves ``grad`` None,
         so every torch optimizer (SGD with momentum or weight decay, Adam, ...) skips it: after
         ``backward()`` and ``step()`` the value equals the gradient of that backward pass."""
-        return bool(self.__dict__["_overwrite_with_gradient"])
+        return bool(self._overwrite_with_gradient)
 
     @overwrite_with_gradient.setter
     def overwrite_with_gradient(self, value: bool) -> None:
@@ -288,7 +307,7 @@ class Variable(torch.nn.Parameter):
                 "Expected `overwrite_with_gradient` to be a bool. Received: "
                 f"overwrite_with_gradient={value!r} (of type {type(value).__name__})"
             )
-        self.__dict__["_overwrite_with_gradient"] = value
+        self._overwrite_with_gradient = value
         _sync_gradient_hook(self)
 
     # --- reads ------------------------------------------------------------------------------
@@ -363,8 +382,8 @@ class Variable(torch.nn.Parameter):
             check_write(self, base.to(wide) + t.to(device=base.device, dtype=wide), "assign_add to")
         stateless = _autocast.STATE.stateless
         if stateless is not None:
-            current = stateless.get(self)
-            stateless.record(self, (current.detach() + t.to(current.device)).to(self.dtype))
+            value = stateless.get(self)
+            stateless.record(self, (value.detach() + t.to(value.device)).to(self.dtype))
             return self
         with torch.no_grad():
             self.add_(t.to(device=self.device, dtype=self.dtype))
@@ -375,35 +394,39 @@ class Variable(torch.nn.Parameter):
         return self.assign_add(-to_tensor(delta))
 
     # --- copying / pickling -----------------------------------------------------------------
-    def __deepcopy__(self, memo: dict) -> Variable:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Variable:
         if id(self) in memo:
-            return memo[id(self)]
+            copied: Variable = memo[id(self)]
+            return copied
         result = Variable._make_subclass(
             type(self), self.data.clone(memory_format=torch.preserve_format), self.requires_grad
         )
         memo[id(self)] = result
         state = {k: v for k, v in self.__dict__.items() if k not in _NOT_COPIED}
         result.__dict__.update(copy.deepcopy(state, memo))
-        owner = self.__dict__["_owner"]
+        owner = self._owner
         new_owner = memo.get(id(owner())) if owner is not None and owner() is not None else None
-        result.__dict__["_owner"] = weakref.ref(new_owner) if new_owner is not None else None
+        result._owner = weakref.ref(new_owner) if new_owner is not None else None
         _sync_gradient_hook(result)
         return result
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in _NOT_COPIED}
 
-    def __reduce_ex__(self, proto):
+    def __reduce_ex__(self, proto: Any) -> tuple[Any, ...]:
         return (_rebuild_variable, (type(self), self.data, self.requires_grad, self.__getstate__()))
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # type: ignore[override]  # (torch's tensor_contents= unused)
+        value = torch.Tensor.__repr__(self.detach())  # type: ignore[no-untyped-call]
         return (
             f"<Variable path={self.path} shape={tuple(self.shape)} dtype={self.dtype} "
-            f"trainable={self.requires_grad} value={torch.Tensor.__repr__(self.detach())}>"
+            f"trainable={self.requires_grad} value={value}>"
         )
 
 
-def _rebuild_variable(cls, data, requires_grad, state):
+def _rebuild_variable(
+    cls: type[Variable], data: torch.Tensor, requires_grad: bool, state: dict[str, Any]
+) -> Variable:
     v = torch.Tensor._make_subclass(cls, data, requires_grad)
     v.__dict__.update(state)
     v.__dict__["_owner"] = None

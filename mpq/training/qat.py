@@ -76,7 +76,8 @@ class _QATState:
             fq = fake_quantize_dynamic(
                 m, "int4", reduce_axes=-1, group_size=cfg.block_size, symmetric=False
             )
-        return self.form.from_matrix(fq).to(kernel.dtype)
+        out: torch.Tensor = self.form.from_matrix(fq).to(kernel.dtype)
+        return out
 
     def fake_inputs(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         """int8 dynamic inputs (W8A8 / int4 with int8 activations): per row for Dense and

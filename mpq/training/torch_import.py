@@ -13,7 +13,7 @@ import copy
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -205,7 +205,7 @@ def _dense(
     _to_device_of(layer, kernel)
     _assign(layer.kernel, kernel)
     if bias is not None:
-        _assign(layer.bias, bias)
+        _assign(cast(Variable, layer.bias), bias)  # use_bias=True: a Variable
     _copy_grad_flag(layer.kernel, grad_ref)
     return layer, quant
 
@@ -288,7 +288,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, name: str, policy: _Policy, shape: _Shape) -
     dims = (2, 1, 0) if rank == 1 else (2, 3, 1, 0)
     _assign(layer.kernel, _transposed_view(m.weight, dims))
     if m.bias is not None:
-        _assign(layer.bias, m.bias)
+        _assign(cast(Variable, layer.bias), m.bias)  # use_bias=True: a Variable
     _copy_grad_flag(layer.kernel, m.weight)
     if explicit is None:
         return _Converted(layer, [(layer, quant)])
@@ -691,9 +691,23 @@ def from_torch(
     model = copy.deepcopy(module)
     shapes = _record_input_shapes(model, example_inputs) if example_inputs is not None else {}
     report = FromTorchReport()
+    paths, order = _module_paths(model)
+    counted = _linear_weight_sizes(order)
+    report.linear_weights = sum(counted.values())
+    ties = _plan_ties(order, untie, report)
+    run = _Conversion(report, paths, ties, resolved, shapes, keep, cast_outputs)
+    for name, m in order:
+        run.convert(name, m)
+    run.retie_heads(order)
+    report.converted_linear_weights = sum(n for k, n in counted.items() if k in run.covered)
+    report.unchanged = tuple(run.unchanged)
+    return run.replace_in(model), report
 
-    # Every path of every module (a module object may sit at several paths, e.g. T5's
-    # `shared` is also `encoder.embed_tokens`): converted once, replaced at each path.
+
+def _module_paths(model: nn.Module) -> tuple[dict[int, list[str]], list[tuple[str, nn.Module]]]:
+    """Every path of every module (a module object may sit at several paths, e.g. T5's
+    `shared` is also `encoder.embed_tokens`: converted once, replaced at each path), and the
+    modules in order, each once at its first path."""
     paths: dict[int, list[str]] = {}
     order: list[tuple[str, nn.Module]] = []
     for name, m in model.named_modules(remove_duplicate=False):
@@ -701,29 +715,43 @@ def from_torch(
             paths[id(m)] = []
             order.append((name, m))
         paths[id(m)].append(name)
+    return paths, order
 
-    # Linear/conv weights for the coverage figure, each tensor once.
+
+def _linear_weight_sizes(order: list[tuple[str, nn.Module]]) -> dict[int, int]:
+    """Linear/conv weights for the coverage figure: tensor id -> elements, each tensor once."""
     counted: dict[int, int] = {}
+    linear_like = (nn.Linear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
     for _, m in order:
         entry, _why = _converter(m)
         fn = entry[1] if entry else None
-        linear_like = (nn.Linear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
         if fn in _LINEAR_LIKE or isinstance(m, linear_like):  # Conv3d, ConvTranspose: counted
             for w in _linear_weights(m):
                 counted.setdefault(id(w), w.numel())
-    report.linear_weights = sum(counted.values())
-    covered: set[int] = set()
+    return counted
 
-    # Tied weights among the modules that would be converted.
+
+@dataclass
+class _Ties:
+    """What to do with weights tied among the modules that would be converted."""
+
+    tied_to: dict[int, tuple[str, nn.Module]] = field(default_factory=dict)
+    """Linear module id -> the Embedding whose table it uses (it stays a torch module)."""
+    tied_left: dict[int, str] = field(default_factory=dict)
+    """Module id -> why it stays a torch module."""
+    tied_embeddings: set[int] = field(default_factory=set)
+    """Embeddings whose table is also a Linear's weight (not quantized)."""
+    aliases: dict[int, tuple[str, nn.Module]] = field(default_factory=dict)
+    """Embedding id -> the tied Embedding with the same lookup that is converted for both."""
+
+
+def _plan_ties(order: list[tuple[str, nn.Module]], untie: bool, report: FromTorchReport) -> _Ties:
+    """Group the candidates by shared weight; with ``untie``, give each user its own copy."""
     candidates = [
         (n, m) for n, m in order if _converter(m)[0] is not None and not isinstance(m, Layer)
     ]
-    groups = _tied_groups(candidates)
-    tied_to: dict[int, tuple[str, nn.Module]] = {}  # Linear module id -> its Embedding
-    tied_left: dict[int, str] = {}  # module id -> why it stays a torch module
-    tied_embeddings: set[int] = set()
-    aliases: dict[int, tuple[str, nn.Module]] = {}  # Embedding id -> the tied one converted
-    for users in groups.values():
+    ties = _Ties()
+    for users in _tied_groups(candidates).values():
         if untie:
             for n, m in users[1:]:
                 w = _weight(m)
@@ -740,124 +768,153 @@ def from_torch(
         )
         if same_lookup and len(embeddings) + len(linears) == len(users):
             first = embeddings[0]
-            tied_embeddings.add(id(first[1]))
+            ties.tied_embeddings.add(id(first[1]))
             for _n, m in embeddings[1:]:  # the same lookup: one mpq Embedding serves all
-                aliases[id(m)] = first
+                ties.aliases[id(m)] = first
             for _n, m in linears:
-                tied_to[id(m)] = first
+                ties.tied_to[id(m)] = first
         else:
             for n, m in users:
                 others = ", ".join(repr(u) for u, _ in users if u != n)
-                tied_left[id(m)] = (
+                ties.tied_left[id(m)] = (
                     f"{type(m).__name__}: its weight is tied to {others}; left as torch modules "
                     "(from_torch(..., untie=True) converts each with its own copy)"
                 )
+    return ties
 
-    unchanged: list[str] = []
-    replacements: list[tuple[nn.Module, nn.Module]] = []  # (torch module, replacement)
-    new_of: dict[int, nn.Module] = {}
-    skip_under: list[str] = []
-    for name, m in order:
-        if any(name == s or name.startswith(s + ".") for s in skip_under):
-            continue
+
+@dataclass
+class _Conversion:
+    """One ``from_torch`` run after planning: converts module by module, then re-ties the
+    Linear heads and puts the replacements in place."""
+
+    report: FromTorchReport
+    paths: dict[int, list[str]]
+    ties: _Ties
+    resolved: _Policy
+    shapes: dict[str, tuple[int | None, ...]]
+    keep: Callable[[nn.Module, str], bool]
+    cast_outputs: bool
+    unchanged: list[str] = field(default_factory=list)
+    replacements: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
+    """(torch module, replacement)."""
+    new_of: dict[int, nn.Module] = field(default_factory=dict)
+    skip_under: list[str] = field(default_factory=list)
+    covered: set[int] = field(default_factory=set)
+    """Ids of the linear/conv weights mpq layers now hold."""
+
+    def convert(self, name: str, m: nn.Module) -> None:
+        """Convert ``m`` at ``name`` if it is convertible, wanted and not tied elsewhere."""
+        report, ties = self.report, self.ties
+        if any(name == s or name.startswith(s + ".") for s in self.skip_under):
+            return
         if isinstance(m, Layer):
-            skip_under.append(name)
-            continue
+            self.skip_under.append(name)
+            return
         entry, why = _converter(m)
         if entry is None:
             if any(True for _ in m.parameters(recurse=False)):
                 report.unsupported[name] = f"{type(m).__name__}: {why or 'no mpq equivalent'}"
             elif _has_state(m) or not any(True for _ in m.children()):
-                unchanged.append(name)
-            continue
-        if id(m) in tied_to:
-            continue  # a torch module on its Embedding's variable, below (filter or not)
-        if not keep(m, name):
+                self.unchanged.append(name)
+            return
+        if id(m) in ties.tied_to:
+            return  # a torch module on its Embedding's variable (retie_heads; filter or not)
+        if not self.keep(m, name):
             report.skipped[name] = "filtered"
-            continue
-        if id(m) in tied_left:
-            report.unsupported[name] = tied_left[id(m)]
-            continue
-        if id(m) in aliases:
-            first_name, first_module = aliases[id(m)]
-            if id(first_module) in new_of:
-                replacements.append((m, new_of[id(first_module)]))
+            return
+        if id(m) in ties.tied_left:
+            report.unsupported[name] = ties.tied_left[id(m)]
+            return
+        if id(m) in ties.aliases:
+            first_name, first_module = ties.aliases[id(m)]
+            if id(first_module) in self.new_of:
+                self.replacements.append((m, self.new_of[id(first_module)]))
                 report.tied[name] = (
                     f"Embedding: weight tied to {first_name!r} with the same options; "
                     "replaced by that mpq Embedding layer (one layer, one variable)"
                 )
-                skip_under.extend(paths[id(m)])
-                continue
+                self.skip_under.extend(self.paths[id(m)])
+                return
         target, convert = entry
         try:
-            result = convert(m, name, resolved, shapes.get(name))
+            result = convert(m, name, self.resolved, self.shapes.get(name))
         except _Unsupported as e:
             report.unsupported[name] = f"{type(m).__name__}: {e}"
-            skip_under.extend(paths[id(m)])  # its children are its own (an MHA's out_proj)
-            continue
+            self.skip_under.extend(self.paths[id(m)])  # its children are its own (MHA out_proj)
+            return
+        notes = self._apply_policies(m, result)
+        replacement = result.module
+        replacement.train(m.training)
+        device = _module_device(m)
+        if device is not None and device.type != "cpu":
+            replacement.to(device)
+        if self.cast_outputs and name != "":
+            fallback = m.weight.dtype if isinstance(m, nn.Embedding) else torch.float32
+            replacement.register_forward_hook(_CastOutput(fallback), with_kwargs=True)
+        report.converted[name] = f"{type(m).__name__} -> {result.target or target}"
+        if len(self.paths[id(m)]) > 1:
+            notes.append(f"also at {self.paths[id(m)][1:]} (one module, converted once)")
+        if result.note:
+            notes.append(result.note)
+        if notes:
+            report.notes[name] = "; ".join(notes)
+        if convert in _LINEAR_LIKE:
+            self.covered.update(id(w) for w in _linear_weights(m))
+        self.replacements.append((m, replacement))
+        self.new_of[id(m)] = replacement
+        self.skip_under.extend(self.paths[id(m)])
+
+    def _apply_policies(self, m: nn.Module, result: _Converted) -> list[str]:
+        """Give each converted layer its quantized policy (after the weights are copied);
+        the notes on what was not quantized and why."""
         notes: list[str] = []
         for converted, quant in result.layers:
             if quant is None:
                 continue
-            if id(m) in tied_embeddings:  # quantizing would untie it from its Linear users
+            if (
+                id(m) in self.ties.tied_embeddings
+            ):  # quantizing would untie it from its Linear users
                 notes.append(
                     f"not quantized ({quant.name}): its table is also the weight of a tied "
                     "Linear; from_torch(..., untie=True) quantizes them separately"
                 )
                 continue
             converted.dtype_policy = quant
-        replacement = result.module
-        replacement.train(m.training)
-        device = _module_device(m)
-        if device is not None and device.type != "cpu":
-            replacement.to(device)
-        if cast_outputs and name != "":
-            fallback = m.weight.dtype if isinstance(m, nn.Embedding) else torch.float32
-            replacement.register_forward_hook(_CastOutput(fallback), with_kwargs=True)
-        report.converted[name] = f"{type(m).__name__} -> {result.target or target}"
-        if len(paths[id(m)]) > 1:
-            notes.append(f"also at {paths[id(m)][1:]} (one module, converted once)")
-        if result.note:
-            notes.append(result.note)
-        if notes:
-            report.notes[name] = "; ".join(notes)
-        if convert in _LINEAR_LIKE:
-            covered.update(id(w) for w in _linear_weights(m))
-        replacements.append((m, replacement))
-        new_of[id(m)] = replacement
-        skip_under.extend(paths[id(m)])
+        return notes
 
-    # Linear heads tied to a converted Embedding: the torch module keeps running, on the
-    # Embedding layer's variable (one tensor for both).
-    for name, m in order:
-        if id(m) not in tied_to:
-            continue
-        emb_name, emb = tied_to[id(m)]
-        layer = new_of.get(id(emb))
-        if layer is None:  # the Embedding was not converted: nothing to re-tie
-            continue
-        covered.add(id(m.weight))  # the shared tensor, now held by the mpq Embedding
-        returned = _weight(m).dtype  # what the torch Linear returned (its inputs had to match)
-        m.weight = layer.embeddings
-        if cast_outputs:  # computes in the variable's dtype, returns what it returned
-            m.register_forward_pre_hook(_CastInputs())
-            m.register_forward_hook(_ReturnAs(returned))
-        report.tied[name] = (
-            f"{type(m).__name__}: weight tied to {emb_name!r}; kept as a torch module whose "
-            f"weight is that Embedding layer's variable (mpq.quantize skips the pair)"
-        )
-
-    report.converted_linear_weights = sum(n for k, n in counted.items() if k in covered)
-    for m, replacement in replacements:
-        for name in paths[id(m)]:
-            if name == "":
-                model = replacement
+    def retie_heads(self, order: list[tuple[str, nn.Module]]) -> None:
+        """Linear heads tied to a converted Embedding: the torch module keeps running, on the
+        Embedding layer's variable (one tensor for both)."""
+        for name, m in order:
+            if id(m) not in self.ties.tied_to:
                 continue
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, replacement)
-    report.unchanged = tuple(unchanged)
-    return model, report
+            emb_name, emb = self.ties.tied_to[id(m)]
+            layer = self.new_of.get(id(emb))
+            if layer is None:  # the Embedding was not converted: nothing to re-tie
+                continue
+            self.covered.add(id(m.weight))  # the shared tensor, now held by the mpq Embedding
+            returned = _weight(m).dtype  # what the torch Linear returned (inputs had to match)
+            m.weight = layer.embeddings
+            if self.cast_outputs:  # computes in the variable's dtype, returns what it returned
+                m.register_forward_pre_hook(_CastInputs())
+                m.register_forward_hook(_ReturnAs(returned))
+            self.report.tied[name] = (
+                f"{type(m).__name__}: weight tied to {emb_name!r}; kept as a torch module whose "
+                f"weight is that Embedding layer's variable (mpq.quantize skips the pair)"
+            )
+
+    def replace_in(self, model: nn.Module) -> nn.Module:
+        """Put each replacement at every path of the module it replaces; the new root."""
+        for m, replacement in self.replacements:
+            for name in self.paths[id(m)]:
+                if name == "":
+                    model = replacement
+                    continue
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, replacement)
+        return model
 
 
 class _CastInputs:
