@@ -310,6 +310,14 @@ def quantize(
     values: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def quantize_layer(layer: Layer) -> None:
+        plan = plans.get(id(layer))
+        if plan is None or layer.quantization_scheme is not None:
+            raise RuntimeError(  # a bug in the algorithm, not a user error
+                "Expected a layer that mpq.quantize validated and has not quantized yet. "
+                f"Received: layer {layer.path!r} ("
+                + ("not validated" if plan is None else "already quantized")
+                + ")"
+            )
         snapshots.append(
             (
                 layer,
@@ -319,7 +327,7 @@ def quantize(
                 layer._policy_explicit,
             )
         )
-        plans[id(layer)].apply(cfg)
+        plan.apply(cfg)
         report.quantized.append(layer.path)
 
     def will_modify(layer: Layer) -> None:
