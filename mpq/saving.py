@@ -338,6 +338,9 @@ def _load_keras(path: str, custom_objects: dict[str, Any] | None) -> Layer:
                     tensors[key] = saving_keras.convert(
                         layer, var.mpq_name, array, own[var.mpq_name]
                     )
+                for name in saving_keras.lora_vars(layer):  # Keras: zeros after a load
+                    key = f"{module_path}/{name}" if module_path else name
+                    tensors[key] = torch.zeros_like(own[name])
             # Keras saves no seed-generator state (Dropout(seed=...)): it restarts from the
             # seed in the config, as Keras' own load does.
             from mpq.layers.random import SeedGenerator

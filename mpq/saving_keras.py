@@ -280,8 +280,10 @@ class KerasVar:
 
 def keras_vars(layer: Any) -> list[KerasVar]:
     """The datasets Keras 3.15 writes for `layer`, in order; ValueError for a layer or mode
-    whose Keras layout mpq cannot read."""
+    whose Keras layout mpq cannot read. LoRA factors are not among them (`lora_vars`)."""
     own = dict(layer._own_variables())
+    for name in lora_vars(layer):
+        own.pop(name, None)
     mode = layer.dtype_policy.quantization_mode
     cls = type(layer).__name__
     if mode is None:
@@ -311,6 +313,17 @@ def keras_vars(layer: Any) -> list[KerasVar]:
         if layer.dtype_policy.block_size != -1:
             out.append(KerasVar(None, k, 4))
     return out
+
+
+def lora_vars(layer: Any) -> tuple[str, ...]:
+    """The LoRA factors of `layer` (none without LoRA). Keras 3.15 saves a LoRA layer with the
+    update merged into its kernel / table (requantized when quantized) and no factors, and
+    its `load_own_variables` sets both factors to zeros: a loaded file gives the same outputs,
+    and the factors are set to zeros here too."""
+    if not getattr(layer, "lora_enabled", False):
+        return ()
+    names: tuple[str, ...] = layer._lora_names()
+    return names
 
 
 def _int4_dims(layer: Any) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mpq import constraints, initializers, regularizers
 from mpq._errors import MAX_SIZE
 from mpq.layers.base import Layer
+from mpq.layers.lora import LoRAMixin
 from mpq.layers.serialization import register_layer
 from mpq.layers.torch_views import EmbeddingViews
 
@@ -34,7 +35,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 @register_layer("mpq")
-class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see extras
+class Embedding(EmbeddingViews, LoRAMixin, Layer):  # type: ignore[misc]  # apply(): see extras
     """Looks up rows of an `[input_dim, output_dim]` table: `[...]` ints -> `[..., output_dim]`.
 
     Args (Keras 3 names and defaults): input_dim (vocabulary size), output_dim,
@@ -42,12 +43,19 @@ class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see ex
     embeddings_constraint=None, mask_zero=False (index 0 is padding: `compute_mask` returns
     `inputs != 0`, and input_dim must count it), weights=None (a list with the initial
     `[input_dim, output_dim]` table; the layer is then built at once).
-    Keras' `lora_rank`/`lora_alpha` are not supported.
+    lora_rank=None, lora_alpha=None: `enable_lora(lora_rank, lora_alpha)` at build (below).
 
     Weights: `embeddings` [input_dim, output_dim] in the variable dtype. The lookup gathers
     rows of the variable-dtype table and casts only the gathered rows to the compute dtype
     (autocast rule "embedding": a gather is exact, so this equals a lookup in a cast table,
     without casting the whole table each call). Float indices are truncated to int64.
+
+    LoRA (Keras 3): `enable_lora(rank, lora_alpha=None)` freezes `embeddings` and adds trainable
+    float32 `lora_embeddings_a` [input_dim, rank] (he_uniform) and `lora_embeddings_b`
+    [rank, output_dim] (zeros); a lookup returns `embeddings[ids] + (lora_alpha / rank) *
+    (lora_embeddings_a[ids] @ lora_embeddings_b)` (only the looked-up rows of A are multiplied),
+    float or quantized (int8, int4, float8 tables); `merge_lora()` folds the update into the
+    table (quantized: requantized with the layer's scheme). See docs/training.md, "LoRA".
 
     >>> layer = Embedding(10, 4, mask_zero=True)
     >>> ids = torch.tensor([[1, 2, 0]])
@@ -56,6 +64,8 @@ class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see ex
     """
 
     _input_kind = "index"  # see Layer._input_kind
+    _lora_target = "embeddings"  # LoRA adapts the table (mpq.layers.lora)
+    _lora_autocast = False  # the factors read in float32, as the table does
 
     def __init__(
         self,
@@ -66,9 +76,12 @@ class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see ex
         embeddings_constraint: Any = None,
         mask_zero: bool = False,
         weights: Sequence[Any] | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._init_lora(lora_rank, lora_alpha)
         self.input_dim = _positive_int(input_dim, "input_dim")
         self.output_dim = _positive_int(output_dim, "output_dim")
         # Keras' "uniform" alias: RandomUniform(-0.05, 0.05)
@@ -95,12 +108,31 @@ class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see ex
             autocast=False,
             name="embeddings",
         )
+        self._build_lora()
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dtype not in (torch.int32, torch.int64):
             inputs = inputs.to(torch.int64)
         out = F.embedding(inputs, self.embeddings)
+        if self.lora_enabled:
+            # float32 term; torch promotion adds it in max(variable dtype, float32)
+            out = out + self._lora_rows(inputs)
         return out.to(self.dtype_policy.torch_compute_dtype)
+
+    def _lora_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(lora_alpha / rank) * lora_embeddings_a[ids] @ lora_embeddings_b`` in float32."""
+        a, b = self._lora_factors()
+        term = torch.matmul(F.embedding(ids, a), b)
+        scaling = self._lora_scaling()
+        return term * scaling if scaling != 1 else term
+
+    def lora_output(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """The LoRA rows of a lookup (float32), None without LoRA: a quantized table's scheme
+        adds them to the dequantized rows before the cast to the compute dtype."""
+        if not self.lora_enabled:
+            return None
+        ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+        return self._lora_rows(ids)
 
     def compute_mask(
         self, inputs: torch.Tensor, mask: torch.Tensor | None = None
@@ -122,6 +154,8 @@ class Embedding(EmbeddingViews, Layer):  # type: ignore[misc]  # apply(): see ex
                 "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
                 "embeddings_constraint": constraints.serialize(self.embeddings_constraint),
                 "mask_zero": self.mask_zero,
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
             }
         )
         return config

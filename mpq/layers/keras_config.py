@@ -165,10 +165,20 @@ def _translate_quantization_config(config: dict[str, Any], class_name: str) -> N
 
 
 def _int8_default(inner: dict[str, Any]) -> bool:
-    inputs = inner.get("activation_quantizer")
+    inputs = _json_form(inner.get("activation_quantizer"))
     if isinstance(inputs, dict):
         inputs = {k: v for k, v in inputs.items() if k not in _WRAPPER_EXTRAS}
     return inner.get("weight_quantizer") is None and inputs == _KERAS_INT8_INPUTS
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as it reads after a JSON round trip (tuples as lists): Keras' ``get_config()``
+    holds ``value_range`` as a tuple, its saved files as a list."""
+    if isinstance(value, (list, tuple)):
+        return [_json_form(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_form(v) for k, v in value.items()}
+    return value
 
 
 def _int4_block_matches(block: Any, dtype: Any) -> bool:

@@ -1,7 +1,9 @@
 """LoRA (low-rank adaptation) for the weighted layers, and the call hooks QAT uses.
 
-`LoRAMixin` gives Dense, EinsumDense, Conv1D and Conv2D ``enable_lora(rank, lora_alpha)`` and
-``merge_lora()``; the layers ask it for the kernel (and inputs) to use in ``call``.
+`LoRAMixin` gives Dense, EinsumDense, Conv1D, Conv2D and Embedding ``enable_lora(rank,
+lora_alpha)`` and ``merge_lora()``; the layers ask it for the kernel (and inputs) to use in
+``call``. Embedding adapts its ``embeddings`` table (factors ``lora_embeddings_a`` /
+``lora_embeddings_b``, as in Keras 3) and overrides ``lora_output`` with a row lookup.
 
 Semantics (Keras 3): ``lora_kernel_a`` has shape ``kernel.shape[:-1] + (rank,)`` (he_uniform),
 ``lora_kernel_b`` ``(rank, kernel.shape[-1])`` (zeros), both trainable float32; the kernel is
@@ -64,6 +66,12 @@ class LoRAMixin(_MixinBase):
 
     _call_hooks = False
     lora_enabled = False
+    _lora_target = "kernel"
+    """The adapted variable: factors ``lora_{target}_a`` / ``_b``, checked against
+    ``{target}_constraint``, regularized with ``{target}_regularizer`` (as in Keras 3)."""
+    _lora_autocast = True
+    """Whether the factors read in the compute dtype inside ``call`` (Embedding: False, as
+    Keras' Embedding does not autocast)."""
     lora_rank: int | None
     lora_alpha: float | None
     if TYPE_CHECKING:  # provided by the layers that mix LoRA in
@@ -81,7 +89,9 @@ class LoRAMixin(_MixinBase):
         a_initializer: Any = "he_uniform",
         b_initializer: Any = "zeros",
     ) -> None:
-        """Freeze the kernel and add trainable float32 ``lora_kernel_a`` / ``lora_kernel_b``.
+        """Freeze the kernel and add trainable float32 ``lora_kernel_a`` / ``lora_kernel_b``
+        (Embedding: the table, ``lora_embeddings_a [input_dim, rank]`` /
+        ``lora_embeddings_b [rank, output_dim]``), regularized like the kernel (as in Keras 3).
 
         ``kernel [..., out]`` -> ``A [..., rank]``, ``B [rank, out]``; the layer then computes
         with ``kernel + (lora_alpha / rank) * A @ B`` (``lora_alpha`` defaults to ``rank``).
@@ -122,16 +132,16 @@ class LoRAMixin(_MixinBase):
             delta = self._lora_delta(torch.float32)
             scheme = self.quantization_scheme
             if scheme is None:
-                kernel = cast(torch.nn.Parameter, self._parameters["kernel"])
+                kernel = cast(torch.nn.Parameter, self._parameters[self._lora_target])
                 kernel.copy_((kernel.detach().float() + delta).to(kernel.dtype))
             else:
                 scheme.requantize(self, delta)
-        merged = self._parameters.get("kernel")
+        merged = self._parameters.get(self._lora_target)
         was_trainable = self.__dict__.get("_lora_kernel_was_trainable", False)
         if isinstance(merged, Variable) and merged.is_floating_point() and was_trainable:
             merged.trainable = self.trainable
-        del self.lora_kernel_a
-        del self.lora_kernel_b
+        for name in self._lora_names():
+            delattr(self, name)
         d = self.__dict__
         d["lora_enabled"] = False
         d["lora_rank"] = None
@@ -160,30 +170,40 @@ class LoRAMixin(_MixinBase):
     ) -> None:
         rank = check_rank(rank)
         lora_alpha = check_alpha(lora_alpha)
-        if getattr(self, "kernel_constraint", None) is not None:
+        target = self._lora_target
+        constraint = getattr(self, f"{target}_constraint", None)
+        if constraint is not None:
             raise ValueError(
-                f"LoRA is incompatible with kernel constraints (layer {self.name!r}). "
-                f"Received: kernel_constraint={self.kernel_constraint!r}"
+                f"LoRA is incompatible with {target} constraints (layer {self.name!r}). "
+                f"Received: {target}_constraint={constraint!r}"
             )
         shape = self._lora_kernel_shape()
-        kernel = self._parameters.get("kernel")
+        kernel = self._parameters.get(target)
         d = self.__dict__
         d["_lora_kernel_was_trainable"] = kernel is not None and kernel.requires_grad
         if isinstance(kernel, Variable):
             kernel.trainable = False
         device = next((p.device for p in self._parameters.values() if p is not None), None)
-        self.lora_kernel_a = self.add_weight(
-            name="lora_kernel_a",
+        regularizer = getattr(self, f"{target}_regularizer", None)
+        a_name, b_name = self._lora_names()
+        a = self.add_weight(
+            name=a_name,
             shape=(*shape[:-1], rank),
             initializer=initializers.get(a_initializer),
             dtype="float32",
+            autocast=self._lora_autocast,
+            regularizer=regularizer,
         )
-        self.lora_kernel_b = self.add_weight(
-            name="lora_kernel_b",
+        setattr(self, a_name, a)
+        b = self.add_weight(
+            name=b_name,
             shape=(rank, shape[-1]),
             initializer=initializers.get(b_initializer),
             dtype="float32",
+            autocast=self._lora_autocast,
+            regularizer=regularizer,
         )
+        setattr(self, b_name, b)
         if device is not None and device.type != "cpu":
             self.to(device)  # torch's own move (the rest of the layer is already there)
         d["lora_rank"] = rank
@@ -191,21 +211,35 @@ class LoRAMixin(_MixinBase):
         d["lora_enabled"] = True
         self._refresh_call_hooks()
 
+    def _lora_names(self) -> tuple[str, str]:
+        """The factors' names: ``lora_kernel_a``/``_b`` (Embedding: ``lora_embeddings_a``/``_b``)."""
+        return f"lora_{self._lora_target}_a", f"lora_{self._lora_target}_b"
+
+    def _lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` read for the running call (through autocast where the layer has it)."""
+        a_name, b_name = self._lora_names()
+        a: torch.Tensor = getattr(self, a_name)
+        b: torch.Tensor = getattr(self, b_name)
+        return a, b
+
+    def _lora_scaling(self) -> float:
+        """``lora_alpha / lora_rank`` (LoRA enabled)."""
+        return cast(float, self.lora_alpha) / cast(int, self.lora_rank)
+
     def _lora_kernel_shape(self) -> tuple[int, ...]:
         """The float kernel's shape (a quantized layer may store it packed)."""
         scheme = self.quantization_scheme
         shape = None if scheme is None else scheme.kernel_shape()
         if shape is not None:
             return tuple(shape)
-        return tuple(cast(torch.nn.Parameter, self._parameters["kernel"]).shape)
+        return tuple(cast(torch.nn.Parameter, self._parameters[self._lora_target]).shape)
 
     def _lora_delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(lora_alpha / rank) * A @ B`` with the kernel's shape (read through autocast)."""
-        a: torch.Tensor = self.lora_kernel_a
-        b: torch.Tensor = self.lora_kernel_b
+        a, b = self._lora_factors()
         if dtype is not None:
             a, b = a.to(dtype), b.to(dtype)
-        scaling = cast(float, self.lora_alpha) / cast(int, self.lora_rank)  # (enabled)
+        scaling = self._lora_scaling()
         lead = a.shape[:-1]
         ab = torch.mm(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[-1])
         return ab * scaling if scaling != 1 else ab

@@ -267,7 +267,7 @@ class Scheme(_registry.QuantizationScheme):
             scratch = type(layer).from_config(config)
             scratch.build_from_config(copy.deepcopy(layer.get_build_config()))
         with torch.no_grad():
-            kernel = variable(scratch, "kernel")
+            kernel = variable(scratch, kernel_name(scratch))
             kernel.copy_(merged.to(kernel.dtype))
         scratch.quantize(self.config)
         for name, value in scratch._parameters.items():
@@ -315,6 +315,24 @@ def lora_term(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor | N
     """LoRA's input-path term of a call (``mpq.layers.lora``), None without LoRA."""
     term = getattr(layer, "lora_output", None)
     return None if term is None else term(inputs)
+
+
+def embedding_ids(inputs: torch.Tensor) -> torch.Tensor:
+    """Embedding ids as int32/int64 (other dtypes truncated to int64, as the float layer does)."""
+    return inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+
+
+def embedding_output(
+    layer: QuantizableLayer, ids: torch.Tensor, rows: Callable[[torch.dtype], torch.Tensor]
+) -> torch.Tensor:
+    """A quantized table's lookup: ``rows(dtype)`` dequantizes the looked-up rows (float32
+    math, one cast to ``dtype``). Without LoRA, straight to the compute dtype; with LoRA, the
+    float32 rows plus LoRA's float32 rows, cast once to the compute dtype."""
+    lora = lora_term(layer, ids)
+    dtype = compute_dtype(layer)
+    if lora is None:
+        return rows(dtype)
+    return (rows(torch.float32) + lora).to(dtype)
 
 
 def training_flag(kwargs: dict[str, Any], layer: QuantizableLayer) -> bool:

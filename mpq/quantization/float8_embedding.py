@@ -89,10 +89,20 @@ class Float8EmbeddingScheme(C.Scheme):
         self, layer: QuantizableLayer, inputs: torch.Tensor, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         kwargs.pop("training", None)  # nothing to update: the table's scales are fixed
-        ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+        ids = C.embedding_ids(inputs)
         table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
         rows = table[ids]  # [..., D] float8: only the looked-up rows are dequantized
-        return dequantize_float8(rows, scale[ids].unsqueeze(-1), C.compute_dtype(layer))
+        row_scale = scale[ids].unsqueeze(-1)
+        return C.embedding_output(
+            layer, ids, lambda dtype: dequantize_float8(rows, row_scale, dtype)
+        )
+
+    def dequantized_kernel(self, layer: QuantizableLayer) -> torch.Tensor:
+        """The float8 codes times their row scales in float32 ``[V, D]`` (``merge_lora``
+        requantizes ``this + delta`` with ``quantize_table``)."""
+        table = C.variable(layer, "embeddings").detach()
+        scale = C.variable(layer, "embeddings_scale").detach()
+        return dequantize_float8(table, scale.unsqueeze(-1), torch.float32)
 
 
 _registry.register_scheme(Embedding, "float8", Float8EmbeddingScheme())

@@ -248,7 +248,7 @@ class Int4Scheme(C.Scheme):
         zero = C.read(layer, f"{name}_zero") if g != -1 else None
         k = form.matrix_shape[-1]
         if isinstance(form, EmbeddingForm):
-            ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+            ids = C.embedding_ids(inputs)
             rows = dequantize_int4(
                 packed[ids],
                 scale[ids],
@@ -258,7 +258,7 @@ class Int4Scheme(C.Scheme):
                 "NG",
                 torch.float32,
             )
-            return rows.to(C.compute_dtype(layer))
+            return C.embedding_output(layer, ids, rows.to)
         lora = C.lora_term(layer, inputs)
         if isinstance(form, ConvForm):
             x = C.conv_input(layer, inputs)

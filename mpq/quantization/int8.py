@@ -242,10 +242,10 @@ def _weight_only_chunks(
 
 
 def _embedding_call(layer: QuantizableLayer, inputs: torch.Tensor) -> torch.Tensor:
-    ids = inputs if inputs.dtype in (torch.int32, torch.int64) else inputs.to(torch.int64)
+    ids = C.embedding_ids(inputs)
     table, scale = C.read(layer, "embeddings"), C.read(layer, "embeddings_scale")
     rows = table[ids]  # [..., output_dim] int8: only the looked-up rows are dequantized
-    return dequantize_int8(rows, scale[ids], C.compute_dtype(layer))
+    return C.embedding_output(layer, ids, lambda dtype: dequantize_int8(rows, scale[ids], dtype))
 
 
 for _cls in (Dense, EinsumDense, Conv1D, Conv2D, Embedding):

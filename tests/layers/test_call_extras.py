@@ -52,6 +52,25 @@ def test_dynamic_layers_refuse_jit_tracing_and_keep_dynamic_in_config():
         Probe(dynamic=1)
 
 
+def test_dynamic_layers_refuse_torch_fx_tracing():
+    """A dynamic layer inside a module that torch.fx traces raises the same TypeError as under
+    torch.jit.trace (fx would otherwise record one branch of its Python control flow)."""
+    layer = Probe(dynamic=True)
+    layer(torch.ones(2))
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = layer
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.raises(TypeError, match=r"created with dynamic=True.*Received: a torch.jit.trace"):
+        torch.fx.symbolic_trace(Wrapper())
+    assert layer.compiling == [False]  # the refusal came before its call ran
+
+
 def test_call_returning_none_is_rejected():
     """TF1 and tf.keras 2 `Layer.__call__`: "Raises: ValueError: if the layer's `call` method
     returns None (an invalid value)"."""

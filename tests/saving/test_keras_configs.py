@@ -259,6 +259,39 @@ def test_custom_quantizers_are_refused():
         deserialize(config)
 
 
+def test_keras_default_int8_config_is_accepted_before_and_after_json():
+    """Keras' `get_config()` of an int8 layer holds the input quantizer's `value_range` as a
+    tuple; after a JSON round trip (a saved file) it is a list. Both are Keras' default."""
+    config = _keras_dense_config()
+    config["config"]["dtype"] = {
+        "module": "keras.dtype_policies",
+        "class_name": "QuantizedDTypePolicy",
+        "config": {"mode": "int8", "source_name": "float32"},
+        "registered_name": None,
+    }
+    for value_range in ((-127, 127), [-127, 127]):
+        config["config"]["quantization_config"] = {
+            "module": "keras.quantizers",
+            "class_name": "Int8QuantizationConfig",
+            "config": {
+                "weight_quantizer": None,
+                "activation_quantizer": {
+                    "module": "keras.quantizers",
+                    "class_name": "AbsMaxQuantizer",
+                    "config": {
+                        "value_range": value_range,
+                        "epsilon": 1e-07,
+                        "output_dtype": "int8",
+                    },
+                    "registered_name": None,
+                },
+            },
+            "registered_name": None,
+        }
+        layer = deserialize(config)
+        assert layer.quantization_mode == "int8"
+
+
 def _sequential(first):
     return {
         "name": "s",

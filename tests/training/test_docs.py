@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).parents[2]
 def test_docs_training_md_examples_run(tmp_path, monkeypatch, capsys):
     text = (ROOT / "docs" / "training.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     for block in blocks:
