@@ -3,9 +3,10 @@
 
 A layer knows one thing about quantization: a scheme may be attached to it
 (``layer.quantization_scheme``, None for a float layer). The registry maps (layer class, mode)
-to a registered scheme object; quantizing a layer asks it for the scheme to attach (mpq's own
-schemes return a new object per layer that holds the layer's quantization config and kernel
-form) and then calls that scheme for the layer's forward pass. The schemes themselves live in
+to a registered scheme object; quantizing a layer asks it once (``apply``) for the scheme to
+attach and the layer's quantized policy (mpq's own schemes return a new object per layer that
+holds the layer's quantization config and kernel form) and then calls that scheme for the
+layer's forward pass. The schemes themselves live in
 ``mpq.quantization``, a package above this one, which registers them when it is imported; they
 reach a layer through the small :class:`QuantizableLayer` protocol, and this package never
 imports them.
@@ -91,6 +92,10 @@ class QuantizationScheme:
             def quantize(self, layer, config=None): ...              # convert a built float layer
             def call(self, layer, inputs, *args, **kwargs): ...      # forward pass
 
+    ``layer.quantize(mode, config=...)`` asks the registered object once, :meth:`apply`
+    (by default :meth:`resolve`, then ``quantize``), for the scheme to attach and the layer's
+    quantized policy.
+
     ``build`` and ``quantize`` return the scheme object to attach to the layer
     (``layer.quantization_scheme``): a new object per layer that holds the layer's state
     (mpq's schemes: its config and kernel form), or None to attach the registered object
@@ -115,6 +120,19 @@ class QuantizationScheme:
             return config, config.to_policy(source)
         policy = mode_policy(mode, source)
         return policy, policy
+
+    def apply(
+        self, layer: QuantizableLayer, mode: str, config: Any
+    ) -> tuple[QuantizationScheme, Any]:
+        """``layer.quantize(mode, config=config)`` on the scheme side, in one call: resolve the
+        request, convert the layer, and return ``(scheme to attach, target policy)``; the
+        caller attaches them. By default :meth:`resolve`, then :meth:`quantize` (a None from it
+        attaches this registered object)."""
+        resolved, policy = self.resolve(layer, mode, config)
+        if resolved is None:
+            resolved = layer._pending_quantization_config or policy
+        scheme = self.quantize(layer, resolved)
+        return (self if scheme is None else scheme), policy
 
     def build(
         self, layer: QuantizableLayer, input_shape: Any, config: Any = None
@@ -286,9 +304,9 @@ def _check_request(mode: Any, config: Any) -> tuple[str, str, Any]:
 
 
 def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = None) -> None:
-    """``layer.quantize(mode, type_check, config)``: the request is checked and resolved once
-    (the registered scheme's ``resolve``) before the layer is touched, then handed to the
-    scheme."""
+    """``layer.quantize(mode, type_check, config)``: the request is checked, the registered
+    scheme is asked once (``apply``: resolve, check, convert) and what it returns is attached
+    with the layer's quantized policy."""
     mode, base, config = _check_request(mode, config)
     registered = get_scheme(layer, base, type_check=type_check)
     if not layer.built:
@@ -301,8 +319,10 @@ def quantize(layer: Layer, mode: Any, type_check: bool = True, config: Any = Non
             f"Layer {layer.name!r} is already quantized "
             f"(policy {layer.dtype_policy.name!r}). Received: mode={mode!r}"
         )
-    resolved, policy = registered.resolve(layer, mode, config)
-    attach(layer, registered, policy, resolved)
+    scheme, policy = registered.apply(layer, mode, config)
+    # A quantized layer's policy is its own from now on: a parent it is later added to does not
+    # hand it its policy (a quantized policy cannot change anyway).
+    layer._set_quantization_scheme(scheme, policy)
 
 
 def attach(layer: Layer, registered: QuantizationScheme, policy: Any, config: Any) -> None:

@@ -200,10 +200,18 @@ class Scheme(_registry.QuantizationScheme):
         scheme.mode = self.mode
         return scheme
 
+    def apply(self, layer: QuantizableLayer, mode: str, config: Any) -> tuple[Scheme, Any]:
+        """The scheme side of ``layer.quantize(mode, config=config)`` in one call: the request
+        resolved once (``resolve``), the per-layer scheme bound and checked (``bind``), the
+        layer converted (``convert_layer``); returns ``(scheme, target policy)`` to attach."""
+        cfg, policy = self.resolve(layer, mode, config)
+        scheme = self.bind(layer, cfg)
+        scheme.convert_layer(layer)
+        return scheme, policy
+
     def quantize(self, layer: QuantizableLayer, config: Any = None) -> Scheme:
         scheme = self.bind(layer, config)
-        values = float_kernel(layer).device.type != "meta"
-        scheme.convert(layer, scheme.config, scheme.form, values=values)
+        scheme.convert_layer(layer)
         return scheme
 
     def build(self, layer: QuantizableLayer, input_shape: Any, config: Any = None) -> Scheme:
@@ -213,6 +221,12 @@ class Scheme(_registry.QuantizationScheme):
         return scheme
 
     # -- the per-layer scheme -----------------------------------------------------------
+    def convert_layer(self, layer: QuantizableLayer) -> None:
+        """Replace ``layer``'s float kernel by this scheme's quantized variables, computed from
+        its values (placeholders for a kernel on the meta device)."""
+        values = float_kernel(layer).device.type != "meta"
+        self.convert(layer, self.config, self.form, values=values)
+
     def convert(self, layer: Any, cfg: QuantizationConfig, form: Any, values: bool) -> None:
         raise NotImplementedError
 

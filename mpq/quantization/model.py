@@ -15,7 +15,6 @@ from mpq.layers import Layer
 from mpq.layers import quantization as _registry
 from mpq.layers import tracking as _tracking
 from mpq.quantization import _common as C
-from mpq.quantization._forms import form_of
 from mpq.quantization.algorithms import AlgorithmContext, check_calibration, get_algorithm
 from mpq.quantization.config import QuantizationConfig
 
@@ -146,18 +145,37 @@ def _make_filter(spec: Any) -> Callable[[Layer], bool]:
     )
 
 
-def _validate(layer: Layer, cfg: QuantizationConfig) -> None:
-    """Everything ``layer.quantize(cfg)`` checks, without changing the layer."""
-    if not layer.built:
-        raise ValueError(
-            f"Cannot quantize layer {layer.path!r}: it is not built yet. Call the model on an "
-            "input or build it first. Received: built=False"
-        )
-    scheme = _registry.get_scheme(layer, cfg.mode, type_check=True)
-    if isinstance(scheme, C.Scheme):
-        form_of(layer, tuple(C.float_kernel(layer).shape))
-        scheme.check(layer, cfg)
-    cfg.to_policy(layer.dtype_policy.name)
+@dataclass(frozen=True)
+class _Plan:
+    """One layer of a model-level quantize, validated: ``bound`` is the per-layer scheme to
+    attach (mpq's schemes: config, form, checked; the layer is still unchanged), ``policy`` the
+    layer's quantized policy. A scheme that is not one of mpq's cannot be bound without
+    converting: ``bound`` is None and applying asks ``registered.apply``."""
+
+    layer: Layer
+    registered: _registry.QuantizationScheme
+    bound: C.Scheme | None
+    policy: Any
+
+    def apply(self, cfg: QuantizationConfig) -> None:
+        """Convert the layer and attach its scheme and policy (one attribute)."""
+        layer = self.layer
+        scheme: _registry.QuantizationScheme
+        if self.bound is not None:
+            self.bound.convert_layer(layer)
+            scheme, policy = self.bound, self.policy
+        else:
+            scheme, policy = self.registered.apply(layer, cfg.mode, cfg)
+        layer._set_quantization_scheme(scheme, policy)
+
+
+def _validate(
+    layer: Layer, registered: _registry.QuantizationScheme, cfg: QuantizationConfig
+) -> _Plan:
+    """Everything ``layer.quantize(cfg)`` checks, without changing the layer: the plan that
+    applies it."""
+    bound = registered.bind(layer, cfg) if isinstance(registered, C.Scheme) else None
+    return _Plan(layer, registered, bound, cfg.to_policy(layer.dtype_policy.name))
 
 
 def _resolve(mode_or_config: Any, config: Any) -> QuantizationConfig:
@@ -246,7 +264,7 @@ def quantize(
         batches = []
     keep = _make_filter(filter)
     report = QuantizationReport(config=cfg, bytes_before=weight_bytes(model), algorithm=algo.name)
-    todo: list[Layer] = []
+    todo: list[tuple[Layer, _registry.QuantizationScheme]] = []
     shared = _shared_variables(model)
     for layer in _layers(model):
         path = layer.path
@@ -261,7 +279,7 @@ def quantize(
             report.skipped[path] = f"already quantized ({layer.dtype_policy.name})"
             continue
         try:
-            _registry.get_scheme(layer, cfg.mode, type_check=True)
+            registered = _registry.get_scheme(layer, cfg.mode, type_check=True)
         except NotImplementedError as e:
             container = next(_tracking.direct_sublayers(layer), None) is not None
             if not container or layer._parameters:  # pure containers are not listed
@@ -270,29 +288,36 @@ def quantize(
         if not keep(layer):
             report.skipped[path] = "filtered"
             continue
-        todo.append(layer)
-    if any(not layer.built for layer in todo):
-        names = [layer.path for layer in todo if not layer.built]
+        todo.append((layer, registered))
+    if any(not layer.built for layer, _ in todo):
+        names = [layer.path for layer, _ in todo if not layer.built]
         raise ValueError(
             f"Cannot quantize {names}: not built yet. Call the model on an input or build it "
             "first. Received: built=False"
         )
-    checked: list[Layer] = []
-    for layer in todo:
+    plans: dict[int, _Plan] = {}
+    for layer, registered in todo:
         try:
-            _validate(layer, cfg)
+            plan = _validate(layer, registered, cfg)
             algo.check_layer(layer, cfg)
         except NotImplementedError as e:  # this option on this layer kind: skipped, not fatal
             report.skipped[layer.path] = f"unsupported: {e}"
             continue
-        checked.append(layer)
-    todo = checked
+        plans[id(layer)] = plan
     # What Layer.quantize changes on a layer, restored if a later layer fails: its variables,
     # its attached scheme and its policy.
     snapshots: list[tuple[Layer, dict[str, Any], Any, Any, bool]] = []
     values: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def quantize_layer(layer: Layer) -> None:
+        plan = plans.get(id(layer))
+        if plan is None or layer.quantization_scheme is not None:
+            raise RuntimeError(  # a bug in the algorithm, not a user error
+                "Expected a layer that mpq.quantize validated and has not quantized yet. "
+                f"Received: layer {layer.path!r} ("
+                + ("not validated" if plan is None else "already quantized")
+                + ")"
+            )
         snapshots.append(
             (
                 layer,
@@ -302,7 +327,7 @@ def quantize(
                 layer._policy_explicit,
             )
         )
-        layer.quantize(cfg)
+        plan.apply(cfg)
         report.quantized.append(layer.path)
 
     def will_modify(layer: Layer) -> None:
@@ -310,7 +335,7 @@ def quantize(
 
     ctx = AlgorithmContext(
         model=model,
-        layers=todo,
+        layers=[plan.layer for plan in plans.values()],
         config=cfg,
         batches=batches,
         quantize_layer=quantize_layer,

@@ -40,3 +40,37 @@ def test_the_base_scheme_refuses_what_it_does_not_implement(method, args, what):
 def test_the_base_scheme_has_no_config_and_no_other_kernel_shape():
     assert QuantizationScheme().get_config() is None
     assert QuantizationScheme().kernel_shape() is None
+
+
+def test_apply_asks_resolve_then_quantize_and_attaches_the_registered_object():
+    """The default ``apply``: ``resolve`` once, then ``quantize`` with what it returned (None:
+    the target policy); a None from ``quantize`` attaches the registered object."""
+    from mpq import policy as mpq_policy
+    from mpq.layers import quantization as q
+
+    class Probe(Dense):
+        pass
+
+    class Recording(QuantizationScheme):
+        def __init__(self):
+            self.calls = []
+
+        def resolve(self, layer, mode, config):
+            self.calls.append(("resolve", mode, config))
+            return None, mpq_policy.get(f"{mode}_from_float32")
+
+        def quantize(self, layer, config=None):
+            self.calls.append(("quantize", config))
+
+    scheme = Recording()
+    q.register_scheme(Probe, "int8", scheme)
+    try:
+        layer = Probe(3)
+        layer.build((None, 4))
+        layer.quantize("int8")
+    finally:
+        q.unregister_scheme(Probe, "int8")
+    target = mpq_policy.get("int8_from_float32")
+    assert scheme.calls == [("resolve", "int8", None), ("quantize", target)]
+    assert layer.quantization_scheme is scheme
+    assert layer.dtype_policy == target

@@ -186,3 +186,42 @@ def test_container_under_a_quantized_policy_builds_its_layers_quantized(toy_sche
 
     with pytest.raises(NotImplementedError, match=r"Layer Owner has no quantization scheme"):
         Owner(dtype="int8_from_float32")(torch.ones(1, 3))
+
+
+def test_model_quantize_applies_a_user_scheme_with_the_resolved_config(toy_scheme):
+    """A scheme that is not one of mpq's is asked once per layer (``apply``: its ``resolve``,
+    then its ``quantize``) with the model-level config, and gets the target policy."""
+    import mpq
+    from mpq.quantization import QuantizationConfig
+
+    model = Sequential([TinyLinear(3, name="a"), TinyLinear(1, name="b")], name="m")
+    model(torch.ones(2, 4))
+    report = mpq.quantize(model, "int8")
+    assert report.quantized == ["m/a", "m/b"]
+    assert toy_scheme.calls == ["quantize", "quantize"]
+    for layer in model.layers:
+        assert layer.quantization_scheme is toy_scheme
+        assert layer.dtype_policy == mpq.policy.get("int8_from_float32")
+    assert report.config == QuantizationConfig("int8")
+
+
+def test_model_quantize_rolls_back_a_user_scheme(toy_scheme, monkeypatch):
+    import mpq
+
+    model = Sequential([TinyLinear(3, name="a"), TinyLinear(1, name="b")], name="m")
+    model(torch.ones(2, 4))
+    kernels = [layer.kernel.detach().clone() for layer in model.layers]
+    real = ToyInt8.quantize
+
+    def flaky(self, layer, config=None):
+        if layer.name == "b":
+            raise RuntimeError("boom")
+        return real(self, layer, config)
+
+    monkeypatch.setattr(ToyInt8, "quantize", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        mpq.quantize(model, "int8")
+    for layer, kernel in zip(model.layers, kernels, strict=True):
+        assert layer.quantization_scheme is None
+        assert layer.dtype_policy.name == "float32"
+        assert torch.equal(layer.kernel, kernel)

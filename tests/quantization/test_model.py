@@ -193,3 +193,41 @@ def test_a_quantized_layer_can_join_a_model_later():
     assert out.shape == (1, 2)
     assert dense.dtype_policy.name == "int8_from_float32"
     assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("bug", ["twice", "unplanned"])
+def test_an_algorithm_that_quantizes_a_layer_it_was_not_given_raises_and_rolls_back(bug):
+    """``quantize_layer`` applies the plan validated for a layer: a layer quantized twice or
+    one that was not validated (a bug in an algorithm) raises, and nothing stays applied."""
+    from dataclasses import dataclass
+
+    from mpq.quantization.algorithms import Algorithm
+
+    model = Sequential([Dense(3, name="a"), Dense(2, name="b")], name="m")
+    model(torch.ones(1, 4))
+    other = Dense(2, name="other")
+    other.build((None, 4))
+
+    @dataclass(frozen=True)
+    class Buggy(Algorithm):
+        algorithm = "buggy"
+        modes = ("int8",)
+        needs_calibration = False
+
+        def check_layer(self, layer, cfg):
+            pass
+
+        def apply(self, ctx):
+            ctx.quantize_layer(ctx.layers[0])
+            ctx.quantize_layer(ctx.layers[0] if bug == "twice" else other)
+
+    with pytest.raises(RuntimeError) as e:
+        quantize(model, "int8", algorithm=Buggy())
+    what = "already quantized" if bug == "twice" else "not validated"
+    path = "m/a" if bug == "twice" else "other"
+    assert str(e.value) == (
+        "Expected a layer that mpq.quantize validated and has not quantized yet. "
+        f"Received: layer {path!r} ({what})"
+    )
+    assert all(layer.quantization_scheme is None for layer in model.layers)
+    assert other.quantization_scheme is None
