@@ -938,4 +938,26 @@ class Layer(_node.NodeMixin, _extras.LayerExtras, torch.nn.Module):  # type: ign
 Layer.build = _building.wrap_build(Layer.__dict__["build"])  # type: ignore[method-assign]
 
 
+class QuantizationSnapshot:
+    """What quantizing changes on one layer (its variables, attached scheme and policy), taken
+    before; ``restore`` puts it back through ``Layer._set_quantization_scheme``, the one place a
+    layer's quantized state changes. Model-level quantize (``mpq.quantize``,
+    ``Functional.quantize``) rolls back with it: nothing is half-applied."""
+
+    __slots__ = ("explicit", "layer", "params", "policy", "scheme")
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+        self.params = dict(layer._parameters)
+        self.scheme = layer.quantization_scheme
+        self.policy = layer.dtype_policy
+        self.explicit = layer._policy_explicit
+
+    def restore(self) -> None:
+        self.layer._parameters.clear()
+        self.layer._parameters.update(self.params)
+        self.layer._update_cast_dtypes()
+        self.layer._set_quantization_scheme(self.scheme, self.policy, self.explicit)
+
+
 _tracking.register_layer_base(Layer)

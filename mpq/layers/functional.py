@@ -19,7 +19,7 @@ from mpq.layers import masking as _masking
 from mpq.layers import node as _node
 from mpq.layers import serialization
 from mpq.layers import tracking as _tracking
-from mpq.layers.base import Layer
+from mpq.layers.base import Layer, QuantizationSnapshot
 from mpq.layers.building import as_shape as _as_shape
 from mpq.layers.node import Node, SymbolicTensor, flatten, map_structure
 from mpq.layers.serialization import register_layer
@@ -585,27 +585,6 @@ class _Rebuild:
         raise ValueError(f"Expected tensor references. Received: {_describe(refs)}")
 
 
-class _QuantizeSnapshot:
-    """What ``Layer.quantize`` changes on one layer (its variables, attached scheme and
-    policy), taken before the call; ``restore`` puts it back through
-    ``Layer._set_quantization_scheme``, the one place a layer's quantized state changes."""
-
-    __slots__ = ("explicit", "layer", "params", "policy", "scheme")
-
-    def __init__(self, layer: Layer) -> None:
-        self.layer = layer
-        self.params = dict(layer._parameters)
-        self.scheme = layer.quantization_scheme
-        self.policy = layer.dtype_policy
-        self.explicit = layer._policy_explicit
-
-    def restore(self) -> None:
-        self.layer._parameters.clear()
-        self.layer._parameters.update(self.params)
-        self.layer._update_cast_dtypes()
-        self.layer._set_quantization_scheme(self.scheme, self.policy, self.explicit)
-
-
 @register_layer("mpq")
 class Functional(Layer):
     """A model defined by a graph of layer calls on symbolic tensors (Keras ``Model(inputs,
@@ -832,12 +811,12 @@ class Functional(Layer):
         layer quantized so far (and the failing one) gets back its variables, scheme and policy
         before the error propagates."""
         done = 0
-        snapshots: list[_QuantizeSnapshot] = []
+        snapshots: list[QuantizationSnapshot] = []
         try:
             for module in self.modules():
                 if not isinstance(module, Layer) or next(_tracking.direct_sublayers(module), None):
                     continue  # containers: their layers are visited on their own
-                snapshot = _QuantizeSnapshot(module)
+                snapshot = QuantizationSnapshot(module)
                 snapshots.append(snapshot)
                 try:
                     module.quantize(mode, type_check=type_check, config=config)

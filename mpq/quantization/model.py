@@ -14,6 +14,7 @@ import torch
 from mpq.layers import Layer
 from mpq.layers import quantization as _registry
 from mpq.layers import tracking as _tracking
+from mpq.layers.base import QuantizationSnapshot
 from mpq.quantization import _common as C
 from mpq.quantization.algorithms import AlgorithmContext, check_calibration, get_algorithm
 from mpq.quantization.config import QuantizationConfig
@@ -306,7 +307,7 @@ def quantize(
         plans[id(layer)] = plan
     # What Layer.quantize changes on a layer, restored if a later layer fails: its variables,
     # its attached scheme and its policy.
-    snapshots: list[tuple[Layer, dict[str, Any], Any, Any, bool]] = []
+    snapshots: list[QuantizationSnapshot] = []
     values: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def quantize_layer(layer: Layer) -> None:
@@ -318,15 +319,7 @@ def quantize(
                 + ("not validated" if plan is None else "already quantized")
                 + ")"
             )
-        snapshots.append(
-            (
-                layer,
-                dict(layer._parameters),
-                layer.quantization_scheme,
-                layer.dtype_policy,
-                layer._policy_explicit,
-            )
-        )
+        snapshots.append(QuantizationSnapshot(layer))
         plan.apply(cfg)
         report.quantized.append(layer.path)
 
@@ -345,10 +338,8 @@ def quantize(
     try:
         algo.apply(ctx)
     except BaseException:
-        for layer, params, scheme, policy, explicit in reversed(snapshots):
-            layer._parameters.clear()
-            layer._parameters.update(params)
-            layer._set_quantization_scheme(scheme, policy, explicit)
+        for snapshot in reversed(snapshots):
+            snapshot.restore()
         with torch.no_grad():
             for param, saved in reversed(values):
                 param.copy_(saved)
